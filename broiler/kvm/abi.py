@@ -1,0 +1,374 @@
+"""The KVM userspace ABI: constants, ioctl numbers and ctypes structures.
+
+Transcribed from ``linux/kvm.h`` (and ``asm/kvm.h`` for x86-64). This module holds data only: no
+logic beyond the ``_IO*`` number encoders. ``tests/unit/test_kvm_abi.py`` compiles a C program
+against the host's header and checks every number and struct size below.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+
+# -- ioctl number encoding (asm-generic/ioctl.h) -------------------------------------------------
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+KVMIO = 0xAE
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (KVMIO << 8) | nr
+
+
+def _io(nr: int) -> int:
+    return _ioc(_IOC_NONE, nr, 0)
+
+
+def _ior(nr: int, struct: type | int) -> int:
+    return _ioc(_IOC_READ, nr, struct if isinstance(struct, int) else C.sizeof(struct))
+
+
+def _iow(nr: int, struct: type | int) -> int:
+    return _ioc(_IOC_WRITE, nr, struct if isinstance(struct, int) else C.sizeof(struct))
+
+
+def _iowr(nr: int, struct: type | int) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, nr, struct if isinstance(struct, int) else C.sizeof(struct))
+
+
+u8, u16, u32, u64, s32 = C.c_uint8, C.c_uint16, C.c_uint32, C.c_uint64, C.c_int32
+
+KVM_API_VERSION = 12
+
+# -- exit reasons ----------------------------------------------------------------------------------
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_IO = 2
+KVM_EXIT_HYPERCALL = 3
+KVM_EXIT_DEBUG = 4
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_IRQ_WINDOW_OPEN = 7
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
+
+EXIT_REASON_NAMES = {
+    value: name[len("KVM_EXIT_"):]
+    for name, value in list(globals().items())
+    if name.startswith("KVM_EXIT_") and isinstance(value, int)
+}
+
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1
+
+KVM_INTERNAL_ERROR_EMULATION = 1
+KVM_INTERNAL_ERROR_SIMUL_EX = 2
+KVM_INTERNAL_ERROR_DELIVERY_EV = 3
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+
+KVM_SYSTEM_EVENT_SHUTDOWN = 1
+KVM_SYSTEM_EVENT_RESET = 2
+KVM_SYSTEM_EVENT_CRASH = 3
+
+# -- capabilities ----------------------------------------------------------------------------------
+KVM_CAP_IRQCHIP = 0
+KVM_CAP_HLT = 1
+KVM_CAP_USER_MEMORY = 3
+KVM_CAP_SET_TSS_ADDR = 4
+KVM_CAP_EXT_CPUID = 7
+KVM_CAP_NR_VCPUS = 9
+KVM_CAP_COALESCED_MMIO = 15
+KVM_CAP_IRQ_ROUTING = 25
+KVM_CAP_IRQFD = 32
+KVM_CAP_PIT2 = 33
+KVM_CAP_IOEVENTFD = 36
+KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_SIGNAL_MSI = 77
+KVM_CAP_IRQFD_RESAMPLE = 82
+KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
+KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_COALESCED_PIO = 162
+KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_CAP_X86_MSR_FILTER = 189
+
+# -- flags -----------------------------------------------------------------------------------------
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+KVM_PIT_SPEAKER_DUMMY = 1
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
+KVM_VCPUEVENT_VALID_SHADOW = 0x4
+KVM_COALESCED_MMIO_MAX_BYTES = 4096  # the ring occupies one page
+
+
+# -- structures --------------------------------------------------------------------------------------
+class kvm_userspace_memory_region(C.Structure):
+    _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64),
+                ("memory_size", u64), ("userspace_addr", u64)]
+
+
+class kvm_regs(C.Structure):
+    _fields_ = [(n, u64) for n in (
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")]
+
+
+class kvm_segment(C.Structure):
+    _fields_ = [("base", u64), ("limit", u32), ("selector", u16), ("type", u8),
+                ("present", u8), ("dpl", u8), ("db", u8), ("s", u8), ("l", u8),
+                ("g", u8), ("avl", u8), ("unusable", u8), ("padding", u8)]
+
+
+class kvm_dtable(C.Structure):
+    _fields_ = [("base", u64), ("limit", u16), ("padding", u16 * 3)]
+
+
+KVM_NR_INTERRUPTS = 256
+
+
+class kvm_sregs(C.Structure):
+    _fields_ = [("cs", kvm_segment), ("ds", kvm_segment), ("es", kvm_segment),
+                ("fs", kvm_segment), ("gs", kvm_segment), ("ss", kvm_segment),
+                ("tr", kvm_segment), ("ldt", kvm_segment), ("gdt", kvm_dtable),
+                ("idt", kvm_dtable), ("cr0", u64), ("cr2", u64), ("cr3", u64),
+                ("cr4", u64), ("cr8", u64), ("efer", u64), ("apic_base", u64),
+                ("interrupt_bitmap", u64 * ((KVM_NR_INTERRUPTS + 63) // 64))]
+
+
+class kvm_cpuid_entry2(C.Structure):
+    _fields_ = [("function", u32), ("index", u32), ("flags", u32), ("eax", u32),
+                ("ebx", u32), ("ecx", u32), ("edx", u32), ("padding", u32 * 3)]
+
+
+class kvm_cpuid2(C.Structure):
+    _fields_ = [("nent", u32), ("padding", u32)]  # followed by nent kvm_cpuid_entry2
+
+
+def cpuid2_type(nent: int) -> type[C.Structure]:
+    """A kvm_cpuid2 with room for ``nent`` entries (the kernel's flexible array)."""
+
+    class kvm_cpuid2_n(C.Structure):
+        _fields_ = [("nent", u32), ("padding", u32), ("entries", kvm_cpuid_entry2 * nent)]
+
+    return kvm_cpuid2_n
+
+
+class kvm_ioeventfd(C.Structure):
+    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", s32),
+                ("flags", u32), ("pad", u8 * 36)]
+
+
+class kvm_irqfd(C.Structure):
+    _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
+
+
+class kvm_irq_level(C.Structure):
+    _fields_ = [("irq", u32), ("level", u32)]
+
+
+class kvm_msi(C.Structure):
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32),
+                ("devid", u32), ("pad", u8 * 12)]
+
+
+class kvm_coalesced_mmio_zone(C.Structure):
+    # ``pad`` is ``pio`` in kernels with KVM_CAP_COALESCED_PIO (a union in the header).
+    _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
+
+
+class kvm_coalesced_mmio(C.Structure):
+    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
+
+
+class kvm_coalesced_mmio_ring(C.Structure):
+    _fields_ = [("first", u32), ("last", u32)]  # followed by the entries
+
+
+KVM_COALESCED_MMIO_MAX = (KVM_COALESCED_MMIO_MAX_BYTES - C.sizeof(kvm_coalesced_mmio_ring)) // C.sizeof(
+    kvm_coalesced_mmio)
+
+
+class kvm_pit_config(C.Structure):
+    _fields_ = [("flags", u32), ("pad", u32 * 15)]
+
+
+class kvm_irq_routing_irqchip(C.Structure):
+    _fields_ = [("irqchip", u32), ("pin", u32)]
+
+
+class kvm_irq_routing_msi(C.Structure):
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("devid", u32)]
+
+
+class _routing_union(C.Union):
+    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi),
+                ("pad", u32 * 8)]
+
+
+class kvm_irq_routing_entry(C.Structure):
+    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("u", _routing_union)]
+
+
+class kvm_irq_routing(C.Structure):
+    _fields_ = [("nr", u32), ("flags", u32)]  # followed by nr entries
+
+
+def irq_routing_type(nr: int) -> type[C.Structure]:
+    class kvm_irq_routing_n(C.Structure):
+        _fields_ = [("nr", u32), ("flags", u32), ("entries", kvm_irq_routing_entry * nr)]
+
+    return kvm_irq_routing_n
+
+
+class kvm_lapic_state(C.Structure):
+    _fields_ = [("regs", C.c_char * 1024)]
+
+
+class _events_exception(C.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8),
+                ("error_code", u32)]
+
+
+class _events_interrupt(C.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("soft", u8), ("shadow", u8)]
+
+
+class _events_nmi(C.Structure):
+    _fields_ = [("injected", u8), ("pending", u8), ("masked", u8), ("pad", u8)]
+
+
+class _events_smi(C.Structure):
+    _fields_ = [("smm", u8), ("pending", u8), ("smm_inside_nmi", u8), ("latched_init", u8)]
+
+
+class kvm_vcpu_events(C.Structure):
+    _fields_ = [("exception", _events_exception), ("interrupt", _events_interrupt),
+                ("nmi", _events_nmi), ("sipi_vector", u32), ("flags", u32),
+                ("smi", _events_smi), ("triple_fault_pending", u8), ("reserved", u8 * 26),
+                ("exception_has_payload", u8), ("exception_payload", u64)]
+
+
+class kvm_fpu(C.Structure):
+    _fields_ = [("fpr", u8 * 128), ("fcw", u16), ("fsw", u16), ("ftwx", u8), ("pad1", u8),
+                ("last_opcode", u16), ("last_ip", u64), ("last_dp", u64), ("xmm", u8 * 256),
+                ("mxcsr", u32), ("pad2", u32)]
+
+
+class kvm_msr_entry(C.Structure):
+    _fields_ = [("index", u32), ("reserved", u32), ("data", u64)]
+
+
+class kvm_msrs(C.Structure):
+    _fields_ = [("nmsrs", u32), ("pad", u32)]  # followed by nmsrs entries
+
+
+def msrs_type(n: int) -> type[C.Structure]:
+    class kvm_msrs_n(C.Structure):
+        _fields_ = [("nmsrs", u32), ("pad", u32), ("entries", kvm_msr_entry * n)]
+
+    return kvm_msrs_n
+
+
+class kvm_translation(C.Structure):
+    _fields_ = [("linear_address", u64), ("physical_address", u64), ("valid", u8),
+                ("writeable", u8), ("usermode", u8), ("pad", u8 * 5)]
+
+
+class kvm_mp_state(C.Structure):
+    _fields_ = [("mp_state", u32)]
+
+
+class kvm_enable_cap(C.Structure):
+    _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+# -- struct kvm_run: the fields broiler reads, by byte offset ------------------------------------
+# The vCPU loop reads kvm_run through preallocated views at these offsets rather than through a
+# ctypes Structure, because attribute access on a Structure costs more than the exit it decodes.
+RUN_REQUEST_INTERRUPT_WINDOW = 0   # u8
+RUN_IMMEDIATE_EXIT = 1             # u8
+RUN_EXIT_REASON = 8                # u32
+RUN_IF_FLAG = 13                   # u8
+RUN_UNION = 32                     # start of the exit-specific union
+RUN_IO_DIRECTION = 32              # u8
+RUN_IO_SIZE = 33                   # u8
+RUN_IO_PORT = 34                   # u16
+RUN_IO_COUNT = 36                  # u32
+RUN_IO_DATA_OFFSET = 40            # u64
+RUN_MMIO_PHYS_ADDR = 32            # u64
+RUN_MMIO_DATA = 40                 # u8[8]
+RUN_MMIO_LEN = 48                  # u32
+RUN_MMIO_IS_WRITE = 52             # u8
+RUN_FAIL_ENTRY_REASON = 32         # u64
+RUN_INTERNAL_SUBERROR = 32         # u32
+RUN_INTERNAL_NDATA = 36            # u32
+RUN_INTERNAL_DATA = 40             # u64[16]
+RUN_SYSTEM_EVENT_TYPE = 32         # u32
+RUN_MSR_ERROR = 32                 # u8 (kvm_run.msr)
+RUN_MSR_INDEX = 40                 # u32
+RUN_MSR_DATA = 48                  # u64
+RUN_SIZE = 2352
+
+# -- ioctls ----------------------------------------------------------------------------------------
+KVM_GET_API_VERSION = _io(0x00)
+KVM_CREATE_VM = _io(0x01)
+KVM_GET_MSR_INDEX_LIST = _iowr(0x02, 4)  # struct kvm_msr_list {u32 nmsrs; u32 indices[]}
+KVM_CHECK_EXTENSION = _io(0x03)
+KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_GET_SUPPORTED_CPUID = _iowr(0x05, kvm_cpuid2)
+KVM_CREATE_VCPU = _io(0x41)
+KVM_SET_USER_MEMORY_REGION = _iow(0x46, kvm_userspace_memory_region)
+KVM_SET_TSS_ADDR = _io(0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, u64)
+KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_IRQ_LINE = _iow(0x61, kvm_irq_level)
+KVM_REGISTER_COALESCED_MMIO = _iow(0x67, kvm_coalesced_mmio_zone)
+KVM_UNREGISTER_COALESCED_MMIO = _iow(0x68, kvm_coalesced_mmio_zone)
+KVM_IRQ_LINE_STATUS = _iowr(0x67, kvm_irq_level)
+KVM_SET_GSI_ROUTING = _iow(0x6A, kvm_irq_routing)
+KVM_IRQFD = _iow(0x76, kvm_irqfd)
+KVM_CREATE_PIT2 = _iow(0x77, kvm_pit_config)
+KVM_IOEVENTFD = _iow(0x79, kvm_ioeventfd)
+KVM_SIGNAL_MSI = _iow(0xA5, kvm_msi)
+KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
+KVM_RUN = _io(0x80)
+KVM_GET_REGS = _ior(0x81, kvm_regs)
+KVM_SET_REGS = _iow(0x82, kvm_regs)
+KVM_GET_SREGS = _ior(0x83, kvm_sregs)
+KVM_SET_SREGS = _iow(0x84, kvm_sregs)
+KVM_TRANSLATE = _iowr(0x85, kvm_translation)
+KVM_GET_MSRS = _iowr(0x88, kvm_msrs)
+KVM_SET_MSRS = _iow(0x89, kvm_msrs)
+KVM_GET_FPU = _ior(0x8C, kvm_fpu)
+KVM_SET_FPU = _iow(0x8D, kvm_fpu)
+KVM_GET_LAPIC = _ior(0x8E, kvm_lapic_state)
+KVM_SET_LAPIC = _iow(0x8F, kvm_lapic_state)
+KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2)
+KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
+KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+
+IOCTL_NAMES = {value: name for name, value in list(globals().items())
+               if name.startswith("KVM_") and isinstance(value, int) and value > 0xFFFF}
+
+
+def buffer_address(buffer: object) -> int:
+    """Host virtual address of a writable buffer (an mmap or bytearray)."""
+    return C.addressof(C.c_char.from_buffer(buffer))  # type: ignore[arg-type]

@@ -1,0 +1,209 @@
+"""The vCPU thread: KVM_RUN, decode the exit from the shared kvm_run page, dispatch to the buses.
+
+This is broiler's hot path. It reads ``kvm_run`` through memoryviews cast to u8/u16/u32/u64 that
+are created once per vCPU, looks devices up in the bus's per-address cache (a dict hit after the
+first access), and neither allocates nor logs per exit unless tracing is on. KVM_RUN goes through
+``fcntl.ioctl``, which releases the GIL while the guest runs.
+
+Exit handling:
+
+=====================  ====================================================================
+IO                     port bus; string IO (count > 1) walks the data page ``size`` bytes at a time
+MMIO                   MMIO bus; the coalesced ring is drained first
+HLT                    this vCPU stops (only seen without the in-kernel irqchip)
+SHUTDOWN               triple fault: fatal, register dump
+SYSTEM_EVENT           shutdown/reset end the VM with status 0; crash is fatal
+INTERNAL_ERROR         the userspace emulator gets a chance (``Machine.emulate``), else fatal
+FAIL_ENTRY, others     fatal, register dump
+INTR (EINTR)           a kick: check whether the VM is stopping
+=====================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import sys
+import threading
+import traceback
+from typing import TYPE_CHECKING
+
+from . import exitcodes
+from .kvm import abi
+from .kvm.ioctls import Vcpu
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+_EXIT_IO = abi.KVM_EXIT_IO
+_EXIT_MMIO = abi.KVM_EXIT_MMIO
+_KVM_RUN = abi.KVM_RUN
+
+
+class VcpuThread:
+    """Runs one vCPU until the machine stops; counts exits by reason."""
+
+    def __init__(self, machine: Machine, vcpu: Vcpu) -> None:
+        self.machine = machine
+        self.vcpu = vcpu
+        self.exit_counts = [0] * 64
+        self.thread = threading.Thread(target=self._thread_main, name=f"broiler-vcpu{vcpu.id}",
+                                       daemon=True)
+        page = memoryview(vcpu.run_page)
+        self._u8 = page.cast("B")
+        self._u16 = page.cast("H")
+        self._u32 = page.cast("I")
+        self._u64 = page.cast("Q")
+        ring_off = vcpu.coalesced_page * 4096
+        self._ring = page[ring_off:ring_off + 4096] if vcpu.coalesced_page > 0 else None
+        self._ring32 = self._ring.cast("I") if self._ring is not None else None
+        self.stopped = threading.Event()
+
+    # -- control ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def request_immediate_exit(self) -> None:
+        """Make the next (or current, after a signal) KVM_RUN return at once."""
+        self._u8[abi.RUN_IMMEDIATE_EXIT] = 1
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            sys.stderr.write(f"broiler: internal error on vCPU {self.vcpu.id}:\n{traceback.format_exc()}")
+            self.machine.request_exit(exitcodes.INTERNAL, "internal error")
+        finally:
+            self.drain_coalesced()
+            self.stopped.set()
+            self.machine.vcpu_stopped(self)
+
+    def _loop(self) -> None:
+        machine = self.machine
+        ioctl = fcntl.ioctl
+        fd = self.vcpu.fd
+        u8, u16, u32, u64 = self._u8, self._u16, self._u32, self._u64
+        views = (None, u8, u16, None, u32, None, None, None, u64)
+        pio_bus, mmio_bus = machine.pio_bus, machine.mmio_bus
+        ring32 = self._ring32
+        counts = self.exit_counts
+        drain = self.drain_coalesced
+        while not machine.stopping:
+            try:
+                ioctl(fd, _KVM_RUN, 0)
+            except OSError as exc:
+                if exc.errno in (errno.EINTR, errno.EAGAIN):
+                    u8[abi.RUN_IMMEDIATE_EXIT] = 0
+                    counts[abi.KVM_EXIT_INTR] += 1
+                    continue
+                raise
+            if ring32 is not None and ring32[0] != ring32[1]:
+                drain()
+            reason = u32[2]
+            counts[reason] += 1
+            if reason == _EXIT_IO:
+                port = u16[17]
+                size = u8[33]
+                count = u32[9]
+                offset = u64[5]
+                view = views[size]
+                target = pio_bus.cache.get(port) or pio_bus.resolve(port)
+                if count == 1:
+                    if u8[32]:
+                        target.write(port, size, view[offset // size])
+                    else:
+                        view[offset // size] = target.read(port, size)
+                else:
+                    index = offset // size
+                    if u8[32]:
+                        for i in range(index, index + count):
+                            target.write(port, size, view[i])
+                    else:
+                        for i in range(index, index + count):
+                            view[i] = target.read(port, size)
+            elif reason == _EXIT_MMIO:
+                addr = u64[4]
+                size = u32[12]
+                target = mmio_bus.cache.get(addr) or mmio_bus.resolve(addr)
+                if size in (1, 2, 4, 8):
+                    view = views[size]
+                    if u8[52]:
+                        target.write(addr, size, view[40 // size])
+                    else:
+                        view[40 // size] = target.read(addr, size)
+                elif 0 < size <= 8:  # a fragment of a page-crossing access
+                    if u8[52]:
+                        target.write(addr, size, int.from_bytes(u8[40:40 + size], "little"))
+                    else:
+                        u8[40:40 + size] = target.read(addr, size).to_bytes(size, "little")
+            elif not self._slow_exit(reason):
+                return
+
+    def _slow_exit(self, reason: int) -> bool:
+        """Exits that are not IO; returns False when this vCPU must stop."""
+        machine = self.machine
+        if reason == abi.KVM_EXIT_HLT:
+            return False
+        if reason == abi.KVM_EXIT_SYSTEM_EVENT:
+            kind = self._u32[abi.RUN_SYSTEM_EVENT_TYPE // 4]
+            if kind in (abi.KVM_SYSTEM_EVENT_SHUTDOWN, abi.KVM_SYSTEM_EVENT_RESET):
+                machine.request_exit(exitcodes.OK, "guest shutdown" if kind == 1 else "guest reset")
+                return False
+            self.fatal(f"system event {kind} (crash)")
+            return False
+        if reason == abi.KVM_EXIT_INTERNAL_ERROR:
+            suberror = self._u32[abi.RUN_INTERNAL_SUBERROR // 4]
+            if suberror == abi.KVM_INTERNAL_ERROR_EMULATION and machine.emulate is not None:
+                problem = machine.emulate(self)
+                if problem is None:
+                    return True
+                self.fatal(f"emulation failure: {problem}")
+                return False
+            self.fatal(f"internal error, suberror {suberror}")
+            return False
+        if reason == abi.KVM_EXIT_SHUTDOWN:
+            self.fatal("triple fault (KVM_EXIT_SHUTDOWN)")
+            return False
+        if reason == abi.KVM_EXIT_FAIL_ENTRY:
+            self.fatal(f"entry failed, hardware reason {self._u64[abi.RUN_FAIL_ENTRY_REASON // 8]:#x}")
+            return False
+        handler = machine.exit_handlers.get(reason)
+        if handler is not None:
+            return handler(self)
+        self.fatal(f"unhandled exit reason {reason} ({abi.EXIT_REASON_NAMES.get(reason, '?')})")
+        return False
+
+    def fatal(self, why: str) -> None:
+        from .dump import register_dump  # the dump is cold code; keep it out of this module
+
+        sys.stderr.write(register_dump(self, why))
+        self.machine.request_exit(exitcodes.GUEST_FATAL, why)
+
+    def internal_error_data(self) -> list[int]:
+        n = min(self._u32[abi.RUN_INTERNAL_NDATA // 4], 16)
+        return [self._u64[abi.RUN_INTERNAL_DATA // 8 + i] for i in range(n)]
+
+    # -- coalesced MMIO ----------------------------------------------------------------------
+    def drain_coalesced(self) -> int:
+        """Replay the coalesced ring, oldest first, as writes on the owning bus."""
+        ring32 = self._ring32
+        if ring32 is None:
+            return 0
+        ring = self._ring
+        machine = self.machine
+        n = 0
+        # The ring is per VM (every vCPU maps the same page): one drainer at a time.
+        with machine.coalesced_lock:
+            first, last = ring32[0], ring32[1]
+            while first != last:
+                base = 8 + first * 24
+                phys = int.from_bytes(ring[base:base + 8], "little")
+                length = int.from_bytes(ring[base + 8:base + 12], "little")
+                pio = int.from_bytes(ring[base + 12:base + 16], "little")
+                value = int.from_bytes(ring[base + 16:base + 16 + min(length, 8)], "little")
+                (machine.pio_bus if pio else machine.mmio_bus).write(phys, length, value)
+                first = (first + 1) % abi.KVM_COALESCED_MMIO_MAX
+                ring32[0] = first
+                n += 1
+        return n

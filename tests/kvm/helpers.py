@@ -1,0 +1,40 @@
+"""Run packaged guests in-process and hand back what they did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from broiler.cli import packaged_guest
+from broiler.machine import Machine, MachineConfig
+from broiler.memory import MiB
+
+from ..conftest import ROOT
+
+
+@dataclass
+class GuestRun:
+    status: int
+    output: str
+    machine: Machine
+
+
+def run_guest(name: str, *, timeout: float = 60, mem: int = 64 * MiB, **config: object) -> GuestRun:
+    out: list[bytes] = []
+    machine = Machine(MachineConfig(mem_size=mem, serial_output=out.append, **config))  # type: ignore[arg-type]
+    machine.load_flat64(packaged_guest(name))
+    status = machine.run(timeout=timeout)
+    return GuestRun(status, b"".join(out).decode(errors="replace"), machine)
+
+
+def broiler_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "broiler", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def passed(status: int) -> bool:
+    """flat64 test guests return their failure count through debug exit: 0 → status 1."""
+    return status == 1

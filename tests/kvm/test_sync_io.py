@@ -1,0 +1,109 @@
+"""Issue 2 acceptance: synchronous PIO and MMIO under /dev/kvm with real guests."""
+
+from __future__ import annotations
+
+import pytest
+
+from broiler import exitcodes
+from broiler.memory import GiB, MiB
+
+from .helpers import broiler_cli, passed, run_guest
+
+pytestmark = pytest.mark.kvm
+
+
+def test_sync_guest_checks_every_width_string_io_and_unmapped() -> None:
+    run = run_guest("sync_test")
+    assert passed(run.status), run.output
+    assert "sync_test: 0 failures" in run.output
+    assert "rep-outsb\n" in run.output  # bytes of rep outsb reached the UART in order
+    pio = {r.name: r for r in run.machine.pio_bus.regions()}
+    mmio = {r.name: r for r in run.machine.mmio_bus.regions()}
+    # 5 dword reads + inb + inw + 3 from rep insl; writes: SLOT_SEL, SLOT_NUM
+    assert pio["sync-pio"].stats.reads == 10
+    assert pio["sync-pio"].stats.writes == 2
+    assert mmio["sync-mmio"].stats.reads == 7
+    assert mmio["sync-mmio"].stats.writes == 1
+    # unmapped reads were counted per address, not crashed on
+    assert sum(run.machine.pio_bus.unmapped.values()) == 7  # inb/inw/inl + rep insw x4
+    assert sum(run.machine.mmio_bus.unmapped.values()) == 4
+
+
+def test_high_ram_above_4g_is_seen_by_the_host() -> None:
+    run = run_guest("highmem", mem=5 * GiB)
+    assert passed(run.status), run.output
+    assert run.machine.memory.read_int(0x1_0000_0000, 8) == 0x0123456789ABCDEF
+    assert run.machine.memory.read_int(0x1_0000_0008, 4) == 0xFEEDFACE
+
+
+def test_hostile_guest_leaves_vmm_running_and_read_only_registers_intact() -> None:
+    run = run_guest("hammer")
+    assert passed(run.status), run.output
+    devices = {r.name: r.device for r in run.machine.pio_bus.regions() + run.machine.mmio_bus.regions()}
+    for name in ("sync-pio", "sync-mmio"):
+        regs = devices[name].regs  # type: ignore[attr-defined]
+        assert regs[0x8] == 0x10 and regs[0xC] == 0x40
+        assert devices[name].guest_errors > 0
+    assert sum(run.machine.pio_bus.straddled.values()) > 0
+    assert sum(run.machine.mmio_bus.straddled.values()) > 0
+
+
+def test_debug_exit_status_is_the_process_status(tmp_path) -> None:  # noqa: ANN001
+    from broiler.cli import packaged_guest
+
+    image = tmp_path / "exit.bin"
+    # mov eax, 0x21; out 0xf4, eax  →  status (0x21 << 1) | 1 = 0x43
+    image.write_bytes(bytes([0xB8, 0x21, 0, 0, 0, 0xE7, 0xF4, 0xF4]))
+    proc = broiler_cli("run", "--guest", str(image), "--timeout", "30")
+    assert proc.returncode == 0x43, proc.stderr
+    assert packaged_guest("demo")  # the demo image ships in the package
+
+
+def test_timeout_kills_a_stuck_guest(tmp_path) -> None:  # noqa: ANN001
+    image = tmp_path / "spin.bin"
+    image.write_bytes(bytes([0xEB, 0xFE]))  # jmp .
+    proc = broiler_cli("run", "--guest", str(image), "--timeout", "1")
+    assert proc.returncode == exitcodes.TIMEOUT
+    assert "timeout" in proc.stderr
+
+
+def test_triple_fault_gives_a_register_dump(tmp_path) -> None:  # noqa: ANN001
+    image = tmp_path / "ud.bin"
+    image.write_bytes(bytes([0x0F, 0x0B]))  # ud2 with no IDT → triple fault
+    proc = broiler_cli("run", "--guest", str(image), "--timeout", "30")
+    assert proc.returncode == exitcodes.GUEST_FATAL, proc.stderr
+    assert "rip=" in proc.stderr and "cr3=" in proc.stderr
+
+
+def test_demo_runs_and_prints_the_io_table() -> None:
+    proc = broiler_cli("run", "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert "SLOT_NUM  = 0x20" in proc.stdout
+    assert "sync-pio" in proc.stdout and "sync-mmio" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guest", "/nonexistent/image"], "does not exist"),
+    (["--mem", "0"], "too small"),
+    (["--mem", "10T"], "exceeds this host"),
+    (["--mem", "lots"], "bad --mem"),
+    (["--cpus", "0"], "--cpus"),
+])
+def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
+    proc = broiler_cli("run", *args)
+    assert proc.returncode == exitcodes.USAGE
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_empty_and_too_large_images(tmp_path) -> None:  # noqa: ANN001
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    proc = broiler_cli("run", "--guest", str(empty))
+    assert proc.returncode == exitcodes.USAGE and "empty" in proc.stderr
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x90" * (5 * MiB))
+    proc = broiler_cli("run", "--guest", str(big), "--mem", "4M")
+    assert proc.returncode == exitcodes.USAGE and "does not fit" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+
+from broiler.bus import Bus, Device, MmioBus, PioBus
+from broiler.errors import ConfigError, OverlapError
+
+
+class Recorder(Device):
+    name = "rec"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple] = []
+
+    def read(self, offset: int, size: int) -> int:
+        self.log.append(("r", offset, size))
+        return 0x1122334455667788 & ((1 << (8 * size)) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.log.append(("w", offset, size, value))
+
+
+def test_device_sees_offsets_and_values() -> None:
+    bus = PioBus()
+    dev = Recorder()
+    bus.register(0x100, 0x10, dev)
+    assert bus.read(0x104, 2) == 0x7788
+    bus.write(0x10F, 1, 0xAB)
+    assert dev.log == [("r", 4, 2), ("w", 0xF, 1, 0xAB)]
+
+
+@pytest.mark.parametrize("size, expected", [(1, 0xFF), (2, 0xFFFF), (4, 0xFFFFFFFF), (8, (1 << 64) - 1)])
+def test_unmapped_reads_all_ones_and_is_counted_per_address(size: int, expected: int) -> None:
+    bus = MmioBus()
+    assert bus.read(0xD000_0800, size) == expected
+    bus.read(0xD000_0800, size)
+    bus.write(0xD000_0800, size, 1)
+    assert bus.unmapped[(0xD000_0800, False)] == 2
+    assert bus.unmapped[(0xD000_0800, True)] == 1
+
+
+def test_unmapped_is_logged_once_per_address(caplog: pytest.LogCaptureFixture) -> None:
+    bus = PioBus()
+    caplog.set_level("INFO", logger="broiler.bus")
+    for _ in range(100):
+        bus.read(0x7F00, 1)
+    assert len([r for r in caplog.records if "unmapped" in r.message]) == 1
+
+
+def test_straddling_access_never_reaches_the_device() -> None:
+    bus = PioBus()
+    dev = Recorder()
+    bus.register(0x100, 0x10, dev)
+    assert bus.read(0x10E, 4) == 0xFFFFFFFF
+    bus.write(0x10E, 4, 5)
+    assert dev.log == []
+    assert bus.straddled[(0x10E, False)] == 1 and bus.straddled[(0x10E, True)] == 1
+
+
+def test_overlap_is_refused_naming_both_owners() -> None:
+    bus = PioBus()
+    a, b = Recorder(), Recorder()
+    a.name, b.name = "alpha", "beta"
+    bus.register(0x100, 0x10, a)
+    with pytest.raises(OverlapError, match="beta.*overlaps alpha"):
+        bus.register(0x108, 0x10, b)
+    with pytest.raises(OverlapError):
+        bus.register(0x0F0, 0x20, b)  # covers alpha entirely
+    bus.register(0x110, 0x10, b)  # adjacent is fine
+
+
+@pytest.mark.parametrize("base, size", [(0x100, 0), (0xFFFF, 2), (-1, 4)])
+def test_bad_ranges_are_refused(base: int, size: int) -> None:
+    with pytest.raises(ConfigError):
+        PioBus().register(base, size, Device())
+
+
+def test_unregister_by_owner_and_cache_invalidation() -> None:
+    bus = MmioBus()
+    dev = Recorder()
+    bus.register(0x1000, 0x100, dev, owner="bar0")
+    assert bus.read(0x1000, 4) == 0x55667788
+    assert bus.unregister_owner("bar0") == 1
+    assert bus.read(0x1000, 4) == 0xFFFFFFFF  # the cached entry went with the region
+    bus.register(0x2000, 0x100, dev, owner="bar0")
+    assert bus.read(0x2000, 1) == 0x88
+
+
+def test_lookup_with_many_regions() -> None:
+    bus: Bus = PioBus()
+    devices = [Recorder() for _ in range(200)]
+    for i, d in enumerate(devices):
+        bus.register(i * 0x10, 8, d)
+    for i, d in enumerate(devices):
+        assert bus.find(i * 0x10 + 7) is not None and bus.find(i * 0x10 + 7).device is d  # type: ignore[union-attr]
+        assert bus.find(i * 0x10 + 8) is None
+
+
+def test_stats_count_reads_writes_and_time() -> None:
+    bus = PioBus()
+    region = bus.register(0x100, 4, Recorder())
+    bus.read(0x100, 1)
+    bus.write(0x100, 1, 0)
+    bus.write(0x101, 1, 0)
+    assert (region.stats.reads, region.stats.writes) == (1, 2)
+    assert region.stats.ns > 0
