@@ -90,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_layout(args: argparse.Namespace) -> int:
     from .layout import iomem, ioports
-    from .machine import MachineConfig, PlatformSketch
+    from .machine import MachineConfig
+    from .platform import PlatformSketch
 
     config = MachineConfig(mem_size=parse_size(args.mem, what="--mem"), demo_devices=not args.no_demo_devices)
     sketch = PlatformSketch(config)

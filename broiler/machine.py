@@ -13,7 +13,6 @@ The order of assembly is explicit (kvmtool's init levels, spec §8 "init order")
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -22,11 +21,12 @@ from dataclasses import dataclass, field
 from . import exitcodes
 from .boot.flat64 import SEL_CODE64, SEL_DATA, LongModeState, load_flat64
 from .bus import Device, MmioBus, PioBus, Region
-from .devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
-from .devices.legacy import register_legacy_ports
-from .devices.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
-from .devices.sync_demo import SYNC_BLOCK_SIZE, SYNC_MMIO_BASE, SYNC_PIO_BASE, SyncRegisters
+from .devices.async_demo import DEFAULT_DELAY
+from .devices.serial import Serial8250
 from .errors import ConfigError
+from .eventloop import EventLoop
+from .ioeventfd import Doorbells
+from .irq import Interrupts, IrqLine
 from .kvm import Kvm, Vcpu, abi
 from .kvm.abi import buffer_address
 from .memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
@@ -40,7 +40,8 @@ IRQCHIP_CAPS = [
     (abi.KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"),
     (abi.KVM_CAP_PIT2, "KVM_CAP_PIT2"),
 ]
-MAX_VCPUS = 64
+MAX_VCPUS = 16
+FLAT64_AP_STACK = 0x4000
 
 
 @dataclass
@@ -50,58 +51,9 @@ class MachineConfig:
     demo_devices: bool = True     # the seed's demo devices (off: --no-demo-devices)
     irqchip: bool = True          # in-kernel PIC/IOAPIC/LAPIC and PIT
     serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
+    async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
     kvm_path: str = "/dev/kvm"
     extra: dict[str, object] = field(default_factory=dict)
-
-
-def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
-    """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
-    register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
-    m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
-    output = config.serial_output or _stdout_writer
-    m.serial = Serial8250(output, m.irq_setter(COM1_IRQ), name="ttyS0")
-    m.add_pio(COM1_BASE, UART_SIZE, m.serial)
-    if config.demo_devices:
-        m.add_pio(SYNC_PIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-pio"))
-        m.add_mmio(SYNC_MMIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-mmio"))
-
-
-class PlatformSketch:
-    """The platform's buses and devices without a VM: what `broiler layout` prints."""
-
-    def __init__(self, config: MachineConfig) -> None:
-        self.config = config
-        self.map = MemoryMap(config.mem_size)
-        self.pio_bus = PioBus()
-        self.mmio_bus = MmioBus()
-        self.devices: list[Device] = []
-        self.serial: Serial8250 | None = None
-        add_platform_devices(self, config)
-
-    def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                name: str | None = None) -> Region:
-        self.devices.append(device)
-        return self.pio_bus.register(base, size, device, owner=owner, name=name)
-
-    def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                 name: str | None = None) -> Region:
-        self.devices.append(device)
-        return self.mmio_bus.register(base, size, device, owner=owner, name=name)
-
-    def request_exit(self, status: int, reason: str) -> None:
-        return None
-
-    def debug_exit(self, status: int) -> None:
-        return None
-
-    def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
-        return None
-
-
-def _stdout_writer(data: bytes) -> None:
-    out = sys.stdout.buffer
-    out.write(data)
-    out.flush()
 
 
 class Machine:
@@ -130,6 +82,12 @@ class Machine:
         if config.irqchip:
             self.vm.create_irqchip()
             self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
+        self.irqs = Interrupts(self.vm, lambda: self.stopping, routing=config.irqchip)
+        self.loop = EventLoop()
+        # Without KVM_CAP_IOEVENTFD doorbells still work: every doorbell write traps to the device.
+        self.doorbells = Doorbells(self.vm if self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0 else None,
+                                   self.loop)
+        self.coalesced_pio = self.kvm.check_extension(abi.KVM_CAP_COALESCED_PIO) > 0
 
         self.memory = GuestMemory(self.map)
         for slot, (start, end, mm) in enumerate(self.memory.regions):
@@ -138,6 +96,7 @@ class Machine:
         self.pio_bus = PioBus()
         self.mmio_bus = MmioBus()
         self.devices: list[Device] = []
+        self.coalesced_zones: list[tuple[int, int, bool]] = []
         self.serial: Serial8250 | None = None
         self._add_platform_devices()
 
@@ -147,18 +106,41 @@ class Machine:
 
     # -- devices ----------------------------------------------------------------------------
     def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                name: str | None = None) -> Region:
-        if device not in self.devices:
-            self.devices.append(device)
-        return self.pio_bus.register(base, size, device, owner=owner, name=name)
+                name: str | None = None, coalesced: bool = False) -> Region:
+        """Put ``device`` on the port bus; ``coalesced`` queues its writes in the ring (KVM_CAP_COALESCED_PIO)."""
+        if coalesced and not self.coalesced_pio:
+            raise ConfigError("this host's KVM has no coalesced PIO")
+        return self._add(self.pio_bus, base, size, device, owner, name, coalesced)
 
     def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                 name: str | None = None) -> Region:
+                 name: str | None = None, coalesced: bool = False) -> Region:
+        """Put ``device`` on the MMIO bus; ``coalesced`` makes its writes go through the ring."""
+        return self._add(self.mmio_bus, base, size, device, owner, name, coalesced)
+
+    def _add(self, bus: PioBus | MmioBus, base: int, size: int, device: Device, owner: Hashable | None,
+             name: str | None, coalesced: bool) -> Region:
+        region = bus.register(base, size, device, owner=owner, name=name)
+        if coalesced:
+            pio = bus is self.pio_bus
+            try:
+                self.vm.register_coalesced(base, size, pio=pio)
+            except Exception:
+                bus.unregister(region)
+                raise
+            self.coalesced_zones.append((base, size, pio))
         if device not in self.devices:
             self.devices.append(device)
-        return self.mmio_bus.register(base, size, device, owner=owner, name=name)
+        return region
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine:
+        return self.irqs.alloc_line(owner, kind)
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> object:
+        return self.loop.call_later(delay, fn)
 
     def _add_platform_devices(self) -> None:
+        from .platform import add_platform_devices
+
         add_platform_devices(self, self.config)
 
     def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
@@ -167,8 +149,7 @@ class Machine:
         return lambda level: self.irq_line(gsi, level)
 
     def irq_line(self, gsi: int, level: int) -> None:
-        if not self.stopping:
-            self.vm.irq_line(gsi, level)
+        self.irqs.line(gsi).set_level(level)
 
     # -- CPUs ---------------------------------------------------------------------------------
     def _setup_cpus(self) -> None:
@@ -201,7 +182,7 @@ class Machine:
         state.regs = bytes(regs)
         vcpu.set_lapic(state)
 
-    def set_long_mode(self, vcpu: Vcpu, state: LongModeState) -> None:
+    def set_long_mode(self, vcpu: Vcpu, state: LongModeState, *, rsp: int | None = None, rdi: int = 0) -> None:
         sregs = vcpu.get_sregs()
         code = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=SEL_CODE64, type=11, present=1,
                                dpl=0, db=0, s=1, l=1, g=1)
@@ -214,14 +195,18 @@ class Machine:
         sregs.idt.base, sregs.idt.limit = 0, 0
         vcpu.set_sregs(sregs)
         regs = abi.kvm_regs()
-        regs.rip, regs.rsp, regs.rflags = state.rip, state.rsp, 0x2
+        regs.rip, regs.rsp, regs.rflags, regs.rdi = state.rip, state.rsp if rsp is None else rsp, 0x2, rdi
         vcpu.set_regs(regs)
 
     # -- loaders ------------------------------------------------------------------------------
     def load_flat64(self, image: bytes) -> None:
-        """Load a flat64 image; vCPU 0 starts at its first byte, the others wait for INIT/SIPI."""
+        """Load a flat64 image. Every vCPU enters at its first byte together, with RDI = its index
+        and its own 16 KiB stack below 0x80000 (the flat64 contract; no INIT/SIPI dance needed)."""
         state = load_flat64(self.memory, image)
-        self.set_long_mode(self.vcpus[0], state)
+        for vcpu in self.vcpus:
+            self.set_long_mode(vcpu, state, rsp=state.rsp - vcpu.id * FLAT64_AP_STACK, rdi=vcpu.id)
+            if vcpu.id and self.config.irqchip:
+                vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)  # APs would otherwise wait for SIPI
 
     # -- running ------------------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> int:
@@ -229,6 +214,7 @@ class Machine:
         deadline = None if timeout is None else time.monotonic() + timeout
         previous = self._install_signal_handlers()
         try:
+            self.loop.start()
             for t in self.threads:
                 t.start()
             while not self._done.is_set():
@@ -280,7 +266,9 @@ class Machine:
                     self._kick_vcpus()
                     t.thread.join(timeout=5)
         if self.threads:
-            self.threads[0].drain_coalesced()
+            self.threads[0].drain_coalesced()  # nothing the guest wrote is lost
+        self.doorbells.close()
+        self.loop.stop()
         for hook in self.on_stop:
             hook()
         self.on_stop.clear()
@@ -303,6 +291,7 @@ class Machine:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def close(self) -> None:
+        self.loop.close()
         for v in self.vcpus:
             v.close()
         self.vm.close()

@@ -202,7 +202,7 @@ class VcpuThread:
                 length = int.from_bytes(ring[base + 8:base + 12], "little")
                 pio = int.from_bytes(ring[base + 12:base + 16], "little")
                 value = int.from_bytes(ring[base + 16:base + 16 + min(length, 8)], "little")
-                (machine.pio_bus if pio else machine.mmio_bus).write(phys, length, value)
+                (machine.pio_bus if pio else machine.mmio_bus).replay(phys, length, value)
                 first = (first + 1) % abi.KVM_COALESCED_MMIO_MAX
                 ring32[0] = first
                 n += 1

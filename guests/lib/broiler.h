@@ -32,7 +32,8 @@ void puts(const char *s);          /* no newline added */
 void put_hex(u64 v);               /* 0x-prefixed, no padding */
 void put_dec(u64 v);
 void printf(const char *fmt, ...); /* %s %c %d %u %x %lx %lu %ld %p %% only */
-void exit(u32 value) __attribute__((noreturn));
+void exit(u32 value) __attribute__((noreturn));     /* status (value << 1) | 1 */
+void poweroff(void) __attribute__((noreturn));      /* status 0: "Shutdown" to port 0x8900 */
 
 /* Checks: count failures, print the failing line, keep going. */
 extern int check_failures;
@@ -43,5 +44,33 @@ void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
+
+/* -- interrupts (lib/irq.c, lib/isr.S) -------------------------------------------------- */
+struct irq_frame {
+    u64 r15, r14, r13, r12, r11, r10, r9, r8, rdi, rsi, rbp, rbx, rdx, rcx, rax;
+    u64 vector, error, rip, cs, rflags, rsp, ss;
+};
+typedef void (*irq_handler_t)(struct irq_frame *f);
+
+void idt_init(void);                            /* all 256 vectors; unhandled ones exit(0x7f) */
+void set_handler(u8 vector, irq_handler_t fn);
+static inline void sti(void) { __asm__ volatile("sti"); }
+static inline void cli(void) { __asm__ volatile("cli"); }
+static inline void cpu_relax(void) { __asm__ volatile("pause"); }
+
+#define PIC_VECTOR_BASE 0x20                    /* IRQ n -> vector 0x20 + n with pic_init(0x20, 0x28) */
+void pic_init(u8 master_base, u8 slave_base);   /* everything masked except the cascade */
+void pic_unmask(u8 irq);
+void pic_mask(u8 irq);
+void pic_eoi(u8 irq);
+
+#define IOAPIC_VECTOR_BASE 0x40                 /* our convention: IOAPIC pin n -> vector 0x40 + n */
+void lapic_init(void);
+void lapic_eoi(void);
+u32 lapic_id(void);
+void ioapic_route(u8 pin, u8 vector, int level, u8 dest_apic);
+void ioapic_mask(u8 pin);
+/* Halt with interrupts on until *counter >= target; returns 0 if max_halts wake-ups pass first. */
+int wait_for(volatile u32 *counter, u32 target, u64 max_halts);
 
 #endif

@@ -84,6 +84,14 @@ void exit(u32 value)
         __asm__ volatile("cli; hlt");
 }
 
+void poweroff(void)
+{
+    for (const char *p = "Shutdown"; *p; p++)
+        outb(0x8900, (u8)*p);
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+
 void check_eq(u64 got, u64 want, const char *what, int line)
 {
     if (got == want)

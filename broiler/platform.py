@@ -1,0 +1,109 @@
+"""The platform: which devices every VM gets, in which order, at which addresses.
+
+``add_platform_devices`` is the single list of devices (kvmtool's ordered init levels, spec §8; an
+explicit order, never import order). It works on anything that offers the small registration API of
+``Machine`` — ``PlatformSketch`` implements the same API without KVM, for `broiler layout`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import exitcodes
+from .bus import Device, MmioBus, PioBus, Region
+from .devices.async_demo import ASYNC_DEVICES, AsyncDemo
+from .devices.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
+from .devices.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
+from .devices.coalesced_log import LOG_BASE, LOG_SIZE, CoalescedLog
+from .devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
+from .devices.legacy import register_legacy_ports
+from .devices.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
+from .devices.sync_demo import SYNC_BLOCK_SIZE, SYNC_MMIO_BASE, SYNC_PIO_BASE, SyncRegisters
+from .eventloop import EventLoop
+from .ioeventfd import Doorbells
+from .irq import IrqAllocator
+from .memory import MemoryMap
+
+if TYPE_CHECKING:
+    from .machine import Machine, MachineConfig
+
+
+def _stdout_writer(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+    """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
+    register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
+    m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
+    m.add_pio(SHUTDOWN_PORT, 1, BochsShutdown(lambda status: m.request_exit(status, "guest powered off")))
+    output = config.serial_output or _stdout_writer
+    m.serial = Serial8250(output, m.irq_setter(COM1_IRQ), name="ttyS0")
+    m.add_pio(COM1_BASE, UART_SIZE, m.serial)
+    if config.demo_devices:
+        m.add_pio(SYNC_PIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-pio"))
+        m.add_mmio(SYNC_MMIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-mmio"))
+        for spec in ASYNC_DEVICES:
+            line = m.alloc_line(spec.name, spec.irq_kind)
+            device = AsyncDemo(spec, line, m.schedule, config.async_delay)
+            (m.add_pio if spec.pio else m.add_mmio)(spec.base, ASYNC_BLOCK_SIZE, device)
+            m.doorbells.add(pio=spec.pio, addr=spec.base, length=spec.doorbell_width, datamatch=None,
+                            callback=device.ring, owner=spec.name)
+        m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
+
+
+class PlatformSketch:
+    """The platform's buses and devices without a VM: what `broiler layout` prints."""
+
+    def __init__(self, config: MachineConfig) -> None:
+        self.config = config
+        self.map = MemoryMap(config.mem_size)
+        self.pio_bus = PioBus()
+        self.mmio_bus = MmioBus()
+        self.devices: list[Device] = []
+        self.serial: Serial8250 | None = None
+        self.allocator = IrqAllocator()
+        self.doorbells = Doorbells(None, EventLoop())
+        add_platform_devices(self, config)
+
+
+    def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
+                name: str | None = None, coalesced: bool = False) -> Region:
+        self.devices.append(device)
+        return self.pio_bus.register(base, size, device, owner=owner, name=name)
+
+    def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
+                 name: str | None = None, coalesced: bool = False) -> Region:
+        self.devices.append(device)
+        return self.mmio_bus.register(base, size, device, owner=owner, name=name)
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> _SketchLine:
+        return _SketchLine(self.allocator.alloc(owner, kind))
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        return None
+
+    def request_exit(self, status: int, reason: str) -> None:
+        return None
+
+    def debug_exit(self, status: int) -> None:
+        return None
+
+    def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
+        return None
+
+
+@dataclass
+class _SketchLine:
+    gsi: int
+
+    def raise_(self) -> None: ...
+
+    def lower(self) -> None: ...
+
+    def pulse(self) -> None: ...

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from broiler.devices.async_demo import ASYNC_PIO, VIOAPIC, AsyncDemo
+from broiler.devices.coalesced_log import CoalescedLog, checksum
+from broiler.errors import ConfigError
+from broiler.eventloop import EventLoop
+from broiler.ioeventfd import Doorbells
+from broiler.irq import FIXED_LINES, IrqAllocator, default_routing
+
+
+class FakeLine:
+    def __init__(self, gsi: int = 5) -> None:
+        self.gsi = gsi
+        self.level = 0
+        self.raised = 0
+        self.pulses = 0
+
+    def raise_(self) -> None:
+        self.raised += 1
+        self.level = 1
+
+    def lower(self) -> None:
+        self.level = 0
+
+    def pulse(self) -> None:
+        self.pulses += 1
+
+
+def immediate(delay: float, fn) -> None:  # noqa: ANN001
+    fn()
+
+
+def test_async_device_completes_each_kick_and_acknowledge_lowers_the_line() -> None:
+    line = FakeLine(6)
+    dev = AsyncDemo(ASYNC_PIO, line, immediate)
+    assert dev.read(0x4, 4) == 6
+    dev.ring(3)
+    assert dev.completions == 3 and dev.read(0xC, 4) == 3
+    assert dev.read(0x8, 4) == 1 and line.level == 1
+    dev.write(0x8, 4, 1)
+    assert dev.read(0x8, 4) == 0 and line.level == 0
+    assert dev.completion_log == [1, 2, 3]
+
+
+def test_trapped_doorbell_write_rings_the_same_handler() -> None:
+    dev = AsyncDemo(ASYNC_PIO, FakeLine(), immediate)
+    dev.write(0x0, 1, 1)  # a byte write: KVM only catches 2-byte ones, so this one exits
+    assert dev.trapped_kicks == 1 and dev.completions == 1
+
+
+def test_edge_device_pulses() -> None:
+    line = FakeLine(16)
+    dev = AsyncDemo(VIOAPIC, line, immediate)
+    dev.ring(2)
+    assert line.pulses == 2 and line.raised == 0
+
+
+def test_busy_while_in_flight() -> None:
+    pending: list = []
+    dev = AsyncDemo(ASYNC_PIO, FakeLine(), lambda d, fn: pending.append(fn))
+    dev.ring()
+    assert dev.read(0x8, 4) == 2  # BUSY
+    pending.pop()()
+    assert dev.read(0x8, 4) == 1  # DONE
+
+
+@pytest.mark.parametrize("offset, size", [(0x4, 2), (0x6, 4), (0x10, 4), (0xC, 1)])
+def test_async_device_hostile_reads(offset: int, size: int) -> None:
+    dev = AsyncDemo(ASYNC_PIO, FakeLine(), immediate)
+    assert dev.read(offset, size) == (1 << (8 * size)) - 1
+    assert dev.guest_errors == 1
+
+
+def test_coalesced_log_checksum_is_order_sensitive() -> None:
+    log = CoalescedLog()
+    for v in (1, 2, 3):
+        log.write(0, 4, v)
+    assert log.read(0x8, 4) == 3 and log.read(0xC, 4) == checksum([1, 2, 3]) != checksum([2, 1, 3])
+    log.write(0x10, 4, 0)
+    assert log.read(0x8, 4) == 0
+
+
+def test_event_loop_timers_and_readers() -> None:
+    import os
+
+    loop = EventLoop()
+    loop.start()
+    fired = threading.Event()
+    order: list[int] = []
+    loop.call_later(0.02, lambda: (order.append(2), fired.set()))
+    loop.call_later(0.0, lambda: order.append(1))
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    got = threading.Event()
+    loop.add_reader(fd, lambda: (os.eventfd_read(fd), got.set()))
+    os.eventfd_write(fd, 1)
+    assert fired.wait(2) and got.wait(2)
+    assert order == [1, 2]
+    loop.call_soon(lambda: 1 / 0)  # a failing callback is counted, the loop lives on
+    done = threading.Event()
+    loop.call_soon(done.set)
+    assert done.wait(2) and loop.callback_errors == 1
+    loop.close()
+    os.close(fd)
+
+
+def test_doorbell_rules_without_kvm() -> None:
+    loop = EventLoop()
+    bells = Doorbells(None, loop)
+    bells.add(pio=True, addr=0x6100, length=2, datamatch=1, callback=lambda n: None, owner="a")
+    bells.add(pio=True, addr=0x6100, length=2, datamatch=2, callback=lambda n: None, owner="b")
+    with pytest.raises(ConfigError, match="collides"):
+        bells.add(pio=True, addr=0x6100, length=2, datamatch=2, callback=lambda n: None, owner="c")
+    with pytest.raises(ConfigError, match="collides"):
+        bells.add(pio=True, addr=0x6100, length=2, datamatch=None, callback=lambda n: None, owner="c")
+    with pytest.raises(ConfigError, match="collides"):
+        bells.add(pio=True, addr=0x6101, length=1, datamatch=None, callback=lambda n: None, owner="c")
+    with pytest.raises(ConfigError, match="length 3"):
+        bells.add(pio=True, addr=0x6200, length=3, datamatch=None, callback=lambda n: None, owner="c")
+    with pytest.raises(ConfigError, match="aligned"):
+        bells.add(pio=False, addr=0xD000_0002, length=4, datamatch=None, callback=lambda n: None, owner="c")
+    with pytest.raises(ConfigError, match="does not fit"):
+        bells.add(pio=True, addr=0x6200, length=1, datamatch=0x100, callback=lambda n: None, owner="c")
+    with pytest.raises(ConfigError, match="outside"):
+        bells.add(pio=True, addr=0x10000, length=2, datamatch=None, callback=lambda n: None, owner="c")
+    # the same address on the other bus is a different doorbell
+    bells.add(pio=False, addr=0x6100, length=2, datamatch=None, callback=lambda n: None, owner="d")
+    assert bells.remove_owner("a") == 1
+    bells.close()
+    assert bells.active == [] and len(bells.history) == 3
+    loop.close()
+
+
+def test_doorbell_kicks_reach_the_callback_with_their_count() -> None:
+    import os
+
+    loop = EventLoop()
+    loop.start()
+    bells = Doorbells(None, loop)
+    got: list[int] = []
+    seen = threading.Event()
+    bell = bells.add(pio=True, addr=0x6100, length=2, datamatch=None,
+                     callback=lambda n: (got.append(n), seen.set()), owner="a")
+    time.sleep(0.05)
+    for _ in range(3):
+        os.eventfd_write(bell.fd, 1)  # what KVM does on each caught guest write
+    assert seen.wait(2)
+    time.sleep(0.05)
+    assert sum(got) == 3 and bell.kicks == 3
+    bells.close()
+    loop.close()
+
+
+def test_irq_allocator_never_hands_out_fixed_lines() -> None:
+    alloc = IrqAllocator()
+    isa = [alloc.alloc(f"d{i}", "isa") for i in range(6)]
+    assert isa == [5, 6, 7, 9, 10, 11] and not set(isa) & set(FIXED_LINES)
+    with pytest.raises(ConfigError, match="no free"):
+        alloc.alloc("more", "isa")
+    assert alloc.alloc("pci", "ioapic") == 16
+    with pytest.raises(ConfigError, match="already used"):
+        alloc.reserve(4, "uart2")
+    with pytest.raises(ConfigError, match="out of range"):
+        alloc.reserve(24, "x")
+    with pytest.raises(ConfigError):
+        alloc.alloc("x", "msi")
+
+
+def test_default_routing_table() -> None:
+    entries = [(e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) for e in default_routing()]
+    pic = [(g, c, p) for g, c, p in entries if c in (0, 1)]
+    ioapic = {g: p for g, c, p in entries if c == 2}
+    assert (2, 0, 2) not in pic and len(pic) == 15
+    assert ioapic[0] == 2 and ioapic[1] == 1 and ioapic[23] == 23 and 2 not in ioapic
