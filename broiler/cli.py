@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a guest (with no arguments: the embedded demo guest)")
     run.add_argument("--guest", metavar="FILE", help="a flat64 image (see README: the flat64 contract)")
+    run.add_argument("-k", "--kernel", metavar="FILE", help="a Multiboot v1 kernel (ELF32/ELF64 or a.out kludge)")
+    run.add_argument("-i", "--initrd", metavar="FILE", action="append", default=[],
+                     help="a Multiboot module (repeatable)")
+    run.add_argument("-p", "--append", metavar="CMDLINE", default="", help="the kernel command line")
+    run.add_argument("--testdev", action="store_true",
+                     help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev")
     run.add_argument("-m", "--mem", default=None, metavar="SIZE", help="guest RAM, e.g. 256M, 4G (default 256M)")
     run.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
     run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
@@ -64,19 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .boot.multiboot import DEFAULT_RAM as MULTIBOOT_RAM
+    from .boot.multiboot import is_multiboot
     from .machine import Machine, MachineConfig
     from .report import exit_table, io_table
 
-    mem = parse_size(args.mem, what="--mem") if args.mem else 256 * MiB
-    if args.guest is not None:
-        image = _read_image(args.guest, "guest image")
-        demo = False
+    if args.guest is not None and args.kernel is not None:
+        raise ConfigError("give either --guest (flat64) or --kernel, not both")
+    demo = args.guest is None and args.kernel is None
+    if args.kernel is not None:
+        kernel_head = _read_image(args.kernel, "kernel")[:8192]
+        if not is_multiboot(kernel_head):
+            raise ConfigError(f"{args.kernel!r} is not a Multiboot v1 kernel (no 0x1BADB002 header in its "
+                              "first 8 KiB)")
+        default_mem = MULTIBOOT_RAM
     else:
-        image = packaged_guest(DEMO_GUEST)
-        demo = True
-    config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices)
+        if args.initrd or args.append:
+            raise ConfigError("--initrd and --append go with --kernel")
+        image = packaged_guest(DEMO_GUEST) if demo else _read_image(args.guest, "guest image")
+        default_mem = 256 * MiB
+    mem = parse_size(args.mem, what="--mem") if args.mem else default_mem
+    config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices,
+                           testdev=args.testdev)
     with Machine(config) as machine:
-        machine.load_flat64(image)
+        if args.kernel is not None:
+            machine.load_multiboot(args.kernel, cmdline=args.append, initrds=tuple(args.initrd))
+        else:
+            machine.load_flat64(image)
         status = machine.run(timeout=args.timeout)
         if demo or args.stats:
             print()

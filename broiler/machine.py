@@ -52,6 +52,7 @@ class MachineConfig:
     irqchip: bool = True          # in-kernel PIC/IOAPIC/LAPIC and PIT
     serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
     async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
+    testdev: bool = False         # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
     kvm_path: str = "/dev/kvm"
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -198,7 +199,31 @@ class Machine:
         regs.rip, regs.rsp, regs.rflags, regs.rdi = state.rip, state.rsp if rsp is None else rsp, 0x2, rdi
         vcpu.set_regs(regs)
 
+    def set_protected_mode(self, vcpu: Vcpu, *, entry: int, eax: int, ebx: int) -> None:
+        """32-bit protected mode, paging off, flat segments, interrupts off (the Multiboot state)."""
+        sregs = vcpu.get_sregs()
+        code = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0x08, type=11, present=1, dpl=0, db=1, s=1,
+                               l=0, g=1)
+        data = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0x10, type=3, present=1, dpl=0, db=1, s=1,
+                               l=0, g=1)
+        sregs.cs = code
+        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+        sregs.cr0 = 0x11  # PE | ET
+        sregs.cr3 = sregs.cr4 = sregs.efer = 0
+        vcpu.set_sregs(sregs)
+        regs = abi.kvm_regs()
+        regs.rip, regs.rax, regs.rbx, regs.rflags = entry, eax, ebx, 0x2
+        vcpu.set_regs(regs)
+
     # -- loaders ------------------------------------------------------------------------------
+    def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:
+        """Load a Multiboot v1 kernel; vCPU 0 enters it, the others wait for INIT/SIPI like real APs."""
+        from .boot.multiboot import load_multiboot_files
+
+        image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds)
+        self.set_protected_mode(self.vcpus[0], entry=image.entry, eax=image.eax, ebx=image.info_addr)
+        return image
+
     def load_flat64(self, image: bytes) -> None:
         """Load a flat64 image. Every vCPU enters at its first byte together, with RDI = its index
         and its own 16 KiB stack below 0x80000 (the flat64 contract; no INIT/SIPI dance needed)."""

@@ -19,7 +19,9 @@ from .devices.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
 from .devices.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
 from .devices.coalesced_log import LOG_BASE, LOG_SIZE, CoalescedLog
 from .devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
+from .devices.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
 from .devices.legacy import register_legacy_ports
+from .devices.pc_testdev import PcTestdev
 from .devices.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
 from .devices.sync_demo import SYNC_BLOCK_SIZE, SYNC_MMIO_BASE, SYNC_PIO_BASE, SyncRegisters
 from .eventloop import EventLoop
@@ -55,6 +57,18 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
             m.doorbells.add(pio=spec.pio, addr=spec.base, length=spec.doorbell_width, datamatch=None,
                             callback=device.ring, owner=spec.name)
         m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
+    if config.testdev:
+        add_qemu_test_devices(m, config)
+
+
+def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+    """QEMU's test devices, for kernels written against them (kvm-unit-tests style; issue 5)."""
+    m.add_pio(FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg(ram_size=config.mem_size, cpus=config.cpus))
+    # pc-testdev's "flush page" is a documented no-op: KVM shares broiler's pages, so there is
+    # nothing stale to re-fault (QEMU mprotects the page to force a re-fault of its own mapping).
+    testdev = PcTestdev.create(set_irq=m.irq_line, flush_page=lambda gpa: None)
+    for kind, base, size, device, name in testdev.regions():
+        (m.add_pio if kind == "pio" else m.add_mmio)(base, size, device, name=name)
 
 
 class PlatformSketch:
@@ -95,6 +109,9 @@ class PlatformSketch:
         return None
 
     def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
+        return None
+
+    def irq_line(self, gsi: int, level: int) -> None:
         return None
 
 

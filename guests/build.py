@@ -2,7 +2,11 @@
 """Build the flat64 guest images shipped in broiler/guests/.
 
 Each ``guests/<name>.c`` or ``guests/<name>.S`` becomes ``broiler/guests/<name>.bin``, linked with the
-toolkit in ``guests/lib`` (start.S, lib.c, and any other lib/*.c / lib/*.S). The images are committed
+toolkit in ``guests/lib`` (start.S, lib.c, and any other lib/*.c / lib/*.S).
+
+Each ``guests/multiboot/<name>.c`` becomes a Multiboot test kernel ``broiler/guests/<name>.elf``: linked
+with ``guests/multiboot/boot.S`` (Multiboot header, 32-bit entry, switch to long mode) and written as
+ELF32 so QEMU's ``-kernel`` loads the same file (it refuses ELF64 Multiboot images). The images are committed
 so ``broiler run`` needs no compiler; ``tests/unit/test_guest_images.py`` rebuilds them into a temporary
 folder and checks they match byte for byte.
 
@@ -28,6 +32,7 @@ CFLAGS = ["-m64", "-std=gnu11", "-O2", "-ffreestanding", "-fno-pic", "-fno-pie",
           "-fcf-protection=none", "-fno-exceptions", "-nostdlib", "-Wall", "-Werror", f"-I{LIB}"]
 LDFLAGS = ["-m", "elf_x86_64", "--build-id=none", "-nostdlib", "-static", "-z", "noexecstack",
            "--no-warn-rwx-segments"]
+MULTIBOOT = HERE / "multiboot"
 
 
 def guest_sources() -> list[Path]:
@@ -38,9 +43,27 @@ def lib_sources() -> list[Path]:
     return sorted(p for p in LIB.iterdir() if p.suffix in (".c", ".S"))
 
 
-def _compile(src: Path, obj: Path) -> None:
-    cmd = ["gcc", *CFLAGS, "-c", str(src), "-o", str(obj)]
+def _compile(src: Path, obj: Path, extra: tuple[str, ...] = ()) -> None:
+    cmd = ["gcc", *CFLAGS, *extra, "-c", str(src), "-o", str(obj)]
     subprocess.run(cmd, check=True)
+
+
+def _build_multiboot(tmp: Path, out: Path) -> list[Path]:
+    if not (MULTIBOOT / "boot.S").exists():
+        return []
+    boot = tmp / "mb_boot.o"
+    _compile(MULTIBOOT / "boot.S", boot)
+    built = []
+    for src in sorted(MULTIBOOT.glob("*.c")):
+        obj = tmp / f"mb_{src.stem}.o"
+        elf = tmp / f"mb_{src.stem}.elf"
+        _compile(src, obj)
+        subprocess.run(["ld", *LDFLAGS, "-z", "max-page-size=0x1000", "-T", str(MULTIBOOT / "link.ld"),
+                        "-o", str(elf), str(boot), str(obj)], check=True)
+        image = out / f"{src.stem}.elf"
+        subprocess.run(["objcopy", "-O", "elf32-i386", str(elf), str(image)], check=True)
+        built.append(image)
+    return built
 
 
 def build(out: Path) -> list[Path]:
@@ -66,6 +89,7 @@ def build(out: Path) -> list[Path]:
             image = out / f"{src.stem}.bin"
             subprocess.run(["objcopy", "-O", "binary", str(elf), str(image)], check=True)
             built.append(image)
+        built += _build_multiboot(tmp, out)
     return built
 
 

@@ -30,5 +30,6 @@ def test_shipped_images_match_a_fresh_build(tmp_path: Path) -> None:
         shipped = shipped_dir / image.name
         assert shipped.exists(), f"{image.name} is built but not shipped: run python guests/build.py"
         assert shipped.read_bytes() == image.read_bytes(), f"{image.name} is stale: run python guests/build.py"
-    extra = {p.name for p in shipped_dir.glob("*.bin")} - {p.name for p in built}
+    shipped_images = [*shipped_dir.glob("*.bin"), *shipped_dir.glob("*.elf")]
+    extra = {p.name for p in shipped_images} - {p.name for p in built}
     assert not extra, f"shipped images without sources: {extra}"
