@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError, OverlapError
 
@@ -58,6 +59,11 @@ class Device:
     def write(self, offset: int, size: int, value: int) -> None:
         return None
 
+    def coalesced_write(self, offset: int, size: int, value: int) -> None:
+        """A write KVM queued in the coalesced ring, replayed now. Same as ``write`` unless a proxy
+        (tracing) needs to tell them apart."""
+        self.write(offset, size, value)
+
     def guest_error(self, what: str) -> None:
         """Count a guest mistake (bad size, read-only register...), logging each kind once."""
         self.guest_errors += 1
@@ -74,6 +80,20 @@ class IoStats:
     writes: int = 0
     ns: int = 0
     coalesced: int = 0  # writes KVM queued in the coalesced ring (no exit), replayed later
+    # hist[b]: handler calls that took [2**(b-1), 2**b) ns; enough for a p99 within a factor of 2.
+    hist: list[int] = field(default_factory=lambda: [0] * 64)
+
+    def percentile_ns(self, fraction: float) -> int:
+        """Upper bound of the bucket holding the given fraction of handler times (0 if none)."""
+        total = sum(self.hist)
+        if not total:
+            return 0
+        seen = 0
+        for bucket, n in enumerate(self.hist):
+            seen += n
+            if seen >= fraction * total:
+                return 1 << bucket
+        return 1 << 63
 
     @property
     def count(self) -> int:
@@ -99,8 +119,10 @@ class Region:
             return self.bus.straddle(addr, size, False)
         t0 = _perf_ns()
         value = self.device.read(addr - self.base, size)
+        dt = _perf_ns() - t0
         st = self.stats
-        st.ns += _perf_ns() - t0
+        st.ns += dt
+        st.hist[dt.bit_length()] += 1
         st.reads += 1
         return value
 
@@ -110,8 +132,10 @@ class Region:
             return
         t0 = _perf_ns()
         self.device.write(addr - self.base, size, value)
+        dt = _perf_ns() - t0
         st = self.stats
-        st.ns += _perf_ns() - t0
+        st.ns += dt
+        st.hist[dt.bit_length()] += 1
         st.writes += 1
 
 
@@ -120,7 +144,7 @@ class Region:
         if addr + size > self.end:
             self.bus.straddle(addr, size, True)
             return
-        self.device.write(addr - self.base, size, value)
+        self.device.coalesced_write(addr - self.base, size, value)
         self.stats.coalesced += 1
 
 
@@ -131,6 +155,7 @@ class _Unmapped:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+
 
     def read(self, addr: int, size: int) -> int:
         self.bus.note_unmapped(addr, size, False)
@@ -154,12 +179,14 @@ class Bus:
         self._lock = threading.Lock()
         self._starts: list[int] = []
         self._regions: list[Region] = []
-        self._unmapped = _Unmapped(self)
+        self._unmapped: _Unmapped | Any = _Unmapped(self)
         # addr -> Region or the unmapped sentinel; read lock-free by vCPU threads.
         self.cache: dict[int, Region | _Unmapped] = {}
         self.unmapped: Counter[tuple[int, bool]] = Counter()
         self.straddled: Counter[tuple[int, bool]] = Counter()
         self.listeners: list[Callable[[], None]] = []
+        # Set by tracing: wraps every device registered from then on (see broiler/trace.py).
+        self.wrap_device: Callable[[Device, int, str], Device] | None = None
 
     # -- registration -----------------------------------------------------------------------
     def register(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
@@ -169,8 +196,8 @@ class Bus:
         if base < 0 or base + size > self.limit:
             raise ConfigError(f"{self.name}: {name or device.name}: range [{base:#x}, {base + size:#x}) "
                               f"is outside the bus (limit {self.limit:#x})")
-        region = Region(self, base, size, device, owner if owner is not None else device,
-                        name or device.name)
+        shown = device if self.wrap_device is None else self.wrap_device(device, base, name or device.name)
+        region = Region(self, base, size, shown, owner if owner is not None else device, name or device.name)
         with self._lock:
             i = bisect.bisect_right(self._starts, base)
             for neighbour in self._regions[max(0, i - 1):i + 1]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from importlib import resources
 
 from . import exitcodes
 from .errors import ConfigError, KvmUnavailable
 from .memory import MiB, format_size, parse_size
+from .trace import Tracer, parse_kinds
 
 DEMO_GUEST = "demo"
 
@@ -60,8 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                      help=f"stop the guest after this long (exit status {exitcodes.TIMEOUT})")
     run.add_argument("--no-demo-devices", action="store_true", help="leave out the seed's demo devices")
+    run.add_argument("--async-delay", type=float, default=None, metavar="SECONDS",
+                     help="how long the async demo devices 'work' before completing (default 0.05; "
+                          "Broiler used 2)")
+    run.add_argument("--trace", metavar="KINDS", help="print one line per event: a comma-separated list of "
+                     "pio, mmio, coalesced, doorbell, irq (or all)")
+    run.add_argument("--trace-file", metavar="FILE", help="write the trace here instead of stderr")
+    run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
+    run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs` (default vm-PID)")
+    run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
     run.add_argument("--stats", action="store_true", help="print the IO table after the run "
                      "(always on for the demo guest)")
+
+    sub.add_parser("list", help="list running VMs")
+    stat = sub.add_parser("stat", help="live IO statistics of a running VM")
+    stat.add_argument("name")
+    stat.add_argument("--once", action="store_true", help="print one table and exit")
+    stat.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS")
+    stop = sub.add_parser("stop", help="stop a running VM")
+    stop.add_argument("name")
+    regs = sub.add_parser("regs", help="every vCPU's registers, instruction and stack of a running VM")
+    regs.add_argument("name")
 
     layout = sub.add_parser("layout", help="print the guest-physical map and the port map")
     layout.add_argument("-m", "--mem", default="4G", metavar="SIZE", help="guest RAM (default 4G)")
@@ -92,12 +114,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     mem = parse_size(args.mem, what="--mem") if args.mem else default_mem
     config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices,
                            testdev=args.testdev)
-    with Machine(config) as machine:
+    if args.async_delay is not None:
+        if not 0 <= args.async_delay <= 3600:
+            raise ConfigError("--async-delay must be between 0 and 3600 seconds")
+        config.async_delay = args.async_delay
+    trace_kinds = parse_kinds(args.trace) if args.trace else None
+    if trace_kinds is None and (args.trace_file or args.trace_json):
+        raise ConfigError("--trace-file and --trace-json go with --trace")
+    from .control import ControlServer
+
+    name = args.name or f"vm-{os.getpid()}"
+    with Machine(config) as machine, contextlib.ExitStack() as stack:
+        stack.callback(ControlServer(machine, name).close)
+        if trace_kinds is not None:
+            out = sys.stderr
+            if args.trace_file:
+                try:
+                    out = stack.enter_context(open(args.trace_file, "w"))  # noqa: SIM115
+                except OSError as exc:
+                    raise ConfigError(f"cannot write --trace-file {args.trace_file!r}: {exc.strerror}") from None
+            tracer = Tracer(trace_kinds, out, as_json=args.trace_json)
+            tracer.attach(machine)
+            stack.callback(tracer.flush)
         if args.kernel is not None:
             machine.load_multiboot(args.kernel, cmdline=args.append, initrds=tuple(args.initrd))
         else:
             machine.load_flat64(image)
         status = machine.run(timeout=args.timeout)
+        if args.stats_json:
+            _write_stats_json(machine, args.stats_json)
         if demo or args.stats:
             print()
             print("\n".join(io_table(machine) + exit_table(machine)))
@@ -106,6 +151,74 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif demo or args.stats:
             print(f"VM ended: {machine.exit_reason} → exit status {status} ({exitcodes.describe(status)})")
     return status
+
+
+def _write_stats_json(machine: object, path: str) -> None:
+    import json
+
+    from .report import device_rows, snapshot_stats
+
+    data = {**snapshot_stats(machine), "devices": device_rows(machine)}  # type: ignore[arg-type]
+    try:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+    except OSError as exc:
+        raise ConfigError(f"cannot write --stats-json {path!r}: {exc.strerror}") from None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .control import list_vms
+
+    live, stale = list_vms()
+    for name in stale:
+        print(f"(removed the stale socket of {name})", file=sys.stderr)
+    if not live:
+        print("no running VMs")
+        return 0
+    print(f"{'NAME':<20} {'PID':>8} {'UPTIME':>9} {'CPUS':>4} {'MEM':>6}  GUEST")
+    for vm in live:
+        print(f"{vm['name']:<20} {vm['pid']:>8} {vm['uptime']:>8.1f}s {vm['cpus']:>4} {format_size(vm['mem']):>6}  "
+              f"{vm['guest']}")
+    return 0
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    import time
+
+    from .control import request
+    from .report import stat_table
+
+    previous = None
+    while True:
+        snap = request(args.name, "stats")
+        lines = stat_table(snap, previous)
+        if args.once:
+            print("\n".join(lines))
+            return 0
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[H\x1b[2J")
+        print("\n".join(lines), flush=True)
+        previous = snap
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .control import request
+
+    request(args.name, "stop")
+    print(f"stopping {args.name}")
+    return 0
+
+
+def cmd_regs(args: argparse.Namespace) -> int:
+    from .control import request
+
+    for dump in request(args.name, "regs")["vcpus"]:
+        print(dump.rstrip("\n"))
+    return 0
 
 
 def cmd_layout(args: argparse.Namespace) -> int:
@@ -130,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
-        if args.command == "layout":
-            return cmd_layout(args)
+        commands = {"layout": cmd_layout, "list": cmd_list, "stat": cmd_stat, "stop": cmd_stop, "regs": cmd_regs}
+        if args.command in commands:
+            return commands[args.command](args)
         parser.error(f"unknown command {args.command}")
     except ConfigError as exc:
         print(f"broiler: error: {exc}", file=sys.stderr)

@@ -42,9 +42,10 @@ def cpu_bitness(sregs: abi.kvm_sregs) -> int:
     return 16
 
 
-def register_dump(thread: VcpuThread, why: str) -> str:
+def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> str:
     vcpu = thread.vcpu
-    lines = [f"\nbroiler: vCPU {vcpu.id} stopped: {why}"]
+    lines = [f"vCPU {vcpu.id} ({why})" if snapshot else f"\nbroiler: vCPU {vcpu.id} stopped: {why}"]
+    internal = thread.internal_error_data() if thread.last_exit_reason() == abi.KVM_EXIT_INTERNAL_ERROR else []
     try:
         r = vcpu.get_regs()
         s = vcpu.get_sregs()
@@ -63,9 +64,8 @@ def register_dump(thread: VcpuThread, why: str) -> str:
     bitness = cpu_bitness(s)
     rip_linear = r.rip + (s.cs.base if bitness != 64 else 0)
     code = _guest_bytes(thread, rip_linear, 16)
-    if code is None and thread.internal_error_data():
-        data = thread.internal_error_data()
-        code = b"".join(w.to_bytes(8, "little") for w in data[1:3]) if len(data) > 2 else None
+    if code is None and len(internal) > 2:
+        code = b"".join(w.to_bytes(8, "little") for w in internal[1:3])
     if code:
         lines.append(f"  code at rip: {code.hex(' ')}")
         lines.append(f"  instruction: {decode_instruction(code, r.rip, bitness)}")
@@ -75,6 +75,6 @@ def register_dump(thread: VcpuThread, why: str) -> str:
     if stack:
         words = [int.from_bytes(stack[i:i + 8], "little") for i in range(0, len(stack), 8)]
         lines.append("  stack: " + " ".join(f"{w:016x}" for w in words))
-    if thread.internal_error_data():
-        lines.append("  internal error data: " + " ".join(f"{w:#x}" for w in thread.internal_error_data()))
+    if internal:
+        lines.append("  internal error data: " + " ".join(f"{w:#x}" for w in internal))
     return "\n".join(lines) + "\n"

@@ -22,7 +22,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
 from .eventloop import EventLoop
@@ -41,7 +42,6 @@ class Doorbell:
     kicks: int = 0          # guest writes caught by KVM
     wakeups: int = 0        # eventfd reads (one may carry several kicks)
     handler_ns: int = 0
-    latencies_ns: list[int] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -59,6 +59,7 @@ class Doorbells:
         self._lock = threading.Lock()
         self.active: list[Doorbell] = []
         self.history: list[Doorbell] = []  # every doorbell ever added, for the final statistics
+        self.tracer: Any = None
 
     def add(self, *, pio: bool, addr: int, length: int, datamatch: int | None,
             callback: Callable[[int], None], owner: Hashable) -> Doorbell:
@@ -98,6 +99,9 @@ class Doorbells:
             return
         bell.kicks += kicks
         bell.wakeups += 1
+        if self.tracer is not None:
+            self.tracer.emit("doorbell", "w", bell.addr, bell.length, bell.datamatch,
+                             f"{bell.owner} ({kicks} kick{'s' if kicks > 1 else ''}, {'pio' if bell.pio else 'mmio'})")
         t0 = time.perf_counter_ns()
         bell.callback(kicks)
         bell.handler_ns += time.perf_counter_ns() - t0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from .errors import ConfigError
 from .kvm import Vm, abi
@@ -106,6 +107,7 @@ class IrqLine:
         self._is_stopped = is_stopped
         self.level = 0
         self.raised = 0  # how many times the line went (or was pulsed) high
+        self.tracer: Any = None
 
     def set_level(self, level: int) -> None:
         level = 1 if level else 0
@@ -113,6 +115,8 @@ class IrqLine:
             return
         if level and not self.level:
             self.raised += 1
+        if self.tracer is not None and level != self.level:
+            self.tracer.emit("irq", "w", self.gsi, 0, level, "line raised" if level else "line lowered")
         self.level = level
         self.vm.irq_line(self.gsi, level)
 
@@ -126,6 +130,8 @@ class IrqLine:
         if self._is_stopped():
             return
         self.raised += 1
+        if self.tracer is not None:
+            self.tracer.emit("irq", "w", self.gsi, 0, 1, "line pulsed")
         self.vm.irq_line(self.gsi, 1)
         self.vm.irq_line(self.gsi, 0)
         self.level = 0
@@ -202,11 +208,18 @@ class Interrupts:
         self._is_stopped = is_stopped
         self._lines: dict[int, IrqLine] = {}
         self.msis_sent = 0
+        self.tracer: Any = None
 
     def line(self, gsi: int) -> IrqLine:
         if gsi not in self._lines:
             self._lines[gsi] = IrqLine(self.vm, gsi, self._is_stopped)
+            self._lines[gsi].tracer = self.tracer
         return self._lines[gsi]
+
+    def set_tracer(self, tracer: Any) -> None:
+        self.tracer = tracer
+        for line in self._lines.values():
+            line.tracer = tracer
 
     def alloc_line(self, owner: Hashable, kind: str = "isa") -> IrqLine:
         return self.line(self.allocator.alloc(str(owner), kind))
@@ -215,4 +228,6 @@ class Interrupts:
         if self._is_stopped():
             return
         self.msis_sent += 1
+        if self.tracer is not None:
+            self.tracer.emit("irq", "w", address, 4, data, "MSI")
         self.vm.signal_msi(address, data)

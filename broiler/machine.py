@@ -57,6 +57,19 @@ class MachineConfig:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def _noop_signal(signum: int, frame: object) -> None:
+    return None
+
+
+def _install_kick_handler() -> None:
+    """SIGUSR1 interrupts KVM_RUN in a vCPU thread (``Machine.kick``). Its handler does nothing and
+    stays installed for the life of the process, so a late kick can never kill it."""
+    if signal.getsignal(signal.SIGUSR1) is not _noop_signal:
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError("create the first Machine on the main thread (it installs a signal handler)")
+        signal.signal(signal.SIGUSR1, _noop_signal)
+
+
 class Machine:
     def __init__(self, config: MachineConfig) -> None:
         if not 1 <= config.cpus <= MAX_VCPUS:
@@ -66,6 +79,7 @@ class Machine:
         self.kvm = Kvm(config.kvm_path)
         self.kvm.require(REQUIRED_CAPS + (IRQCHIP_CAPS if config.irqchip else []))
         self.vm = self.kvm.create_vm()
+        _install_kick_handler()
         self.stopping = False
         self.exit_status: int | None = None
         self.exit_reason = ""
@@ -75,6 +89,8 @@ class Machine:
         self.emulate: Callable[[VcpuThread], str | None] | None = None
         self.exit_handlers: dict[int, Callable[[VcpuThread], bool]] = {}
         self.on_stop: list[Callable[[], None]] = []
+        self.tracer: object | None = None  # set by broiler.trace.Tracer.attach
+        self.guest_name = "(nothing loaded)"
 
         # VMX needs these two private regions in the 32-bit space; other backends ignore them.
         if self.kvm.check_extension(abi.KVM_CAP_SET_TSS_ADDR) > 0:
@@ -221,6 +237,7 @@ class Machine:
         from .boot.multiboot import load_multiboot_files
 
         image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds)
+        self.guest_name = f"multiboot {kernel}"
         self.set_protected_mode(self.vcpus[0], entry=image.entry, eax=image.eax, ebx=image.info_addr)
         return image
 
@@ -228,6 +245,7 @@ class Machine:
         """Load a flat64 image. Every vCPU enters at its first byte together, with RDI = its index
         and its own 16 KiB stack below 0x80000 (the flat64 contract; no INIT/SIPI dance needed)."""
         state = load_flat64(self.memory, image)
+        self.guest_name = f"flat64 image ({len(image)} bytes)"
         for vcpu in self.vcpus:
             self.set_long_mode(vcpu, state, rsp=state.rsp - vcpu.id * FLAT64_AP_STACK, rdi=vcpu.id)
             if vcpu.id and self.config.irqchip:
@@ -273,12 +291,17 @@ class Machine:
     def _kick_vcpus(self) -> None:
         for t in self.threads:
             t.request_immediate_exit()
-            ident = t.thread.ident
-            if ident is not None and t.thread.is_alive() and ident != threading.get_ident():
-                try:
-                    signal.pthread_kill(ident, signal.SIGUSR1)
-                except (ProcessLookupError, OSError):
-                    pass
+            self.kick(t)
+
+    @staticmethod
+    def kick(t: VcpuThread) -> None:
+        """Interrupt KVM_RUN on that vCPU's thread (SIGUSR1; its Python handler does nothing)."""
+        ident = t.thread.ident
+        if ident is not None and t.thread.is_alive() and ident != threading.get_ident():
+            try:
+                signal.pthread_kill(ident, signal.SIGUSR1)
+            except (ProcessLookupError, OSError):
+                pass
 
     def stop(self) -> None:
         if not self.stopping:
@@ -302,8 +325,6 @@ class Machine:
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous: dict[int, object] = {}
-        # SIGUSR1 only has to interrupt KVM_RUN in a vCPU thread; its Python handler does nothing.
-        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: None)
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(
                 sig, lambda signum, _f: self.request_exit(exitcodes.INTERRUPTED,

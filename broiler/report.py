@@ -28,6 +28,7 @@ def device_rows(machine: Machine) -> list[dict[str, object]]:
             line = getattr(dev, "line", None)
             row = {
                 "device": r.name, "bus": bus.name, "base": r.base, "size": r.size,
+                "p99_ns": st.percentile_ns(0.99),
                 "irq": getattr(line, "gsi", None), "reads": st.reads, "writes": st.writes,
                 "exits": st.count, "ns": st.ns, "coalesced": st.coalesced,
                 "doorbell_kicks": kicks.get(r.owner, kicks.get(r.name, 0)),
@@ -68,4 +69,48 @@ def exit_table(machine: Machine) -> list[str]:
     for t in machine.threads:
         counts = {abi.EXIT_REASON_NAMES.get(i, str(i)): n for i, n in enumerate(t.exit_counts) if n}
         lines.append(f"vCPU {t.vcpu.id} exits: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return lines
+
+
+def snapshot_stats(machine: Machine) -> dict[str, object]:
+    """Counters for `broiler stat` and --stats-json (JSON-ready)."""
+    exits = {}
+    for t in machine.threads:
+        exits[str(t.vcpu.id)] = {abi.EXIT_REASON_NAMES.get(i, str(i)): n for i, n in enumerate(t.exit_counts) if n}
+    return {
+        "exits": exits,
+        "unmapped": {"pio": sum(machine.pio_bus.unmapped.values()), "mmio": sum(machine.mmio_bus.unmapped.values())},
+        "straddled": {"pio": sum(machine.pio_bus.straddled.values()),
+                      "mmio": sum(machine.mmio_bus.straddled.values())},
+        "doorbells": [{"owner": str(b.owner), "bus": "pio" if b.pio else "mmio", "addr": b.addr, "length": b.length,
+                       "datamatch": b.datamatch, "kicks": b.kicks, "wakeups": b.wakeups}
+                      for b in machine.doorbells.history],
+        "msis_sent": machine.irqs.msis_sent,
+        "exit_status": machine.exit_status, "exit_reason": machine.exit_reason,
+    }
+
+
+def stat_table(snap: dict, previous: dict | None) -> list[str]:  # type: ignore[type-arg]
+    """The `broiler stat` table: per device and path, counts, rates since the last sample, latency."""
+    dt = snap["uptime"] - previous["uptime"] if previous else snap["uptime"]
+    before = {(d["bus"], d["base"]): d for d in previous["devices"]} if previous else {}
+    rows = []
+    for d in snap["devices"]:
+        old = before.get((d["bus"], d["base"]), {})
+        exits = d["exits"]
+        events = exits + d["doorbell_kicks"] + d["coalesced"]
+        old_events = old.get("exits", 0) + old.get("doorbell_kicks", 0) + old.get("coalesced", 0)
+        rate = (events - old_events) / dt if dt > 0 else 0.0
+        mean = f"{d['ns'] / exits / 1000:.2f}" if exits else "-"
+        p99 = f"{d['p99_ns'] / 1000:.1f}" if exits else "-"
+        rows.append([d["device"], f"{d['bus']} {d['base']:#x}", str(exits), str(d["doorbell_kicks"] or "-"),
+                     str(d["coalesced"] or "-"), "-" if d["irqs_raised"] is None else str(d["irqs_raised"]),
+                     "-" if d["completions"] is None else str(d["completions"]), f"{rate:.0f}", mean, p99])
+    lines = [f"VM {snap['name']}  up {snap['uptime']:.1f} s"]
+    lines += _table(["device", "where", "sync exits", "doorbell kicks", "coalesced", "irqs", "completions",
+                     "events/s", "mean µs", "p99 µs"], rows)
+    for vcpu, counts in snap["exits"].items():
+        lines.append(f"vCPU {vcpu}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    lines.append(f"unmapped: pio {snap['unmapped']['pio']}, mmio {snap['unmapped']['mmio']}; "
+                 f"MSIs sent {snap['msis_sent']}")
     return lines

@@ -26,6 +26,7 @@ import fcntl
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import exitcodes
@@ -58,6 +59,7 @@ class VcpuThread:
         self._ring = page[ring_off:ring_off + 4096] if vcpu.coalesced_page > 0 else None
         self._ring32 = self._ring.cast("I") if self._ring is not None else None
         self.stopped = threading.Event()
+        self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +98,8 @@ class VcpuThread:
                 if exc.errno in (errno.EINTR, errno.EAGAIN):
                     u8[abi.RUN_IMMEDIATE_EXIT] = 0
                     counts[abi.KVM_EXIT_INTR] += 1
+                    if self._calls:
+                        self._run_calls()
                     continue
                 raise
             if ring32 is not None and ring32[0] != ring32[1]:
@@ -174,11 +178,38 @@ class VcpuThread:
         self.fatal(f"unhandled exit reason {reason} ({abi.EXIT_REASON_NAMES.get(reason, '?')})")
         return False
 
+    def call_on_vcpu(self, fn: Callable[[], None], timeout: float = 2.0) -> bool:
+        """Run ``fn`` on this vCPU's thread between two KVM_RUNs (vCPU ioctls such as KVM_GET_REGS
+        wait for KVM_RUN to return; this kicks the vCPU out for just that long). False on timeout."""
+        if not self.thread.is_alive() or self.stopped.is_set():
+            fn()
+            return True
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        self._calls.append(call)
+        self.request_immediate_exit()
+        self.machine.kick(self)
+        return done.wait(timeout)
+
+    def _run_calls(self) -> None:
+        calls, self._calls = self._calls, []
+        for call in calls:
+            call()
+
     def fatal(self, why: str) -> None:
         from .dump import register_dump  # the dump is cold code; keep it out of this module
 
         sys.stderr.write(register_dump(self, why))
         self.machine.request_exit(exitcodes.GUEST_FATAL, why)
+
+    def last_exit_reason(self) -> int:
+        return self._u32[abi.RUN_EXIT_REASON // 4]
 
     def internal_error_data(self) -> list[int]:
         n = min(self._u32[abi.RUN_INTERNAL_NDATA // 4], 16)
