@@ -232,6 +232,9 @@ def cmd_layout(args: argparse.Namespace) -> int:
     print("\n".join(iomem(sketch.map, sketch.mmio_bus)))
     print("\n# IO ports, /proc/ioports style")
     print("\n".join(ioports(sketch.pio_bus)))
+    if sketch.pci is not None:
+        print("\n# PCI bus 0 (slot, vendor:device, class, BARs, interrupt)")
+        print("\n".join(sketch.pci.describe()))
     return 0
 
 

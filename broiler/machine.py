@@ -26,6 +26,7 @@ from .devices.serial import Serial8250
 from .errors import ConfigError
 from .eventloop import EventLoop
 from .ioeventfd import Doorbells
+from .pci import PciHost
 from .irq import Interrupts, IrqLine
 from .kvm import Kvm, Vcpu, abi
 from .kvm.abi import buffer_address
@@ -115,6 +116,7 @@ class Machine:
         self.devices: list[Device] = []
         self.coalesced_zones: list[tuple[int, int, bool]] = []
         self.serial: Serial8250 | None = None
+        self.pci: PciHost | None = None
         self._add_platform_devices()
 
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.cpus)]
@@ -154,6 +156,9 @@ class Machine:
 
     def schedule(self, delay: float, fn: Callable[[], None]) -> object:
         return self.loop.call_later(delay, fn)
+
+    def signal_msi(self, address: int, data: int) -> None:
+        self.irqs.signal_msi(address, data)
 
     def _add_platform_devices(self) -> None:
         from .platform import add_platform_devices

@@ -22,12 +22,26 @@ from .devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
 from .devices.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
 from .devices.legacy import register_legacy_ports
 from .devices.pc_testdev import PcTestdev
+from .devices.pci_demos import (
+    AsyncMmioPci,
+    AsyncPioPci,
+    IntxDemoPci,
+    MsiDemoPci,
+    MsixDemoPci,
+    PciBaseDemo,
+    SyncMmioPci,
+    SyncPioPci,
+)
+from .devices.pci_dma import DmaBufPci, DmaIntxPci, DmaMsiPci, DmaMsixPci
+from .devices.pci_testdev import PciTestDev
 from .devices.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
 from .devices.sync_demo import SYNC_BLOCK_SIZE, SYNC_MMIO_BASE, SYNC_PIO_BASE, SyncRegisters
 from .eventloop import EventLoop
 from .ioeventfd import Doorbells
 from .irq import IrqAllocator
-from .memory import MemoryMap
+from .memory import GuestMemory, MemoryMap
+from .pci import PciFunction, PciHost
+from .pci.interfaces import IrqLine
 
 if TYPE_CHECKING:
     from .machine import Machine, MachineConfig
@@ -57,8 +71,39 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
             m.doorbells.add(pio=spec.pio, addr=spec.base, length=spec.doorbell_width, datamatch=None,
                             callback=device.ring, owner=spec.name)
         m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
+    m.pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
+    if config.demo_devices:
+        add_pci_demo_devices(m, config)
     if config.testdev:
         add_qemu_test_devices(m, config)
+
+
+def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+    """The seed's PCI demos (spec §6.3), in this fixed order: slots 1-12, whatever gets imported when.
+
+    INTx devices get IOAPIC-only lines (16 and up, level-triggered, active high); MSI/MSI-X devices
+    deliver through KVM_SIGNAL_MSI. The async "work" takes ``config.async_delay`` seconds (Broiler:
+    2 s, or 5 s for the INTx and DMA demos).
+    """
+    delay, schedule, msi = config.async_delay, m.schedule, m.signal_msi
+
+    def intx(name: str) -> IrqLine:
+        return m.alloc_line(name, "ioapic")
+
+    pci_devices: list[PciFunction] = [
+        SyncPioPci(), SyncMmioPci(), PciBaseDemo(),
+        AsyncPioPci(irq=intx("async-pio-pci"), schedule=schedule, delay=delay),
+        AsyncMmioPci(irq=intx("async-mmio-pci"), schedule=schedule, delay=delay),
+        IntxDemoPci(irq=intx("intx-pci"), schedule=schedule, delay=delay),
+        MsiDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
+        MsixDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
+        DmaIntxPci(memory=m.memory, irq=intx("dma-intx-pci"), schedule=schedule, delay=delay),
+        DmaMsiPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaMsixPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaBufPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=0.0),
+    ]
+    for device in pci_devices:
+        m.pci.add(device)
 
 
 def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
@@ -69,6 +114,7 @@ def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) ->
     testdev = PcTestdev.create(set_irq=m.irq_line, flush_page=lambda gpa: None)
     for kind, base, size, device, name in testdev.regions():
         (m.add_pio if kind == "pio" else m.add_mmio)(base, size, device, name=name)
+    m.pci.add(PciTestDev())
 
 
 class PlatformSketch:
@@ -83,6 +129,8 @@ class PlatformSketch:
         self.serial: Serial8250 | None = None
         self.allocator = IrqAllocator()
         self.doorbells = Doorbells(None, EventLoop())
+        self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
+        self.pci: PciHost | None = None
         add_platform_devices(self, config)
 
 
@@ -102,6 +150,9 @@ class PlatformSketch:
     def schedule(self, delay: float, fn: Callable[[], None]) -> None:
         return None
 
+    def signal_msi(self, address: int, data: int) -> None:
+        return None
+
     def request_exit(self, status: int, reason: str) -> None:
         return None
 
@@ -118,6 +169,8 @@ class PlatformSketch:
 @dataclass
 class _SketchLine:
     gsi: int
+
+    def set_level(self, level: int) -> None: ...
 
     def raise_(self) -> None: ...
 

@@ -1,0 +1,377 @@
+"""A PCI function: type-0 configuration space, BARs that follow the guest, INTx, MSI, MSI-X, doorbells.
+
+A device author subclasses (or instantiates) ``PciFunction``, adds BARs with a ``Device`` for each,
+optionally an INTx line, an MSI or MSI-X capability and doorbells, then hands it to
+``PciHost.add``. The host allocates BAR addresses, enables decode as firmware would, and from then
+on the guest owns the BARs.
+
+BAR decode rule (applied after every write to COMMAND or a BAR, and whenever the host retries):
+
+1. A BAR decodes only while its space (IO or MEM) is enabled in COMMAND.
+2. An address of 0, or the sizing pattern (all address bits set), is "not programmed": not decoded,
+   not an error.
+3. The whole BAR must lie inside the host's window for its kind: ports [0x1000, 0x10000) and memory
+   [0xC2000000, 0xD0000000) by default. Anything else -- on guest RAM, elsewhere in the PCI hole
+   (ECAM, IOAPIC, LAPIC are in-kernel or special), above 4 GiB, on legacy ports -- keeps the value
+   the guest wrote (it reads back) but is not decoded, and counts one guest error on the function.
+4. A BAR that would overlap another region on its bus (another BAR, or any other device) is not
+   decoded either ("blocked") and counts one guest error. Blocked BARs are retried whenever any BAR
+   of the host is unmapped, so they come alive once the conflict goes away.
+5. When a BAR is decoded its regions are registered on the bus (owner = the function) and its
+   doorbells are registered through ``Doorbells``; when it stops decoding or moves, both are removed
+   first. The old address then reads all ones. A 64-bit BAR is written one dword at a time, so it
+   may pass through (and be refused at) an intermediate address; Linux turns decode off meanwhile.
+
+INTx: ``set_intx(line)`` sets Interrupt Pin = INTA and Interrupt Line = the line's GSI. The device
+calls ``raise_intx()``/``lower_intx()`` (level-triggered). Status bit 3 shows the device's request;
+COMMAND bit 10 (Interrupt Disable) holds the line low while set, as in PCI 2.3.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..bus import Device, all_ones
+from ..errors import BroilerError, ConfigError, OverlapError
+from .bar import Bar, BarKind, check_bar
+from .config import (
+    BAR0,
+    BAR_COUNT,
+    CLASS_PROG,
+    CMD_INTX_DISABLE,
+    CMD_IO,
+    CMD_MEMORY,
+    COMMAND,
+    CONFIG_SPACE_SIZE,
+    DEVICE_ID,
+    INTERRUPT_LINE,
+    INTERRUPT_PIN,
+    REVISION_ID,
+    STATUS,
+    STATUS_INTERRUPT,
+    SUBSYSTEM_ID,
+    SUBSYSTEM_VENDOR_ID,
+    VENDOR_ID,
+    ConfigSpace,
+)
+from .interfaces import DoorbellCallback, IrqLine, MsiSink
+from .msi import MsiCapability, MsixCapability
+
+if TYPE_CHECKING:
+    from .host import PciHost
+
+log = logging.getLogger("broiler.pci")
+
+FUNCTION_CONFIG_SIZE = 0x1000   # what ECAM gives each function; only the first 256 bytes exist
+
+
+@dataclass(eq=False)
+class DoorbellSpec:
+    """A doorbell at ``offset`` in BAR ``bar``; ``handle`` is set while it is registered."""
+
+    bar: int
+    offset: int
+    length: int
+    datamatch: int | None
+    callback: DoorbellCallback
+    handle: object | None = None
+    address: int | None = None
+
+
+class BarWindow(Device):
+    """What a BAR with overlays registers on the bus: overlays first, then the BAR's own device."""
+
+    def __init__(self, bar: Bar) -> None:
+        super().__init__()
+        self.bar = bar
+        self.name = bar.device.name
+
+    def _route(self, offset: int) -> tuple[Device, int]:
+        for start, length, device in self.bar.overlays:
+            if start <= offset < start + length:
+                return device, offset - start
+        return self.bar.device, offset
+
+    def read(self, offset: int, size: int) -> int:
+        device, off = self._route(offset)
+        return device.read(off, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        device, off = self._route(offset)
+        device.write(off, size, value)
+
+
+class PciFunction(Device):
+    """Function 0 of a PCI device. ``read``/``write`` are configuration-space accesses (0..0xFFF)."""
+
+    name = "pci-function"
+
+    def __init__(self, *, vendor_id: int, device_id: int, class_code: int = 0, revision: int = 0,
+                 subsystem_vendor_id: int = 0, subsystem_id: int = 0, name: str | None = None,
+                 command: int | None = None) -> None:
+        super().__init__()
+        if name is not None:
+            self.name = name
+        cfg = self.config = ConfigSpace()
+        cfg.set(VENDOR_ID, 2, vendor_id)
+        cfg.set(DEVICE_ID, 2, device_id)
+        cfg.set(REVISION_ID, 1, revision)
+        cfg.set(CLASS_PROG, 3, class_code)
+        cfg.set(SUBSYSTEM_VENDOR_ID, 2, subsystem_vendor_id)
+        cfg.set(SUBSYSTEM_ID, 2, subsystem_id)
+        self.initial_command = command
+        self.bars: dict[int, Bar] = {}
+        self.host: PciHost | None = None
+        self.slot: int | None = None
+        self.lock: threading.RLock = threading.RLock()    # replaced by the host's lock on add
+        self.intx: IrqLine | None = None
+        self._intx_request = False
+        self._intx_level = 0
+        self.msi: MsiCapability | None = None
+        self.msix: MsixCapability | None = None
+        self._hooks: list[MsiCapability | MsixCapability] = []
+        self.doorbells: list[DoorbellSpec] = []
+
+    # -- building ---------------------------------------------------------------------------
+    @property
+    def vendor_id(self) -> int:
+        return self.config.get(VENDOR_ID, 2)
+
+    @property
+    def device_id(self) -> int:
+        return self.config.get(DEVICE_ID, 2)
+
+    def add_bar(self, index: int, kind: BarKind, size: int, device: Device, *,
+                prefetchable: bool = False) -> Bar:
+        if self.host is not None:
+            raise ConfigError(f"{self.name}: BARs must be added before the function joins a host")
+        check_bar(kind, size)
+        bar = Bar(index, kind, size, device, prefetchable and kind is not BarKind.IO,
+                  name=f"{self.name} BAR{index}")
+        if not 0 <= index <= BAR_COUNT - bar.slots:
+            raise ConfigError(f"{self.name}: bad BAR index {index} for a {kind.value} BAR")
+        taken = {b.index + i for b in self.bars.values() for i in range(b.slots)}
+        if any(index + i in taken for i in range(bar.slots)):
+            raise ConfigError(f"{self.name}: BAR{index} is already in use")
+        reg = BAR0 + 4 * index
+        self.config.set(reg, 4, bar.type_bits)
+        self.config.set_masks(reg, 4, wmask=bar.address_mask & 0xFFFF_FFFF)
+        if bar.slots == 2:
+            self.config.set_masks(reg + 4, 4, wmask=bar.address_mask >> 32)
+        self.bars[index] = bar
+        return bar
+
+    def set_intx(self, line: IrqLine, pin: int = 1) -> None:
+        """Wire INTx pin ``pin`` (1 = INTA) to ``line``; Interrupt Line reads its GSI."""
+        self.intx = line
+        self.config.set(INTERRUPT_PIN, 1, pin)
+        self.config.set(INTERRUPT_LINE, 1, line.gsi & 0xFF)
+
+    def add_msi(self, sink: MsiSink, *, vectors: int = 1, is64: bool = False,
+                per_vector_mask: bool = False) -> MsiCapability:
+        cap = MsiCapability(self.config, sink, vectors=vectors, is64=is64, per_vector_mask=per_vector_mask)
+        self.msi = cap
+        self._hooks.append(cap)
+        return cap
+
+    def add_msix(self, sink: MsiSink, *, bar: int, vectors: int, table_offset: int = 0,
+                 pba_offset: int | None = None) -> MsixCapability:
+        """MSI-X with its table at ``table_offset`` and PBA (default: right after the table) in ``bar``."""
+        target = self.bars.get(bar)
+        if target is None or target.kind is BarKind.IO:
+            raise ConfigError(f"{self.name}: MSI-X needs a memory BAR{bar}")
+        if pba_offset is None:
+            pba_offset = (table_offset + vectors * 16 + 7) & ~7
+        if max(table_offset + vectors * 16, pba_offset + (vectors + 63) // 64 * 8) > target.size:
+            raise ConfigError(f"{self.name}: MSI-X table/PBA do not fit in BAR{bar}")
+        cap = MsixCapability(self.config, sink, bar=bar, vectors=vectors, table_offset=table_offset,
+                             pba_offset=pba_offset)
+        target.overlays.append((table_offset, cap.table_size, cap.table_device))
+        target.overlays.append((pba_offset, cap.pba_size, cap.pba_device))
+        self.msix = cap
+        self._hooks.append(cap)
+        return cap
+
+    # -- configuration space (what the host's mechanisms call) ------------------------------
+    def read(self, offset: int, size: int) -> int:
+        if size not in (1, 2, 4) or offset < 0 or offset + size > CONFIG_SPACE_SIZE:
+            return all_ones(size)       # extended space of a conventional function: absent
+        return self.config.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if size not in (1, 2, 4) or offset < 0 or offset + size > CONFIG_SPACE_SIZE:
+            self.guest_error(f"config write of {size} bytes at {offset:#x} (outside the 256-byte header)")
+            return
+        end = offset + size
+        with self.lock:
+            self.config.write(offset, size, value)
+            if offset < COMMAND + 2 and end > COMMAND:
+                self._drive_intx()
+            for hook in self._hooks:
+                if offset < hook.offset + hook.length and end > hook.offset:
+                    hook.config_written()
+            touches_bars = offset < BAR0 + 4 * BAR_COUNT and end > BAR0
+            if self.host is not None and (touches_bars or offset < COMMAND + 2 and end > COMMAND):
+                self.host.update_decode(self)
+
+    @property
+    def command(self) -> int:
+        return self.config.get(COMMAND, 2)
+
+    # -- INTx ------------------------------------------------------------------------------
+    def raise_intx(self) -> None:
+        self._set_intx(True)
+
+    def lower_intx(self) -> None:
+        self._set_intx(False)
+
+    @property
+    def intx_asserted(self) -> bool:
+        """The device's request (Status bit 3), whatever Interrupt Disable says."""
+        return self._intx_request
+
+    def _set_intx(self, on: bool) -> None:
+        with self.lock:
+            self._intx_request = on
+            self.config.update_bits(STATUS, 2, STATUS_INTERRUPT, on)
+            self._drive_intx()
+
+    def _drive_intx(self) -> None:
+        level = int(self._intx_request and not self.command & CMD_INTX_DISABLE)
+        if self.intx is not None and level != self._intx_level:
+            self._intx_level = level
+            self.intx.set_level(level)
+
+    # -- BARs ------------------------------------------------------------------------------
+    def bar_value(self, index: int) -> int:
+        """The BAR's programmed address (type bits stripped), decoded or not."""
+        bar = self.bars[index]
+        value = self.config.get(BAR0 + 4 * index, 4)
+        if bar.slots == 2:
+            value |= self.config.get(BAR0 + 4 * index + 4, 4) << 32
+        return value & bar.address_mask
+
+    def _wanted(self, bar: Bar, host: PciHost) -> tuple[int | None, str | None]:
+        """(address to decode or None, why it is refused or None)."""
+        if not self.command & (CMD_IO if bar.kind is BarKind.IO else CMD_MEMORY):
+            return None, None
+        addr = self.bar_value(bar.index)
+        if addr == 0 or addr == bar.address_mask:
+            return None, None
+        lo, hi = host.io_window if bar.kind is BarKind.IO else host.mmio_window
+        if not (lo <= addr and addr + bar.size <= hi):
+            return None, (f"BAR{bar.index} moved to {addr:#x}+{bar.size:#x}, outside the "
+                          f"{'IO' if bar.kind is BarKind.IO else 'MMIO'} window [{lo:#x}, {hi:#x}): not decoded")
+        return addr, None
+
+    def apply_decode(self, host: PciHost, *, count_errors: bool) -> bool:
+        """Bring every BAR's registration in line with config space; True if any was unmapped."""
+        freed = False
+        for bar in self.bars.values():
+            want, reason = self._wanted(bar, host)
+            if want is not None and want == bar.mapped:
+                continue
+            if bar.mapped is not None:
+                self._unmap(bar, host)
+                freed = True
+            if want is None:
+                if reason is not None and bar.rejected != self.bar_value(bar.index):
+                    bar.rejected = self.bar_value(bar.index)
+                    if count_errors:
+                        self.guest_error(reason)
+                continue
+            try:
+                self._map(bar, want, host)
+            except OverlapError as err:
+                if bar.rejected != want:
+                    bar.rejected = want
+                    if count_errors:
+                        self.guest_error(f"BAR{bar.index} not decoded: {err}")
+            else:
+                bar.rejected = None
+        return freed
+
+    def _map(self, bar: Bar, base: int, host: PciHost) -> None:
+        bus = host.pio if bar.kind is BarKind.IO else host.mmio
+        device = BarWindow(bar) if bar.overlays else bar.device
+        bar.region = bus.register(base, bar.size, device, owner=self, name=bar.name)
+        bar.mapped = base
+        for spec in self.doorbells:
+            if spec.bar == bar.index:
+                self._doorbell_on(spec, host)
+
+    def _unmap(self, bar: Bar, host: PciHost) -> None:
+        for spec in self.doorbells:
+            if spec.bar == bar.index:
+                self._doorbell_off(spec, host)
+        if bar.region is not None:
+            bar.region.bus.unregister(bar.region)
+        bar.region = None
+        bar.mapped = None
+
+    def unmap_all(self) -> None:
+        """Stop decoding every BAR (used when the function leaves the host)."""
+        with self.lock:
+            if self.host is not None:
+                for bar in self.bars.values():
+                    if bar.mapped is not None:
+                        self._unmap(bar, self.host)
+
+    # -- doorbells -------------------------------------------------------------------------
+    def add_doorbell(self, bar: int, offset: int, length: int, callback: DoorbellCallback, *,
+                     datamatch: int | None = None) -> DoorbellSpec:
+        """A doorbell at ``offset`` of BAR ``bar``, registered while (and where) the BAR decodes."""
+        target = self.bars.get(bar)
+        if target is None or offset < 0 or offset + length > target.size or length not in (1, 2, 4, 8):
+            raise ConfigError(f"{self.name}: bad doorbell BAR{bar}+{offset:#x} length {length}")
+        spec = DoorbellSpec(bar, offset, length, datamatch, callback)
+        with self.lock:
+            self.doorbells.append(spec)
+            if self.host is not None and target.mapped is not None:
+                self._doorbell_on(spec, self.host)
+        return spec
+
+    def remove_doorbell(self, spec: DoorbellSpec) -> None:
+        with self.lock:
+            if spec in self.doorbells:
+                self.doorbells.remove(spec)
+                if self.host is not None:
+                    self._doorbell_off(spec, self.host)
+
+    def _doorbell_on(self, spec: DoorbellSpec, host: PciHost) -> None:
+        bar = self.bars[spec.bar]
+        if host.doorbells is None or bar.mapped is None:
+            return
+        addr = bar.mapped + spec.offset
+        try:
+            spec.handle = host.doorbells.add(pio=bar.kind is BarKind.IO, addr=addr, length=spec.length,
+                                             datamatch=spec.datamatch, callback=spec.callback, owner=self)
+        except BroilerError as err:
+            log.warning("%s: doorbell at %#x not registered (%s); writes reach the device instead",
+                        self.name, addr, err)
+            return
+        spec.address = addr
+
+    def _doorbell_off(self, spec: DoorbellSpec, host: PciHost) -> None:
+        if spec.handle is not None and host.doorbells is not None:
+            host.doorbells.remove(spec.handle)
+        spec.handle = None
+        spec.address = None
+
+    # -- reporting -------------------------------------------------------------------------
+    def describe(self) -> str:
+        cfg = self.config
+        parts = [f"{self.vendor_id:04x}:{self.device_id:04x} class {cfg.get(CLASS_PROG, 3):06x} {self.name}"]
+        for bar in self.bars.values():
+            where = f"{bar.mapped:#x}" if bar.mapped is not None else f"{self.bar_value(bar.index):#x} (off)"
+            parts.append(f"BAR{bar.index} {bar.kind.value} {where}+{bar.size:#x}")
+        if cfg.get(INTERRUPT_PIN, 1):
+            parts.append(f"INT{'ABCD'[(cfg.get(INTERRUPT_PIN, 1) - 1) & 3]} line {cfg.get(INTERRUPT_LINE, 1)}")
+        if self.msi is not None:
+            parts.append(f"MSI@{self.msi.offset:#x}x{self.msi.vectors}")
+        if self.msix is not None:
+            parts.append(f"MSI-X@{self.msix.offset:#x}x{self.msix.vectors} BAR{self.msix.bar}")
+        return ", ".join(parts)
