@@ -26,11 +26,11 @@ from .devices.serial import Serial8250
 from .errors import ConfigError
 from .eventloop import EventLoop
 from .ioeventfd import Doorbells
-from .pci import PciHost
 from .irq import Interrupts, IrqLine
 from .kvm import Kvm, Vcpu, abi
 from .kvm.abi import buffer_address
 from .memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
+from .pci import PciHost
 from .vcpu import VcpuThread
 
 REQUIRED_CAPS = [
