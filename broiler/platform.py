@@ -17,9 +17,11 @@ from .bus import Device, MmioBus, PioBus, Region
 from .devices.async_demo import ASYNC_DEVICES, AsyncDemo
 from .devices.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
 from .devices.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
+from .devices.cmos import CMOS_INDEX, CMOS_SIZE, Cmos
 from .devices.coalesced_log import LOG_BASE, LOG_SIZE, CoalescedLog
 from .devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
 from .devices.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
+from .devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
 from .devices.legacy import register_legacy_ports
 from .devices.pc_testdev import PcTestdev
 from .devices.pci_demos import (
@@ -58,6 +60,10 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
     register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
     m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
     m.add_pio(SHUTDOWN_PORT, 1, BochsShutdown(lambda status: m.request_exit(status, "guest powered off")))
+    kbc = I8042(lambda: m.request_exit(exitcodes.OK, "reset via the i8042"), m.irq_line)
+    m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
+    m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
+    m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
     output = config.serial_output or _stdout_writer
     m.serial = Serial8250(output, m.irq_setter(COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)
