@@ -5,7 +5,8 @@ Each ``guests/<name>.c`` or ``guests/<name>.S`` becomes ``broiler/guests/<name>.
 toolkit in ``guests/lib`` (start.S, lib.c, and any other lib/*.c / lib/*.S).
 
 Each ``guests/multiboot/<name>.c`` becomes a Multiboot test kernel ``broiler/guests/<name>.elf``: linked
-with ``guests/multiboot/boot.S`` (Multiboot header, 32-bit entry, switch to long mode) and written as
+with ``guests/multiboot/boot.S`` (Multiboot header, 32-bit entry, switch to long mode, AP trampoline) and
+the toolkit's interrupt stubs ``guests/lib/isr.S`` (which call the kernel's ``isr_dispatch``), and written as
 ELF32 so QEMU's ``-kernel`` loads the same file (it refuses ELF64 Multiboot images). The images are committed
 so ``broiler run`` needs no compiler; ``tests/unit/test_guest_images.py`` rebuilds them into a temporary
 folder and checks they match byte for byte.
@@ -51,15 +52,16 @@ def _compile(src: Path, obj: Path, extra: tuple[str, ...] = ()) -> None:
 def _build_multiboot(tmp: Path, out: Path) -> list[Path]:
     if not (MULTIBOOT / "boot.S").exists():
         return []
-    boot = tmp / "mb_boot.o"
-    _compile(MULTIBOOT / "boot.S", boot)
+    common = [tmp / "mb_boot.o", tmp / "mb_isr.o"]
+    _compile(MULTIBOOT / "boot.S", common[0])
+    _compile(LIB / "isr.S", common[1])
     built = []
     for src in sorted(MULTIBOOT.glob("*.c")):
         obj = tmp / f"mb_{src.stem}.o"
         elf = tmp / f"mb_{src.stem}.elf"
         _compile(src, obj)
         subprocess.run(["ld", *LDFLAGS, "-z", "max-page-size=0x1000", "-T", str(MULTIBOOT / "link.ld"),
-                        "-o", str(elf), str(boot), str(obj)], check=True)
+                        "-o", str(elf), *map(str, common), str(obj)], check=True)
         image = out / f"{src.stem}.elf"
         subprocess.run(["objcopy", "-O", "elf32-i386", str(elf), str(image)], check=True)
         built.append(image)

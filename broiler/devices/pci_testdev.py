@@ -1,6 +1,6 @@
 """QEMU's pci-testdev (1b36:0005), as kvm-unit-tests' ``pci_testdev()`` drives it (issue 5 item 4).
 
-Identity: vendor 0x1B36 (Red Hat), device 0x0005, revision 0, class 0xFF0000 ("other"), interrupt
+Identity: vendor 0x1B36 (Red Hat), device 0x0005, revision 0, class code 0x00FF00 (base 0x00, subclass 0xff: what QEMU 7.2 reports), interrupt
 pin 0. BAR0 is 4 KiB of memory and BAR1 256 bytes of ports; both decode the same window, byte-wide.
 
 Six tests, ``t = type * 3 + k`` with type 0 = mmio (BAR0) / 1 = portio (BAR1) and k 0 = no-eventfd,
@@ -38,7 +38,7 @@ from ..pci.config import CMD_IO, CMD_MEMORY
 
 TESTDEV_VENDOR = 0x1B36
 TESTDEV_DEVICE = 0x0005
-TESTDEV_CLASS = 0xFF0000
+TESTDEV_CLASS = 0x00FF00  # QEMU: class_id PCI_CLASS_OTHERS (0xff) -> base 0x00, sub 0xff
 MEM_BAR_SIZE = 4096
 IO_BAR_SIZE = 256
 IOTEST_MEMSIZE = 2048

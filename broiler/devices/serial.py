@@ -14,6 +14,7 @@ Registers (offset from the base, DLAB = LCR bit 7)::
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 
@@ -50,15 +51,26 @@ class Serial8250(Device):
         self.thr_empty_pending = False  # THRI interrupt latched until IIR is read or THR written
         self._irq_level = 0
         self.tx_bytes = 0
+        # feed() runs on the console's thread, register accesses on vCPU threads.
+        self._lock = threading.RLock()
 
     # -- input side (host → guest) ------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        room = RX_FIFO_LIMIT - len(self.rx)
-        self.rx.extend(data[:max(room, 0)])
-        self._update_irq()
+        with self._lock:
+            room = RX_FIFO_LIMIT - len(self.rx)
+            self.rx.extend(data[:max(room, 0)])
+            self._update_irq()
 
     # -- registers ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
+        with self._lock:
+            return self._read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        with self._lock:
+            self._write(offset, size, value)
+
+    def _read(self, offset: int, size: int) -> int:
         if size != 1:
             self.guest_error(f"{size}-byte read at +{offset} (UART registers are bytes)")
         dlab = self.lcr & LCR_DLAB
@@ -88,7 +100,7 @@ class Serial8250(Device):
             return self.scr
         return 0xFF
 
-    def write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, size: int, value: int) -> None:
         if size != 1:
             self.guest_error(f"{size}-byte write at +{offset} (UART registers are bytes)")
         value &= 0xFF

@@ -73,4 +73,111 @@ void ioapic_mask(u8 pin);
 /* Halt with interrupts on until *counter >= target; returns 0 if max_halts wake-ups pass first. */
 int wait_for(volatile u32 *counter, u32 target, u64 max_halts);
 
+/* -- PCI (lib/pci.c; docs/pci.md "Guest toolkit") ---------------------------------------- */
+/* A function is named by its bdf: bus << 8 | device << 3 | function. */
+#define PCI_BDF(bus, dev, fn) ((u16)((u32)(bus) << 8 | (u32)(dev) << 3 | (u32)(fn)))
+#define PCI_BDF_BUS(bdf) ((u8)((bdf) >> 8))
+#define PCI_BDF_DEV(bdf) ((u8)(((bdf) >> 3) & 0x1f))
+#define PCI_BDF_FN(bdf) ((u8)((bdf) & 7))
+
+#define PCI_CONF1_ADDR 0xcf8                    /* mechanism #1: address latch ... */
+#define PCI_CONF1_DATA 0xcfc                    /* ... and the data window 0xcfc-0xcff */
+#define PCI_CONF1_ENABLE 0x80000000u
+#define PCI_ECAM_BASE 0xc1000000UL              /* bus << 20 | dev << 15 | fn << 12 | reg */
+#define PCI_ECAM_BUSES 16
+
+/* Type-0 header registers and bits. */
+#define PCI_VENDOR_ID 0x00
+#define PCI_DEVICE_ID 0x02
+#define PCI_COMMAND 0x04
+#define PCI_STATUS 0x06
+#define PCI_REVISION 0x08
+#define PCI_CLASS_PROG 0x09                     /* 24-bit class code: base << 16 | sub << 8 | prog-if */
+#define PCI_HEADER_TYPE 0x0e
+#define PCI_BAR0 0x10
+#define PCI_SUBSYSTEM_VENDOR 0x2c
+#define PCI_ROM_ADDRESS 0x30
+#define PCI_CAP_PTR 0x34
+#define PCI_INTERRUPT_LINE 0x3c
+#define PCI_INTERRUPT_PIN 0x3d
+#define PCI_CMD_IO 0x0001
+#define PCI_CMD_MEM 0x0002
+#define PCI_CMD_MASTER 0x0004
+#define PCI_CMD_INTX_DISABLE 0x0400
+#define PCI_STATUS_INTX 0x0008
+#define PCI_STATUS_CAP_LIST 0x0010
+#define PCI_CAP_ID_MSI 0x05
+#define PCI_CAP_ID_MSIX 0x11
+
+/* Configuration cycles. Sizes are 1, 2 or 4; the toolkit passes them on as given (no checks), so a
+ * test can make odd accesses on purpose. ECAM reaches buses 0-15; other buses read all ones. */
+enum { PCI_CONF1 = 0, PCI_ECAM = 1 };
+extern int pci_mechanism;                       /* what pci_read/pci_write use; PCI_CONF1 at start */
+u32 pci_conf1_read(u16 bdf, u16 reg, int size);
+void pci_conf1_write(u16 bdf, u16 reg, int size, u32 value);
+u32 pci_ecam_read(u16 bdf, u16 reg, int size);
+void pci_ecam_write(u16 bdf, u16 reg, int size, u32 value);
+u32 pci_read(u16 bdf, u16 reg, int size);
+void pci_write(u16 bdf, u16 reg, int size, u32 value);
+static inline u32 pci_read32(u16 bdf, u16 reg) { return pci_read(bdf, reg, 4); }
+static inline u16 pci_read16(u16 bdf, u16 reg) { return (u16)pci_read(bdf, reg, 2); }
+static inline u8 pci_read8(u16 bdf, u16 reg) { return (u8)pci_read(bdf, reg, 1); }
+static inline void pci_write32(u16 bdf, u16 reg, u32 v) { pci_write(bdf, reg, 4, v); }
+static inline void pci_write16(u16 bdf, u16 reg, u16 v) { pci_write(bdf, reg, 2, v); }
+static inline void pci_write8(u16 bdf, u16 reg, u8 v) { pci_write(bdf, reg, 1, v); }
+
+/* BARs. Sizing writes all ones with the function's decode turned off, reads the mask, restores the
+ * BAR and COMMAND. pci_bar_set writes a BAR as it is (decode stays on: the device moves at once);
+ * pci_bar_move turns decode off around the write, as Linux does. */
+enum { PCI_BAR_NONE = 0, PCI_BAR_IO, PCI_BAR_MEM32, PCI_BAR_MEM64 };
+struct pci_bar {
+    u64 addr;                                   /* programmed address, type bits stripped */
+    u64 size;                                   /* 0: not implemented */
+    u8 kind;                                    /* PCI_BAR_* */
+    u8 prefetch;
+};
+int pci_bar_probe(u16 bdf, int index, struct pci_bar *bar);   /* returns registers used: 1 or 2 */
+u64 pci_bar_addr(u16 bdf, int index);           /* the programmed address of BAR index */
+void pci_bar_set(u16 bdf, int index, u64 addr);
+void pci_bar_move(u16 bdf, int index, u64 addr);
+u16 pci_decode_off(u16 bdf);                    /* clear COMMAND IO|MEM; returns the old COMMAND */
+
+/* Enumeration: every present function of a bus (functions 1-7 only behind a multi-function
+ * header), with IDs, class, interrupt pin/line and sized BARs. Returns how many were found. */
+struct pci_dev {
+    u16 bdf;
+    u16 vendor, device;
+    u32 class_code;                             /* 24 bits */
+    u8 revision, header_type, irq_pin, irq_line;
+    struct pci_bar bar[6];
+};
+int pci_scan_bus(u8 bus, struct pci_dev *devs, int max);
+const struct pci_dev *pci_find(const struct pci_dev *devs, int n, u16 vendor, u16 device);
+
+/* Capabilities: offset of the first capability with this ID, 0 if none (loop-safe walk). */
+u8 pci_find_cap(u16 bdf, u8 id);
+
+/* MSI: address 0xfee00000 | dest << 12 (fixed delivery, physical), data = vector, one vector. */
+#define MSI_ADDRESS(dest) (0xfee00000u | (u32)(dest) << 12)
+u8 pci_msi_enable(u16 bdf, u8 dest_apic, u8 vector);         /* returns the cap offset, 0 if none */
+void pci_msi_disable(u16 bdf);
+
+/* MSI-X: the table and PBA live in memory BARs (located from the BARs when pci_msix_init runs:
+ * call it again after moving that BAR). Entries are 16 bytes: address lo/hi, data, vector control. */
+struct pci_msix {
+    u16 bdf;
+    u8 cap;
+    u16 entries;
+    u64 table, pba;                             /* guest-physical addresses */
+};
+int pci_msix_init(u16 bdf, struct pci_msix *m);               /* 0 if the function has no MSI-X */
+void pci_msix_enable(struct pci_msix *m, int on);
+void pci_msix_function_mask(struct pci_msix *m, int masked);
+void pci_msix_set_entry(struct pci_msix *m, u16 entry, u8 dest_apic, u8 vector); /* mask untouched */
+void pci_msix_mask(struct pci_msix *m, u16 entry, int masked);
+u32 pci_msix_ctrl(struct pci_msix *m, u16 entry);             /* the entry's vector control */
+int pci_msix_pending(struct pci_msix *m, u16 entry);          /* its PBA bit */
+/* Enable with the function masked, program entry 0 .. n-1 unmasked to vector + i, then unmask. */
+int pci_msix_setup(u16 bdf, struct pci_msix *m, u16 n, u8 dest_apic, u8 vector);
+
 #endif

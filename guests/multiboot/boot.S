@@ -2,6 +2,13 @@
  * -> long mode with the first 4 GiB identity-mapped by 2 MiB pages -> mb_main(magic, info).
  * mb_main's return value goes to isa-debug-exit (port 0xf4): process status (v << 1) | 1.
  *
+ * Application processors: mbtest.c copies ap_tramp (real-mode code) to AP_TRAMPOLINE = 0x8000 and
+ * sends INIT/SIPI/SIPI with vector 0x08. An AP starts there in real mode (CS = 0x0800, IP = 0), loads
+ * the kernel's GDT, enters protected mode at ap_entry32, takes the same path to long mode as the BSP
+ * and calls ap_main(index) on its own stack, then halts with interrupts off. 0x8000 is a page of
+ * conventional memory that neither broiler nor QEMU's Multiboot loader uses: the memory map and the
+ * information block are in the next page (0x9000-0x9FFF) and everything else is above 1 MiB.
+ *
  * Built twice: as an ELF (the loader reads the program headers) and, with -DMB_AOUT_KLUDGE, as a
  * flat binary whose header carries the a.out-kludge addresses (flag bit 16).
  *
@@ -20,6 +27,9 @@
 
 #define SEL_CODE64      0x08
 #define SEL_DATA        0x10
+#define SEL_CODE32      0x18
+#define AP_MAX          16              /* APs with a stack of their own; later ones just halt */
+#define AP_STACK_SIZE   2048
 #define MSR_EFER        0xC0000080
 #define EFER_LME        (1 << 8)
 #define CR0_PE_PG       0x80000001
@@ -49,6 +59,18 @@ _start:
     movl %eax, %edi                     /* mb_main(magic, info): SysV arguments 1 and 2 */
     movl %ebx, %esi
     lgdt gdt_desc
+    movl $bsp_long, %ebp
+    jmp enter_long_mode
+
+    .globl ap_entry32
+ap_entry32:                             /* from ap_tramp: protected mode, the kernel's GDT */
+    movl $SEL_DATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl $ap_long, %ebp
+
+enter_long_mode:                        /* paging on, then continue at %ebp in 64-bit mode */
     movl $pml4, %eax
     movl %eax, %cr3
     movl %cr4, %eax
@@ -71,8 +93,12 @@ long_mode:
     movl %eax, %ss
     movl %eax, %fs
     movl %eax, %gs
+    movl %ebp, %ebp                     /* upper halves are undefined after the mode switch */
+    jmp *%rbp
+
+bsp_long:
     movq $stack_top, %rsp
-    movl %edi, %edi                     /* upper halves are undefined after the mode switch */
+    movl %edi, %edi
     movl %esi, %esi
     cld
     call mb_main
@@ -82,12 +108,47 @@ long_mode:
     hlt
     jmp 1b
 
+ap_long:                                /* index = ap_next++; the stack is ap_stacks[index] */
+    movl $1, %eax
+    lock xaddl %eax, ap_next
+    cmpl $AP_MAX, %eax
+    jae 1f
+    movl %eax, %edi
+    leaq 1(%rax), %rsp
+    imulq $AP_STACK_SIZE, %rsp
+    addq $ap_stacks, %rsp
+    cld
+    call ap_main
+1:  cli
+    hlt
+    jmp 1b
+
+/* The AP trampoline, copied to a page-aligned address below 1 MiB (it runs there, CS = address >> 4).
+ * Only offsets relative to ap_tramp are used inside it. */
+    .code16
+    .globl ap_tramp, ap_tramp_end
+ap_tramp:
+    cli
+    movw %cs, %ax
+    movw %ax, %ds
+    lgdtl ap_gdt_desc - ap_tramp
+    movl $0x11, %eax                    /* PE | ET; clears CD and NW, which INIT leaves set */
+    movl %eax, %cr0
+    ljmpl $SEL_CODE32, $ap_entry32
+    .align 4
+ap_gdt_desc:
+    .word gdt_end - gdt - 1
+    .long gdt
+ap_tramp_end:
+    .code64
+
     .section .rodata
     .align 16
 gdt:
     .quad 0                             /* null */
     .quad 0x00AF9A000000FFFF            /* 0x08: 64-bit code, DPL 0 */
     .quad 0x00CF92000000FFFF            /* 0x10: flat data, DPL 0 */
+    .quad 0x00CF9A000000FFFF            /* 0x18: 32-bit code, for the APs' way up */
 gdt_end:
 gdt_desc:
     .word gdt_end - gdt - 1
@@ -111,7 +172,12 @@ pd:                                     /* 4 x 512 entries: 0 .. 4 GiB in 2 MiB 
     .set addr, addr + 0x200000
     .endr
 
+ap_next:
+    .long 0
+
     .section .bss
     .align 16
     .space 16384
 stack_top:
+ap_stacks:
+    .space AP_MAX * AP_STACK_SIZE

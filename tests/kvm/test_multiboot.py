@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,11 @@ pytestmark = pytest.mark.kvm
 
 KERNEL = ROOT / "broiler" / "guests" / "mbtest.elf"
 ENV = "GREETING=hello\nANSWER=42\n"
+PCI_TESTS = ["mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
+             "portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd"]
+# What the kernel found, printed the same way under both VMMs (BAR addresses and the e820 map differ).
+COMPARABLE = re.compile(r"^(fw_cfg: cpus=.*|ap: started .*|ioapic: .*|pci-testdev: \S+-eventfd .*)$", re.M)
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
 
 
 @pytest.fixture
@@ -26,19 +32,65 @@ def module(tmp_path: Path) -> Path:
     return path
 
 
-def test_mbtest_passes_under_broiler(module: Path) -> None:
-    proc = broiler_cli("run", "-k", str(KERNEL), "-i", str(module), "--testdev", "--timeout", "60",
-                       "-p", "expect_cpus=1 mods=1 expect_ram=128M irqs=24")
+def run_broiler(module: Path, cmdline: str, cpus: int = 1) -> subprocess.CompletedProcess[str]:
+    return broiler_cli("run", "-k", str(KERNEL), "-i", str(module), "--testdev", "-c", str(cpus),
+                       "--timeout", "60", "-p", cmdline)
+
+
+def run_qemu(module: Path, cmdline: str, cpus: int = 1, pci: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-smp", str(cpus),
+         "-display", "none", "-serial", "stdio", "-no-reboot", "-nic", "none", "-device", "pc-testdev",
+         *(["-device", "pci-testdev"] if pci else []),
+         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-kernel", str(KERNEL), "-initrd", str(module),
+         "-append", cmdline],
+        capture_output=True, text=True, timeout=120)
+
+
+def assert_passed(proc: subprocess.CompletedProcess[str]) -> None:
     assert "mbtest: PASSED" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 1  # debug exit value 0: every check passed
+
+
+def skip_without_pci_testdev(proc: subprocess.CompletedProcess[str]) -> None:
+    """pci-testdev under broiler: on once broiler.devices.pci_testdev exists and --testdev adds it."""
+    pytest.importorskip("broiler.devices.pci_testdev")
+    if "pci-testdev: not found" in proc.stdout:
+        pytest.skip("--testdev does not add pci-testdev yet")
+
+
+def test_mbtest_passes_under_broiler(module: Path) -> None:
+    proc = run_broiler(module, "expect_cpus=1 mods=1 expect_ram=128M irqs=24")
+    assert_passed(proc)
     assert "GREETING=hello" in proc.stdout and "ANSWER=42" in proc.stdout
+    assert "ap: started" not in proc.stdout  # the broadcast INIT/SIPI found nobody, harmlessly
 
 
-def test_mbtest_sees_two_cpus_in_fw_cfg(module: Path) -> None:
-    proc = broiler_cli("run", "-k", str(KERNEL), "-i", str(module), "--testdev", "-c", "2", "--timeout", "60",
-                       "-p", "expect_cpus=2 mods=1")
-    assert "mbtest: PASSED" in proc.stdout, proc.stdout + proc.stderr
-    assert proc.returncode == 1
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_mbtest_starts_the_aps_with_init_sipi(module: Path, cpus: int) -> None:
+    proc = run_broiler(module, f"expect_cpus={cpus} mods=1", cpus)
+    assert_passed(proc)
+    ids = sorted(int(m) for m in re.findall(r"^ap: started apic_id=(\d+)$", proc.stdout, re.M))
+    assert ids == list(range(1, cpus)), proc.stdout
+
+
+def test_mbtest_takes_pc_testdev_interrupts_through_the_ioapic(module: Path) -> None:
+    proc = run_broiler(module, "mods=1 irqs=24")
+    assert_passed(proc)
+    counts = dict(re.findall(r"^ioapic: gsi=(\d+ \w+) interrupts=(\d+)$", proc.stdout, re.M))
+    # Edge: exactly one per raise. Level: the kernel checks 1 or 2 (this host's KVM-PVM delivers a
+    # level-triggered vector twice; see test_ioapic in guests/multiboot/mbtest.c).
+    assert counts.keys() == {"10 edge", "11 level", "16 edge", "23 level"}, proc.stdout
+    assert counts["10 edge"] == counts["16 edge"] == "1"
+    assert counts["11 level"] in ("1", "2") and counts["23 level"] in ("1", "2")
+
+
+def test_mbtest_runs_the_six_pci_testdev_tests(module: Path) -> None:
+    proc = run_broiler(module, "mods=1 pci=1")
+    skip_without_pci_testdev(proc)
+    assert_passed(proc)
+    counts = dict(re.findall(r"^pci-testdev: (\S+) offset=\d+ data=0x\w+ count=(\d+)$", proc.stdout, re.M))
+    assert counts == {name: "16" if "no-eventfd" in name else "0" for name in PCI_TESTS}, proc.stdout
 
 
 def test_a_failed_check_is_the_exit_status(module: Path) -> None:
@@ -59,13 +111,24 @@ def test_bad_kernel_input(args: list[str], message: str) -> None:
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+@needs_qemu
 def test_the_same_kernel_passes_under_qemu(module: Path) -> None:
-    proc = subprocess.run(
-        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-display", "none",
-         "-serial", "stdio", "-no-reboot", "-device", "pc-testdev",
-         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-kernel", str(KERNEL), "-initrd", str(module),
-         "-append", "expect_cpus=1 mods=1 expect_ram=128M"],
-        capture_output=True, text=True, timeout=120)
-    assert "mbtest: PASSED" in proc.stdout, proc.stdout + proc.stderr
-    assert proc.returncode == 1
+    proc = run_qemu(module, "expect_cpus=1 mods=1 expect_ram=128M")
+    assert_passed(proc)
+
+
+@needs_qemu
+@pytest.mark.parametrize("pci", [False, True], ids=["smp-ioapic", "smp-ioapic-pci"])
+def test_broiler_agrees_with_qemu(module: Path, pci: bool) -> None:
+    """-c 2 / -smp 2, IOAPIC lines below 16 (QEMU aborts above), pci-testdev: the same lines."""
+    cmdline = "expect_cpus=2 mods=1" + (" pci=1" if pci else "")
+    ours = run_broiler(module, cmdline, cpus=2)
+    if pci:
+        skip_without_pci_testdev(ours)
+    theirs = run_qemu(module, cmdline, cpus=2, pci=pci)
+    assert_passed(theirs)
+    assert_passed(ours)
+    seen = COMPARABLE.findall(ours.stdout)
+    assert "ap: started apic_id=1" in seen and any(line.startswith("ioapic: gsi=10") for line in seen)
+    assert len([line for line in seen if line.startswith("pci-testdev:")]) == (6 if pci else 0)
+    assert sorted(seen) == sorted(COMPARABLE.findall(theirs.stdout))

@@ -90,3 +90,15 @@ def test_port92() -> None:
     dev.write(0, 1, 0x02)
     dev.write(0, 1, 0x03)
     assert resets == [1]
+
+
+def test_console_escape_handling() -> None:
+    from broiler.console import SerialConsole
+    from broiler.eventloop import EventLoop
+
+    quits: list[int] = []
+    console = SerialConsole(Serial8250(lambda b: None), EventLoop(), lambda: quits.append(1), stdin_fd=0)
+    assert console.filter(b"ls\r") == b"ls\r"
+    assert console.filter(b"a\x01\x01b") == b"a\x01b"   # Ctrl-A Ctrl-A: a literal Ctrl-A
+    assert console.filter(b"\x01") == b"" and console.filter(b"zq") == b"q"  # escape spans reads
+    assert console.filter(b"ok\x01xignored") == b"ok" and quits == [1]

@@ -57,7 +57,7 @@ class Guest:
 def test_identity_and_bars() -> None:
     rig, dev, mem, io = setup()
     assert rig.cfg_read(1, 0) == 0x0005_1B36
-    assert rig.cfg_read(1, 8) == 0xFF00_0000               # class ff/00/00, revision 0
+    assert rig.cfg_read(1, 8) == 0x00FF_0000               # class 00/ff/00 (as QEMU), revision 0
     assert rig.cfg_read(1, 0x3D, 1) == 0                   # no interrupt pin
     rig.cfg_write(1, 0x10, 4, 0xFFFF_FFFF)
     rig.cfg_write(1, 0x14, 4, 0xFFFF_FFFF)
