@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "pio, mmio, coalesced, doorbell, irq (or all)")
     run.add_argument("--trace-file", metavar="FILE", help="write the trace here instead of stderr")
     run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
+    run.add_argument("--console", choices=("serial", "none"), default=None,
+                     help="serial: stdin feeds the guest's UART (raw mode on a terminal; Ctrl-A x quits). "
+                          "Default: none")
     run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs` (default vm-PID)")
     run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
     run.add_argument("--stats", action="store_true", help="print the IO table after the run "
@@ -136,6 +139,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracer = Tracer(trace_kinds, out, as_json=args.trace_json)
             tracer.attach(machine)
             stack.callback(tracer.flush)
+        if args.console == "serial" and machine.serial is not None:
+            from .console import SerialConsole
+
+            console = SerialConsole(machine.serial, machine.loop,
+                                    lambda: machine.request_exit(exitcodes.OK, "Ctrl-A x"))
+            console.start()
+            stack.callback(console.restore)
         if args.kernel is not None:
             machine.load_multiboot(args.kernel, cmdline=args.append, initrds=tuple(args.initrd))
         else:
