@@ -1,0 +1,124 @@
+"""``broiler bench``: hooked into broiler/cli.py with ``add_parser(subparsers)`` and ``run(args)``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .. import exitcodes
+from ..errors import ConfigError, KvmUnavailable
+from ..memory import parse_size
+from .guest import PATHS
+
+QUICK_HELP = "small N and 3 repetitions, for CI (seconds, not minutes; timings are rough)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="cost per guest operation of every IO path, beside a C floor",
+                              description="One table: per IO path, µs per guest operation for a C KVM_RUN "
+                              "loop (the floor), a bare Python loop and broiler, with ratios; plus start-up "
+                              "time and 1-vs-2-vCPU scaling. See docs/bench.md.")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw bars and the doorbell histogram (matplotlib)")
+    p.add_argument("--reps", type=_positive_int, metavar="N", help="repetitions (default 5, quick 3)")
+    p.add_argument("--n1", type=_positive_int, metavar="N", help="iterations of the short batch")
+    p.add_argument("--n2", type=_positive_int, metavar="N", help="iterations of the long batch (> n1)")
+    p.add_argument("--paths", metavar="KEYS", help="comma-separated subset of: " + ",".join(x.key for x in PATHS))
+    p.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-vCPU run")
+    p.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
+    p.add_argument("--startup-mem", default="4G", metavar="SIZE", help="guest RAM of the start-up VM (4G)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also measure where broiler's sync exit time goes (loop variants, same VM)")
+    p.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")
+    return p
+
+
+def options(args: argparse.Namespace) -> Any:
+    from .runner import BenchOptions
+
+    opts = BenchOptions.quick_defaults() if args.quick else BenchOptions()
+    if args.reps:
+        opts.reps = args.reps
+    if args.n1:
+        opts.n1 = args.n1
+    if args.n2:
+        opts.n2 = args.n2
+    if opts.n2 <= opts.n1:
+        raise ConfigError(f"--n2 ({opts.n2}) must be larger than --n1 ({opts.n1})")
+    if args.paths:
+        wanted = [k.strip() for k in args.paths.split(",") if k.strip()]
+        unknown = sorted(set(wanted) - {p.key for p in PATHS})
+        if unknown:
+            raise ConfigError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(p.key for p in PATHS)}")
+        opts.paths = wanted
+    opts.scaling = not args.no_scaling
+    opts.startup = not args.no_startup
+    opts.startup_mem = parse_size(args.startup_mem, what="--startup-mem")
+    if args.verbose:
+        opts.progress = lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from .plot import PlotUnavailable, check_available, plot
+    from .runner import run_bench
+    from .table import render
+
+    try:
+        opts = options(args)
+        plot_ok = True
+        if args.plot:
+            try:
+                check_available()
+            except PlotUnavailable as exc:  # say so now, run the rest
+                print(f"broiler: {exc}", file=sys.stderr)
+                plot_ok = False
+        doc = run_bench(opts)
+        if args.breakdown:
+            from .ladder import run_ladder
+
+            doc["breakdown"] = run_ladder(opts)
+    except ConfigError as exc:
+        print(f"broiler: error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    except KvmUnavailable as exc:
+        print(f"broiler: {exc}", file=sys.stderr)
+        return exitcodes.NO_KVM
+    lines = render(doc)
+    if "breakdown" in doc:
+        from .ladder import render_ladder
+
+        lines += render_ladder(doc["breakdown"])
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+    if args.plot and plot_ok:
+        plot(doc, args.plot)
+    return exitcodes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry until broiler/cli.py hooks the subcommand in: python -m broiler.bench.cli."""
+    parser = argparse.ArgumentParser(prog="broiler")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    return run(parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

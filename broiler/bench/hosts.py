@@ -1,0 +1,267 @@
+"""The two Python hosts of the bench guest: broiler's full path, and a bare loop on the same VM.
+
+Both build the VM with broiler's ``Machine`` (same memory, irqchip, CPUID, loader), so the only
+difference between columns (b) and (c) is what runs after KVM_RUN returns.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..boot.flat64 import STACK_TOP, LongModeState
+from ..bus import Device
+from ..cli import packaged_guest
+from ..kvm import abi
+from ..machine import Machine, MachineConfig
+from .driver import BatchDriver
+from .guest import (
+    AP_STACK_STEP,
+    BENCH_PARAMS,
+    COALESCED,
+    COALESCED_MMIO,
+    COALESCED_SIZE,
+    CTRL_PORT,
+    DEVICE_SIZE,
+    DOORBELL_PORT,
+    FLAG_OFFSET,
+    GUEST_NAME,
+    IOEVENTFD,
+    IOEVENTFD_MMIO,
+    IOEVENTFD_PORT,
+    PINGPONG,
+    SYNC_MMIO,
+    SYNC_PORT,
+    Batch,
+    Path,
+)
+
+RUN_TIMEOUT = 600.0
+
+
+class BenchDevice(Device):
+    """The registered Python device of the sync rows: as little as a device can do."""
+
+    name = "bench"
+
+    def __init__(self, name: str = "bench") -> None:
+        super().__init__()
+        self.name = name
+        self.value = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return self.value
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.value = value
+
+
+class ControlDevice(Device):
+    """The guest's batch-control port on broiler's bus: the value written is the vCPU index."""
+
+    name = "bench-control"
+
+    def __init__(self, driver: BatchDriver) -> None:
+        super().__init__()
+        self.driver = driver
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.driver.control(value)  # after the last batch the guest ends itself through port 0xF4
+
+
+def new_machine(cpus: int, mem_size: int) -> Machine:
+    """A Machine with the bench guest loaded; vCPUs 1.. start at the same entry with RDI = their index."""
+    m = Machine(MachineConfig(mem_size=mem_size, cpus=cpus, serial_output=lambda _b: None))
+    try:
+        m.load_flat64(packaged_guest(GUEST_NAME))
+        for k in range(1, cpus):
+            vcpu = m.vcpus[k]
+            m.set_long_mode(vcpu, LongModeState(rsp=STACK_TOP - k * AP_STACK_STEP))
+            regs = vcpu.get_regs()
+            regs.rdi = k
+            vcpu.set_regs(regs)
+            vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)  # no INIT/SIPI dance: the bench starts APs directly
+    except BaseException:
+        m.close()
+        raise
+    m.add_pio(SYNC_PORT, 4, BenchDevice("bench-pio"))
+    m.add_mmio(SYNC_MMIO, DEVICE_SIZE, BenchDevice("bench-mmio"))
+    return m
+
+
+@dataclass
+class HostResult:
+    times_ns: list[list[int]]
+    first_exit_ns: int = 0
+    doorbell_stamps_ns: list[int] = field(default_factory=list)
+    exit_status: int | None = None
+
+
+# -- (c) broiler's full path -----------------------------------------------------------------------
+def run_broiler(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int) -> HostResult:
+    m = new_machine(cpus, mem_size)
+    try:
+        driver = BatchDriver(m.memory.view, batches, cpus)
+        m.add_pio(CTRL_PORT, 4, ControlDevice(driver))
+        kinds = {p.kind for p in paths}
+        stamps: list[int] = []
+        flag = m.memory.view(BENCH_PARAMS + FLAG_OFFSET, 4).cast("I")
+        if IOEVENTFD in kinds:
+            for pio, addr in ((True, IOEVENTFD_PORT), (False, IOEVENTFD_MMIO)):
+                m.doorbells.add(pio=pio, addr=addr, length=4, datamatch=None, callback=_ignore, owner="bench")
+        if COALESCED in kinds:
+            m.add_mmio(COALESCED_MMIO, COALESCED_SIZE, BenchDevice("bench-coalesced"), coalesced=True)
+        if PINGPONG in kinds:
+            now = time.perf_counter_ns
+
+            def ring(kicks: int) -> None:
+                stamps.append(now())
+                flag[0] = 1
+
+            m.doorbells.add(pio=True, addr=DOORBELL_PORT, length=4, datamatch=None, callback=ring, owner="bench")
+        status = m.run(timeout=RUN_TIMEOUT)
+        if not driver.done.is_set():
+            raise RuntimeError(f"broiler's run ended before the schedule did: {m.exit_reason} (status {status})")
+        flag.release()
+        driver.release()
+        return HostResult(driver.times, driver.first_exit_ns, stamps, status)
+    finally:
+        m.close()
+
+
+def _ignore(kicks: int) -> None:
+    return None
+
+
+# -- (b) the bare Python loop ----------------------------------------------------------------------
+@dataclass
+class LoopContext:
+    """What one vCPU's loop needs, with every view created before the loop starts."""
+
+    machine: Machine
+    cpu: int
+    fd: int
+    driver: BatchDriver
+    u8: memoryview
+    u16: memoryview
+    u32: memoryview
+    u64: memoryview
+    ring32: memoryview | None
+    ring64: memoryview | None
+
+    def release(self) -> None:
+        for v in (self.u8, self.u16, self.u32, self.u64, self.ring32, self.ring64):
+            if v is not None:
+                v.release()
+
+
+Loop = Callable[[LoopContext], None]
+
+
+def bare_loop(ctx: LoopContext) -> None:
+    """KVM_RUN and the least decoding that lets the guest go on: no bus, no device, no stats.
+
+    ``ioctl(fd, KVM_RUN)`` without a third argument on purpose: given ``0``, fcntl.ioctl first tries the
+    argument as a writable and then a read-only buffer, and each failed try builds and drops a
+    TypeError; that costs ~1.1 µs per call on this host, more than all of broiler's dispatch."""
+    import fcntl
+
+    ioctl, run, fd, cpu = fcntl.ioctl, abi.KVM_RUN, ctx.fd, ctx.cpu
+    u8, u16, u32, u64 = ctx.u8, ctx.u16, ctx.u32, ctx.u64
+    ring32, ring64 = ctx.ring32, ctx.ring64
+    control = ctx.driver.control
+    exit_io, exit_mmio, ring_max = abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO, abi.KVM_COALESCED_MMIO_MAX
+    sink = 0
+    while True:
+        ioctl(fd, run)
+        if ring32 is not None and ring64 is not None:
+            first = ring32[0]
+            while first != ring32[1]:
+                sink = ring64[3 + first * 3]  # entry = 3 u64 words after the 8-byte header; data is word 2
+                first = (first + 1) % ring_max
+                ring32[0] = first
+        reason = u32[2]
+        if reason == exit_io:
+            if u16[17] == CTRL_PORT:
+                if not control(cpu):
+                    return
+            elif not u8[32]:
+                u32[u64[5] >> 2] = sink & 0  # IN: the guest gets zeros (4-byte, count 1 in this guest)
+        elif reason == exit_mmio:
+            if not u8[52]:
+                u64[5] = 0
+        else:
+            raise RuntimeError(f"bare loop: unexpected exit reason {reason} on vCPU {cpu}")
+
+
+def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int,
+             loop: Loop = bare_loop) -> HostResult:
+    m = new_machine(cpus, mem_size)
+    efds: list[int] = []
+    contexts: list[LoopContext] = []
+    stop_doorbell = threading.Event()
+    try:
+        driver = BatchDriver(m.memory.view, batches, cpus)
+        m.add_pio(CTRL_PORT, 4, ControlDevice(driver))  # only loops that dispatch through the bus use it
+        kinds = {p.kind for p in paths}
+        if IOEVENTFD in kinds:
+            for pio, addr in ((True, IOEVENTFD_PORT), (False, IOEVENTFD_MMIO)):
+                efds.append(os.eventfd(0, os.EFD_CLOEXEC))
+                m.vm.ioeventfd(efds[-1], addr, 4, pio=pio, datamatch=None)
+        coalesced = COALESCED in kinds
+        if coalesced:
+            m.vm.register_coalesced(COALESCED_MMIO, COALESCED_SIZE)
+        doorbell_thread = None
+        if PINGPONG in kinds:
+            efds.append(os.eventfd(0, os.EFD_CLOEXEC))
+            m.vm.ioeventfd(efds[-1], DOORBELL_PORT, 4, pio=True, datamatch=None)
+            doorbell_thread = threading.Thread(target=_doorbell_reader, name="bench-doorbell", daemon=True,
+                                               args=(efds[-1], m.memory.view(BENCH_PARAMS + FLAG_OFFSET, 4),
+                                                     stop_doorbell))
+            doorbell_thread.start()
+        for k, vcpu in enumerate(m.vcpus):
+            page = memoryview(vcpu.run_page)
+            ring = page[vcpu.coalesced_page * 4096:(vcpu.coalesced_page + 1) * 4096] if coalesced else None
+            contexts.append(LoopContext(m, k, vcpu.fd, driver, page.cast("B"), page.cast("H"), page.cast("I"),
+                                        page.cast("Q"), ring.cast("I") if ring else None,
+                                        ring.cast("Q") if ring else None))
+        errors: list[BaseException] = []
+
+        def main(ctx: LoopContext) -> None:
+            try:
+                loop(ctx)
+            except BaseException as exc:  # reported by the caller, after the other vCPUs are released
+                errors.append(exc)
+                driver.release()
+
+        threads = [threading.Thread(target=main, args=(c,), name=f"bench-vcpu{c.cpu}") for c in contexts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        if doorbell_thread is not None:
+            stop_doorbell.set()
+            os.eventfd_write(efds[-1], 1)
+            doorbell_thread.join(timeout=5)
+        driver.release()
+        return HostResult(driver.times, driver.first_exit_ns)
+    finally:
+        for c in contexts:
+            c.release()
+        m.close()
+        for fd in efds:
+            os.close(fd)
+
+
+def _doorbell_reader(efd: int, flag_bytes: memoryview, stop: threading.Event) -> None:
+    flag = flag_bytes.cast("I")
+    while not stop.is_set():
+        os.eventfd_read(efd)
+        flag[0] = 1
+    flag.release()
+    flag_bytes.release()

@@ -1,0 +1,251 @@
+"""Run the whole bench in one process and return one JSON-able document (see table.py for its shape).
+
+Each repetition is a *round*: the C floor, the bare loop and broiler each run one VM with every path
+(one warm-up batch, then N1 and N2 per path). Rounds interleave the three hosts, so a slow minute of
+the machine lands on all columns alike; only numbers from one invocation should be compared.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import packaged_guest
+from ..memory import GiB, MiB
+from . import floor, hosts
+from .guest import COALESCED, CTRL_PORT, IOEVENTFD, NONE, PATHS, PINGPONG, SCALING_PATH, SYNC, Batch, schedule
+from .stats import per_op_us, summarize
+
+IMPLS = ("floor", "bare", "broiler")
+SCHEMA = "broiler-bench/1"
+MAX_RTT_SAMPLES = 5000
+
+
+@dataclass
+class BenchOptions:
+    quick: bool = False
+    n1: int = 2000
+    n2: int = 12000
+    reps: int = 5
+    mem_size: int = 256 * MiB
+    startup_mem: int = 4 * GiB
+    startup_reps: int = 3
+    paths: list[str] = field(default_factory=lambda: [p.key for p in PATHS])
+    scaling: bool = True
+    startup: bool = True
+    progress: Callable[[str], None] | None = None
+
+    @classmethod
+    def quick_defaults(cls) -> BenchOptions:
+        return cls(quick=True, n1=100, n2=600, reps=3, startup_reps=1)
+
+
+def _floor_zones(kinds: set[str]) -> list[str]:
+    from .guest import COALESCED_MMIO, COALESCED_SIZE, DOORBELL_PORT, IOEVENTFD_MMIO, IOEVENTFD_PORT
+
+    zones = []
+    if IOEVENTFD in kinds:
+        zones += [f"ioeventfd pio {IOEVENTFD_PORT:#x} 4", f"ioeventfd mmio {IOEVENTFD_MMIO:#x} 4"]
+    if COALESCED in kinds:
+        zones.append(f"coalesced {COALESCED_MMIO:#x} {COALESCED_SIZE:#x}")
+    if PINGPONG in kinds:
+        zones.append(f"doorbell {DOORBELL_PORT:#x}")
+    return zones
+
+
+def broiler_async_missing() -> str | None:
+    """Why broiler cannot run the asynchronous rows yet (None: it can)."""
+    import inspect
+
+    from ..machine import Machine
+
+    if "coalesced" not in inspect.signature(Machine.add_mmio).parameters:
+        return "n/a (not yet): Machine.add_mmio has no coalesced="
+    try:
+        import broiler.ioeventfd  # noqa: F401
+    except ImportError:
+        return "n/a (not yet): no broiler.ioeventfd"
+    return None
+
+
+class Bench:
+    def __init__(self, opts: BenchOptions, workdir: Path) -> None:
+        self.opts = opts
+        self.workdir = workdir
+        self.image = packaged_guest("bench_io")
+        self.notes: list[str] = []
+        self.floor_exe: Path | None = None
+        try:
+            self.floor_exe = floor.build(workdir)
+        except floor.FloorUnavailable as exc:
+            self.notes.append(str(exc))
+        self.async_missing = broiler_async_missing()
+        if self.async_missing:
+            self.notes.append(f"broiler's asynchronous rows: {self.async_missing}")
+
+    def say(self, text: str) -> None:
+        if self.opts.progress is not None:
+            self.opts.progress(text)
+
+    def run_host(self, impl: str, paths: list, cpus: int, reps: int) -> tuple[list[Batch], list[list[int]], list[int]]:
+        batches = schedule(paths, self.opts.n1, self.opts.n2, reps)
+        if impl == "floor":
+            assert self.floor_exe is not None
+            out = floor.run_floor(self.floor_exe, self.image, self.opts.mem_size, cpus, batches,
+                                  _floor_zones({p.kind for p in paths}))
+            return batches, out["batches_ns"], []  # type: ignore[return-value]
+        runner = hosts.run_bare if impl == "bare" else hosts.run_broiler
+        result = runner(batches, paths, cpus, self.opts.mem_size)
+        stamps = result.doorbell_stamps_ns
+        return batches, result.times_ns, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+    def impls_for(self, paths: list) -> dict[str, list]:
+        """Which paths each host runs this time."""
+        out: dict[str, list] = {}
+        for impl in IMPLS:
+            if impl == "floor" and self.floor_exe is None:
+                continue
+            if impl == "broiler" and self.async_missing:
+                out[impl] = [p for p in paths if p.kind in (SYNC, NONE)]
+            else:
+                out[impl] = list(paths)
+        return out
+
+    # -- the three sections -----------------------------------------------------------------------
+    def paths_section(self) -> tuple[list[dict[str, object]], list[float]]:
+        paths = [p for p in PATHS if p.key in self.opts.paths]
+        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in IMPLS}
+        rtts: list[float] = []
+        plan = self.impls_for(paths)
+        for rep in range(self.opts.reps):
+            for impl, impl_paths in plan.items():
+                self.say(f"round {rep + 1}/{self.opts.reps}: {impl} ({len(impl_paths)} paths)")
+                batches, times, deltas = self.run_host(impl, impl_paths, 1, 1)
+                for key, values in per_op_us(batches, times).items():
+                    samples[impl].setdefault(key, []).extend(values)
+                rtts += [d / 1000 for d in deltas if d < 1_000_000]  # gaps across batches are not round trips
+        rows = []
+        for p in paths:
+            row: dict[str, object] = {"key": p.key, "label": p.label}
+            missing: dict[str, str] = {}
+            for impl in IMPLS:
+                s = summarize(samples[impl].get(p.key, []))
+                row[impl] = s.as_json() if s else None
+                if s is None:
+                    missing[impl] = self._why_missing(impl)
+            row["missing"] = missing
+            row["c_over_a"] = _ratio(row["broiler"], row["floor"])
+            row["c_over_b"] = _ratio(row["broiler"], row["bare"])
+            rows.append(row)
+        return rows, rtts[:MAX_RTT_SAMPLES]
+
+    def _why_missing(self, impl: str) -> str:
+        if impl == "floor" and self.floor_exe is None:
+            return "n/a (no C floor)"
+        if impl == "broiler" and self.async_missing:
+            return self.async_missing
+        return "n/a"
+
+    def scaling_section(self) -> dict[str, object]:
+        from .guest import PATH_BY_KEY
+
+        path = PATH_BY_KEY[SCALING_PATH]
+        samples: dict[str, dict[int, list[float]]] = {}
+        plan = self.impls_for([path])
+        for rep in range(self.opts.reps):
+            for impl in plan:
+                for cpus in (1, 2):
+                    self.say(f"scaling round {rep + 1}/{self.opts.reps}: {impl}, {cpus} vCPU(s)")
+                    batches, times, _ = self.run_host(impl, [path], cpus, 1)
+                    samples.setdefault(impl, {}).setdefault(cpus, []).extend(per_op_us(batches, times)[path.key])
+        impls: dict[str, object] = {}
+        for impl, by_cpus in samples.items():
+            one, two = summarize(by_cpus[1]), summarize(by_cpus[2])
+            assert one is not None and two is not None
+            impls[impl] = {"1": one.as_json(), "2": two.as_json(), "speedup": round(2 * one.median / two.median, 3)}
+        return {"path": path.key, "label": path.label, "impls": impls}
+
+    def startup_section(self) -> dict[str, object]:
+        out: dict[str, object] = {"mem": self.opts.startup_mem}
+        if self.floor_exe is not None:
+            runs = []
+            for _ in range(self.opts.startup_reps):
+                res = floor.run_floor(self.floor_exe, self.image, self.opts.startup_mem, 1, [], [])
+                runs.append({k: v / 1e6 for k, v in res["startup_ns"].items()})  # type: ignore[union-attr]
+            out["floor"] = _startup_summary(runs, ("vm", "memory", "vcpus", "first_exit"))
+        runs = [self.broiler_startup() for _ in range(self.opts.startup_reps)]
+        out["broiler"] = _startup_summary(runs, ("machine", "load", "first_exit"))
+        return out
+
+    def broiler_startup(self) -> dict[str, float]:
+        """Machine (KVM, VM, 4 GiB map, devices, vCPUs), then the loader, then the guest's first exit."""
+        from ..machine import Machine, MachineConfig
+        from .driver import BatchDriver
+        from .hosts import ControlDevice
+
+        self.say(f"start-up: broiler, {self.opts.startup_mem >> 20} MiB")
+        t0 = time.perf_counter_ns()
+        m = Machine(MachineConfig(mem_size=self.opts.startup_mem, serial_output=lambda _b: None))
+        try:
+            t1 = time.perf_counter_ns()
+            m.load_flat64(self.image)
+            t2 = time.perf_counter_ns()
+            driver = BatchDriver(m.memory.view, [], 1)
+            m.add_pio(CTRL_PORT, 4, ControlDevice(driver))  # registered after t2: not part of start-up
+            t3 = time.perf_counter_ns()
+            m.run(timeout=60)
+            driver.release()
+            first = driver.first_exit_ns - t3
+        finally:
+            m.close()
+        return {"machine": (t1 - t0) / 1e6, "load": (t2 - t1) / 1e6, "first_exit": first / 1e6,
+                "total": (t2 - t0 + first) / 1e6}
+
+    def run(self) -> dict[str, object]:
+        doc: dict[str, object] = {"schema": SCHEMA, "quick": self.opts.quick, "n1": self.opts.n1,
+                                  "n2": self.opts.n2, "reps": self.opts.reps, "mem": self.opts.mem_size,
+                                  "host": host_info()}
+        started = time.monotonic()
+        doc["paths"], doc["doorbell_rtt_us"] = self.paths_section()
+        doc["scaling"] = self.scaling_section() if self.opts.scaling else None
+        doc["startup"] = self.startup_section() if self.opts.startup else None
+        doc["notes"] = self.notes
+        doc["seconds"] = round(time.monotonic() - started, 1)
+        return doc
+
+
+def _ratio(c: object, a: object) -> float | None:
+    if isinstance(c, dict) and isinstance(a, dict) and a["median_us"]:
+        return round(c["median_us"] / a["median_us"], 3)
+    return None
+
+
+def _startup_summary(runs: list[dict[str, float]], phases: tuple[str, ...]) -> dict[str, object]:
+    s = summarize([r["total"] for r in runs])
+    assert s is not None
+    phase_medians = {p: round(summarize([r[p] for r in runs]).median, 3) for p in phases}  # type: ignore[union-attr]
+    return {"median_ms": round(s.median, 3), "min_ms": round(s.low, 3), "max_ms": round(s.high, 3),
+            "phases_ms": phase_medians}
+
+
+def host_info() -> dict[str, object]:
+    cc = floor.compiler()
+    version = None
+    if cc is not None:
+        try:
+            version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                     timeout=10).stdout.splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            version = None
+    return {"python": platform.python_version(), "kernel": platform.release(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "cc": version}
+
+
+def run_bench(opts: BenchOptions) -> dict[str, object]:
+    with floor.temp_build_dir() as tmp:
+        return Bench(opts, Path(tmp)).run()

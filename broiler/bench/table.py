@@ -1,0 +1,88 @@
+"""The bench document (runner.py) as the text table `broiler bench` prints.
+
+The document (also what ``--json`` writes):
+
+    schema, quick, n1, n2, reps, mem, host{...}, seconds, notes[str]
+    paths[]: key, label, floor|bare|broiler: {median_us, min_us, max_us, samples_us} or null,
+             missing{impl: why}, c_over_a, c_over_b
+    scaling: {path, label, impls{impl: {"1": summary, "2": summary, speedup}}} or null
+    startup: {mem, floor|broiler: {median_ms, min_ms, max_ms, phases_ms{}}} or null
+    doorbell_rtt_us[]: broiler's kick-to-kick round trips (for the histogram)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..memory import format_size
+
+IMPL_LABELS = {"floor": "C floor (a)", "bare": "bare Python (b)", "broiler": "broiler (c)"}
+SCALING_LABELS = {"floor": "C floor", "bare": "bare Python", "broiler": "broiler"}
+TARGET = 1.10
+SYNC_KEYS = ("pio_out", "pio_in", "mmio_write", "mmio_read")
+
+
+def _cell(summary: dict[str, Any] | None, missing: str | None = None) -> str:
+    if summary is None:
+        return missing or "n/a"
+    return f"{summary['median_us']:.2f} ±{(summary['max_us'] - summary['min_us']) / 2:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    lines = [f"broiler bench: µs per guest operation, median of {doc['reps']} repetitions "
+             f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
+             + (" [quick]" if doc.get("quick") else "")]
+    widths = (30, 22, 22, 22, 6, 6)
+    header = ("path", *IMPL_LABELS.values(), "c/a", "c/b")
+    lines.append(_row(header, widths))
+    lines.append("-" * (sum(widths) + len(widths) - 1))
+    for row in doc["paths"]:
+        missing = row.get("missing", {})
+        cells = [_cell(row.get(impl), missing.get(impl)) for impl in IMPL_LABELS]
+        lines.append(_row((row["label"], *cells, _ratio(row.get("c_over_a")), _ratio(row.get("c_over_b"))),
+                          widths))
+    sync = [r for r in doc["paths"] if r["key"] in SYNC_KEYS and r.get("c_over_a") is not None]
+    if sync:
+        verdict = ", ".join(f"{r['key']} {r['c_over_a']:.2f}{' ✓' if r['c_over_a'] <= TARGET else ''}" for r in sync)
+        lines.append(f"sync paths c/a (target ≤ {TARGET:.2f}): {verdict}")
+    lines += _scaling(doc.get("scaling"))
+    lines += _startup(doc.get("startup"))
+    for note in doc.get("notes", []):
+        lines.append(f"note: {note}")
+    return lines
+
+
+def _row(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    first, *rest = cells
+    return " ".join([f"{first:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(rest, widths[1:], strict=True))])
+
+
+def _scaling(scaling: dict[str, Any] | None) -> list[str]:
+    if not scaling:
+        return []
+    lines = ["", f"scaling of {scaling['label']}: µs per operation on each vCPU while all run "
+             "(speed-up = total throughput with 2 vCPUs / with 1; ideal 2.00)"]
+    widths = (30, 22, 22, 10)
+    lines.append(_row(("host", "1 vCPU", "2 vCPUs", "speed-up"), widths))
+    for impl, entry in scaling["impls"].items():
+        lines.append(_row((SCALING_LABELS.get(impl, impl), _cell(entry["1"]), _cell(entry["2"]),
+                           f"{entry['speedup']:.2f}×"), widths))
+    return lines
+
+
+def _startup(startup: dict[str, Any] | None) -> list[str]:
+    if not startup:
+        return []
+    lines = ["", f"start-up of a {format_size(startup['mem'])} VM, ms (open /dev/kvm … the guest's first exit)"]
+    for impl in ("floor", "broiler"):
+        entry = startup.get(impl)
+        if not entry:
+            continue
+        phases = ", ".join(f"{name.replace('_', ' ')} {ms:.2f}" for name, ms in entry["phases_ms"].items())
+        lines.append(f"  {SCALING_LABELS[impl]:<12} {entry['median_ms']:8.2f}  "
+                     f"[{entry['min_ms']:.2f}–{entry['max_ms']:.2f}]  ({phases})")
+    return lines
