@@ -32,6 +32,7 @@ from .errors import ConfigError, OverlapError
 log = logging.getLogger("broiler.bus")
 
 _perf_ns = time.perf_counter_ns
+TIME_EVERY = 16  # Region: time one handler call in this many (the first access is always timed)
 
 
 def all_ones(size: int) -> int:
@@ -80,6 +81,8 @@ class IoStats:
     writes: int = 0
     ns: int = 0
     coalesced: int = 0  # writes KVM queued in the coalesced ring (no exit), replayed later
+    timed: int = 0      # accesses whose handler time is in ``ns`` and ``hist`` (one in TIME_EVERY)
+    countdown: int = 1  # accesses until the next timed one
     # hist[b]: handler calls that took [2**(b-1), 2**b) ns; enough for a p99 within a factor of 2.
     hist: list[int] = field(default_factory=lambda: [0] * 64)
 
@@ -114,29 +117,42 @@ class Region:
     def __post_init__(self) -> None:
         self.end = self.base + self.size
 
+    # Counts are exact; handler time is sampled: one access in TIME_EVERY is timed (two clock reads and
+    # a histogram bucket cost ~0.3 µs here, 4 % of a whole sync exit). mean = ns / timed, p99 from hist.
     def read(self, addr: int, size: int) -> int:
         if addr + size > self.end:
             return self.bus.straddle(addr, size, False)
+        st = self.stats
+        st.reads += 1
+        st.countdown -= 1
+        if st.countdown:
+            return self.device.read(addr - self.base, size)
+        st.countdown = TIME_EVERY
         t0 = _perf_ns()
         value = self.device.read(addr - self.base, size)
         dt = _perf_ns() - t0
-        st = self.stats
         st.ns += dt
         st.hist[dt.bit_length()] += 1
-        st.reads += 1
+        st.timed += 1
         return value
 
     def write(self, addr: int, size: int, value: int) -> None:
         if addr + size > self.end:
             self.bus.straddle(addr, size, True)
             return
+        st = self.stats
+        st.writes += 1
+        st.countdown -= 1
+        if st.countdown:
+            self.device.write(addr - self.base, size, value)
+            return
+        st.countdown = TIME_EVERY
         t0 = _perf_ns()
         self.device.write(addr - self.base, size, value)
         dt = _perf_ns() - t0
-        st = self.stats
         st.ns += dt
         st.hist[dt.bit_length()] += 1
-        st.writes += 1
+        st.timed += 1
 
 
     def replay(self, addr: int, size: int, value: int) -> None:

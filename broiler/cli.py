@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     regs = sub.add_parser("regs", help="every vCPU's registers, instruction and stack of a running VM")
     regs.add_argument("name")
 
+    from .bench import cli as bench_cli
+
+    bench_cli.add_parser(sub)
+
     layout = sub.add_parser("layout", help="print the guest-physical map and the port map")
     layout.add_argument("-m", "--mem", default="4G", metavar="SIZE", help="guest RAM (default 4G)")
     layout.add_argument("--no-demo-devices", action="store_true")
@@ -256,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "bench":
+            from .bench import cli as bench_cli
+
+            return bench_cli.run(args)
         commands = {"layout": cmd_layout, "list": cmd_list, "stat": cmd_stat, "stop": cmd_stop, "regs": cmd_regs}
         if args.command in commands:
             return commands[args.command](args)

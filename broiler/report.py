@@ -30,7 +30,7 @@ def device_rows(machine: Machine) -> list[dict[str, object]]:
                 "device": r.name, "bus": bus.name, "base": r.base, "size": r.size,
                 "p99_ns": st.percentile_ns(0.99),
                 "irq": getattr(line, "gsi", None), "reads": st.reads, "writes": st.writes,
-                "exits": st.count, "ns": st.ns, "coalesced": st.coalesced,
+                "exits": st.count, "ns": st.ns, "timed": st.timed, "coalesced": st.coalesced,
                 "doorbell_kicks": kicks.get(r.owner, kicks.get(r.name, 0)),
                 "completions": getattr(dev, "completions", None),
                 "irqs_raised": getattr(line, "raised", None), "guest_errors": dev.guest_errors,
@@ -45,14 +45,16 @@ def io_table(machine: Machine) -> list[str]:
     for d in device_rows(machine):
         width = 4 if d["bus"] == "pio" else 8
         exits = int(d["exits"])  # type: ignore[call-overload]
-        mean = f"{int(d['ns']) / exits / 1000:.2f}" if exits else "-"  # type: ignore[call-overload]
+        timed = int(d["timed"])  # type: ignore[call-overload]
+        mean = f"{int(d['ns']) / timed / 1000:.2f}" if timed else "-"  # type: ignore[call-overload]
         rows.append([str(d["device"]), f"{d['bus']} {d['base']:0{width}x}",
                      "-" if d["irq"] is None else str(d["irq"]),
                      f"{exits} ({d['reads']}r/{d['writes']}w)", mean, str(d["doorbell_kicks"] or "-"),
                      str(d["coalesced"] or "-"), "-" if d["completions"] is None else str(d["completions"]),
                      "-" if d["irqs_raised"] is None else str(d["irqs_raised"]), str(d["guest_errors"])])
     lines = ["IO per device. sync exits: the vCPU left KVM_RUN and waited for the handler (mean µs: time in",
-             "the Python handler); doorbell kicks (ioeventfd) and coalesced writes (ring) did not exit."]
+             "the Python handler, sampled 1 in 16); doorbell kicks (ioeventfd) and coalesced writes (ring) did",
+             "not exit."]
     lines += _table(["device", "bus address", "irq", "sync exits", "mean µs", "doorbell kicks",
                      "coalesced", "completions", "irqs", "guest errors"], rows)
     for bus in (machine.pio_bus, machine.mmio_bus):
@@ -101,7 +103,7 @@ def stat_table(snap: dict, previous: dict | None) -> list[str]:  # type: ignore[
         events = exits + d["doorbell_kicks"] + d["coalesced"]
         old_events = old.get("exits", 0) + old.get("doorbell_kicks", 0) + old.get("coalesced", 0)
         rate = (events - old_events) / dt if dt > 0 else 0.0
-        mean = f"{d['ns'] / exits / 1000:.2f}" if exits else "-"
+        mean = f"{d['ns'] / d['timed'] / 1000:.2f}" if d["timed"] else "-"
         p99 = f"{d['p99_ns'] / 1000:.1f}" if exits else "-"
         rows.append([d["device"], f"{d['bus']} {d['base']:#x}", str(exits), str(d["doorbell_kicks"] or "-"),
                      str(d["coalesced"] or "-"), "-" if d["irqs_raised"] is None else str(d["irqs_raised"]),

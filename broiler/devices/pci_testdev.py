@@ -1,7 +1,8 @@
 """QEMU's pci-testdev (1b36:0005), as kvm-unit-tests' ``pci_testdev()`` drives it (issue 5 item 4).
 
-Identity: vendor 0x1B36 (Red Hat), device 0x0005, revision 0, class code 0x00FF00 (base 0x00, subclass 0xff: what QEMU 7.2 reports), interrupt
-pin 0. BAR0 is 4 KiB of memory and BAR1 256 bytes of ports; both decode the same window, byte-wide.
+Identity: vendor 0x1B36 (Red Hat), device 0x0005, revision 0, class code 0x00FF00 (base 0x00, subclass 0xff:
+what QEMU 7.2 reports), interrupt pin 0. BAR0 is 4 KiB of memory and BAR1 256 bytes of ports; both decode the
+same window, byte-wide.
 
 Six tests, ``t = type * 3 + k`` with type 0 = mmio (BAR0) / 1 = portio (BAR1) and k 0 = no-eventfd,
 1 = wildcard-eventfd, 2 = datamatch-eventfd. Writing k to +0 through a BAR stops the current test and

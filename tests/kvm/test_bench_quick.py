@@ -1,0 +1,53 @@
+"""`broiler bench --quick` on the real /dev/kvm: the table's rows and the JSON's keys, never the timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from broiler.bench import cli, floor, guest
+from broiler.bench.runner import BenchOptions, run_bench
+from broiler.bench.table import render
+
+pytestmark = pytest.mark.kvm
+
+
+def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    status = cli.main(["--quick", "--json", str(out)])
+    assert status == 0
+    text = capsys.readouterr().out
+    for p in guest.PATHS:
+        assert p.label in text
+    assert "scaling of sync PIO out" in text and "start-up of a 4G VM" in text
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "broiler-bench/1" and doc["quick"] is True
+    assert [row["key"] for row in doc["paths"]] == [p.key for p in guest.PATHS]
+    for row in doc["paths"]:
+        assert set(row) >= {"key", "label", "floor", "bare", "broiler", "c_over_a", "c_over_b", "missing"}
+        assert row["bare"] is not None and len(row["bare"]["samples_us"]) == doc["reps"]
+        assert row["broiler"] is not None or "broiler" in row["missing"]
+        if floor.compiler() is not None:
+            assert row["floor"] is not None and row["c_over_a"] is not None
+    assert set(doc["scaling"]["impls"]["broiler"]) == {"1", "2", "speedup"}
+    assert set(doc["startup"]["broiler"]["phases_ms"]) == {"machine", "load", "first_exit"}
+
+
+def test_without_a_compiler_the_floor_is_skipped_with_one_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(floor, "compiler", lambda: None)
+    opts = BenchOptions.quick_defaults()
+    opts.paths, opts.reps, opts.scaling, opts.startup = ["pio_out"], 1, False, False
+    doc = run_bench(opts)
+    assert any("no C compiler" in note for note in doc["notes"])
+    row = doc["paths"][0]
+    assert row["floor"] is None and row["bare"] is not None and row["broiler"] is not None
+    assert any("n/a (no C floor)" in line for line in render(doc))
+
+
+def test_bad_options_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--paths", "pio_out,warp_drive"]) == 2
+    assert cli.main(["--n1", "500", "--n2", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "warp_drive" in err[0] and "--n2" in err[1]

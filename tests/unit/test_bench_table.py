@@ -1,0 +1,112 @@
+"""`broiler bench` without KVM: ΔN arithmetic, the schedule, the table and the JSON shape from fake results."""
+
+from __future__ import annotations
+
+import json
+
+from broiler.bench import floor, guest, ladder, table
+from broiler.bench.stats import per_op_us, summarize
+from broiler.boot.flat64 import LongModeState
+
+
+def _summary(median: float, low: float | None = None, high: float | None = None) -> dict[str, object]:
+    low = median if low is None else low
+    high = median if high is None else high
+    return {"median_us": median, "min_us": low, "max_us": high, "samples_us": [low, median, high]}
+
+
+def fake_doc() -> dict[str, object]:
+    rows = []
+    for p in guest.PATHS:
+        row: dict[str, object] = {"key": p.key, "label": p.label, "floor": _summary(8.0, 7.9, 8.1),
+                                  "bare": _summary(8.4), "broiler": _summary(8.8, 8.6, 9.0), "missing": {},
+                                  "c_over_a": 1.1, "c_over_b": round(8.8 / 8.4, 3)}
+        rows.append(row)
+    rows[-1]["broiler"] = None
+    rows[-1]["missing"] = {"broiler": "n/a (not yet): no broiler.ioeventfd"}
+    rows[-1]["c_over_a"] = rows[-1]["c_over_b"] = None
+    return {
+        "schema": "broiler-bench/1", "quick": True, "n1": 100, "n2": 600, "reps": 3, "mem": 256 << 20,
+        "host": {"python": "3.11", "cc": None}, "seconds": 1.0, "notes": ["no C compiler (cc) on this machine"],
+        "paths": rows, "doorbell_rtt_us": [15.0, 16.0],
+        "scaling": {"path": "pio_out", "label": "sync PIO out",
+                    "impls": {"floor": {"1": _summary(8.0), "2": _summary(9.0), "speedup": 1.778}}},
+        "startup": {"mem": 4 << 30, "broiler": {"median_ms": 25.0, "min_ms": 24.0, "max_ms": 26.0,
+                                                "phases_ms": {"machine": 22.0, "load": 1.0, "first_exit": 2.0}}},
+    }
+
+
+def test_table_has_one_row_per_path_with_every_column() -> None:
+    lines = table.render(fake_doc())
+    assert "C floor (a)" in lines[1] and "bare Python (b)" in lines[1] and "broiler (c)" in lines[1]
+    assert "c/a" in lines[1] and "c/b" in lines[1]
+    for p in guest.PATHS:
+        assert sum(line.startswith(p.label) for line in lines) == 1, p.label
+    pio = next(line for line in lines if line.startswith("sync PIO out"))
+    assert "8.00 ±0.10" in pio and "8.80 ±0.20" in pio and "1.10" in pio and "1.05" in pio
+
+
+def test_missing_cells_say_why_and_notes_are_printed() -> None:
+    lines = table.render(fake_doc())
+    last = next(line for line in lines if line.startswith(guest.PATHS[-1].label))
+    assert "n/a (not yet)" in last and "—" in last
+    assert "note: no C compiler (cc) on this machine" in lines
+
+
+def test_target_line_scaling_and_startup_sections() -> None:
+    text = "\n".join(table.render(fake_doc()))
+    assert "target ≤ 1.10" in text and "pio_out 1.10 ✓" in text
+    assert "scaling of sync PIO out" in text and "1.78×" in text
+    assert "start-up of a 4G VM" in text and "machine 22.00" in text
+
+
+def test_the_document_is_plain_json() -> None:
+    doc = fake_doc()
+    again = json.loads(json.dumps(doc))
+    assert again == doc
+    assert set(again["paths"][0]) >= {"key", "label", "floor", "bare", "broiler", "c_over_a", "c_over_b"}
+
+
+def test_delta_n_cancels_fixed_costs() -> None:
+    paths = [guest.PATH_BY_KEY["pio_out"], guest.PATH_BY_KEY["loop"]]
+    batches = guest.schedule(paths, 100, 600, 2)
+    assert [b.tag for b in batches[:2]] == ["warmup", "warmup"]
+    assert len(batches) == 2 + 2 * 2 * 2
+    # 8 µs per op + 5 ms of fixed cost for pio_out; 1 µs per op + 1 ms for the loop; 2 vCPUs, slowest wins
+    cost = {"pio_out": (8_000, 5_000_000), "loop": (1_000, 1_000_000)}
+    times = [[cost[b.path][0] * b.n + cost[b.path][1], 0] for b in batches]
+    result = per_op_us(batches, times)
+    assert result == {"pio_out": [8.0, 8.0], "loop": [1.0, 1.0]}
+
+
+def test_summary_median_and_spread() -> None:
+    s = summarize([3.0, 1.0, 2.0])
+    assert s is not None and s.median == 2.0 and s.spread == 1.0
+    assert s.as_json()["samples_us"] == [3.0, 1.0, 2.0]
+    assert summarize([]) is None
+
+
+def test_floor_config_carries_the_loader_state_and_every_batch() -> None:
+    batches = guest.schedule([guest.PATH_BY_KEY["mmio_read"]], 10, 20, 1)
+    text = floor.config_text(7, 256 << 20, LongModeState(), 2, batches, ["coalesced 0xd0000300 0x100"])
+    lines = text.splitlines()
+    assert "mem_fd 7" in lines and "cpus 2" in lines and f"ctrl {guest.CTRL_PORT:#x}" in lines
+    assert any(line.startswith("state ") and "0x100000" in line for line in lines)
+    assert sum(line.startswith("batch ") for line in lines) == len(batches)
+    assert f"batch {guest.OP_MMIO_READ} {guest.SYNC_MMIO:#x} 20" in lines
+
+
+def test_paths_have_distinct_keys_and_the_guest_protocol_constants_fit() -> None:
+    assert len({p.key for p in guest.PATHS}) == len(guest.PATHS)
+    # the parameter blocks sit between the stack top and the EBDA, clear of the flat64 loader
+    assert guest.BENCH_PARAMS >= 0x80000 and guest.BENCH_PARAMS + 8 * guest.PARAMS_STRIDE <= 0x9FC00
+
+
+def test_ladder_table_shows_steps_and_deltas() -> None:
+    data = {"paths": ["pio_out"], "steps": [
+        {"step": "bare", "what": "w", "pio_out": _summary(7.0, 6.9, 7.2)},
+        {"step": "+arg 0", "what": "w", "pio_out": _summary(8.2, 8.1, 8.4)},
+    ]}
+    lines = ladder.render_ladder(data)
+    assert any(line.startswith("bare") and "6.90" in line for line in lines)
+    assert any(line.startswith("+arg 0") and "(+1.20)" in line for line in lines)
