@@ -9,6 +9,7 @@ import sys
 from importlib import resources
 
 from . import exitcodes
+from .argtypes import positive
 from .errors import ConfigError, KvmUnavailable
 from .memory import MiB, format_size, parse_size
 from .trace import Tracer, parse_kinds
@@ -35,14 +36,7 @@ def _read_image(path: str, what: str) -> bytes:
     return data
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
+_positive_float = positive(float)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from .. import exitcodes
+from ..argtypes import positive
 from ..errors import ConfigError, KvmUnavailable
 from ..memory import parse_size
 from .guest import PATHS
@@ -15,14 +16,7 @@ from .guest import PATHS
 QUICK_HELP = "small N and 3 repetitions, for CI (seconds, not minutes; timings are rough)"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
+_positive_int = positive(int)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
