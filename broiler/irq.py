@@ -138,19 +138,45 @@ class IrqLine:
 
 
 class IrqFd:
-    """An eventfd bound to a GSI with KVM_IRQFD: writing it injects without a KVM_IRQ_LINE call."""
+    """An eventfd bound to a GSI with KVM_IRQFD: one eventfd write injects an edge (the kernel raises
+    and lowers the GSI) with no ioctl from us. It offers the edge half of ``IrqLine``'s interface
+    (``pulse``; ``raise_`` and ``set_level(1)`` also pulse; lowering is a no-op), so an edge device
+    takes either. With ``resample`` the GSI stays asserted until the guest's EOI, which KVM reports on
+    ``resample_fd`` (level semantics for devices that re-check their state then)."""
 
-    def __init__(self, vm: Vm, gsi: int, *, resample: bool = False) -> None:
+    def __init__(self, vm: Vm, gsi: int, *, resample: bool = False,
+                 is_stopped: Callable[[], bool] = lambda: False) -> None:
         self.vm = vm
         self.gsi = gsi
+        self._is_stopped = is_stopped
         self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.resample_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if resample else None
         vm.irqfd(self.fd, gsi, resample_fd=self.resample_fd)
         self.triggered = 0
+        self.level = 0
+        self.tracer: Any = None
+
+    @property
+    def raised(self) -> int:
+        return self.triggered
 
     def trigger(self) -> None:
+        if self._is_stopped() or self.fd < 0:
+            return
         self.triggered += 1
+        if self.tracer is not None:
+            self.tracer.emit("irq", "w", self.gsi, 0, 1, "irqfd")
         os.eventfd_write(self.fd, 1)
+
+    pulse = trigger
+    raise_ = trigger
+
+    def lower(self) -> None:
+        return None
+
+    def set_level(self, level: int) -> None:
+        if level:
+            self.trigger()
 
     def close(self) -> None:
         if self.fd < 0:
@@ -209,6 +235,7 @@ class Interrupts:
         self._lines: dict[int, IrqLine] = {}
         self.msis_sent = 0
         self.tracer: Any = None
+        self.irqfds: list[IrqFd] = []
 
     def line(self, gsi: int) -> IrqLine:
         if gsi not in self._lines:
@@ -220,9 +247,26 @@ class Interrupts:
         self.tracer = tracer
         for line in self._lines.values():
             line.tracer = tracer
+        for irqfd in self.irqfds:
+            irqfd.tracer = tracer
 
     def alloc_line(self, owner: Hashable, kind: str = "isa") -> IrqLine:
         return self.line(self.allocator.alloc(str(owner), kind))
+
+    def alloc_edge_line(self, owner: Hashable, kind: str = "isa") -> IrqLine | IrqFd:
+        """A line for an edge-triggered device: an irqfd where KVM has them, else KVM_IRQ_LINE pulses."""
+        gsi = self.allocator.alloc(str(owner), kind)
+        if self.vm.check_extension(abi.KVM_CAP_IRQFD) <= 0:
+            return self.line(gsi)
+        irqfd = IrqFd(self.vm, gsi, is_stopped=self._is_stopped)
+        irqfd.tracer = self.tracer
+        self.irqfds.append(irqfd)
+        return irqfd
+
+    def close(self) -> None:
+        for irqfd in self.irqfds:
+            irqfd.close()
+        self.irqfds.clear()
 
     def signal_msi(self, address: int, data: int) -> None:
         if self._is_stopped():

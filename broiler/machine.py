@@ -26,7 +26,7 @@ from .devices.serial import Serial8250
 from .errors import ConfigError
 from .eventloop import EventLoop
 from .ioeventfd import Doorbells
-from .irq import Interrupts, IrqLine
+from .irq import Interrupts, IrqFd, IrqLine
 from .kvm import Kvm, Vcpu, abi
 from .kvm.abi import buffer_address
 from .memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
@@ -153,6 +153,9 @@ class Machine:
 
     def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine:
         return self.irqs.alloc_line(owner, kind)
+
+    def alloc_edge_line(self, owner: str, kind: str = "isa") -> IrqLine | IrqFd:
+        return self.irqs.alloc_edge_line(owner, kind)
 
     def schedule(self, delay: float, fn: Callable[[], None]) -> object:
         return self.loop.call_later(delay, fn)
@@ -321,6 +324,7 @@ class Machine:
         if self.threads:
             self.threads[0].drain_coalesced()  # nothing the guest wrote is lost
         self.doorbells.close()
+        self.irqs.close()
         self.loop.stop()
         for hook in self.on_stop:
             hook()

@@ -71,7 +71,7 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
         m.add_pio(SYNC_PIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-pio"))
         m.add_mmio(SYNC_MMIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-mmio"))
         for spec in ASYNC_DEVICES:
-            line = m.alloc_line(spec.name, spec.irq_kind)
+            line = (m.alloc_edge_line if spec.edge else m.alloc_line)(spec.name, spec.irq_kind)
             device = AsyncDemo(spec, line, m.schedule, config.async_delay)
             (m.add_pio if spec.pio else m.add_mmio)(spec.base, ASYNC_BLOCK_SIZE, device)
             m.doorbells.add(pio=spec.pio, addr=spec.base, length=spec.doorbell_width, datamatch=None,
@@ -152,6 +152,8 @@ class PlatformSketch:
 
     def alloc_line(self, owner: str, kind: str = "isa") -> _SketchLine:
         return _SketchLine(self.allocator.alloc(owner, kind))
+
+    alloc_edge_line = alloc_line
 
     def schedule(self, delay: float, fn: Callable[[], None]) -> None:
         return None

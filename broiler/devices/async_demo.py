@@ -24,7 +24,7 @@ Devices (Broiler's addresses and doorbell widths):
     async-pio    ports 0x60A0-0x60AF   2-byte PIO doorbell, ISA line, level
     async-mmio   0xD0000040-0xD000004F 4-byte MMIO doorbell, ISA line, level
     vpic         ports 0x6020-0x602F   2-byte PIO doorbell, ISA line through the 8259 PIC, level
-    vioapic      ports 0x6040-0x604F   2-byte PIO doorbell, IOAPIC-only line (16+), edge (pulse)
+    vioapic      ports 0x6040-0x604F   2-byte PIO doorbell, IOAPIC-only line (16+), edge through an irqfd
 """
 
 from __future__ import annotations

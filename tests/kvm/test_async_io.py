@@ -34,6 +34,10 @@ def test_each_async_device_completes_every_doorbell_with_one_interrupt() -> None
         # the only sync writes are the guest's 5 STATUS acknowledges
         assert regions[name].stats.writes == 5, name
     assert "IRQ_NUM 16" in run.output  # vioapic's line comes from the IOAPIC-only pool
+    from broiler.irq import IrqFd
+
+    vioapic_line = regions["vioapic"].device.line
+    assert isinstance(vioapic_line, IrqFd) and vioapic_line.triggered == 5  # edge via irqfd, no ioctl
 
 
 def test_coalesced_writes_arrive_in_order_before_the_read() -> None:
