@@ -107,3 +107,25 @@ def test_empty_and_too_large_images(tmp_path) -> None:  # noqa: ANN001
     proc = broiler_cli("run", "--guest", str(big), "--mem", "4M")
     assert proc.returncode == exitcodes.USAGE and "does not fit" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signals_stop_the_vm_cleanly(tmp_path, signame: str) -> None:  # noqa: ANN001
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ..conftest import ROOT
+
+    image = tmp_path / "spin.bin"
+    image.write_bytes(bytes([0xEB, 0xFE]))  # jmp .
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "broiler", "run", "--guest", str(image), "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.5)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == exitcodes.INTERRUPTED, err
+    assert "Traceback" not in err
