@@ -22,6 +22,7 @@ the VM has stopped these are documented no-ops (a late timer must not crash the 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Hashable
@@ -29,6 +30,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .kvm import Vm, abi
+
+log = logging.getLogger("broiler.irq")
 
 IOAPIC_PINS = 24
 FIRST_MSI_GSI = 24
@@ -234,6 +237,7 @@ class Interrupts:
         self._is_stopped = is_stopped
         self._lines: dict[int, IrqLine] = {}
         self.msis_sent = 0
+        self.msis_dropped = 0
         self.tracer: Any = None
         self.irqfds: list[IrqFd] = []
 
@@ -269,7 +273,15 @@ class Interrupts:
         self.irqfds.clear()
 
     def signal_msi(self, address: int, data: int) -> None:
+        """Deliver an MSI. Only writes to the LAPIC window 0xFEExxxxx are interrupts; any other
+        address would be a DMA write to memory on real hardware, so it is dropped and counted
+        (``msis_dropped``) rather than handed to KVM, which would turn it into an interrupt anyway."""
         if self._is_stopped():
+            return
+        if address >> 20 != 0xFEE:
+            self.msis_dropped += 1
+            if self.msis_dropped == 1:
+                log.info("MSI to %#x (not the LAPIC window 0xFEExxxxx) dropped; further ones counted", address)
             return
         self.msis_sent += 1
         if self.tracer is not None:

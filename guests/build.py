@@ -30,8 +30,10 @@ DEFAULT_OUT = HERE.parent / "broiler" / "guests"
 
 CFLAGS = ["-m64", "-std=gnu11", "-O2", "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector",
           "-mno-red-zone", "-mgeneral-regs-only", "-fno-asynchronous-unwind-tables",
-          "-fcf-protection=none", "-fno-exceptions", "-nostdlib", "-Wall", "-Werror", f"-I{LIB}"]
-LDFLAGS = ["-m", "elf_x86_64", "--build-id=none", "-nostdlib", "-static", "-z", "noexecstack",
+          "-fcf-protection=none", "-fno-exceptions", "-nostdlib", "-Wall", "-Werror", f"-I{LIB}",
+          # one section per function and object, so --gc-sections drops the toolkit parts a guest does not use
+          "-ffunction-sections", "-fdata-sections"]
+LDFLAGS = ["-m", "elf_x86_64", "--build-id=none", "-nostdlib", "-static", "--gc-sections", "-z", "noexecstack",
            "--no-warn-rwx-segments"]
 MULTIBOOT = HERE / "multiboot"
 
