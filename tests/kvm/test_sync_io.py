@@ -129,3 +129,24 @@ def test_signals_stop_the_vm_cleanly(tmp_path, signame: str) -> None:  # noqa: A
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == exitcodes.INTERRUPTED, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("guest", ["sync_test", "hammer", "async_test"])
+def test_compiled_and_python_exit_loops_agree(guest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled fast path (where built) and the pure-Python loop see exactly the same IO."""
+    from broiler import vcpu
+
+    def io_counts(run) -> dict:  # noqa: ANN001
+        m = run.machine
+        return {(b.name, r.name): (r.stats.reads, r.stats.writes, r.stats.coalesced)
+                for b in (m.pio_bus, m.mmio_bus) for r in b.regions()}
+
+    monkeypatch.setenv("BROILER_PURE_PYTHON", "1")
+    pure = run_guest(guest, async_delay=0.0)
+    assert not pure.machine.threads[0].compiled
+    monkeypatch.delenv("BROILER_PURE_PYTHON")
+    default = run_guest(guest, async_delay=0.0)
+    assert default.machine.threads[0].compiled == (vcpu._fastexit is not None)
+    assert passed(pure.status) and passed(default.status), pure.output + default.output
+    assert io_counts(pure) == io_counts(default)
+    assert pure.output == default.output
