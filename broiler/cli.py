@@ -15,6 +15,7 @@ from .memory import MiB, format_size, parse_size
 from .trace import Tracer, parse_kinds
 
 DEMO_GUEST = "demo"
+LINUX_RAM = 1024 * MiB
 
 
 def packaged_guest(name: str) -> bytes:
@@ -46,10 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a guest (with no arguments: the embedded demo guest)")
     run.add_argument("--guest", metavar="FILE", help="a flat64 image (see README: the flat64 contract)")
-    run.add_argument("-k", "--kernel", metavar="FILE", help="a Multiboot v1 kernel (ELF32/ELF64 or a.out kludge)")
+    run.add_argument("-k", "--kernel", metavar="FILE",
+                     help="a Linux bzImage or vmlinux, or a Multiboot v1 kernel (ELF32/ELF64 or a.out kludge)")
     run.add_argument("-i", "--initrd", metavar="FILE", action="append", default=[],
-                     help="a Multiboot module (repeatable)")
-    run.add_argument("-p", "--append", metavar="CMDLINE", default="", help="the kernel command line")
+                     help="Linux: the initrd; Multiboot: a module (repeatable)")
+    run.add_argument("-p", "--append", metavar="CMDLINE", default=None,
+                     help="the kernel command line (Linux default: a serial console; see docs/linux.md)")
+    run.add_argument("--cpu-profile", choices=("safe", "host"), default=None,
+                     help="Linux: CPUID profile; safe hides what instruction-emulating hosts cannot run "
+                          "(default: safe on KVM-PVM, host elsewhere)")
+    run.add_argument("--boot-method", choices=("auto", "pvh", "vmlinux64", "bzimage64"), default="auto",
+                     help="Linux: how to enter the kernel (default auto: PVH if the kernel has the note)")
     run.add_argument("--testdev", action="store_true",
                      help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev")
     run.add_argument("-m", "--mem", default=None, metavar="SIZE", help="guest RAM, e.g. 256M, 4G (default 256M)")
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
     run.add_argument("--console", choices=("serial", "none"), default=None,
                      help="serial: stdin feeds the guest's UART (raw mode on a terminal; Ctrl-A x quits). "
-                          "Default: none")
+                          "Default: serial for Linux, none otherwise")
     run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs` (default vm-PID)")
     run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
     run.add_argument("--stats", action="store_true", help="print the IO table after the run "
@@ -101,14 +109,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.guest is not None and args.kernel is not None:
         raise ConfigError("give either --guest (flat64) or --kernel, not both")
     demo = args.guest is None and args.kernel is None
+    kind = None
     if args.kernel is not None:
         kernel_head = _read_image(args.kernel, "kernel")[:8192]
-        if not is_multiboot(kernel_head):
-            raise ConfigError(f"{args.kernel!r} is not a Multiboot v1 kernel (no 0x1BADB002 header in its "
-                              "first 8 KiB)")
-        default_mem = MULTIBOOT_RAM
+        kind = "multiboot" if is_multiboot(kernel_head) else "linux"
+        if kind == "linux" and not (kernel_head.startswith(b"\x7fELF") or kernel_head[0x202:0x206] == b"HdrS"):
+            raise ConfigError(f"{args.kernel!r} is neither a Linux kernel (bzImage or ELF vmlinux) nor a "
+                              "Multiboot kernel")
+        if kind == "linux" and len(args.initrd) > 1:
+            raise ConfigError("a Linux kernel takes one --initrd")
+        default_mem = MULTIBOOT_RAM if kind == "multiboot" else LINUX_RAM
     else:
-        if args.initrd or args.append:
+        if args.initrd or args.append is not None:
             raise ConfigError("--initrd and --append go with --kernel")
         image = packaged_guest(DEMO_GUEST) if demo else _read_image(args.guest, "guest image")
         default_mem = 256 * MiB
@@ -137,15 +149,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracer = Tracer(trace_kinds, out, as_json=args.trace_json)
             tracer.attach(machine)
             stack.callback(tracer.flush)
-        if args.console == "serial" and machine.serial is not None:
+        if (args.console or ("serial" if kind == "linux" else "none")) == "serial" and machine.serial is not None:
             from .console import SerialConsole
 
             console = SerialConsole(machine.serial, machine.loop,
                                     lambda: machine.request_exit(exitcodes.OK, "Ctrl-A x"))
             console.start()
             stack.callback(console.restore)
-        if args.kernel is not None:
-            machine.load_multiboot(args.kernel, cmdline=args.append, initrds=tuple(args.initrd))
+        if kind == "multiboot":
+            machine.load_multiboot(args.kernel, cmdline=args.append or "", initrds=tuple(args.initrd))
+        elif kind == "linux":
+            from .boot.linux import DEFAULT_CMDLINE, default_profile, load_linux
+
+            boot = load_linux(machine, args.kernel, initrd=args.initrd[0] if args.initrd else None,
+                              cmdline=DEFAULT_CMDLINE if args.append is None else args.append,
+                              profile=args.cpu_profile or default_profile(), method=args.boot_method)
+            print(f"broiler: {boot.description}", file=sys.stderr)
         else:
             machine.load_flat64(image)
         status = machine.run(timeout=args.timeout)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import exitcodes
 from .bus import Device, MmioBus, PioBus, Region
+from .devices.acpi_pm import PM1A_EVT, PM_BLOCK_SIZE, AcpiPm
 from .devices.async_demo import ASYNC_DEVICES, AsyncDemo
 from .devices.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
 from .devices.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
@@ -64,6 +65,7 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
     m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
     m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
+    m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
     output = config.serial_output or _stdout_writer
     m.serial = Serial8250(output, m.irq_setter(COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)

@@ -79,6 +79,7 @@ class VcpuThread:
         self._ring32 = self._ring.cast("I") if self._ring is not None else None
         self.stopped = threading.Event()
         self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
+        self.emulated: dict[str, int] = {}  # instructions completed in userspace (Machine.emulate)
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,0 +1,205 @@
+"""Booting Linux on a Machine: the glue between broiler/linux (tables, loaders, CPU profiles, all
+KVM-free) and the running VM (vCPU registers, CPUID, the userspace instruction emulator).
+
+See docs/linux.md for the boot flow and what this host's KVM-PVM allows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BroilerError, ConfigError, GuestMemoryError
+from ..kvm import abi
+from ..linux.boot import LinuxBoot, prepare_linux_boot
+from ..linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
+from ..linux.entry import EntryState, SegmentState
+from ..linux.firmware import PciIrq
+
+if TYPE_CHECKING:
+    from ..kvm.ioctls import Vcpu
+    from ..machine import Machine
+    from ..vcpu import VcpuThread
+
+DEFAULT_CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 keep_bootcon nokaslr loglevel=8 nowatchdog " \
+                  "cryptomgr.notests pci=conf1 reboot=k panic=-1"
+
+
+def default_profile() -> str:
+    """``safe`` on hosts whose KVM runs CPL0 guest code in its instruction emulator (KVM-PVM), else ``host``."""
+    return "safe" if os.path.exists("/sys/module/kvm_pvm") else "host"
+
+
+def _to_plain(e: abi.kvm_cpuid_entry2) -> CpuidEntry:
+    return CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+
+
+def set_cpuid_profile(machine: Machine, profile: str) -> None:
+    supported = [_to_plain(e) for e in machine.kvm.supported_cpuid()]
+    n = len(machine.vcpus)
+    for vcpu in machine.vcpus:
+        entries = [abi.kvm_cpuid_entry2(function=e.function, index=e.index, flags=e.flags, eax=e.eax, ebx=e.ebx,
+                                        ecx=e.ecx, edx=e.edx)
+                   for e in apply_profile(profile, supported, vcpu.id, n)]
+        vcpu.set_cpuid(entries)
+
+
+def _segment(s: SegmentState) -> abi.kvm_segment:
+    return abi.kvm_segment(base=s.base, limit=s.limit, selector=s.selector, type=s.type, present=s.present,
+                           dpl=s.dpl, db=s.db, s=s.s, l=s.l, g=s.g, avl=s.avl, unusable=s.unusable)
+
+
+def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
+    sregs = vcpu.get_sregs()
+    sregs.cs = _segment(entry.cs)
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = _segment(entry.data)
+    sregs.tr = _segment(entry.tr)
+    sregs.gdt.base, sregs.gdt.limit = entry.gdt
+    sregs.idt.base, sregs.idt.limit = entry.idt
+    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = entry.cr0, entry.cr3, entry.cr4, entry.efer
+    vcpu.set_sregs(sregs)
+    regs = abi.kvm_regs()
+    regs.rip = entry.rip
+    for name, value in entry.regs.items():
+        setattr(regs, name, value)
+    vcpu.set_regs(regs)
+
+
+def pci_irqs(machine: Machine) -> list[PciIrq]:
+    """INTx wiring of the PCI functions, for the MP table and ACPI."""
+    out = []
+    if machine.pci is None:
+        return out
+    for slot, fn in sorted(machine.pci.functions.items()):
+        pin = fn.config.get(0x3D, 1)
+        intx = getattr(fn, "intx", None)
+        if pin and intx is not None:
+            out.append(PciIrq(slot=slot, pin=pin, gsi=intx.gsi))
+    return out
+
+
+def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: str, profile: str,
+               method: str = "auto") -> LinuxBoot:
+    """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI."""
+    kernel_bytes = _read(kernel, "kernel")
+    initrd_bytes = _read(initrd, "initrd") if initrd else None
+    extra = profile_cmdline(profile)
+    full_cmdline = f"{cmdline} {extra}".strip() if extra and extra not in cmdline else cmdline
+    boot = prepare_linux_boot(machine.memory, kernel_bytes, cmdline=full_cmdline, ncpus=len(machine.vcpus),
+                              initrd=initrd_bytes, pci_irqs=pci_irqs(machine), method=method, name=kernel)
+    set_cpuid_profile(machine, profile)
+    apply_entry(machine.vcpus[0], boot.entry)
+    machine.emulate = emulate_exit
+    machine.guest_name = f"linux {kernel} ({boot.method}, cpu profile {profile})"
+    return boot
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path!r}: {exc.strerror}") from None
+    if not data:
+        raise ConfigError(f"{what} {path!r} is empty")
+    return data
+
+
+# -- userspace completion of instructions KVM's emulator cannot run ------------------------------------
+class KvmGuestCpu:
+    """broiler.emulate.GuestCpu over a stopped vCPU: registers via KVM_GET/SET_REGS and SREGS, memory
+    through KVM_TRANSLATE and GuestMemory, exceptions through KVM_SET_VCPU_EVENTS."""
+
+    SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+
+    def __init__(self, thread: VcpuThread) -> None:
+        self.thread = thread
+        self.vcpu = thread.vcpu
+        self.memory = thread.machine.memory
+        self.regs = self.vcpu.get_regs()
+        self.sregs = self.vcpu.get_sregs()
+        self.dirty = False
+
+    def bitness(self) -> int:
+        from ..dump import cpu_bitness
+
+        return cpu_bitness(self.sregs)
+
+    def get_reg(self, name: str) -> int:
+        if name.endswith("_base") and name[:2] in self.SEGMENTS:
+            return int(getattr(self.sregs, name[:2]).base)
+        if name in ("cr0", "cr2", "cr3", "cr4", "efer"):
+            return int(getattr(self.sregs, name))
+        return int(getattr(self.regs, name))
+
+    def set_reg(self, name: str, value: int) -> None:
+        setattr(self.regs, name, value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.dirty = True
+
+    def _pages(self, addr: int, size: int, write: bool) -> list[tuple[int, int]]:
+        from ..emulate.state import GuestFault
+
+        out = []
+        while size > 0:
+            chunk = min(size, 0x1000 - (addr & 0xFFF))
+            phys, valid = self.vcpu.translate(addr)
+            if not valid:
+                raise GuestFault(addr, write)
+            out.append((phys, chunk))
+            addr += chunk
+            size -= chunk
+        return out
+
+    def read_linear(self, addr: int, size: int) -> bytes:
+        from ..emulate.state import GuestFault
+
+        try:
+            return b"".join(self.memory.read(p, n) for p, n in self._pages(addr, size, False))
+        except GuestMemoryError:
+            raise GuestFault(addr, False) from None
+
+    def write_linear(self, addr: int, data: bytes) -> None:
+        from ..emulate.state import GuestFault
+
+        pos = 0
+        try:
+            for phys, n in self._pages(addr, len(data), True):
+                self.memory.write(phys, data[pos:pos + n])
+                pos += n
+        except GuestMemoryError:
+            raise GuestFault(addr, True) from None
+
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        events = self.vcpu.get_vcpu_events()
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = int(error_code is not None)
+        events.exception.error_code = error_code or 0
+        self.commit()
+        self.vcpu.set_vcpu_events(events)
+
+    def x87_status_word(self) -> int:
+        return int(self.vcpu.get_fpu().fsw)
+
+    def commit(self) -> None:
+        if self.dirty:
+            self.vcpu.set_regs(self.regs)
+            self.dirty = False
+
+
+def emulate_exit(thread: VcpuThread) -> str | None:
+    """Machine.emulate hook: None when the instruction was completed, else why not (for the dump)."""
+    from ..emulate import emulate
+
+    try:
+        cpu = KvmGuestCpu(thread)
+        result = emulate(cpu)
+    except (BroilerError, OSError) as exc:
+        return f"userspace emulation failed: {exc}"
+    if not result.handled:
+        return str(result)
+    cpu.commit()
+    thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
+    return None

@@ -1,0 +1,135 @@
+"""prepare_linux_boot end to end into GuestMemory, and the layout it relies on (no KVM)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from broiler.errors import ConfigError
+from broiler.linux import layout
+from broiler.linux.boot import prepare_linux_boot
+from broiler.linux.bzimage import load_bzimage
+from broiler.linux.firmware import PciIrq, sums_to_zero
+from broiler.linux.pvh import HVM_START_MAGIC
+from broiler.memory import GuestMemory, MemoryMap
+
+from .test_linux_bzimage import PVH_ENTRY, compress, make_bzimage, make_elf
+
+MiB, GiB = 1 << 20, 1 << 30
+
+
+def mem(size: int = 256 * MiB) -> GuestMemory:
+    return GuestMemory(MemoryMap(size))
+
+
+def u(m: GuestMemory, gpa: int, size: int) -> int:
+    return m.read_int(gpa, size)
+
+
+def test_low_layout_is_consistent() -> None:
+    layout.check_low_layout()
+    assert layout.ACPI_ADDR % 64 == 0 and layout.MPTABLE_ADDR % 16 == 0
+    assert layout.PVH_MEMMAP_MAX >= 128
+
+
+def test_place_initrd_top_of_low_ram() -> None:
+    mm = MemoryMap(4 * GiB)
+    assert layout.place_initrd(0x1234, kernel_end=0x4000000, memory_map=mm) == 0x80000000 - 0x2000
+    small = MemoryMap(64 * MiB)
+    assert layout.place_initrd(4096, kernel_end=0x2000000, memory_map=small) == 64 * MiB - 4096
+    with pytest.raises(ConfigError, match="do not fit"):
+        layout.place_initrd(8 * MiB, kernel_end=60 * MiB, memory_map=small)
+
+
+def test_bzimage_auto_boots_pvh() -> None:
+    m = mem()
+    bz = make_bzimage(compress("gzip", make_elf()))
+    initrd = b"INITRD" * 1000
+    boot = prepare_linux_boot(m, bz, cmdline="console=ttyS0", ncpus=2, initrd=initrd,
+                              pci_irqs=[PciIrq(1, 1, 16)])
+    assert boot.method == "pvh" and "vmlinux extracted" in boot.description
+    e = boot.entry
+    assert e.rip == PVH_ENTRY and e.regs["rbx"] == layout.PVH_START_INFO_ADDR
+    assert m.read(0x1000000, 64) == b"\x90" * 64                      # PT_LOAD copied
+    assert u(m, layout.PVH_START_INFO_ADDR, 4) == HVM_START_MAGIC
+    assert u(m, layout.PVH_START_INFO_ADDR + 24, 8) == layout.CMDLINE_ADDR
+    assert u(m, layout.PVH_START_INFO_ADDR + 32, 8) == layout.ACPI_ADDR   # rsdp_paddr
+    assert m.read(layout.CMDLINE_ADDR, 14) == b"console=ttyS0\0"
+    addr, size = boot.initrd_range or (0, 0)
+    assert size == len(initrd) and m.read(addr, size) == initrd
+    assert addr % 4096 == 0 and addr + size <= 256 * MiB and addr >= boot.kernel_range[1]
+    assert u(m, layout.PVH_MODLIST_ADDR, 8) == addr
+    assert m.read(layout.MPTABLE_ADDR, 4) == b"_MP_" and sums_to_zero(m.read(layout.MPTABLE_ADDR, 16))
+    assert m.read(layout.ACPI_ADDR, 8) == b"RSD PTR "
+    assert m.read(layout.GDT_ADDR + 0x10, 8) == struct.pack("<Q", 0x00CF9B000000FFFF)
+    zp = layout.ZERO_PAGE_ADDR                                          # written for every method
+    assert u(m, zp + 0x228, 4) == layout.CMDLINE_ADDR and u(m, zp + 0x218, 4) == addr
+
+
+def test_vmlinux64_method_uses_zero_page_and_page_tables() -> None:
+    m = mem()
+    boot = prepare_linux_boot(m, make_bzimage(compress("xz", make_elf())), cmdline="quiet",
+                              method="vmlinux64")
+    e = boot.entry
+    assert e.mode == "long64" and e.rip == 0x1000000 and e.regs["rsi"] == layout.ZERO_PAGE_ADDR
+    assert u(m, layout.PML4_ADDR, 8) == layout.PDPT_ADDR | 3
+    zp = layout.ZERO_PAGE_ADDR
+    assert m.read(zp + 0x202, 4) == b"HdrS" and m.read_int(zp + 0x210, 1) == 0xFF
+    assert u(m, zp + 0x1E8, 1) == len(m.map.e820())
+    assert boot.initrd_range is None and u(m, zp + 0x218, 4) == 0
+
+
+def test_bzimage64_method_loads_protected_mode_part() -> None:
+    m = mem()
+    img = make_bzimage(compress("gzip", make_elf()))
+    boot = prepare_linux_boot(m, img, cmdline="", method="bzimage64")
+    assert boot.entry.rip == 0x1000000 + 0x200 and boot.kernel_range == (0x1000000, 0x1800000)
+    assert m.read(0x1000000, 1) == b"\xe9"
+
+
+def test_bare_vmlinux_without_pvh_note() -> None:
+    m = mem()
+    boot = prepare_linux_boot(m, make_elf(pvh=None), cmdline="x")
+    assert boot.method == "vmlinux64" and boot.description.startswith("ELF vmlinux")
+    assert m.read(layout.ZERO_PAGE_ADDR + 0x202, 4) == b"HdrS"          # synthetic header
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "pvh", "kernel": make_elf(pvh=None)}, "no PVH entry"),
+    ({"method": "bzimage64", "kernel": make_elf()}, "needs a bzImage"),
+    ({"method": "bogus"}, "unknown boot method"),
+    ({"kernel": b"#!/bin/sh\necho not a kernel\n" * 40}, "not a Linux kernel"),
+    ({"cmdline": "x" * 3000}, "command line is 3000 bytes"),
+    ({"initrd": bytes(300 * MiB)}, "do not fit"),
+])
+def test_bad_input(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"kernel": make_bzimage(compress("gzip", make_elf())), "cmdline": "x"}
+    args.update(kwargs)
+    kernel = args.pop("kernel")
+    assert isinstance(kernel, bytes)
+    with pytest.raises(ConfigError, match=message):
+        prepare_linux_boot(mem(), kernel, **args)  # type: ignore[arg-type]
+
+
+def test_kernel_larger_than_ram() -> None:
+    with pytest.raises(ConfigError, match="more memory"):
+        prepare_linux_boot(mem(16 * MiB), make_bzimage(compress("gzip", make_elf())), cmdline="x")
+
+
+CACHE = Path("~/.cache/broiler/linux").expanduser()
+REAL = sorted(CACHE.glob("vmlinuz-*")) if CACHE.is_dir() else []
+
+
+@pytest.mark.skipif(not REAL, reason="no Debian kernel in ~/.cache/broiler/linux (tools/fetch-debian-kernel)")
+@pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
+def test_real_debian_kernel_layout(path: Path) -> None:
+    pytest.importorskip("lz4.block")       # the cloud kernel is LZ4-compressed
+    m = mem(4 * GiB)
+    initrd = (CACHE / "initramfs.cpio").read_bytes() if (CACHE / "initramfs.cpio").exists() else b"x" * 4096
+    boot = prepare_linux_boot(m, path.read_bytes(), cmdline="console=ttyS0", ncpus=2, initrd=initrd)
+    bz = load_bzimage(path)
+    assert boot.method == "pvh"
+    assert boot.kernel_range == (0x1000000, 0x1000000 + bz.init_size)
+    assert boot.initrd_range is not None and boot.initrd_range[0] + len(initrd) <= 0x80000000
