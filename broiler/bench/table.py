@@ -49,11 +49,22 @@ def render(doc: dict[str, Any]) -> list[str]:
     if sync:
         verdict = ", ".join(f"{r['key']} {r['c_over_a']:.2f}{' ✓' if r['c_over_a'] <= TARGET else ''}" for r in sync)
         lines.append(f"sync paths c/a (target ≤ {TARGET:.2f}): {verdict}")
+    lines += _latency(doc.get("doorbell_rtt_us") or [])
     lines += _scaling(doc.get("scaling"))
     lines += _startup(doc.get("startup"))
     for note in doc.get("notes", []):
         lines.append(f"note: {note}")
     return lines
+
+
+def _latency(rtts: list[float]) -> list[str]:
+    """broiler's doorbell→handler→guest round trips, back to back: median and p99 (also the --plot histogram)."""
+    if not rtts:
+        return []
+    ordered = sorted(rtts)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return [f"broiler's doorbell→handler round trips: median {ordered[len(ordered) // 2]:.2f} µs, "
+            f"p99 {p99:.2f} µs, max {ordered[-1]:.2f} µs ({len(ordered)} round trips)"]
 
 
 def _row(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
