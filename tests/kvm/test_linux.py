@@ -41,19 +41,19 @@ def _cloud_kernel() -> Path:
     return kernels[-1]
 
 
-def test_debian_kernel_sees_the_seed_memory_map(tmp_path: Path) -> None:
-    kernel = _cloud_kernel()
+def _boot_until(tmp_path: Path, want: list[str], *args: str, limit: float = 900) -> tuple[str, str, int]:
+    """Boot the cloud kernel until every line of ``want`` was printed (or ``limit`` s), then SIGTERM."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "broiler", "run", "-k", str(kernel), "-m", "4G",
-                             "--console", "none", "--timeout", "600"],
+    proc = subprocess.Popen([sys.executable, "-m", "broiler", "run", "-k", str(_cloud_kernel()), "-m", "4G",
+                             "--console", "none", "--timeout", str(int(limit)), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     out = b""
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + limit
     try:
-        while time.monotonic() < deadline and not all(w.encode() in out for w in WANT):
+        while time.monotonic() < deadline and not all(w.encode() in out for w in want):
             if not sel.select(timeout=5):
                 if proc.poll() is not None:
                     break
@@ -65,10 +65,23 @@ def test_debian_kernel_sees_the_seed_memory_map(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    text = out.decode(errors="replace")
+    return out.decode(errors="replace"), err.decode(errors="replace")[-2000:], proc.returncode
+
+
+def test_debian_kernel_sees_the_seed_memory_map(tmp_path: Path) -> None:
+    text, err, status = _boot_until(tmp_path, WANT)
     for want in WANT:
-        assert want in text, f"missing {want!r}; stderr: {err.decode(errors='replace')[-2000:]}"
+        assert want in text, f"missing {want!r}; stderr: {err}"
     # Between the two RAM ranges nothing but reserved firmware areas and devices.
     e820 = [line for line in text.splitlines() if "BIOS-e820" in line]
     assert not any("0x00000000c" in line and "usable" in line for line in e820)
-    assert proc.returncode == exitcodes.INTERRUPTED, err.decode(errors="replace")[-2000:]
+    assert status == exitcodes.INTERRUPTED, err
+
+
+def test_debian_kernel_brings_up_two_cpus(tmp_path: Path) -> None:
+    """-c 2: the AP is started by the guest (INIT/SIPI through the in-kernel LAPIC). ~4 min here."""
+    want = ["smpboot: Allowing 2 CPUs", "smp: Brought up 1 node, 2 CPUs"]
+    text, err, status = _boot_until(tmp_path, want, "-c", "2")
+    for line in want:
+        assert line in text, f"missing {line!r}; stderr: {err}"
+    assert status == exitcodes.INTERRUPTED, err
