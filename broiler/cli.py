@@ -11,6 +11,7 @@ from importlib import resources
 from . import exitcodes
 from .argtypes import positive
 from .errors import ConfigError, KvmUnavailable
+from .inputs import read_input
 from .memory import MiB, format_size, parse_size
 from .trace import Tracer, parse_kinds
 
@@ -22,19 +23,7 @@ def packaged_guest(name: str) -> bytes:
     return resources.files("broiler.guests").joinpath(f"{name}.bin").read_bytes()
 
 
-def _read_image(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path!r} is a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path!r}: {exc.strerror}") from None
-    if not data:
-        raise ConfigError(f"{what} {path!r} is empty")
-    return data
+_read_image = read_input
 
 
 _positive_float = positive(float)

@@ -7,10 +7,10 @@ See docs/linux.md for the boot flow and what this host's KVM-PVM allows.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BroilerError, ConfigError, GuestMemoryError
+from ..errors import BroilerError, GuestMemoryError
+from ..inputs import read_input
 from ..kvm import abi
 from ..linux.boot import LinuxBoot, prepare_linux_boot
 from ..linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
@@ -88,8 +88,8 @@ def pci_irqs(machine: Machine) -> list[PciIrq]:
 def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: str, profile: str,
                method: str = "auto") -> LinuxBoot:
     """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI."""
-    kernel_bytes = _read(kernel, "kernel")
-    initrd_bytes = _read(initrd, "initrd") if initrd else None
+    kernel_bytes = read_input(kernel, "kernel")
+    initrd_bytes = read_input(initrd, "initrd") if initrd else None
     extra = profile_cmdline(profile)
     if profile == "safe" and "initcall_blacklist=" not in cmdline:
         extra = f"{extra} {SAFE_INITCALL_BLACKLIST}".strip()
@@ -103,16 +103,6 @@ def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: st
     return boot
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path!r} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path!r}: {exc.strerror}") from None
-    if not data:
-        raise ConfigError(f"{what} {path!r} is empty")
-    return data
 
 
 # -- userspace completion of instructions KVM's emulator cannot run ------------------------------------

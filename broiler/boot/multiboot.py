@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..inputs import read_input
 from ..memory import E820_RAM, EBDA_START, HIGH_MEMORY, GuestMemory, MapRange, MiB
 
 HEADER_MAGIC = 0x1BADB002
@@ -366,19 +367,12 @@ def load_multiboot(mem: GuestMemory, image: bytes, *, kernel_name: str, cmdline:
                           placements=tuple(placements))
 
 
-def _read(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
-
-
 def load_multiboot_files(mem: GuestMemory, kernel: str | Path, *, cmdline: str = "",
                          initrds: Sequence[str | Path] = (),
                          reserved: Sequence[MapRange] = ()) -> MultibootImage:
     """``load_multiboot`` from files: one module per ``--initrd``, named by the path as given."""
-    image = _read(kernel, "kernel")
-    mods = [(str(p), _read(p, "initrd")) for p in initrds]
+    image = read_input(kernel, "kernel")
+    mods = [(str(p), read_input(p, "initrd", allow_empty=True)) for p in initrds]
     return load_multiboot(mem, image, kernel_name=str(kernel), cmdline=cmdline, modules=mods,
                           reserved=reserved)
 

@@ -102,7 +102,7 @@ def test_a_failed_check_is_the_exit_status(module: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["-k", "/nonexistent"], "does not exist"),
-    (["-k", str(ROOT / "broiler" / "guests" / "demo.bin")], "not a Multiboot"),
+    (["-k", str(ROOT / "broiler" / "guests" / "demo.bin")], "nor a Multiboot kernel"),
     (["--initrd", "x"], "go with --kernel"),
 ])
 def test_bad_kernel_input(args: list[str], message: str) -> None:
