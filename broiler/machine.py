@@ -207,37 +207,46 @@ class Machine:
         state.regs = bytes(regs)
         vcpu.set_lapic(state)
 
-    def set_long_mode(self, vcpu: Vcpu, state: LongModeState, *, rsp: int | None = None, rdi: int = 0) -> None:
+    @staticmethod
+    def enter(vcpu: Vcpu, *, rip: int, regs: dict[str, int], cs: abi.kvm_segment, data: abi.kvm_segment,
+              cr0: int, cr3: int, cr4: int, efer: int, gdt: tuple[int, int] | None = None,
+              idt: tuple[int, int] | None = None, tr: abi.kvm_segment | None = None) -> None:
+        """Set a vCPU's entry state: the one place every loader's CPU state goes through. GDT, IDT and
+        TR left as None keep what KVM has; general registers not named in ``regs`` are 0."""
         sregs = vcpu.get_sregs()
-        code = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=SEL_CODE64, type=11, present=1,
-                               dpl=0, db=0, s=1, l=1, g=1)
-        data = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=SEL_DATA, type=3, present=1,
-                               dpl=0, db=1, s=1, l=0, g=1)
-        sregs.cs = code
+        sregs.cs = cs
         sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
-        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = state.cr0, state.cr3, state.cr4, state.efer
-        sregs.gdt.base, sregs.gdt.limit = state.gdt_base, state.gdt_limit
-        sregs.idt.base, sregs.idt.limit = 0, 0
+        if tr is not None:
+            sregs.tr = tr
+        if gdt is not None:
+            sregs.gdt.base, sregs.gdt.limit = gdt
+        if idt is not None:
+            sregs.idt.base, sregs.idt.limit = idt
+        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = cr0, cr3, cr4, efer
         vcpu.set_sregs(sregs)
-        regs = abi.kvm_regs()
-        regs.rip, regs.rsp, regs.rflags, regs.rdi = state.rip, state.rsp if rsp is None else rsp, 0x2, rdi
-        vcpu.set_regs(regs)
+        kregs = abi.kvm_regs()
+        kregs.rip = rip
+        for name, value in regs.items():
+            setattr(kregs, name, value)
+        vcpu.set_regs(kregs)
+
+    @staticmethod
+    def flat_segment(selector: int, *, code: bool, long_mode: bool = False) -> abi.kvm_segment:
+        """A flat 4 GiB ring-0 segment: code (execute/read) or data (read/write)."""
+        return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=11 if code else 3, present=1,
+                               dpl=0, db=0 if long_mode else 1, s=1, l=int(long_mode), g=1)
+
+    def set_long_mode(self, vcpu: Vcpu, state: LongModeState, *, rsp: int | None = None, rdi: int = 0) -> None:
+        self.enter(vcpu, rip=state.rip, regs={"rsp": state.rsp if rsp is None else rsp, "rflags": 0x2, "rdi": rdi},
+                   cs=self.flat_segment(SEL_CODE64, code=True, long_mode=True),
+                   data=self.flat_segment(SEL_DATA, code=False), cr0=state.cr0, cr3=state.cr3, cr4=state.cr4,
+                   efer=state.efer, gdt=(state.gdt_base, state.gdt_limit), idt=(0, 0))
 
     def set_protected_mode(self, vcpu: Vcpu, *, entry: int, eax: int, ebx: int) -> None:
         """32-bit protected mode, paging off, flat segments, interrupts off (the Multiboot state)."""
-        sregs = vcpu.get_sregs()
-        code = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0x08, type=11, present=1, dpl=0, db=1, s=1,
-                               l=0, g=1)
-        data = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0x10, type=3, present=1, dpl=0, db=1, s=1,
-                               l=0, g=1)
-        sregs.cs = code
-        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
-        sregs.cr0 = 0x11  # PE | ET
-        sregs.cr3 = sregs.cr4 = sregs.efer = 0
-        vcpu.set_sregs(sregs)
-        regs = abi.kvm_regs()
-        regs.rip, regs.rax, regs.rbx, regs.rflags = entry, eax, ebx, 0x2
-        vcpu.set_regs(regs)
+        self.enter(vcpu, rip=entry, regs={"rax": eax, "rbx": ebx, "rflags": 0x2},
+                   cs=self.flat_segment(0x08, code=True), data=self.flat_segment(0x10, code=False),
+                   cr0=0x11, cr3=0, cr4=0, efer=0)  # CR0 = PE | ET
 
     # -- loaders ------------------------------------------------------------------------------
     def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:

@@ -57,19 +57,11 @@ def _segment(s: SegmentState) -> abi.kvm_segment:
 
 
 def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
-    sregs = vcpu.get_sregs()
-    sregs.cs = _segment(entry.cs)
-    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = _segment(entry.data)
-    sregs.tr = _segment(entry.tr)
-    sregs.gdt.base, sregs.gdt.limit = entry.gdt
-    sregs.idt.base, sregs.idt.limit = entry.idt
-    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = entry.cr0, entry.cr3, entry.cr4, entry.efer
-    vcpu.set_sregs(sregs)
-    regs = abi.kvm_regs()
-    regs.rip = entry.rip
-    for name, value in entry.regs.items():
-        setattr(regs, name, value)
-    vcpu.set_regs(regs)
+    from ..machine import Machine
+
+    Machine.enter(vcpu, rip=entry.rip, regs=entry.regs, cs=_segment(entry.cs), data=_segment(entry.data),
+                  cr0=entry.cr0, cr3=entry.cr3, cr4=entry.cr4, efer=entry.efer, gdt=entry.gdt, idt=entry.idt,
+                  tr=_segment(entry.tr))
 
 
 def pci_irqs(machine: Machine) -> list[PciIrq]:
