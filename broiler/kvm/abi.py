@@ -285,6 +285,24 @@ def msrs_type(n: int) -> type[C.Structure]:
     return kvm_msrs_n
 
 
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+KVM_MSR_FILTER_READ = 1 << 0
+KVM_MSR_FILTER_WRITE = 1 << 1
+KVM_MSR_FILTER_DEFAULT_ALLOW = 0
+KVM_MSR_FILTER_MAX_RANGES = 16
+
+
+class kvm_msr_filter_range(C.Structure):
+    # bitmap: one bit per MSR from ``base``; a 1 allows the operations in ``flags``, a 0 denies them.
+    _fields_ = [("flags", u32), ("nmsrs", u32), ("base", u32), ("bitmap", C.c_void_p)]
+
+
+class kvm_msr_filter(C.Structure):
+    _fields_ = [("flags", u32), ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES)]
+
+
 class kvm_translation(C.Structure):
     _fields_ = [("linear_address", u64), ("physical_address", u64), ("valid", u8),
                 ("writeable", u8), ("usermode", u8), ("pad", u8 * 5)]
@@ -320,8 +338,9 @@ RUN_INTERNAL_SUBERROR = 32         # u32
 RUN_INTERNAL_NDATA = 36            # u32
 RUN_INTERNAL_DATA = 40             # u64[16]
 RUN_SYSTEM_EVENT_TYPE = 32         # u32
-RUN_MSR_ERROR = 32                 # u8 (kvm_run.msr)
-RUN_MSR_INDEX = 40                 # u32
+RUN_MSR_ERROR = 32                 # u8 (kvm_run.msr; user -> kernel: 1 = inject #GP)
+RUN_MSR_REASON = 40                # u32 (KVM_MSR_EXIT_REASON_*)
+RUN_MSR_INDEX = 44                 # u32
 RUN_MSR_DATA = 48                  # u64
 RUN_SIZE = 2352
 
@@ -347,6 +366,7 @@ KVM_CREATE_PIT2 = _iow(0x77, kvm_pit_config)
 KVM_IOEVENTFD = _iow(0x79, kvm_ioeventfd)
 KVM_SIGNAL_MSI = _iow(0xA5, kvm_msi)
 KVM_ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
+KVM_X86_SET_MSR_FILTER = _iow(0xC6, kvm_msr_filter)
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, kvm_regs)
 KVM_SET_REGS = _iow(0x82, kvm_regs)

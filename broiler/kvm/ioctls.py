@@ -173,6 +173,16 @@ class Vm:
             req.args[i] = value
         _ioctl(self.fd, abi.KVM_ENABLE_CAP, req)
 
+    def set_msr_filter(self, ranges: Sequence[tuple[int, int, int, bytes]]) -> None:
+        """Install an MSR filter: (flags, base, nmsrs, bitmap) per range, everything else allowed."""
+        req = abi.kvm_msr_filter(abi.KVM_MSR_FILTER_DEFAULT_ALLOW)
+        keep = []  # the bitmaps must stay alive until the ioctl has copied them
+        for i, (flags, base, nmsrs, bitmap) in enumerate(ranges):
+            buf = C.create_string_buffer(bitmap, len(bitmap))
+            keep.append(buf)
+            req.ranges[i] = abi.kvm_msr_filter_range(flags, nmsrs, base, C.addressof(buf))
+        _ioctl(self.fd, abi.KVM_X86_SET_MSR_FILTER, req)
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         return Vcpu(self, vcpu_id, _ioctl(self.fd, abi.KVM_CREATE_VCPU, vcpu_id))
 

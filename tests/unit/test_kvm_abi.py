@@ -19,12 +19,13 @@ IOCTLS = ["KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GE
           "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_SET_CPUID2", "KVM_GET_LAPIC", "KVM_SET_LAPIC",
           "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", "KVM_SET_MSRS", "KVM_GET_MSRS", "KVM_SET_FPU",
           "KVM_GET_FPU", "KVM_TRANSLATE", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_ENABLE_CAP",
-          "KVM_GET_MSR_INDEX_LIST"]
+          "KVM_GET_MSR_INDEX_LIST", "KVM_X86_SET_MSR_FILTER"]
 STRUCTS = ["kvm_regs", "kvm_sregs", "kvm_segment", "kvm_dtable", "kvm_userspace_memory_region",
            "kvm_cpuid2", "kvm_cpuid_entry2", "kvm_ioeventfd", "kvm_irqfd", "kvm_irq_level", "kvm_msi",
            "kvm_coalesced_mmio_zone", "kvm_coalesced_mmio", "kvm_coalesced_mmio_ring", "kvm_pit_config",
            "kvm_irq_routing_entry", "kvm_irq_routing", "kvm_lapic_state", "kvm_vcpu_events", "kvm_fpu",
-           "kvm_msr_entry", "kvm_msrs", "kvm_translation", "kvm_mp_state", "kvm_enable_cap"]
+           "kvm_msr_entry", "kvm_msrs", "kvm_translation", "kvm_mp_state", "kvm_enable_cap",
+           "kvm_msr_filter_range", "kvm_msr_filter"]
 CONSTANTS = [n for n in dir(abi) if n.startswith(("KVM_CAP_", "KVM_EXIT_")) and n not in ("KVM_EXIT_IO_IN",
                                                                                             "KVM_EXIT_IO_OUT")]
 OFFSETS = {"RUN_EXIT_REASON": "exit_reason", "RUN_IO_DIRECTION": "io.direction", "RUN_IO_SIZE": "io.size",
@@ -33,7 +34,8 @@ OFFSETS = {"RUN_EXIT_REASON": "exit_reason", "RUN_IO_DIRECTION": "io.direction",
            "RUN_MMIO_IS_WRITE": "mmio.is_write", "RUN_INTERNAL_SUBERROR": "internal.suberror",
            "RUN_INTERNAL_NDATA": "internal.ndata", "RUN_INTERNAL_DATA": "internal.data",
            "RUN_SYSTEM_EVENT_TYPE": "system_event.type", "RUN_IMMEDIATE_EXIT": "immediate_exit",
-           "RUN_FAIL_ENTRY_REASON": "fail_entry.hardware_entry_failure_reason"}
+           "RUN_FAIL_ENTRY_REASON": "fail_entry.hardware_entry_failure_reason", "RUN_MSR_ERROR": "msr.error",
+           "RUN_MSR_REASON": "msr.reason", "RUN_MSR_INDEX": "msr.index", "RUN_MSR_DATA": "msr.data"}
 
 
 @pytest.fixture(scope="module")
