@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: safe on KVM-PVM, host elsewhere)")
     run.add_argument("--boot-method", choices=("auto", "pvh", "vmlinux64", "bzimage64"), default="auto",
                      help="Linux: how to enter the kernel (default auto: PVH if the kernel has the note)")
+    run.add_argument("--syscall-assist", choices=("auto", "on", "off"), default="auto",
+                     help="Linux: complete user-mode syscall in broiler, for hosts whose KVM cannot "
+                          "(default auto: on with KVM-PVM; see docs/linux.md)")
     run.add_argument("--testdev", action="store_true",
                      help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev")
     run.add_argument("-m", "--mem", default=None, metavar="SIZE", help="guest RAM, e.g. 256M, 4G (default 256M)")
@@ -152,7 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             boot = load_linux(machine, args.kernel, initrd=args.initrd[0] if args.initrd else None,
                               cmdline=DEFAULT_CMDLINE if args.append is None else args.append,
-                              profile=args.cpu_profile or default_profile(), method=args.boot_method)
+                              profile=args.cpu_profile or default_profile(), method=args.boot_method,
+                              syscall_assist=args.syscall_assist)
             print(f"broiler: {boot.description}", file=sys.stderr)
         else:
             machine.load_flat64(image)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import exitcodes
 from .boot.flat64 import SEL_CODE64, SEL_DATA, LongModeState, load_flat64
@@ -32,6 +33,9 @@ from .kvm.abi import buffer_address
 from .memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
 from .pci import PciHost
 from .vcpu import VcpuThread
+
+if TYPE_CHECKING:
+    from .boot.syscall_assist import SyscallAssist
 
 REQUIRED_CAPS = [
     (abi.KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
@@ -89,6 +93,7 @@ class Machine:
         self.coalesced_lock = threading.Lock()
         self.emulate: Callable[[VcpuThread], str | None] | None = None
         self.exit_handlers: dict[int, Callable[[VcpuThread], bool]] = {}
+        self.syscall_assist: SyscallAssist | None = None  # Linux on KVM-PVM (broiler/boot/syscall_assist.py)
         self.on_stop: list[Callable[[], None]] = []
         self.tracer: object | None = None  # set by broiler.trace.Tracer.attach
         self.guest_name = "(nothing loaded)"
@@ -257,6 +262,14 @@ class Machine:
         self.guest_name = f"multiboot {kernel}"
         self.set_protected_mode(self.vcpus[0], entry=image.entry, eax=image.eax, ebx=image.info_addr)
         return image
+
+    def enable_syscall_assist(self, spare_pages: Sequence[int]) -> SyscallAssist:
+        """Complete user-mode ``syscall`` in broiler (for KVM-PVM; broiler/emulate/syscall.py).
+        ``spare_pages``: guest-physical pages the guest never uses, for the trampoline's page tables."""
+        from .boot.syscall_assist import SyscallAssist
+
+        self.syscall_assist = SyscallAssist(self, spare_pages)
+        return self.syscall_assist
 
     def load_flat64(self, image: bytes) -> None:
         """Load a flat64 image. Every vCPU enters at its first byte together, with RDI = its index

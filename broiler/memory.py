@@ -36,6 +36,9 @@ PCI_MMIO_START = 0xC200_0000
 PCI_MMIO_END = 0xD000_0000
 PLATFORM_MMIO_BASE = 0xD000_0000      # the seed's MMIO demo devices
 PLATFORM_MMIO_SIZE = 0x1000
+# A page of the hole with nothing behind it, ever: a user-mode `syscall` is sent there on KVM-PVM so that
+# its instruction fetch exits to broiler (broiler/emulate/syscall.py).
+SYSCALL_TRAMPOLINE_GPA = 0xFEBF_F000
 IOAPIC_BASE = 0xFEC0_0000
 IOAPIC_SIZE = 0x1000
 LAPIC_BASE = 0xFEE0_0000

@@ -208,6 +208,9 @@ class VcpuThread:
             return False
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             suberror = self._u32[abi.RUN_INTERNAL_SUBERROR // 4]
+            assist = machine.syscall_assist
+            if suberror == abi.KVM_INTERNAL_ERROR_EMULATION and assist is not None and assist.at_trampoline(self):
+                return True
             if suberror == abi.KVM_INTERNAL_ERROR_EMULATION and machine.emulate is not None:
                 problem = machine.emulate(self)
                 if problem is None:
@@ -260,6 +263,15 @@ class VcpuThread:
 
     def last_exit_reason(self) -> int:
         return self._u32[abi.RUN_EXIT_REASON // 4]
+
+    def msr_exit(self) -> tuple[int, int]:
+        """(MSR index, data) of a KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR exit."""
+        return self._u32[abi.RUN_MSR_INDEX // 4], self._u64[abi.RUN_MSR_DATA // 8]
+
+    def answer_msr(self, data: int = 0, *, fault: bool = False) -> None:
+        """Complete an MSR exit: the value RDMSR returns, or ``fault`` to make the guest take #GP."""
+        self._u64[abi.RUN_MSR_DATA // 8] = data & 0xFFFF_FFFF_FFFF_FFFF
+        self._u8[abi.RUN_MSR_ERROR] = int(fault)
 
     def internal_error_data(self) -> list[int]:
         n = min(self._u32[abi.RUN_INTERNAL_NDATA // 4], 16)

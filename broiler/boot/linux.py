@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import BroilerError, GuestMemoryError
 from ..inputs import read_input
 from ..kvm import abi
+from ..linux import layout
 from ..linux.boot import LinuxBoot, prepare_linux_boot
 from ..linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
 from ..linux.entry import EntryState, SegmentState
@@ -34,7 +35,7 @@ SAFE_INITCALL_BLACKLIST = "initcall_blacklist=init_kprobe_trace,trace_eval_init,
 
 def default_profile() -> str:
     """``safe`` on hosts whose KVM runs CPL0 guest code in its instruction emulator (KVM-PVM), else ``host``."""
-    return "safe" if os.path.exists("/sys/module/kvm_pvm") else "host"
+    return "safe" if host_is_pvm() else "host"
 
 
 def _to_plain(e: abi.kvm_cpuid_entry2) -> CpuidEntry:
@@ -77,19 +78,33 @@ def pci_irqs(machine: Machine) -> list[PciIrq]:
     return out
 
 
+def host_is_pvm() -> bool:
+    return os.path.exists("/sys/module/kvm_pvm")
+
+
 def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: str, profile: str,
-               method: str = "auto") -> LinuxBoot:
-    """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI."""
+               method: str = "auto", syscall_assist: str = "auto") -> LinuxBoot:
+    """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI.
+
+    ``syscall_assist``: on, off, or auto (on where KVM is KVM-PVM): complete user-mode ``syscall`` in
+    broiler (broiler/emulate/syscall.py)."""
     kernel_bytes = read_input(kernel, "kernel")
     initrd_bytes = read_input(initrd, "initrd") if initrd else None
     extra = profile_cmdline(profile)
     if profile == "safe" and "initcall_blacklist=" not in cmdline:
         extra = f"{extra} {SAFE_INITCALL_BLACKLIST}".strip()
+    assist = syscall_assist == "on" or (syscall_assist == "auto" and host_is_pvm())
+    if assist and "pti=" not in cmdline and "nopti" not in cmdline:
+        # With page-table isolation user mode runs on a second top-level table that would lack the
+        # trampoline mapping; a test guest on an emulating host has no use for it anyway.
+        extra = f"{extra} nopti".strip()
     full_cmdline = f"{cmdline} {extra}".strip() if extra and extra not in cmdline else cmdline
     boot = prepare_linux_boot(machine.memory, kernel_bytes, cmdline=full_cmdline, ncpus=len(machine.vcpus),
                               initrd=initrd_bytes, pci_irqs=pci_irqs(machine), method=method, name=kernel)
     set_cpuid_profile(machine, profile)
     apply_entry(machine.vcpus[0], boot.entry)
+    if assist:
+        machine.enable_syscall_assist(layout.SYSCALL_TABLES)
     machine.emulate = emulate_exit
     machine.guest_name = f"linux {kernel} ({boot.method}, cpu profile {profile})"
     return boot

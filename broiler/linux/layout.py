@@ -12,7 +12,9 @@ Low memory (all inside the e820 RAM range [0, 0x9FC00) unless noted)::
     0x20000 - 0x2FFFF   kernel command line (NUL-terminated, at most the kernel's cmdline_size)
     0x9FC00 - 0x9FFFF   EBDA (e820 reserved): unused
     0xF0000 - 0xF0FFF   MP floating pointer (0xF0000) and MP configuration table (0xF0010)
-    0xF1000 - 0xFFFFF   ACPI: RSDP at 0xF1000 (Linux scans 0xE0000-0xFFFFF for it), then the tables
+    0xF1000 - 0xFCFFF   ACPI: RSDP at 0xF1000 (Linux scans 0xE0000-0xFFFFF for it), then the tables
+    0xFD000 - 0xFFFFF   three spare page-table pages for the syscall trampoline (KVM-PVM only;
+                        broiler/emulate/syscall.py)
     0x100000 ...        kernel (bzImage protected-mode part at pref_address or 1 MiB; vmlinux at
                         its PT_LOAD physical addresses, normally 16 MiB)
     top of low RAM      initrd, page aligned, ending below min(initrd_addr_max + 1, low RAM end)
@@ -45,7 +47,9 @@ CMDLINE_MAX = 0x10000                # Linux's own limit (cmdline_size) is usual
 MPTABLE_ADDR = 0xF0000
 MPTABLE_MAX = 0x1000
 ACPI_ADDR = 0xF1000                  # the RSDP; tables follow it
-ACPI_END = 0x100000
+ACPI_END = 0xFD000
+SYSCALL_TABLES_ADDR = 0xFD000        # page-table pages the syscall assist may hand to the guest
+SYSCALL_TABLES = (0xFD000, 0xFE000, 0xFF000)
 
 BOOT_CS = 0x10                       # the selectors the boot protocol names (__BOOT_CS, __BOOT_DS)
 BOOT_DS = 0x18
@@ -65,6 +69,7 @@ LOW_MEMORY_OBJECTS: tuple[tuple[int, int, str], ...] = (
     (CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX, "command line"),
     (MPTABLE_ADDR, MPTABLE_ADDR + MPTABLE_MAX, "MP table"),
     (ACPI_ADDR, ACPI_END, "ACPI tables"),
+    (SYSCALL_TABLES_ADDR, HIGH_MEMORY, "syscall trampoline page tables"),
 )
 
 
@@ -105,5 +110,5 @@ def check_low_layout() -> None:
         assert e1 <= s2, f"{n1} overlaps {n2}"
     for s, e, n in objs:
         in_low_ram = e <= EBDA_START
-        in_f_segment = s >= 0xF0000 and e <= ACPI_END
+        in_f_segment = s >= 0xF0000 and e <= HIGH_MEMORY
         assert in_low_ram or in_f_segment, f"{n} [{s:#x}, {e:#x}) is neither in low RAM nor in the F-segment"
