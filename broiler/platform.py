@@ -56,6 +56,16 @@ def _stdout_writer(data: bytes) -> None:
     out.flush()
 
 
+# Port devices no Linux driver claims. Linux boots declare them in the DSDT as motherboard resources
+# (broiler/linux/acpi.py), so the kernel reserves them and /proc/ioports lists them.
+FIRMWARE_DECLARED_PORTS = frozenset({"sync-pio", "vpic", "vioapic", "async-pio", "bochs-shutdown"})
+
+
+def firmware_declared_ports(bus: PioBus) -> list[tuple[int, int]]:
+    """(base, size) of the FIRMWARE_DECLARED_PORTS this machine has, in address order."""
+    return [(r.base, r.size) for r in bus.regions() if r.name in FIRMWARE_DECLARED_PORTS]
+
+
 def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
     """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
     register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))

@@ -8,6 +8,7 @@ Linux scans for the RSDP on 16-byte boundaries):
 - FACS (64 bytes, 64-byte aligned; required when the FADT is not hardware-reduced);
 - DSDT: \\_SB.PCI0 (PNP0A03 host bridge: _SEG, _BBN, _UID, _CRS windows, _PRT for PCI INTx),
   \\_SB.MRES (PNP0C02 reserving the ECAM window, which Linux wants before it trusts MCFG),
+  \\_SB.DEMO (PNP0C02 reserving the platform's demo ports, so /proc/ioports shows them),
   \\_S5 (so Linux registers ACPI power-off: a write to PM1a_CNT with SLP_EN);
 - FADT (revision 6, 276 bytes): not hardware-reduced, SCI = IRQ 9, no SMI command port (always in
   ACPI mode), PM1a event/control blocks at ports 0x600/0x604, no PM timer, reset register =
@@ -88,7 +89,8 @@ def build_facs() -> bytes:
     return struct.pack("<4sIIIIIQB3xI24x", b"FACS", 64, 0, 0, 0, 0, 0, 2, 0)
 
 
-def build_dsdt(pci_irqs: Sequence[PciIrq], *, reserve_ecam: bool = True) -> bytes:
+def build_dsdt(pci_irqs: Sequence[PciIrq], *, reserve_ecam: bool = True,
+               reserved_io: Sequence[tuple[int, int]] = ()) -> bytes:
     prt = [aml.package(aml.integer((p.slot << 16) | 0xFFFF), aml.integer(p.pin - 1), aml.integer(0),
                        aml.integer(p.gsi)) for p in pci_irqs if p.bus == 0]
     crs = aml.resource_template(
@@ -110,6 +112,14 @@ def build_dsdt(pci_irqs: Sequence[PciIrq], *, reserve_ecam: bool = True) -> byte
                              aml.name("_UID", aml.integer(1)),
                              aml.name("_CRS", aml.resource_template(
                                  aml.memory32_fixed(PCI_ECAM_BASE, PCI_ECAM_SIZE)))))
+    if reserved_io:
+        # Ports no Linux driver claims (the seed's demo devices): declared as motherboard resources so
+        # Linux's PnP "system" driver reserves them and /proc/ioports names them.
+        sb.append(aml.device("DEMO",
+                             aml.name("_HID", aml.eisa_id("PNP0C02")),
+                             aml.name("_UID", aml.integer(2)),
+                             aml.name("_CRS", aml.resource_template(
+                                 *(aml.io_port(base, size) for base, size in reserved_io)))))
     body = aml.scope("\\_SB", *sb) + aml.name("\\_S5", aml.package(
         aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0)))
     return finish_table(b"DSDT", 2, body)   # revision 2: 64-bit AML integers
@@ -168,12 +178,12 @@ class AcpiTables:
 
 
 def build_acpi(cpu_list: Sequence[CpuEntry], pci_irqs: Sequence[PciIrq], base: int,
-               *, reserve_ecam: bool = True) -> AcpiTables:
+               *, reserve_ecam: bool = True, reserved_io: Sequence[tuple[int, int]] = ()) -> AcpiTables:
     """Every table, placed from ``base`` (16-byte aligned). Write ``blob`` at ``base``."""
     if base % 64:
         raise ValueError("the ACPI area must be 64-byte aligned (the FACS needs it)")
     addrs: dict[str, int] = {"RSDP": base, "FACS": base + 64}
-    dsdt = build_dsdt(pci_irqs, reserve_ecam=reserve_ecam)
+    dsdt = build_dsdt(pci_irqs, reserve_ecam=reserve_ecam, reserved_io=reserved_io)
     fadt = build_fadt(facs=addrs["FACS"], dsdt=base + 128)
     madt = build_madt(cpu_list)
     mcfg = build_mcfg()

@@ -119,6 +119,13 @@ def dword_memory(lo: int, hi: int) -> bytes:
         b"".join(v.to_bytes(4, "little") for v in (0, lo, hi, 0, hi - lo + 1))
 
 
+def io_port(base: int, size: int) -> bytes:
+    """Small I/O port descriptor: 16-bit decode, fixed at ``base`` (min = max), ``size`` ports."""
+    if not (0 <= base <= 0xFFFF and 1 <= size <= 0xFF and base + size <= 0x10000):
+        raise ValueError(f"I/O range {base:#x}+{size} does not fit an I/O port descriptor")
+    return bytes([0x47, 1]) + base.to_bytes(2, "little") * 2 + bytes([1, size])
+
+
 def memory32_fixed(base: int, size: int) -> bytes:
     return bytes([0x86]) + (9).to_bytes(2, "little") + bytes([1]) + base.to_bytes(4, "little") + \
         size.to_bytes(4, "little")

@@ -64,6 +64,7 @@ def _kernel_images(kernel: bytes, name: str) -> tuple[BzImage | None, ElfImage |
 
 def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: int = 1,
                        initrd: bytes | None = None, pci_irqs: Sequence[PciIrq] = (),
+                       reserved_io: Sequence[tuple[int, int]] = (),
                        method: str = "auto", name: str = "kernel") -> LinuxBoot:
     """Load everything into ``mem`` and return the entry state for vCPU 0 (APs wait for INIT/SIPI).
 
@@ -121,7 +122,7 @@ def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: 
     mp = build_mptable(cpu_list, pci_irqs, layout.MPTABLE_ADDR)
     if len(mp) > layout.MPTABLE_MAX:
         raise ConfigError(f"the MP table for {ncpus} CPUs does not fit its {layout.MPTABLE_MAX}-byte area")
-    acpi = build_acpi(cpu_list, pci_irqs, layout.ACPI_ADDR)
+    acpi = build_acpi(cpu_list, pci_irqs, layout.ACPI_ADDR, reserved_io=reserved_io)
     if layout.ACPI_ADDR + len(acpi.blob) > layout.ACPI_END:
         raise ConfigError(f"the ACPI tables for {ncpus} CPUs do not fit below 1 MiB")
     _write(mem, layout.MPTABLE_ADDR, mp, "the MP table")

@@ -189,6 +189,28 @@ def test_dsdt_contains_host_bridge_prt_and_s5() -> None:
     assert aml.memory32_fixed(0xC1000000, 0x1000000) not in build_dsdt(IRQS, reserve_ecam=False)
 
 
+def test_dsdt_declares_the_demo_ports_as_motherboard_resources() -> None:
+    assert aml.io_port(0x6060, 16) == bytes([0x47, 1, 0x60, 0x60, 0x60, 0x60, 1, 16])   # ACPI 6.4 §6.4.2.5
+    plain = build_dsdt(IRQS)
+    d = build_dsdt(IRQS, reserved_io=[(0x6020, 16), (0x8900, 1)])
+    assert sums_to_zero(d) and u(d, 4, 4) == len(d)
+    assert b"DEMO" in d and b"DEMO" not in plain
+    assert aml.io_port(0x6020, 16) + aml.io_port(0x8900, 1) + b"\x79\x00" in d
+    assert d.count(aml.eisa_id("PNP0C02")) == 2
+    with pytest.raises(ValueError):
+        aml.io_port(0xFFFF, 2)
+
+
+def test_platform_declares_exactly_the_ports_no_linux_driver_claims() -> None:
+    from broiler.machine import MachineConfig
+    from broiler.memory import MiB
+    from broiler.platform import PlatformSketch, firmware_declared_ports
+
+    sketch = PlatformSketch(MachineConfig(mem_size=64 * MiB))
+    assert firmware_declared_ports(sketch.pio_bus) == [(0x6020, 16), (0x6040, 16), (0x6060, 16), (0x60A0, 16),
+                                                       (0x8900, 1)]
+
+
 def test_checksum_helper() -> None:
     data = bytearray(b"abc\0")
     data[3] = checksum(data)
