@@ -17,6 +17,7 @@ from ..linux.boot import LinuxBoot, prepare_linux_boot
 from ..linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
 from ..linux.entry import EntryState, SegmentState
 from ..linux.firmware import PciIrq
+from ..platform import firmware_declared_ports
 
 if TYPE_CHECKING:
     from ..kvm.ioctls import Vcpu
@@ -28,9 +29,10 @@ DEFAULT_CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr logleve
 
 
 # On instruction-emulating hosts these initcalls took over 550 s of a ~770 s boot (../shared/host-kvm.md)
-# and a test guest needs none of them; the `safe` profile skips them.
+# and a test guest needs none of them; the `safe` profile skips them. The last two were measured with
+# broiler (initcall_debug, Debian 6.1 cloud kernel, 4 GiB): tracer_init_tracefs 170 s, dev_map_init 68 s.
 SAFE_INITCALL_BLACKLIST = "initcall_blacklist=init_kprobe_trace,trace_eval_init,crypto_kdf108_init," \
-                          "slab_sysfs_init,blake2s_mod_init"
+                          "slab_sysfs_init,blake2s_mod_init,tracer_init_tracefs,dev_map_init"
 
 
 def default_profile() -> str:
@@ -100,7 +102,8 @@ def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: st
         extra = f"{extra} nopti".strip()
     full_cmdline = f"{cmdline} {extra}".strip() if extra and extra not in cmdline else cmdline
     boot = prepare_linux_boot(machine.memory, kernel_bytes, cmdline=full_cmdline, ncpus=len(machine.vcpus),
-                              initrd=initrd_bytes, pci_irqs=pci_irqs(machine), method=method, name=kernel)
+                              initrd=initrd_bytes, pci_irqs=pci_irqs(machine), method=method, name=kernel,
+                              reserved_io=firmware_declared_ports(machine.pio_bus))
     set_cpuid_profile(machine, profile)
     apply_entry(machine.vcpus[0], boot.entry)
     if assist:
