@@ -55,6 +55,14 @@ SAFE_CLEAR_7_ECX = _bits(1, 3, 4, 6, 8, 9, 10, 11, 12, 14, 22)
 # Leaf 0x80000001 ECX: ABM/LZCNT 5 (AMD's POPCNT flag), SSE4A 6, XOP 11, FMA4 16, TBM 21.
 SAFE_CLEAR_EXT1_ECX = _bits(5, 6, 11, 16, 21)
 
+# Leaf 0x40000001 EAX (KVM_CPUID_FEATURES): the features that make the guest issue hypercalls —
+# PV_UNHALT 7 (PV spinlocks kick with KVM_HC_KICK_CPU), PV_SEND_IPI 11, PV_SCHED_YIELD 13,
+# HC_MAP_GPA_RANGE 16. On KVM-PVM a CPL0 `vmcall` never completes: two -c 2 boots stalled with a vCPU
+# forever at the `vmcall` of KVM_HC_SEND_IPI (RAX 10) and of KVM_HC_KICK_CPU (RAX 5) (docs/linux.md §8).
+# Without them Linux uses the in-kernel local APIC for IPIs and plain spinlocks.
+SAFE_CLEAR_KVM_FEATURES_EAX = _bits(7, 11, 13, 16)
+KVM_CPUID_FEATURES = 0x4000_0001
+
 # The measured set (host-kvm.md): XSAVE, SMAP, POPCNT, MOVBE, RDRAND, RDSEED, FSGSBASE, BMI1, BMI2,
 # SSE4.1, SSE4.2, AES, PCLMULQDQ, SSSE3, ADX, RDPID. XSAVE, SMAP and POPCNT were each found by
 # booting into them; the others were cleared ahead of time.
@@ -118,6 +126,8 @@ def _safe_entry(e: CpuidEntry) -> CpuidEntry:
         return replace(e, eax=0, ebx=0, ecx=0, edx=0)
     if fn == 0x8000_0001:
         return replace(e, ecx=e.ecx & ~SAFE_CLEAR_EXT1_ECX)
+    if fn == KVM_CPUID_FEATURES:
+        return replace(e, eax=e.eax & ~SAFE_CLEAR_KVM_FEATURES_EAX)
     return e
 
 

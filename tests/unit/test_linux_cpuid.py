@@ -34,6 +34,7 @@ def supported() -> list[CpuidEntry]:
         CpuidEntry(0xB, 2, 1, ecx=2, edx=7),
         CpuidEntry(0xD, 0, 1, eax=0x207, ebx=0x340, ecx=0xA88, edx=0),
         CpuidEntry(0x4000_0000, eax=0x4000_0001, ebx=0x4B4D564B),
+        CpuidEntry(0x4000_0001, eax=0x1007EFB),              # KVM_CPUID_FEATURES as this host reports them
         CpuidEntry(0x8000_0001, ecx=ALL, edx=0x2C100800),
         CpuidEntry(0x8000_0008, eax=0x3027, ecx=0xFFFF),
     ]
@@ -113,3 +114,12 @@ def test_profile_dispatch() -> None:
         profile_cmdline("fast")
     with pytest.raises(ValueError):
         host_profile(supported(), 2, 2)
+
+
+def test_safe_hides_the_kvm_features_that_issue_hypercalls() -> None:
+    host = by_key(host_profile(supported(), 0, 2))[(0x4000_0001, 0)].eax
+    safe = by_key(safe_profile(supported(), 0, 2))[(0x4000_0001, 0)].eax
+    assert host == 0x1007EFB
+    hidden = host & ~safe
+    assert hidden == (1 << 7) | (1 << 11) | (1 << 13)      # PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD (16 absent)
+    assert safe & (1 << 3) and safe & (1 << 9)              # kvm-clock and PV TLB flush stay
