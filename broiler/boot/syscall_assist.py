@@ -6,6 +6,7 @@ the kvm/ layer (KVM_ENABLE_CAP, KVM_X86_SET_MSR_FILTER, KVM_GET/SET_REGS, SREGS,
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -86,6 +87,7 @@ class SyscallAssist:
                     self.spare_pages[self._used:], gpa=SYSCALL_TRAMPOLINE_GPA)
             except (TrampolineConflict, GuestMemoryError) as exc:  # odd guest page tables must not kill us
                 self.problem = f"syscall assist off: {exc}"
+                print(f"broiler: {self.problem} (user-mode syscalls will fault on this host)", file=sys.stderr)
                 return False
         return True
 
