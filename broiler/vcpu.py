@@ -80,6 +80,7 @@ class VcpuThread:
         self.stopped = threading.Event()
         self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
         self.emulated: dict[str, int] = {}  # instructions completed in userspace (Machine.emulate)
+        self.code_changed_retries = 0       # consecutive re-runs because the code changed (boot/linux.py)
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:

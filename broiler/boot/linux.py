@@ -197,12 +197,45 @@ class KvmGuestCpu:
             self.dirty = False
 
 
+def reported_instruction(data: list[int]) -> bytes | None:
+    """The instruction bytes KVM sent with an emulation failure (kvm_run.emulation_failure: flags bit 0 =
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, then insn_size and up to 15 bytes), or None."""
+    if len(data) < 3 or not data[0] & 1:
+        return None
+    raw = data[1].to_bytes(8, "little") + data[2].to_bytes(8, "little")
+    return raw[1:1 + min(raw[0], 15)] or None
+
+
+def _code_changed(thread: VcpuThread, cpu: KvmGuestCpu) -> bool:
+    """True when the bytes at RIP are no longer what KVM's emulator fetched: another vCPU rewrote the
+    code in between (Linux's text_poke_bp puts an int3 there while it patches). Measured with -c 2:
+    KVM reported `cc 90 …`, memory already held the finished `66 90`. Running KVM_RUN again executes
+    what is there now, as a real CPU would after the patcher's serialising IPI."""
+    reported = reported_instruction(thread.internal_error_data())
+    if reported is None:
+        return False
+    rip = cpu.get_reg("rip")
+    length = min(len(reported), 0x1000 - (rip & 0xFFF))     # stay on RIP's page
+    from ..emulate.state import GuestFault
+
+    try:
+        now = cpu.read_linear(rip, length)
+    except (GuestFault, OSError):     # unmapped: let the emulator report it
+        return False
+    return now != reported[:length]
+
+
 def emulate_exit(thread: VcpuThread) -> str | None:
     """Machine.emulate hook: None when the instruction was completed, else why not (for the dump)."""
     from ..emulate import emulate
 
     try:
         cpu = KvmGuestCpu(thread)
+        if cpu.bitness() == 64 and _code_changed(thread, cpu) and thread.code_changed_retries < 3:
+            thread.code_changed_retries += 1
+            thread.emulated["retried: code changed"] = thread.emulated.get("retried: code changed", 0) + 1
+            return None
+        thread.code_changed_retries = 0
         result = emulate(cpu)
     except (BroilerError, OSError) as exc:
         return f"userspace emulation failed: {exc}"

@@ -133,3 +133,13 @@ def test_real_debian_kernel_layout(path: Path) -> None:
     assert boot.method == "pvh"
     assert boot.kernel_range == (0x1000000, 0x1000000 + bz.init_size)
     assert boot.initrd_range is not None and boot.initrd_range[0] + len(initrd) <= 0x80000000
+
+
+def test_reported_instruction_bytes_of_an_emulation_failure() -> None:
+    from broiler.boot.linux import reported_instruction
+
+    # kvm_run.internal.data of a real -c 2 boot: flags 1, insn_size 15, the int3 text_poke_bp had put there
+    data = [0x1, 0xFFF42DC7E890CC0F, 0x4801B41598050348, 0x1000]
+    assert reported_instruction(data) == bytes.fromhex("cc90e8c72df4ff48030598 15b40148".replace(" ", ""))
+    assert reported_instruction([0x0, 1, 2]) is None            # no instruction bytes flag
+    assert reported_instruction([0x1]) is None
