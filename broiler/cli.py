@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Linux: how to enter the kernel (default auto: PVH if the kernel has the note)")
     run.add_argument("--syscall-assist", choices=("auto", "on", "off"), default="auto",
                      help="Linux: complete user-mode syscall in broiler, for hosts whose KVM cannot "
-                          "(default auto: on with KVM-PVM; see docs/linux.md)")
+                          "(default auto: on when a probe VM's user-mode syscall arrives at CPL3; `broiler host`)")
     run.add_argument("--testdev", action="store_true",
                      help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev")
     run.add_argument("-m", "--mem", default=None, metavar="SIZE", help="guest RAM, e.g. 256M, 4G (default 256M)")
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import cli as bench_cli
 
     bench_cli.add_parser(sub)
+
+    host = sub.add_parser("host", help="what this host's KVM does that matters to broiler (a probe VM, ms)")
+    host.add_argument("--json", action="store_true", help="print the probe's findings as JSON")
 
     layout = sub.add_parser("layout", help="print the guest-physical map and the port map")
     layout.add_argument("-m", "--mem", default="4G", metavar="SIZE", help="guest RAM (default 4G)")
@@ -158,6 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                               profile=args.cpu_profile or default_profile(), method=args.boot_method,
                               syscall_assist=args.syscall_assist)
             print(f"broiler: {boot.description}", file=sys.stderr)
+            decision = machine.decisions["syscall_assist"]
+            print(f"broiler: syscall assist {'on' if decision['enabled'] else 'off'} ({decision['reason']})",
+                  file=sys.stderr)
         else:
             machine.load_flat64(image)
         status = machine.run(timeout=args.timeout)
@@ -258,6 +264,28 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_host(args: argparse.Namespace) -> int:
+    import json
+    import os.path
+
+    from .boot.linux import decide_syscall_assist, default_profile
+    from .kvm.hostprobe import host_behaviour
+
+    probe = host_behaviour()
+    assist, reason = decide_syscall_assist("auto")
+    if args.json:
+        print(json.dumps({**probe.as_dict(), "syscall_assist_auto": assist, "reason": reason}, indent=2))
+        return 0
+    print(f"host kernel: {probe.release}" + (" (kvm_pvm loaded)" if os.path.exists("/sys/module/kvm_pvm") else ""))
+    print(f"probe VM: {probe.seconds * 1000:.1f} ms; {probe.detail}")
+    where = {0: "at CPL0 (as on hardware)", 3: "still at CPL3"}.get(probe.syscall_cpl, "nowhere (see above)")
+    print(f"user-mode syscall reaches LSTAR: {where}")
+    print(f"non-canonical WRMSR to LSTAR: {probe.noncanonical_lstar}")
+    print(f"--syscall-assist auto: {'on' if assist else 'off'} ({reason})")
+    print(f"--cpu-profile default: {default_profile()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -270,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import cli as bench_cli
 
             return bench_cli.run(args)
-        commands = {"layout": cmd_layout, "list": cmd_list, "stat": cmd_stat, "stop": cmd_stop, "regs": cmd_regs}
+        commands = {"host": cmd_host, "layout": cmd_layout, "list": cmd_list, "stat": cmd_stat, "stop": cmd_stop,
+                    "regs": cmd_regs}
         if args.command in commands:
             return commands[args.command](args)
         parser.error(f"unknown command {args.command}")

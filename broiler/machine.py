@@ -93,6 +93,7 @@ class Machine:
         self.coalesced_lock = threading.Lock()
         self.emulate: Callable[[VcpuThread], str | None] | None = None
         self.exit_handlers: dict[int, Callable[[VcpuThread], bool]] = {}
+        self.decisions: dict[str, dict[str, object]] = {}  # what a loader chose from the host, and why
         self.syscall_assist: SyscallAssist | None = None  # Linux on KVM-PVM (broiler/boot/syscall_assist.py)
         self.on_stop: list[Callable[[], None]] = []
         self.tracer: object | None = None  # set by broiler.trace.Tracer.attach

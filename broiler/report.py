@@ -89,6 +89,7 @@ def snapshot_stats(machine: Machine) -> dict[str, object]:
                       for b in machine.doorbells.history],
         "msis_sent": machine.irqs.msis_sent,
         "emulated_in_userspace": {str(t.vcpu.id): dict(t.emulated) for t in machine.threads},
+        "decisions": machine.decisions,
         "exit_status": machine.exit_status, "exit_reason": machine.exit_reason,
     }
 

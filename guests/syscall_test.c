@@ -223,8 +223,13 @@ int main(void)
     wrmsr(MSR_SFMASK, SFMASK);
     wrmsr(MSR_LSTAR, entry);
     CHECK_EQ(rdmsr(MSR_LSTAR), entry);                 /* the guest reads back what it wrote */
-    wrmsr(MSR_LSTAR, 0x0000800000000000UL);            /* not canonical: #GP, LSTAR unchanged */
-    CHECK_EQ(gp_count, 1);
+    /* Not canonical: hardware raises #GP and keeps LSTAR; so does broiler's assist (its MSR filter sees
+     * the write). Without the assist it is up to the host's KVM, and one KVM-PVM release accepted it:
+     * report what happened (the test compares it with broiler's host probe) and put LSTAR back. */
+    wrmsr(MSR_LSTAR, 0x0000800000000000UL);
+    printf("syscall_test: non-canonical LSTAR %s\n", gp_count == 1 ? "raised #GP" : "was accepted");
+    if (gp_count == 0)
+        wrmsr(MSR_LSTAR, entry);
     CHECK_EQ(rdmsr(MSR_LSTAR), entry);
     CHECK_EQ(rdmsr(MSR_EFER) & 1, 1);                   /* SCE, set by the flat64 contract */
 

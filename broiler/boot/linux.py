@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import BroilerError, GuestMemoryError
 from ..inputs import read_input
 from ..kvm import abi
+from ..kvm.hostprobe import host_behaviour
 from ..linux import layout
 from ..linux.boot import LinuxBoot, prepare_linux_boot
 from ..linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
@@ -84,18 +85,28 @@ def host_is_pvm() -> bool:
     return os.path.exists("/sys/module/kvm_pvm")
 
 
+def decide_syscall_assist(mode: str) -> tuple[bool, str]:
+    """Whether to complete user-mode ``syscall`` in broiler, and why. ``auto`` asks the host: the probe VM
+    (broiler/kvm/hostprobe.py, a few ms) runs one user-mode ``syscall`` and sees where it lands."""
+    if mode in ("on", "off"):
+        return mode == "on", f"--syscall-assist {mode}"
+    probe = host_behaviour()
+    return probe.needs_syscall_assist, f"auto: {probe.assist_reason()}"
+
+
 def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: str, profile: str,
                method: str = "auto", syscall_assist: str = "auto") -> LinuxBoot:
     """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI.
 
-    ``syscall_assist``: on, off, or auto (on where KVM is KVM-PVM): complete user-mode ``syscall`` in
-    broiler (broiler/emulate/syscall.py)."""
+    ``syscall_assist``: on, off, or auto (on where the host probe sees a user-mode ``syscall`` arrive at
+    CPL3): complete user-mode ``syscall`` in broiler (broiler/emulate/syscall.py)."""
     kernel_bytes = read_input(kernel, "kernel")
     initrd_bytes = read_input(initrd, "initrd") if initrd else None
     extra = profile_cmdline(profile)
     if profile == "safe" and "initcall_blacklist=" not in cmdline:
         extra = f"{extra} {SAFE_INITCALL_BLACKLIST}".strip()
-    assist = syscall_assist == "on" or (syscall_assist == "auto" and host_is_pvm())
+    assist, reason = decide_syscall_assist(syscall_assist)
+    machine.decisions["syscall_assist"] = {"mode": syscall_assist, "enabled": assist, "reason": reason}
     if assist and "pti=" not in cmdline and "nopti" not in cmdline:
         # With page-table isolation user mode runs on a second top-level table that would lack the
         # trampoline mapping; a test guest on an emulating host has no use for it anyway.

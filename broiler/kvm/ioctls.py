@@ -207,6 +207,10 @@ class Vcpu:
     # KVM_RUN itself is issued by the vCPU loop with ``fcntl.ioctl(fd, abi.KVM_RUN, 0)`` directly:
     # it is the hottest call in broiler and fcntl.ioctl releases the GIL around it.
 
+    def run(self) -> None:
+        """One KVM_RUN for callers off the hot path (probes, tests); the exit is in ``run_page``."""
+        _ioctl(self.fd, abi.KVM_RUN, 0)
+
     def get_regs(self) -> abi.kvm_regs:
         regs = abi.kvm_regs()
         _ioctl(self.fd, abi.KVM_GET_REGS, regs)

@@ -35,10 +35,11 @@ void printf(const char *fmt, ...); /* %s %c %d %u %x %lx %lu %ld %p %% only */
 void exit(u32 value) __attribute__((noreturn));     /* status (value << 1) | 1 */
 void poweroff(void) __attribute__((noreturn));      /* status 0: "Shutdown" to port 0x8900 */
 
-/* Checks: count failures, print the failing line, keep going. */
+/* Checks: a failing one prints its line and ends the guest at once (exit(1)): the steps after a
+ * failed check may depend on it, and a test must see the failure, not a hang. */
 extern int check_failures;
 #define CHECK_EQ(got, want) check_eq((u64)(got), (u64)(want), #got, __LINE__)
-void check_eq(u64 got, u64 want, const char *what, int line);
+void check_eq(u64 got, u64 want, const char *what, int line);  /* returns only if equal */
 
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);

@@ -98,6 +98,7 @@ void check_eq(u64 got, u64 want, const char *what, int line)
         return;
     check_failures++;
     printf("FAIL line %d: %s = %lx, want %lx\n", line, what, got, want);
+    exit((u32)check_failures);         /* at once: later steps may depend on this one and hang */
 }
 
 void *memset(void *d, int c, size_t n)

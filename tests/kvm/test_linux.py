@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from broiler import exitcodes
-from broiler.boot.linux import host_is_pvm
 from broiler.linux.initramfs import build_probe_initramfs
 
 from ..conftest import ROOT
@@ -130,6 +129,11 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     pci = _section(text, "pci devices")
     assert pci[0] == "0000:00:00.0 0x1b36 0x0008 0x060000" and len(pci) == 13, pci
     assert "=== broiler: cpus 1" in text
-    emulated = json.loads(stats.read_text())["emulated_in_userspace"]["0"]
-    if host_is_pvm():   # every system call of /init went through the syscall assist
+    final = json.loads(stats.read_text())
+    decision = final["decisions"]["syscall_assist"]
+    assert decision["mode"] == "auto" and decision["reason"].startswith("auto: "), decision
+    emulated = final["emulated_in_userspace"]["0"]
+    if decision["enabled"]:   # every system call of /init went through the syscall assist
         assert emulated.get("syscall", 0) > 100, emulated
+    else:
+        assert emulated.get("syscall", 0) == 0, emulated
