@@ -1,3 +1,3 @@
-from .cli import entry
+from .frontend.cli import entry
 
 entry()

@@ -1,4 +1,4 @@
-"""``broiler bench``: hooked into broiler/cli.py with ``add_parser(subparsers)`` and ``run(args)``."""
+"""``broiler bench``: hooked into broiler/frontend/cli.py with ``add_parser(subparsers)`` and ``run(args)``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from .. import exitcodes
-from ..argtypes import positive
+from ..core.memory import parse_size
 from ..errors import ConfigError, KvmUnavailable
-from ..memory import parse_size
+from ..frontend.argtypes import positive
 from .guest import PATHS
 
 QUICK_HELP = "small N and 3 repetitions, for CI (seconds, not minutes; timings are rough)"
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry until broiler/cli.py hooks the subcommand in: python -m broiler.bench.cli."""
+    """Stand-alone entry until broiler/frontend/cli.py hooks the subcommand in: python -m broiler.bench.cli."""
     parser = argparse.ArgumentParser(prog="broiler")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..boot.flat64 import LongModeState, load_flat64
-from ..memory import GuestMemory, MemoryMap
+from ..core.memory import GuestMemory, MemoryMap
 from .guest import AP_STACK_STEP, BENCH_PARAMS, CTRL_PORT, PARAMS_STRIDE, Batch
 
 SOURCE = Path(__file__).resolve().with_name("floor.c")  # shipped as package data

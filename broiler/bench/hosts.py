@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..boot.flat64 import STACK_TOP, LongModeState
-from ..bus import Device
-from ..cli import packaged_guest
+from ..core.bus import Device
+from ..frontend.cli import packaged_guest
 from ..kvm import abi
-from ..machine import Machine, MachineConfig
+from ..vmm.machine import Machine, MachineConfig
 from .driver import BatchDriver
 from .guest import (
     AP_STACK_STEP,

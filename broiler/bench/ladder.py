@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..cli import packaged_guest
+from ..frontend.cli import packaged_guest
 from ..kvm import abi
 from .floor import SOURCE as FLOOR_SOURCE
 from .floor import FloorUnavailable, compiler, run_floor

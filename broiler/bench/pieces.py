@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import timeit
 
-from ..bus import PioBus
+from ..core.bus import PioBus
 from ..kvm import abi
 from .guest import SYNC_PORT
 from .hosts import BenchDevice

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import packaged_guest
-from ..memory import GiB, MiB
+from ..core.memory import GiB, MiB
+from ..frontend.cli import packaged_guest
 from . import floor, hosts
 from .guest import COALESCED, CTRL_PORT, IOEVENTFD, NONE, PATHS, PINGPONG, SCALING_PATH, SYNC, Batch, schedule
 from .stats import per_op_us, summarize
@@ -62,14 +62,14 @@ def broiler_async_missing() -> str | None:
     """Why broiler cannot run the asynchronous rows yet (None: it can)."""
     import inspect
 
-    from ..machine import Machine
+    from ..vmm.machine import Machine
 
     if "coalesced" not in inspect.signature(Machine.add_mmio).parameters:
         return "n/a (not yet): Machine.add_mmio has no coalesced="
     try:
-        import broiler.ioeventfd  # noqa: F401
+        import broiler.core.ioeventfd  # noqa: F401
     except ImportError:
-        return "n/a (not yet): no broiler.ioeventfd"
+        return "n/a (not yet): no broiler.core.ioeventfd"
     return None
 
 
@@ -184,7 +184,7 @@ class Bench:
 
     def broiler_startup(self) -> dict[str, float]:
         """Machine (KVM, VM, 4 GiB map, devices, vCPUs), then the loader, then the guest's first exit."""
-        from ..machine import Machine, MachineConfig
+        from ..vmm.machine import Machine, MachineConfig
         from .driver import BatchDriver
         from .hosts import ControlDevice
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..memory import format_size
+from ..core.memory import format_size
 
 IMPL_LABELS = {"floor": "C floor (a)", "bare": "bare Python (b)", "broiler": "broiler (c)"}
 SCALING_LABELS = {"floor": "C floor", "bare": "bare Python", "broiler": "broiler"}

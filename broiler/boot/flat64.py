@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..core.memory import HIGH_MEMORY, HIGH_RAM_START, GiB, GuestMemory, MiB
 from ..errors import ConfigError
-from ..memory import HIGH_MEMORY, HIGH_RAM_START, GiB, GuestMemory, MiB
 
 GDT_ADDR = 0x500
 PML4_ADDR = 0x1000

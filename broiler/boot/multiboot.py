@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.memory import E820_RAM, EBDA_START, HIGH_MEMORY, GuestMemory, MapRange, MiB
 from ..errors import ConfigError
 from ..inputs import read_input
-from ..memory import E820_RAM, EBDA_START, HIGH_MEMORY, GuestMemory, MapRange, MiB
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002          # EAX at entry

@@ -14,9 +14,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ..bus import Device, Region
+from ..core.bus import Device, Region
+from ..core.memory import PCI_MMIO_END, PCI_MMIO_START
 from ..errors import ConfigError
-from ..memory import PCI_MMIO_END, PCI_MMIO_START
 
 PCI_IO_START = 0x6200
 PCI_IO_END = 0x10000

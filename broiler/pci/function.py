@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..bus import Device, all_ones
+from ..core.bus import Device, all_ones
 from ..errors import BroilerError, ConfigError, OverlapError
 from .bar import Bar, BarKind, check_bar
 from .config import (

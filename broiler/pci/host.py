@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import threading
 
-from ..bus import Bus, Device, all_ones
+from ..core.bus import Bus, Device, all_ones
+from ..core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START
 from ..errors import ConfigError
-from ..memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START
 from .bar import BarKind, IoAllocator, MmioAllocator
 from .config import BAR0, CMD_IO, CMD_MEMORY, COMMAND
 from .function import PciFunction

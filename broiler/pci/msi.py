@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 
-from ..bus import Device, all_ones
+from ..core.bus import Device, all_ones
 from .config import CAP_ID_MSI, CAP_ID_MSIX, ConfigSpace
 from .interfaces import MsiSink
 

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from broiler.cli import packaged_guest
-from broiler.machine import Machine, MachineConfig
-from broiler.memory import MiB
-
-from ..conftest import ROOT
+from broiler.core.memory import MiB
+from broiler.frontend.cli import packaged_guest
+from broiler.vmm.machine import Machine, MachineConfig
+from tests.conftest import ROOT
 
 
 @dataclass

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.bus import Device
-from broiler.cli import packaged_guest
-from broiler.machine import Machine, MachineConfig
-from broiler.memory import MiB
-
-from .helpers import passed, run_guest
+from broiler.core.bus import Device
+from broiler.core.memory import MiB
+from broiler.frontend.cli import packaged_guest
+from broiler.vmm.machine import Machine, MachineConfig
+from tests.kvm.helpers import passed, run_guest
 
 pytestmark = pytest.mark.kvm
 
@@ -34,7 +33,7 @@ def test_each_async_device_completes_every_doorbell_with_one_interrupt() -> None
         # the only sync writes are the guest's 5 STATUS acknowledges
         assert regions[name].stats.writes == 5, name
     assert "IRQ_NUM 16" in run.output  # vioapic's line comes from the IOAPIC-only pool
-    from broiler.irq import IrqFd
+    from broiler.core.irq import IrqFd
 
     vioapic_line = regions["vioapic"].device.line
     assert isinstance(vioapic_line, IrqFd) and vioapic_line.triggered == 5  # edge via irqfd, no ioctl

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from broiler import exitcodes
-
-from ..conftest import ROOT
-from .helpers import broiler_cli
+from tests.conftest import ROOT
+from tests.kvm.helpers import broiler_cli
 
 pytestmark = pytest.mark.kvm
 

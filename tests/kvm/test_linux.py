@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from broiler import exitcodes
-from broiler.linux.initramfs import build_probe_initramfs
-
-from ..conftest import ROOT
+from broiler.boot.linux.initramfs import build_probe_initramfs
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 

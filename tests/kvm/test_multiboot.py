@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from broiler import exitcodes
-
-from ..conftest import ROOT
-from .helpers import broiler_cli
+from tests.conftest import ROOT
+from tests.kvm.helpers import broiler_cli
 
 pytestmark = pytest.mark.kvm
 
@@ -53,8 +52,8 @@ def assert_passed(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 def skip_without_pci_testdev(proc: subprocess.CompletedProcess[str]) -> None:
-    """pci-testdev under broiler: on once broiler.devices.pci_testdev exists and --testdev adds it."""
-    pytest.importorskip("broiler.devices.pci_testdev")
+    """pci-testdev under broiler: on once broiler.devices.testdev.pci_testdev exists and --testdev adds it."""
+    pytest.importorskip("broiler.devices.testdev.pci_testdev")
     if "pci-testdev: not found" in proc.stdout:
         pytest.skip("--testdev does not add pci-testdev yet")
 

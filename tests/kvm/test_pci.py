@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from broiler.bus import Device
-from broiler.cli import packaged_guest
-from broiler.devices.pci_demos import DoorbellDemo, IrqKind
-from broiler.devices.pci_dma import BROILER_DMA_TEXT, DmaDemo
-from broiler.machine import Machine, MachineConfig
-from broiler.memory import MiB
+from broiler.core.bus import Device
+from broiler.core.memory import MiB
+from broiler.devices.demo.pci_demos import DoorbellDemo, IrqKind
+from broiler.devices.demo.pci_dma import BROILER_DMA_TEXT, DmaDemo
+from broiler.frontend.cli import packaged_guest
 from broiler.pci import BarKind, PciFunction
-
-from .helpers import GuestRun, passed, run_guest
+from broiler.vmm.machine import Machine, MachineConfig
+from tests.kvm.helpers import GuestRun, passed, run_guest
 
 pytestmark = pytest.mark.kvm
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broiler import exitcodes
-from broiler.memory import GiB, MiB
-
-from .helpers import broiler_cli, passed, run_guest
+from broiler.core.memory import GiB, MiB
+from tests.kvm.helpers import broiler_cli, passed, run_guest
 
 pytestmark = pytest.mark.kvm
 
@@ -49,7 +48,7 @@ def test_hostile_guest_leaves_vmm_running_and_read_only_registers_intact() -> No
 
 
 def test_debug_exit_status_is_the_process_status(tmp_path) -> None:  # noqa: ANN001
-    from broiler.cli import packaged_guest
+    from broiler.frontend.cli import packaged_guest
 
     image = tmp_path / "exit.bin"
     # mov eax, 0x21; out 0xf4, eax  →  status (0x21 << 1) | 1 = 0x43
@@ -117,7 +116,7 @@ def test_signals_stop_the_vm_cleanly(tmp_path, signame: str) -> None:  # noqa: A
     import sys
     import time
 
-    from ..conftest import ROOT
+    from tests.conftest import ROOT
 
     image = tmp_path / "spin.bin"
     image.write_bytes(bytes([0xEB, 0xFE]))  # jmp .
@@ -134,7 +133,7 @@ def test_signals_stop_the_vm_cleanly(tmp_path, signame: str) -> None:  # noqa: A
 @pytest.mark.parametrize("guest", ["sync_test", "hammer", "async_test"])
 def test_compiled_and_python_exit_loops_agree(guest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled fast path (where built) and the pure-Python loop see exactly the same IO."""
-    from broiler import vcpu
+    from broiler.core import vcpu
 
     def io_counts(run) -> dict:  # noqa: ANN001
         m = run.machine

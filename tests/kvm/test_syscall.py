@@ -9,15 +9,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from broiler.boot.linux import decide_syscall_assist
-from broiler.boot.syscall_assist import SyscallAssist
-from broiler.cli import packaged_guest
+from broiler.boot.linux.load import decide_syscall_assist
+from broiler.core.memory import MiB
 from broiler.emulate.syscall import TRAMPOLINE_VA
+from broiler.emulate.syscall_assist import SyscallAssist
+from broiler.frontend.cli import packaged_guest
 from broiler.kvm.hostprobe import HostBehaviour, host_behaviour
-from broiler.machine import Machine, MachineConfig
-from broiler.memory import MiB
-
-from .helpers import broiler_cli, passed
+from broiler.vmm.machine import Machine, MachineConfig
+from tests.kvm.helpers import broiler_cli, passed
 
 pytestmark = pytest.mark.kvm
 

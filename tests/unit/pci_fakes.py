@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broiler.bus import Bus, MmioBus, PioBus
-from broiler.memory import PCI_ECAM_BASE
+from broiler.core.bus import Bus, MmioBus, PioBus
+from broiler.core.memory import PCI_ECAM_BASE
 from broiler.pci import PciHost
 
 

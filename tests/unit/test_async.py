@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from broiler.devices.async_demo import ASYNC_PIO, VIOAPIC, AsyncDemo
-from broiler.devices.coalesced_log import CoalescedLog, checksum
+from broiler.core.eventloop import EventLoop
+from broiler.core.ioeventfd import Doorbells
+from broiler.core.irq import FIXED_LINES, IrqAllocator, default_routing
+from broiler.devices.demo.async_demo import ASYNC_PIO, VIOAPIC, AsyncDemo
+from broiler.devices.demo.coalesced_log import CoalescedLog, checksum
 from broiler.errors import ConfigError
-from broiler.eventloop import EventLoop
-from broiler.ioeventfd import Doorbells
-from broiler.irq import FIXED_LINES, IrqAllocator, default_routing
 
 
 class FakeLine:

@@ -23,7 +23,7 @@ def fake_doc() -> dict[str, object]:
                                   "c_over_a": 1.1, "c_over_b": round(8.8 / 8.4, 3)}
         rows.append(row)
     rows[-1]["broiler"] = None
-    rows[-1]["missing"] = {"broiler": "n/a (not yet): no broiler.ioeventfd"}
+    rows[-1]["missing"] = {"broiler": "n/a (not yet): no broiler.core.ioeventfd"}
     rows[-1]["c_over_a"] = rows[-1]["c_over_b"] = None
     return {
         "schema": "broiler-bench/1", "quick": True, "n1": 100, "n2": 600, "reps": 3, "mem": 256 << 20,

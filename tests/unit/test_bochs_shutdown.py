@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broiler.bus import PioBus
-from broiler.devices.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
+from broiler.core.bus import PioBus
+from broiler.devices.legacy.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
 
 
 def rig() -> tuple[PioBus, BochsShutdown, list[int]]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.bus import Bus, Device, MmioBus, PioBus
+from broiler.core.bus import Bus, Device, MmioBus, PioBus
 from broiler.errors import ConfigError, OverlapError
 
 
@@ -42,7 +42,7 @@ def test_unmapped_reads_all_ones_and_is_counted_per_address(size: int, expected:
 
 def test_unmapped_is_logged_once_per_address(caplog: pytest.LogCaptureFixture) -> None:
     bus = PioBus()
-    caplog.set_level("INFO", logger="broiler.bus")
+    caplog.set_level("INFO", logger="broiler.core.bus")
     for _ in range(100):
         bus.read(0x7F00, 1)
     assert len([r for r in caplog.records if "unmapped" in r.message]) == 1

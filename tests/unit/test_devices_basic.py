@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from broiler.bus import PioBus
-from broiler.devices.debug_exit import DebugExit
-from broiler.devices.legacy import SystemControlPortA
-from broiler.devices.serial import Serial8250
-from broiler.devices.sync_demo import SyncRegisters
+from broiler.core.bus import PioBus
+from broiler.devices.demo.sync_demo import SyncRegisters
+from broiler.devices.legacy.debug_exit import DebugExit
+from broiler.devices.legacy.ports import SystemControlPortA
+from broiler.devices.legacy.serial import Serial8250
 
 
 def test_sync_registers_driver_flow() -> None:
@@ -93,8 +93,8 @@ def test_port92() -> None:
 
 
 def test_console_escape_handling() -> None:
-    from broiler.console import SerialConsole
-    from broiler.eventloop import EventLoop
+    from broiler.core.eventloop import EventLoop
+    from broiler.frontend.console import SerialConsole
 
     quits: list[int] = []
     console = SerialConsole(Serial8250(lambda b: None), EventLoop(), lambda: quits.append(1), stdin_fd=0)

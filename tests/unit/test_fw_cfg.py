@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from broiler.bus import PioBus
-from broiler.devices import fw_cfg as f
-from broiler.devices.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
-from broiler.memory import MiB
+from broiler.core.bus import PioBus
+from broiler.core.memory import MiB
+from broiler.devices.testdev import fw_cfg as f
+from broiler.devices.testdev.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
 
 
 @pytest.fixture

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from broiler.boot.linux import layout
+from broiler.boot.linux.boot import prepare_linux_boot
+from broiler.boot.linux.bzimage import load_bzimage
+from broiler.boot.linux.firmware import PciIrq, sums_to_zero
+from broiler.boot.linux.pvh import HVM_START_MAGIC
+from broiler.core.memory import GuestMemory, MemoryMap
 from broiler.errors import ConfigError
-from broiler.linux import layout
-from broiler.linux.boot import prepare_linux_boot
-from broiler.linux.bzimage import load_bzimage
-from broiler.linux.firmware import PciIrq, sums_to_zero
-from broiler.linux.pvh import HVM_START_MAGIC
-from broiler.memory import GuestMemory, MemoryMap
-
-from .test_linux_bzimage import PVH_ENTRY, compress, make_bzimage, make_elf
+from tests.unit.test_linux_bzimage import PVH_ENTRY, compress, make_bzimage, make_elf
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -136,7 +135,7 @@ def test_real_debian_kernel_layout(path: Path) -> None:
 
 
 def test_reported_instruction_bytes_of_an_emulation_failure() -> None:
-    from broiler.boot.linux import reported_instruction
+    from broiler.emulate.kvm_cpu import reported_instruction
 
     # kvm_run.internal.data of a real -c 2 boot: flags 1, insn_size 15, the int3 text_poke_bp had put there
     data = [0x1, 0xFFF42DC7E890CC0F, 0x4801B41598050348, 0x1000]

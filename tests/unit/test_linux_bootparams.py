@@ -6,11 +6,10 @@ import struct
 
 import pytest
 
-from broiler.errors import ConfigError
-from broiler.linux import layout
-from broiler.linux.bootparams import build_zero_page, encode_cmdline, synthetic_setup_header
-from broiler.linux.bzimage import CAN_USE_HEAP, KEEP_SEGMENTS, parse_bzimage
-from broiler.linux.entry import (
+from broiler.boot.linux import layout
+from broiler.boot.linux.bootparams import build_zero_page, encode_cmdline, synthetic_setup_header
+from broiler.boot.linux.bzimage import CAN_USE_HEAP, KEEP_SEGMENTS, parse_bzimage
+from broiler.boot.linux.entry import (
     CR0_PE,
     CR0_PG,
     CR4_PAE,
@@ -21,10 +20,10 @@ from broiler.linux.entry import (
     long_mode_entry_state,
     pvh_entry_state,
 )
-from broiler.linux.pvh import HVM_START_MAGIC, build_start_info
-from broiler.memory import E820_RAM, E820_RESERVED, E820Entry, MemoryMap
-
-from .test_linux_bzimage import compress, make_bzimage, make_elf
+from broiler.boot.linux.pvh import HVM_START_MAGIC, build_start_info
+from broiler.core.memory import E820_RAM, E820_RESERVED, E820Entry, MemoryMap
+from broiler.errors import ConfigError
+from tests.unit.test_linux_bzimage import compress, make_bzimage, make_elf
 
 GiB = 1 << 30
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from broiler.boot.linux import bzimage
+from broiler.boot.linux.bzimage import detect_compression, extract_vmlinux, parse_bzimage
+from broiler.boot.linux.elf import XEN_ELFNOTE_PHYS32_ENTRY, parse_elf
 from broiler.errors import ConfigError
-from broiler.linux import bzimage
-from broiler.linux.bzimage import detect_compression, extract_vmlinux, parse_bzimage
-from broiler.linux.elf import XEN_ELFNOTE_PHYS32_ENTRY, parse_elf
 
 PVH_ENTRY = 0x1000850
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.errors import ConfigError
-from broiler.linux.cpuid import (
+from broiler.boot.linux.cpuid import (
     HYPERVISOR_BIT,
     SAFE_CLEARCPUID,
     SAFE_CMDLINE,
@@ -16,6 +15,7 @@ from broiler.linux.cpuid import (
     profile_cmdline,
     safe_profile,
 )
+from broiler.errors import ConfigError
 
 ALL = 0xFFFF_FFFF
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from broiler.boot.linux.elf import load_segments, parse_elf
+from broiler.core.memory import GuestMemory, MemoryMap
 from broiler.errors import ConfigError
-from broiler.linux.elf import load_segments, parse_elf
-from broiler.memory import GuestMemory, MemoryMap
-
-from .test_linux_bzimage import PVH_ENTRY, make_elf
+from tests.unit.test_linux_bzimage import PVH_ENTRY, make_elf
 
 MiB = 1 << 20
 

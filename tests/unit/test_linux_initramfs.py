@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from broiler.boot.linux import debian
+from broiler.boot.linux.initramfs import APPLETS, PROBE_INIT, NewcWriter, build_probe_initramfs, parse_newc
 from broiler.errors import ConfigError
-from broiler.linux import debian
-from broiler.linux.initramfs import APPLETS, PROBE_INIT, NewcWriter, build_probe_initramfs, parse_newc
 
 FAKE_BUSYBOX = b"\x7fELF" + bytes(1021)
 

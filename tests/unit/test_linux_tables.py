@@ -6,11 +6,11 @@ import struct
 
 import pytest
 
+from broiler.boot.linux import aml
+from broiler.boot.linux.acpi import build_acpi, build_dsdt, build_fadt, build_madt, build_mcfg
+from broiler.boot.linux.firmware import CpuEntry, PciIrq, checksum, cpus, sums_to_zero
+from broiler.boot.linux.mptable import build_mptable, pci_source_irq
 from broiler.errors import ConfigError
-from broiler.linux import aml
-from broiler.linux.acpi import build_acpi, build_dsdt, build_fadt, build_madt, build_mcfg
-from broiler.linux.firmware import CpuEntry, PciIrq, checksum, cpus, sums_to_zero
-from broiler.linux.mptable import build_mptable, pci_source_irq
 
 BASE_MP = 0xF0000
 BASE_ACPI = 0xF1000
@@ -202,9 +202,9 @@ def test_dsdt_declares_the_demo_ports_as_motherboard_resources() -> None:
 
 
 def test_platform_declares_exactly_the_ports_no_linux_driver_claims() -> None:
-    from broiler.machine import MachineConfig
-    from broiler.memory import MiB
-    from broiler.platform import PlatformSketch, firmware_declared_ports
+    from broiler.core.memory import MiB
+    from broiler.vmm.machine import MachineConfig
+    from broiler.vmm.platform import PlatformSketch, firmware_declared_ports
 
     sketch = PlatformSketch(MachineConfig(mem_size=64 * MiB))
     assert firmware_declared_ports(sketch.pio_bus) == [(0x6020, 16), (0x6040, 16), (0x6060, 16), (0x60A0, 16),

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from broiler.core.memory import E820_RAM, E820_RESERVED, GiB, GuestMemory, MemoryMap, MiB, parse_size
 from broiler.errors import ConfigError, GuestMemoryError
-from broiler.memory import E820_RAM, E820_RESERVED, GiB, GuestMemory, MemoryMap, MiB, parse_size
 
 
 @pytest.mark.parametrize("text, value", [("4G", 4 * GiB), ("512M", 512 * MiB), ("64k", 64 << 10),

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from broiler.boot import multiboot as mb
+from broiler.core.memory import E820_RAM, E820_RESERVED, E820Entry, GuestMemory, MapRange, MemoryMap, MiB
 from broiler.errors import ConfigError
-from broiler.memory import E820_RAM, E820_RESERVED, E820Entry, GuestMemory, MapRange, MemoryMap, MiB
 
 RAM = 16 * MiB
 KERNEL = 0x100000

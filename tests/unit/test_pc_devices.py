@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import time
 
-from broiler.bus import PioBus
-from broiler.devices.cmos import Cmos
-from broiler.devices.i8042 import I8042
+from broiler.core.bus import PioBus
+from broiler.devices.legacy.cmos import Cmos
+from broiler.devices.legacy.i8042 import I8042
 
 
 def _kbc() -> tuple[I8042, PioBus, list[int], list[tuple[int, int]]]:

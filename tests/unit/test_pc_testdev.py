@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.bus import MmioBus, PioBus
-from broiler.devices.pc_testdev import IOMEM_BASE, IOMEM_SIZE, PcTestdev, register_pc_testdev
+from broiler.core.bus import MmioBus, PioBus
+from broiler.devices.testdev.pc_testdev import IOMEM_BASE, IOMEM_SIZE, PcTestdev, register_pc_testdev
 
 
 class Rig:

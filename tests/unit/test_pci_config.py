@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.bus import Device
+from broiler.core.bus import Device
 from broiler.errors import ConfigError
 from broiler.pci import BarKind, ConfigSpace, PciFunction
 from broiler.pci.config import (
@@ -18,8 +18,7 @@ from broiler.pci.config import (
     STATUS_CAP_LIST,
     STATUS_INTERRUPT,
 )
-
-from .pci_fakes import FakeIrqLine, FakeMsiSink, Rig
+from tests.unit.pci_fakes import FakeIrqLine, FakeMsiSink, Rig
 
 
 class Regs(Device):

@@ -6,12 +6,11 @@ from collections.abc import Callable
 
 import pytest
 
-from broiler.devices import pci_demos as demos
-from broiler.devices import pci_dma as dma
-from broiler.memory import GuestMemory, MemoryMap, MiB
+from broiler.core.memory import GuestMemory, MemoryMap, MiB
+from broiler.devices.demo import pci_demos as demos
+from broiler.devices.demo import pci_dma as dma
 from broiler.pci import PciFunction
-
-from .pci_fakes import FakeIrqLine, FakeMsiSink, FakeScheduler, Rig
+from tests.unit.pci_fakes import FakeIrqLine, FakeMsiSink, FakeScheduler, Rig
 
 RAM = 4 * MiB
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.bus import Device, MmioBus, PioBus
+from broiler.core.bus import Device, MmioBus, PioBus
+from broiler.core.memory import PCI_ECAM_BASE
 from broiler.errors import ConfigError, KvmError
-from broiler.memory import PCI_ECAM_BASE
 from broiler.pci import BarKind, IoAllocator, MmioAllocator, PciFunction, PciHost
-
-from .pci_fakes import FakeDoorbells, Rig, conf1_address
+from tests.unit.pci_fakes import FakeDoorbells, Rig, conf1_address
 
 
 class Regs(Device):

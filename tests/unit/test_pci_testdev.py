@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.devices.pci_testdev import PciTestDev
-
-from .pci_fakes import Rig
+from broiler.devices.testdev.pci_testdev import PciTestDev
+from tests.unit.pci_fakes import Rig
 
 NAMES = ["mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
          "portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd"]

@@ -1,0 +1,148 @@
+"""One call that puts a Linux kernel, its initrd, command line and firmware tables into guest RAM and
+says how to enter it. The machine then applies ``LinuxBoot.entry`` to vCPU 0 (see docs/linux.md).
+
+Entry methods:
+
+- ``pvh``: vmlinux (given, or extracted from a bzImage) at its physical addresses, entered at its
+  PVH note in 32-bit mode with EBX = hvm_start_info. Measured to work on this host's KVM-PVM.
+- ``vmlinux64``: the same vmlinux entered at e_entry (startup_64) with the 64-bit boot protocol and a
+  zero page, as firecracker does.
+- ``bzimage64``: the bzImage's protected-mode part at its preferred address, entered at +0x200 with
+  the 64-bit boot protocol; the kernel decompresses itself (slow under instruction emulation).
+- ``auto``: ``pvh`` if the kernel has the note, else ``vmlinux64``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ...core.memory import GuestMemory
+from ...errors import ConfigError
+from . import layout
+from .acpi import build_acpi
+from .bootparams import build_zero_page, encode_cmdline, synthetic_setup_header
+from .bzimage import BzImage, detect_compression, extract_vmlinux, is_bzimage, parse_bzimage
+from .elf import ElfImage, load_segments, parse_elf
+from .entry import EntryState, long_mode_entry_state, pvh_entry_state
+from .firmware import PciIrq, cpus
+from .mptable import build_mptable
+from .pvh import build_start_info
+
+ENTRY_METHODS = ("auto", "pvh", "vmlinux64", "bzimage64")
+
+
+@dataclass(frozen=True, slots=True)
+class LinuxBoot:
+    entry: EntryState
+    method: str                          # the resolved entry method
+    description: str                     # one line for the log: what was loaded how
+    kernel_range: tuple[int, int]        # [start, end) the kernel may use (init_size included)
+    initrd_range: tuple[int, int] | None  # (addr, size)
+    cmdline_addr: int
+    zero_page_addr: int
+    mptable_addr: int
+    rsdp_addr: int
+
+
+def _write(mem: GuestMemory, gpa: int, data: bytes, what: str) -> None:
+    if not mem.contains(gpa, len(data)):
+        raise ConfigError(f"{what} ({len(data)} bytes at {gpa:#x}) does not fit in guest RAM: give the "
+                          f"guest more memory (-m)")
+    mem.write(gpa, data)
+
+
+def _kernel_images(kernel: bytes, name: str) -> tuple[BzImage | None, ElfImage | None, str]:
+    """(bzImage or None, vmlinux or None, description) without extracting anything yet."""
+    if kernel.startswith(b"\x7fELF"):
+        return None, parse_elf(kernel, name), "ELF vmlinux"
+    if is_bzimage(kernel):
+        bz = parse_bzimage(kernel, name)
+        return bz, None, f"bzImage (boot protocol {bz.protocol_text}, {detect_compression(bz.payload)})"
+    raise ConfigError(f"{name}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)")
+
+
+def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: int = 1,
+                       initrd: bytes | None = None, pci_irqs: Sequence[PciIrq] = (),
+                       reserved_io: Sequence[tuple[int, int]] = (),
+                       method: str = "auto", name: str = "kernel") -> LinuxBoot:
+    """Load everything into ``mem`` and return the entry state for vCPU 0 (APs wait for INIT/SIPI).
+
+    Raises ConfigError (one line) for bad kernels, an initrd that does not fit, an over-long command
+    line, or a method the kernel cannot do."""
+    if method not in ENTRY_METHODS:
+        raise ConfigError(f"unknown boot method {method!r} (use one of {', '.join(ENTRY_METHODS)})")
+    bz, elf, desc = _kernel_images(kernel, name)
+    if method == "bzimage64" and bz is None:
+        raise ConfigError(f"{name}: boot method bzimage64 needs a bzImage, this is an ELF vmlinux")
+    if method != "bzimage64" and elf is None:
+        assert bz is not None
+        elf = parse_elf(extract_vmlinux(bz, name), name + " (extracted vmlinux)")
+        desc += ", vmlinux extracted"
+    if method == "auto":
+        method = "pvh" if elf is not None and elf.pvh_entry is not None else "vmlinux64"
+    if method == "pvh" and (elf is None or elf.pvh_entry is None):
+        raise ConfigError(f"{name}: the kernel has no PVH entry note (CONFIG_PVH); use another boot method")
+
+    header = bz.setup_header if bz else synthetic_setup_header()
+    cmdline_max = min(bz.cmdline_size if bz else 2047, layout.CMDLINE_MAX - 1)
+    cmdline_bytes = encode_cmdline(cmdline, cmdline_max)
+    ram_end = layout.low_ram_end(mem.map)
+
+    if method == "bzimage64":
+        assert bz is not None
+        if not bz.kernel_64:
+            raise ConfigError(f"{name}: this bzImage has no 64-bit entry point (XLF_KERNEL_64)")
+        load = bz.pref_address if bz.protocol >= 0x020A else layout.DEFAULT_KERNEL_ADDR
+        kernel_end = load + max(bz.init_size, len(bz.protected_mode_kernel))
+        if kernel_end > ram_end:
+            raise ConfigError(f"{name}: the kernel needs RAM up to {kernel_end:#x}; give the guest more "
+                              f"memory (-m)")
+        _write(mem, load, bz.protected_mode_kernel, "the kernel")
+        kernel_range = (load, kernel_end)
+        rip = load + 0x200
+    else:
+        assert elf is not None
+        kernel_range = load_segments(elf, mem, name)
+        if bz is not None:      # the decompressed kernel still needs init_size from its start
+            kernel_range = (kernel_range[0], max(kernel_range[1], kernel_range[0] + bz.init_size))
+        rip = elf.pvh_entry if method == "pvh" else elf.entry
+        assert rip is not None
+
+    initrd_range = None
+    if initrd is not None:
+        max_addr = bz.initrd_addr_max if bz else 0x7FFF_FFFF
+        addr = layout.place_initrd(len(initrd), kernel_end=kernel_range[1], memory_map=mem.map,
+                                   initrd_addr_max=max_addr)
+        _write(mem, addr, initrd, "the initrd")
+        initrd_range = (addr, len(initrd))
+
+    cpu_list = cpus(ncpus)
+    e820 = mem.map.e820()
+    mp = build_mptable(cpu_list, pci_irqs, layout.MPTABLE_ADDR)
+    if len(mp) > layout.MPTABLE_MAX:
+        raise ConfigError(f"the MP table for {ncpus} CPUs does not fit its {layout.MPTABLE_MAX}-byte area")
+    acpi = build_acpi(cpu_list, pci_irqs, layout.ACPI_ADDR, reserved_io=reserved_io)
+    if layout.ACPI_ADDR + len(acpi.blob) > layout.ACPI_END:
+        raise ConfigError(f"the ACPI tables for {ncpus} CPUs do not fit below 1 MiB")
+    _write(mem, layout.MPTABLE_ADDR, mp, "the MP table")
+    _write(mem, layout.ACPI_ADDR, acpi.blob, "the ACPI tables")
+    _write(mem, layout.CMDLINE_ADDR, cmdline_bytes, "the command line")
+    zp = build_zero_page(setup_header=header, cmdline_addr=layout.CMDLINE_ADDR, e820=e820,
+                         initrd_addr=initrd_range[0] if initrd_range else 0,
+                         initrd_size=initrd_range[1] if initrd_range else 0, rsdp_addr=acpi.rsdp_addr)
+    _write(mem, layout.ZERO_PAGE_ADDR, zp, "the zero page")
+
+    if method == "pvh":
+        for gpa, data in build_start_info(cmdline_addr=layout.CMDLINE_ADDR, e820=e820, initrd=initrd_range,
+                                          rsdp_addr=acpi.rsdp_addr):
+            _write(mem, gpa, data, "hvm_start_info")
+        entry = pvh_entry_state(rip, layout.PVH_START_INFO_ADDR)
+    else:
+        entry = long_mode_entry_state(rip, layout.ZERO_PAGE_ADDR)
+    for gpa, data in entry.memory:
+        _write(mem, gpa, data, "boot page tables")
+    return LinuxBoot(entry=entry, method=method, description=f"{desc}, entered via {method}",
+                     kernel_range=kernel_range, initrd_range=initrd_range, cmdline_addr=layout.CMDLINE_ADDR,
+                     zero_page_addr=layout.ZERO_PAGE_ADDR, mptable_addr=layout.MPTABLE_ADDR,
+                     rsdp_addr=acpi.rsdp_addr)

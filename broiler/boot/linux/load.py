@@ -1,0 +1,123 @@
+"""Booting Linux on a Machine: the glue between broiler/linux (tables, loaders, CPU profiles, all
+KVM-free) and the running VM (vCPU registers, CPUID, the userspace instruction emulator).
+
+See docs/linux.md for the boot flow and what this host's KVM-PVM allows.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ...emulate.kvm_cpu import emulate_exit
+from ...inputs import read_input
+from ...kvm import abi
+from ...kvm.hostprobe import host_behaviour
+from ...vmm.platform import firmware_declared_ports
+from . import layout
+from .boot import LinuxBoot, prepare_linux_boot
+from .cpuid import CpuidEntry, apply_profile, profile_cmdline
+from .entry import EntryState, SegmentState
+from .firmware import PciIrq
+
+if TYPE_CHECKING:
+    from ...kvm.ioctls import Vcpu
+    from ...vmm.machine import Machine
+
+DEFAULT_CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr loglevel=8 nowatchdog " \
+                  "cryptomgr.notests pci=conf1 reboot=k panic=-1"
+
+
+# On instruction-emulating hosts these initcalls took over 550 s of a ~770 s boot (../shared/host-kvm.md)
+# and a test guest needs none of them; the `safe` profile skips them. The last two were measured with
+# broiler (initcall_debug, Debian 6.1 cloud kernel, 4 GiB): tracer_init_tracefs 170 s, dev_map_init 68 s.
+SAFE_INITCALL_BLACKLIST = "initcall_blacklist=init_kprobe_trace,trace_eval_init,crypto_kdf108_init," \
+                          "slab_sysfs_init,blake2s_mod_init,tracer_init_tracefs,dev_map_init"
+
+
+def default_profile() -> str:
+    """``safe`` on hosts whose KVM runs CPL0 guest code in its instruction emulator (KVM-PVM), else ``host``."""
+    return "safe" if host_is_pvm() else "host"
+
+
+def _to_plain(e: abi.kvm_cpuid_entry2) -> CpuidEntry:
+    return CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+
+
+def set_cpuid_profile(machine: Machine, profile: str) -> None:
+    supported = [_to_plain(e) for e in machine.kvm.supported_cpuid()]
+    n = len(machine.vcpus)
+    for vcpu in machine.vcpus:
+        entries = [abi.kvm_cpuid_entry2(function=e.function, index=e.index, flags=e.flags, eax=e.eax, ebx=e.ebx,
+                                        ecx=e.ecx, edx=e.edx)
+                   for e in apply_profile(profile, supported, vcpu.id, n)]
+        vcpu.set_cpuid(entries)
+
+
+def _segment(s: SegmentState) -> abi.kvm_segment:
+    return abi.kvm_segment(base=s.base, limit=s.limit, selector=s.selector, type=s.type, present=s.present,
+                           dpl=s.dpl, db=s.db, s=s.s, l=s.l, g=s.g, avl=s.avl, unusable=s.unusable)
+
+
+def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
+    from ...vmm.machine import Machine
+
+    Machine.enter(vcpu, rip=entry.rip, regs=entry.regs, cs=_segment(entry.cs), data=_segment(entry.data),
+                  cr0=entry.cr0, cr3=entry.cr3, cr4=entry.cr4, efer=entry.efer, gdt=entry.gdt, idt=entry.idt,
+                  tr=_segment(entry.tr))
+
+
+def pci_irqs(machine: Machine) -> list[PciIrq]:
+    """INTx wiring of the PCI functions, for the MP table and ACPI."""
+    out = []
+    if machine.pci is None:
+        return out
+    for slot, fn in sorted(machine.pci.functions.items()):
+        pin = fn.config.get(0x3D, 1)
+        intx = getattr(fn, "intx", None)
+        if pin and intx is not None:
+            out.append(PciIrq(slot=slot, pin=pin, gsi=intx.gsi))
+    return out
+
+
+def host_is_pvm() -> bool:
+    return os.path.exists("/sys/module/kvm_pvm")
+
+
+def decide_syscall_assist(mode: str) -> tuple[bool, str]:
+    """Whether to complete user-mode ``syscall`` in broiler, and why. ``auto`` asks the host: the probe VM
+    (broiler/kvm/hostprobe.py, a few ms) runs one user-mode ``syscall`` and sees where it lands."""
+    if mode in ("on", "off"):
+        return mode == "on", f"--syscall-assist {mode}"
+    probe = host_behaviour()
+    return probe.needs_syscall_assist, f"auto: {probe.assist_reason()}"
+
+
+def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: str, profile: str,
+               method: str = "auto", syscall_assist: str = "auto") -> LinuxBoot:
+    """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI.
+
+    ``syscall_assist``: on, off, or auto (on where the host probe sees a user-mode ``syscall`` arrive at
+    CPL3): complete user-mode ``syscall`` in broiler (broiler/emulate/syscall.py)."""
+    kernel_bytes = read_input(kernel, "kernel")
+    initrd_bytes = read_input(initrd, "initrd") if initrd else None
+    extra = profile_cmdline(profile)
+    if profile == "safe" and "initcall_blacklist=" not in cmdline:
+        extra = f"{extra} {SAFE_INITCALL_BLACKLIST}".strip()
+    assist, reason = decide_syscall_assist(syscall_assist)
+    machine.decisions["syscall_assist"] = {"mode": syscall_assist, "enabled": assist, "reason": reason}
+    if assist and "pti=" not in cmdline and "nopti" not in cmdline:
+        # With page-table isolation user mode runs on a second top-level table that would lack the
+        # trampoline mapping; a test guest on an emulating host has no use for it anyway.
+        extra = f"{extra} nopti".strip()
+    full_cmdline = f"{cmdline} {extra}".strip() if extra and extra not in cmdline else cmdline
+    boot = prepare_linux_boot(machine.memory, kernel_bytes, cmdline=full_cmdline, ncpus=len(machine.vcpus),
+                              initrd=initrd_bytes, pci_irqs=pci_irqs(machine), method=method, name=kernel,
+                              reserved_io=firmware_declared_ports(machine.pio_bus))
+    set_cpuid_profile(machine, profile)
+    apply_entry(machine.vcpus[0], boot.entry)
+    if assist:
+        machine.enable_syscall_assist(layout.SYSCALL_TABLES)
+    machine.emulate = emulate_exit
+    machine.guest_name = f"linux {kernel} ({boot.method}, cpu profile {profile})"
+    return boot

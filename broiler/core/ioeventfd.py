@@ -1,0 +1,132 @@
+"""Doorbells: guest writes caught in the kernel with KVM_IOEVENTFD, handled on the event loop.
+
+A doorbell is (bus, address, length, optional datamatch). KVM completes a matching guest write
+without leaving KVM_RUN and bumps an eventfd; the event loop reads the eventfd's counter (the number
+of writes since the last read, so no kick is lost) and calls ``callback(kicks)``.
+
+Rules (the same ones KVM applies, checked here first so the error names both parties):
+
+- length is 1, 2, 4 or 8 and the address is aligned to it;
+- a doorbell may not overlap another unless both sit on the same address and length with
+  different datamatch values (then each value reaches its own handler); a wildcard (no datamatch)
+  and any other doorbell on the same address collide.
+
+An access KVM does not catch — another length, a read, a datamatch miss — exits to userspace and
+reaches the device registered on the bus there, which must answer it (it usually rings the same
+handler: "a doorbell means the same thing on either path").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..kvm import Vm
+from .eventloop import EventLoop
+
+
+@dataclass(eq=False)
+class Doorbell:
+    pio: bool
+    addr: int
+    length: int
+    datamatch: int | None
+    callback: Callable[[int], None]
+    owner: Hashable
+    fd: int = -1
+    kicks: int = 0          # guest writes caught by KVM
+    wakeups: int = 0        # eventfd reads (one may carry several kicks)
+    handler_ns: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.length
+
+    def describe(self) -> str:
+        dm = "any value" if self.datamatch is None else f"value {self.datamatch:#x}"
+        return f"{'pio' if self.pio else 'mmio'} {self.addr:#x}/{self.length} ({dm}) of {self.owner}"
+
+
+class Doorbells:
+    def __init__(self, vm: Vm | None, loop: EventLoop) -> None:
+        self.vm = vm
+        self.loop = loop
+        self._lock = threading.Lock()
+        self.active: list[Doorbell] = []
+        self.history: list[Doorbell] = []  # every doorbell ever added, for the final statistics
+        self.tracer: Any = None
+
+    def add(self, *, pio: bool, addr: int, length: int, datamatch: int | None,
+            callback: Callable[[int], None], owner: Hashable) -> Doorbell:
+        if length not in (1, 2, 4, 8):
+            raise ConfigError(f"doorbell at {addr:#x}: length {length} is not 1, 2, 4 or 8")
+        if addr % length:
+            raise ConfigError(f"doorbell at {addr:#x}: not aligned to its length {length}")
+        limit = 1 << 16 if pio else 1 << 64
+        if not 0 <= addr < limit or addr + length > limit:
+            raise ConfigError(f"doorbell at {addr:#x} is outside the {'port' if pio else 'MMIO'} space")
+        if datamatch is not None and not 0 <= datamatch < (1 << (8 * length)):
+            raise ConfigError(f"doorbell at {addr:#x}: datamatch {datamatch:#x} does not fit in {length} bytes")
+        bell = Doorbell(pio, addr, length, datamatch, callback, owner)
+        with self._lock:
+            for other in self.active:
+                if other.pio != pio or not (other.addr < bell.end and addr < other.end):
+                    continue
+                same_slot = other.addr == addr and other.length == length
+                if not same_slot or other.datamatch is None or datamatch is None or other.datamatch == datamatch:
+                    raise ConfigError(f"doorbell {bell.describe()} collides with {other.describe()}")
+            bell.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            if self.vm is not None:
+                try:
+                    self.vm.ioeventfd(bell.fd, addr, length, pio=pio, datamatch=datamatch)
+                except Exception:
+                    os.close(bell.fd)
+                    raise
+            self.active.append(bell)
+            self.history.append(bell)
+        self.loop.add_reader(bell.fd, lambda: self._ready(bell))
+        return bell
+
+    def _ready(self, bell: Doorbell) -> None:
+        try:
+            kicks = os.eventfd_read(bell.fd)
+        except (BlockingIOError, OSError):
+            return
+        bell.kicks += kicks
+        bell.wakeups += 1
+        if self.tracer is not None:
+            self.tracer.emit("doorbell", "w", bell.addr, bell.length, bell.datamatch,
+                             f"{bell.owner} ({kicks} kick{'s' if kicks > 1 else ''}, {'pio' if bell.pio else 'mmio'})")
+        t0 = time.perf_counter_ns()
+        bell.callback(kicks)
+        bell.handler_ns += time.perf_counter_ns() - t0
+
+    def remove(self, bell: Doorbell) -> None:
+        with self._lock:
+            if bell not in self.active:
+                return
+            self.active.remove(bell)
+        if self.vm is not None and self.vm.fd >= 0:
+            try:
+                self.vm.ioeventfd(bell.fd, bell.addr, bell.length, pio=bell.pio, datamatch=bell.datamatch,
+                                  deassign=True)
+            except Exception:
+                pass  # the VM is going away with it
+        fd = bell.fd
+        # Read what is left so a kick that raced the removal still reaches the handler, then close.
+        self.loop.remove_reader(fd, then=lambda: (self._ready(bell), os.close(fd)))
+
+    def remove_owner(self, owner: Hashable) -> int:
+        mine = [b for b in self.active if b.owner == owner]
+        for b in mine:
+            self.remove(b)
+        return len(mine)
+
+    def close(self) -> None:
+        for b in list(self.active):
+            self.remove(b)

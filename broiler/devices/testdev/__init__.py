@@ -1,0 +1,1 @@
+"""QEMU's test devices: fw_cfg, pc-testdev, pci-testdev."""

@@ -1,0 +1,136 @@
+"""Completing, in broiler, the instructions KVM's emulator cannot run: the bridge between a stopped vCPU
+(KVM_GET/SET_REGS, SREGS, KVM_TRANSLATE, vCPU events) and the KVM-free emulator in this package.
+
+See docs/linux.md §7 for which instructions and why.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import BroilerError, GuestMemoryError
+from .emulator import emulate
+from .state import GuestFault
+
+if TYPE_CHECKING:
+    from ..core.vcpu import VcpuThread
+
+
+class KvmGuestCpu:
+    """broiler.emulate.GuestCpu over a stopped vCPU: registers via KVM_GET/SET_REGS and SREGS, memory
+    through KVM_TRANSLATE and GuestMemory, exceptions through KVM_SET_VCPU_EVENTS."""
+
+    SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+
+    def __init__(self, thread: VcpuThread) -> None:
+        self.thread = thread
+        self.vcpu = thread.vcpu
+        self.memory = thread.machine.memory
+        self.regs = self.vcpu.get_regs()
+        self.sregs = self.vcpu.get_sregs()
+        self.dirty = False
+
+    def bitness(self) -> int:
+        from ..core.dump import cpu_bitness
+
+        return cpu_bitness(self.sregs)
+
+    def get_reg(self, name: str) -> int:
+        if name.endswith("_base") and name[:2] in self.SEGMENTS:
+            return int(getattr(self.sregs, name[:2]).base)
+        if name in ("cr0", "cr2", "cr3", "cr4", "efer"):
+            return int(getattr(self.sregs, name))
+        return int(getattr(self.regs, name))
+
+    def set_reg(self, name: str, value: int) -> None:
+        setattr(self.regs, name, value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.dirty = True
+
+    def _pages(self, addr: int, size: int, write: bool) -> list[tuple[int, int]]:
+        out = []
+        while size > 0:
+            chunk = min(size, 0x1000 - (addr & 0xFFF))
+            phys, valid = self.vcpu.translate(addr)
+            if not valid:
+                raise GuestFault(addr, write)
+            out.append((phys, chunk))
+            addr += chunk
+            size -= chunk
+        return out
+
+    def read_linear(self, addr: int, size: int) -> bytes:
+        try:
+            return b"".join(self.memory.read(p, n) for p, n in self._pages(addr, size, False))
+        except GuestMemoryError:
+            raise GuestFault(addr, False) from None
+
+    def write_linear(self, addr: int, data: bytes) -> None:
+        pos = 0
+        try:
+            for phys, n in self._pages(addr, len(data), True):
+                self.memory.write(phys, data[pos:pos + n])
+                pos += n
+        except GuestMemoryError:
+            raise GuestFault(addr, True) from None
+
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        events = self.vcpu.get_vcpu_events()
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = int(error_code is not None)
+        events.exception.error_code = error_code or 0
+        self.commit()
+        self.vcpu.set_vcpu_events(events)
+
+    def x87_status_word(self) -> int:
+        return int(self.vcpu.get_fpu().fsw)
+
+    def commit(self) -> None:
+        if self.dirty:
+            self.vcpu.set_regs(self.regs)
+            self.dirty = False
+
+
+def reported_instruction(data: list[int]) -> bytes | None:
+    """The instruction bytes KVM sent with an emulation failure (kvm_run.emulation_failure: flags bit 0 =
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, then insn_size and up to 15 bytes), or None."""
+    if len(data) < 3 or not data[0] & 1:
+        return None
+    raw = data[1].to_bytes(8, "little") + data[2].to_bytes(8, "little")
+    return raw[1:1 + min(raw[0], 15)] or None
+
+
+def _code_changed(thread: VcpuThread, cpu: KvmGuestCpu) -> bool:
+    """True when the bytes at RIP are no longer what KVM's emulator fetched: another vCPU rewrote the
+    code in between (Linux's text_poke_bp puts an int3 there while it patches). Measured with -c 2:
+    KVM reported `cc 90 …`, memory already held the finished `66 90`. Running KVM_RUN again executes
+    what is there now, as a real CPU would after the patcher's serialising IPI."""
+    reported = reported_instruction(thread.internal_error_data())
+    if reported is None:
+        return False
+    rip = cpu.get_reg("rip")
+    length = min(len(reported), 0x1000 - (rip & 0xFFF))     # stay on RIP's page
+    try:
+        now = cpu.read_linear(rip, length)
+    except (GuestFault, OSError):     # unmapped: let the emulator report it
+        return False
+    return now != reported[:length]
+
+
+def emulate_exit(thread: VcpuThread) -> str | None:
+    """Machine.emulate hook: None when the instruction was completed, else why not (for the dump)."""
+    try:
+        cpu = KvmGuestCpu(thread)
+        if cpu.bitness() == 64 and _code_changed(thread, cpu) and thread.code_changed_retries < 3:
+            thread.code_changed_retries += 1
+            thread.emulated["retried: code changed"] = thread.emulated.get("retried: code changed", 0) + 1
+            return None
+        thread.code_changed_retries = 0
+        result = emulate(cpu)
+    except (BroilerError, OSError) as exc:
+        return f"userspace emulation failed: {exc}"
+    if not result.handled:
+        return str(result)
+    cpu.commit()
+    thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
+    return None

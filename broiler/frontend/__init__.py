@@ -1,0 +1,1 @@
+"""The front end: command line, control socket, console, reports, trace, layout."""

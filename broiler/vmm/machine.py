@@ -1,0 +1,383 @@
+"""Machine assembly: one VM with its memory, buses, platform devices and vCPU threads.
+
+The order of assembly is explicit (kvmtool's init levels, spec §8 "init order"):
+
+1. open /dev/kvm, check capabilities, create the VM;
+2. VMX bookkeeping pages (TSS, identity map), in-kernel irqchip and PIT;
+3. guest RAM from the seed's memory map, registered as memory slots;
+4. buses and the platform devices (legacy dummies, debug exit, UART, the seed's demo devices);
+5. vCPUs (CPUID, LAPIC LINT0/LINT1);
+6. a loader writes the guest and sets the entry state; then ``run``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import exitcodes
+from ..boot.flat64 import SEL_CODE64, SEL_DATA, LongModeState, load_flat64
+from ..core.bus import Device, MmioBus, PioBus, Region
+from ..core.eventloop import EventLoop
+from ..core.ioeventfd import Doorbells
+from ..core.irq import Interrupts, IrqFd, IrqLine
+from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
+from ..core.vcpu import VcpuThread
+from ..devices.demo.async_demo import DEFAULT_DELAY
+from ..devices.legacy.serial import Serial8250
+from ..errors import ConfigError
+from ..kvm import Kvm, Vcpu, abi
+from ..kvm.abi import buffer_address
+from ..pci import PciHost
+
+if TYPE_CHECKING:
+    from ..emulate.syscall_assist import SyscallAssist
+
+REQUIRED_CAPS = [
+    (abi.KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
+    (abi.KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"),
+]
+IRQCHIP_CAPS = [
+    (abi.KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"),
+    (abi.KVM_CAP_PIT2, "KVM_CAP_PIT2"),
+]
+MAX_VCPUS = 16
+FLAT64_AP_STACK = 0x4000
+
+
+@dataclass
+class MachineConfig:
+    mem_size: int = 256 * MiB
+    cpus: int = 1
+    demo_devices: bool = True     # the seed's demo devices (off: --no-demo-devices)
+    irqchip: bool = True          # in-kernel PIC/IOAPIC/LAPIC and PIT
+    serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
+    async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
+    testdev: bool = False         # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
+    kvm_path: str = "/dev/kvm"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _noop_signal(signum: int, frame: object) -> None:
+    return None
+
+
+def _install_kick_handler() -> None:
+    """SIGUSR1 interrupts KVM_RUN in a vCPU thread (``Machine.kick``). Its handler does nothing and
+    stays installed for the life of the process, so a late kick can never kill it."""
+    if signal.getsignal(signal.SIGUSR1) is not _noop_signal:
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError("create the first Machine on the main thread (it installs a signal handler)")
+        signal.signal(signal.SIGUSR1, _noop_signal)
+
+
+class Machine:
+    def __init__(self, config: MachineConfig) -> None:
+        if not 1 <= config.cpus <= MAX_VCPUS:
+            raise ConfigError(f"--cpus must be between 1 and {MAX_VCPUS}, not {config.cpus}")
+        self.config = config
+        self.map = MemoryMap(config.mem_size)  # validates the size before touching KVM
+        self.kvm = Kvm(config.kvm_path)
+        self.kvm.require(REQUIRED_CAPS + (IRQCHIP_CAPS if config.irqchip else []))
+        self.vm = self.kvm.create_vm()
+        _install_kick_handler()
+        self.stopping = False
+        self.exit_status: int | None = None
+        self.exit_reason = ""
+        self._exit_lock = threading.Lock()
+        self._done = threading.Event()
+        self.coalesced_lock = threading.Lock()
+        self.emulate: Callable[[VcpuThread], str | None] | None = None
+        self.exit_handlers: dict[int, Callable[[VcpuThread], bool]] = {}
+        self.decisions: dict[str, dict[str, object]] = {}  # what a loader chose from the host, and why
+        self.syscall_assist: SyscallAssist | None = None  # Linux on KVM-PVM (broiler/emulate/syscall_assist.py)
+        self.on_stop: list[Callable[[], None]] = []
+        self.tracer: object | None = None  # set by broiler.frontend.trace.Tracer.attach
+        self.guest_name = "(nothing loaded)"
+
+        # VMX needs these two private regions in the 32-bit space; other backends ignore them.
+        if self.kvm.check_extension(abi.KVM_CAP_SET_TSS_ADDR) > 0:
+            self.vm.set_tss_addr(KVM_TSS_ADDR)
+            self.vm.set_identity_map_addr(KVM_IDENTITY_MAP_ADDR)
+        if config.irqchip:
+            self.vm.create_irqchip()
+            self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
+        self.irqs = Interrupts(self.vm, lambda: self.stopping, routing=config.irqchip)
+        self.loop = EventLoop()
+        # Without KVM_CAP_IOEVENTFD doorbells still work: every doorbell write traps to the device.
+        self.doorbells = Doorbells(self.vm if self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0 else None,
+                                   self.loop)
+        self.coalesced_pio = self.kvm.check_extension(abi.KVM_CAP_COALESCED_PIO) > 0
+
+        self.memory = GuestMemory(self.map)
+        for slot, (start, end, mm) in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, start, end - start, buffer_address(mm))
+
+        self.pio_bus = PioBus()
+        self.mmio_bus = MmioBus()
+        self.devices: list[Device] = []
+        self.coalesced_zones: list[tuple[int, int, bool]] = []
+        self.serial: Serial8250 | None = None
+        self.pci: PciHost | None = None
+        self._add_platform_devices()
+
+        self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.cpus)]
+        self.threads = [VcpuThread(self, v) for v in self.vcpus]
+        self._setup_cpus()
+
+    # -- devices ----------------------------------------------------------------------------
+    def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
+                name: str | None = None, coalesced: bool = False) -> Region:
+        """Put ``device`` on the port bus; ``coalesced`` queues its writes in the ring (KVM_CAP_COALESCED_PIO)."""
+        if coalesced and not self.coalesced_pio:
+            raise ConfigError("this host's KVM has no coalesced PIO")
+        return self._add(self.pio_bus, base, size, device, owner, name, coalesced)
+
+    def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
+                 name: str | None = None, coalesced: bool = False) -> Region:
+        """Put ``device`` on the MMIO bus; ``coalesced`` makes its writes go through the ring."""
+        return self._add(self.mmio_bus, base, size, device, owner, name, coalesced)
+
+    def _add(self, bus: PioBus | MmioBus, base: int, size: int, device: Device, owner: Hashable | None,
+             name: str | None, coalesced: bool) -> Region:
+        region = bus.register(base, size, device, owner=owner, name=name)
+        if coalesced:
+            pio = bus is self.pio_bus
+            try:
+                self.vm.register_coalesced(base, size, pio=pio)
+            except Exception:
+                bus.unregister(region)
+                raise
+            self.coalesced_zones.append((base, size, pio))
+        if device not in self.devices:
+            self.devices.append(device)
+        return region
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine:
+        return self.irqs.alloc_line(owner, kind)
+
+    def alloc_edge_line(self, owner: str, kind: str = "isa") -> IrqLine | IrqFd:
+        return self.irqs.alloc_edge_line(owner, kind)
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> object:
+        return self.loop.call_later(delay, fn)
+
+    def signal_msi(self, address: int, data: int) -> None:
+        self.irqs.signal_msi(address, data)
+
+    def _add_platform_devices(self) -> None:
+        from .platform import add_platform_devices
+
+        add_platform_devices(self, self.config)
+
+    def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
+        if not self.config.irqchip:
+            return None
+        return lambda level: self.irq_line(gsi, level)
+
+    def irq_line(self, gsi: int, level: int) -> None:
+        self.irqs.line(gsi).set_level(level)
+
+    # -- CPUs ---------------------------------------------------------------------------------
+    def _setup_cpus(self) -> None:
+        supported = self.kvm.supported_cpuid()
+        for vcpu in self.vcpus:
+            entries = []
+            for e in supported:
+                e2 = abi.kvm_cpuid_entry2.from_buffer_copy(e)
+                if e2.function == 1:
+                    e2.ebx = (e2.ebx & 0x00FFFFFF) | (vcpu.id << 24)  # initial APIC ID
+                    e2.ecx |= 1 << 31  # hypervisor present
+                entries.append(e2)
+            vcpu.set_cpuid(entries)
+            fpu = abi.kvm_fpu()
+            fpu.fcw = 0x37F
+            fpu.mxcsr = 0x1F80
+            vcpu.set_fpu(fpu)
+            if self.config.irqchip:
+                self._setup_lapic(vcpu)
+
+    @staticmethod
+    def _setup_lapic(vcpu: Vcpu) -> None:
+        """LINT0 = ExtINT and LINT1 = NMI, as a PC BIOS leaves them (spec §4.1)."""
+        state = vcpu.get_lapic()
+        regs = bytearray(state.regs)
+        for offset, mode in ((0x350, 7), (0x360, 4)):
+            value = int.from_bytes(regs[offset:offset + 4], "little")
+            value = (value & ~0x700 & ~(1 << 16)) | (mode << 8)
+            regs[offset:offset + 4] = value.to_bytes(4, "little")
+        state.regs = bytes(regs)
+        vcpu.set_lapic(state)
+
+    @staticmethod
+    def enter(vcpu: Vcpu, *, rip: int, regs: dict[str, int], cs: abi.kvm_segment, data: abi.kvm_segment,
+              cr0: int, cr3: int, cr4: int, efer: int, gdt: tuple[int, int] | None = None,
+              idt: tuple[int, int] | None = None, tr: abi.kvm_segment | None = None) -> None:
+        """Set a vCPU's entry state: the one place every loader's CPU state goes through. GDT, IDT and
+        TR left as None keep what KVM has; general registers not named in ``regs`` are 0."""
+        sregs = vcpu.get_sregs()
+        sregs.cs = cs
+        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+        if tr is not None:
+            sregs.tr = tr
+        if gdt is not None:
+            sregs.gdt.base, sregs.gdt.limit = gdt
+        if idt is not None:
+            sregs.idt.base, sregs.idt.limit = idt
+        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = cr0, cr3, cr4, efer
+        vcpu.set_sregs(sregs)
+        kregs = abi.kvm_regs()
+        kregs.rip = rip
+        for name, value in regs.items():
+            setattr(kregs, name, value)
+        vcpu.set_regs(kregs)
+
+    @staticmethod
+    def flat_segment(selector: int, *, code: bool, long_mode: bool = False) -> abi.kvm_segment:
+        """A flat 4 GiB ring-0 segment: code (execute/read) or data (read/write)."""
+        return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=11 if code else 3, present=1,
+                               dpl=0, db=0 if long_mode else 1, s=1, l=int(long_mode), g=1)
+
+    def set_long_mode(self, vcpu: Vcpu, state: LongModeState, *, rsp: int | None = None, rdi: int = 0) -> None:
+        self.enter(vcpu, rip=state.rip, regs={"rsp": state.rsp if rsp is None else rsp, "rflags": 0x2, "rdi": rdi},
+                   cs=self.flat_segment(SEL_CODE64, code=True, long_mode=True),
+                   data=self.flat_segment(SEL_DATA, code=False), cr0=state.cr0, cr3=state.cr3, cr4=state.cr4,
+                   efer=state.efer, gdt=(state.gdt_base, state.gdt_limit), idt=(0, 0))
+
+    def set_protected_mode(self, vcpu: Vcpu, *, entry: int, eax: int, ebx: int) -> None:
+        """32-bit protected mode, paging off, flat segments, interrupts off (the Multiboot state)."""
+        self.enter(vcpu, rip=entry, regs={"rax": eax, "rbx": ebx, "rflags": 0x2},
+                   cs=self.flat_segment(0x08, code=True), data=self.flat_segment(0x10, code=False),
+                   cr0=0x11, cr3=0, cr4=0, efer=0)  # CR0 = PE | ET
+
+    # -- loaders ------------------------------------------------------------------------------
+    def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:
+        """Load a Multiboot v1 kernel; vCPU 0 enters it, the others wait for INIT/SIPI like real APs."""
+        from ..boot.multiboot import load_multiboot_files
+
+        image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds)
+        self.guest_name = f"multiboot {kernel}"
+        self.set_protected_mode(self.vcpus[0], entry=image.entry, eax=image.eax, ebx=image.info_addr)
+        return image
+
+    def enable_syscall_assist(self, spare_pages: Sequence[int]) -> SyscallAssist:
+        """Complete user-mode ``syscall`` in broiler (for KVM-PVM; broiler/emulate/syscall.py).
+        ``spare_pages``: guest-physical pages the guest never uses, for the trampoline's page tables."""
+        from ..emulate.syscall_assist import SyscallAssist
+
+        self.syscall_assist = SyscallAssist(self, spare_pages)
+        return self.syscall_assist
+
+    def load_flat64(self, image: bytes) -> None:
+        """Load a flat64 image. Every vCPU enters at its first byte together, with RDI = its index
+        and its own 16 KiB stack below 0x80000 (the flat64 contract; no INIT/SIPI dance needed)."""
+        state = load_flat64(self.memory, image)
+        self.guest_name = f"flat64 image ({len(image)} bytes)"
+        for vcpu in self.vcpus:
+            self.set_long_mode(vcpu, state, rsp=state.rsp - vcpu.id * FLAT64_AP_STACK, rdi=vcpu.id)
+            if vcpu.id and self.config.irqchip:
+                vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)  # APs would otherwise wait for SIPI
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> int:
+        """Run until the guest or the user ends the VM; returns the process exit status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        previous = self._install_signal_handlers()
+        try:
+            self.loop.start()
+            for t in self.threads:
+                t.start()
+            while not self._done.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self.request_exit(exitcodes.TIMEOUT, f"timeout after {timeout:g} s")
+                    break
+                self._done.wait(0.25 if remaining is None else min(remaining, 0.25))
+        finally:
+            self.stop()
+            self._restore_signal_handlers(previous)
+        return exitcodes.OK if self.exit_status is None else self.exit_status
+
+    def request_exit(self, status: int, reason: str) -> None:
+        """End the VM (from any thread). The first request decides the exit status."""
+        with self._exit_lock:
+            if self.exit_status is None:
+                self.exit_status = status
+                self.exit_reason = reason
+        self.stopping = True
+        self._done.set()
+        self._kick_vcpus()
+
+    def debug_exit(self, status: int) -> None:
+        self.request_exit(status, f"debug exit {status >> 1:#x}")
+
+    def vcpu_stopped(self, thread: VcpuThread) -> None:
+        if all(t.stopped.is_set() for t in self.threads):
+            self._done.set()
+
+    def _kick_vcpus(self) -> None:
+        for t in self.threads:
+            t.request_immediate_exit()
+            self.kick(t)
+
+    @staticmethod
+    def kick(t: VcpuThread) -> None:
+        """Interrupt KVM_RUN on that vCPU's thread (SIGUSR1; its Python handler does nothing)."""
+        ident = t.thread.ident
+        if ident is not None and t.thread.is_alive() and ident != threading.get_ident():
+            try:
+                signal.pthread_kill(ident, signal.SIGUSR1)
+            except (ProcessLookupError, OSError):
+                pass
+
+    def stop(self) -> None:
+        if not self.stopping:
+            self.request_exit(exitcodes.OK, "stopped")
+        self._kick_vcpus()
+        for t in self.threads:
+            if t.thread.is_alive() and t.thread.ident != threading.get_ident():
+                t.thread.join(timeout=5)
+                if t.thread.is_alive():  # a signal raced the KVM_RUN entry: kick again
+                    self._kick_vcpus()
+                    t.thread.join(timeout=5)
+        if self.threads:
+            self.threads[0].drain_coalesced()  # nothing the guest wrote is lost
+        self.doorbells.close()
+        self.irqs.close()
+        self.loop.stop()
+        for hook in self.on_stop:
+            hook()
+        self.on_stop.clear()
+
+    def _install_signal_handlers(self) -> dict[int, object]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, object] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(
+                sig, lambda signum, _f: self.request_exit(exitcodes.INTERRUPTED,
+                                                          f"signal {signal.Signals(signum).name}"))
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, object]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.loop.close()
+        for v in self.vcpus:
+            v.close()
+        self.vm.close()
+        self.kvm.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,199 @@
+"""The platform: which devices every VM gets, in which order, at which addresses.
+
+``add_platform_devices`` is the single list of devices (kvmtool's ordered init levels, spec §8; an
+explicit order, never import order). It works on anything that offers the small registration API of
+``Machine`` — ``PlatformSketch`` implements the same API without KVM, for `broiler layout`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import exitcodes
+from ..core.bus import Device, MmioBus, PioBus, Region
+from ..core.eventloop import EventLoop
+from ..core.ioeventfd import Doorbells
+from ..core.irq import IrqAllocator
+from ..core.memory import GuestMemory, MemoryMap
+from ..devices.demo.async_demo import ASYNC_DEVICES, AsyncDemo
+from ..devices.demo.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
+from ..devices.demo.coalesced_log import LOG_BASE, LOG_SIZE, CoalescedLog
+from ..devices.demo.pci_demos import (
+    AsyncMmioPci,
+    AsyncPioPci,
+    IntxDemoPci,
+    MsiDemoPci,
+    MsixDemoPci,
+    PciBaseDemo,
+    SyncMmioPci,
+    SyncPioPci,
+)
+from ..devices.demo.pci_dma import DmaBufPci, DmaIntxPci, DmaMsiPci, DmaMsixPci
+from ..devices.demo.sync_demo import SYNC_BLOCK_SIZE, SYNC_MMIO_BASE, SYNC_PIO_BASE, SyncRegisters
+from ..devices.legacy.acpi_pm import PM1A_EVT, PM_BLOCK_SIZE, AcpiPm
+from ..devices.legacy.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
+from ..devices.legacy.cmos import CMOS_INDEX, CMOS_SIZE, Cmos
+from ..devices.legacy.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
+from ..devices.legacy.i8042 import I8042, I8042_COMMAND, I8042_DATA
+from ..devices.legacy.ports import register_legacy_ports
+from ..devices.legacy.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
+from ..devices.testdev.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
+from ..devices.testdev.pc_testdev import PcTestdev
+from ..devices.testdev.pci_testdev import PciTestDev
+from ..pci import PciFunction, PciHost
+from ..pci.interfaces import IrqLine
+
+if TYPE_CHECKING:
+    from .machine import Machine, MachineConfig
+
+
+def _stdout_writer(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+# Port devices no Linux driver claims. Linux boots declare them in the DSDT as motherboard resources
+# (broiler/boot/linux/acpi.py), so the kernel reserves them and /proc/ioports lists them.
+FIRMWARE_DECLARED_PORTS = frozenset({"sync-pio", "vpic", "vioapic", "async-pio", "bochs-shutdown"})
+
+
+def firmware_declared_ports(bus: PioBus) -> list[tuple[int, int]]:
+    """(base, size) of the FIRMWARE_DECLARED_PORTS this machine has, in address order."""
+    return [(r.base, r.size) for r in bus.regions() if r.name in FIRMWARE_DECLARED_PORTS]
+
+
+def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+    """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
+    register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
+    m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
+    m.add_pio(SHUTDOWN_PORT, 1, BochsShutdown(lambda status: m.request_exit(status, "guest powered off")))
+    kbc = I8042(lambda: m.request_exit(exitcodes.OK, "reset via the i8042"), m.irq_line)
+    m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
+    m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
+    m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
+    m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
+    output = config.serial_output or _stdout_writer
+    m.serial = Serial8250(output, m.irq_setter(COM1_IRQ), name="ttyS0")
+    m.add_pio(COM1_BASE, UART_SIZE, m.serial)
+    if config.demo_devices:
+        m.add_pio(SYNC_PIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-pio"))
+        m.add_mmio(SYNC_MMIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-mmio"))
+        for spec in ASYNC_DEVICES:
+            line = (m.alloc_edge_line if spec.edge else m.alloc_line)(spec.name, spec.irq_kind)
+            device = AsyncDemo(spec, line, m.schedule, config.async_delay)
+            (m.add_pio if spec.pio else m.add_mmio)(spec.base, ASYNC_BLOCK_SIZE, device)
+            m.doorbells.add(pio=spec.pio, addr=spec.base, length=spec.doorbell_width, datamatch=None,
+                            callback=device.ring, owner=spec.name)
+        m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
+    m.pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
+    if config.demo_devices:
+        add_pci_demo_devices(m, config)
+    if config.testdev:
+        add_qemu_test_devices(m, config)
+
+
+def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+    """The seed's PCI demos (spec §6.3), in this fixed order: slots 1-12, whatever gets imported when.
+
+    INTx devices get IOAPIC-only lines (16 and up, level-triggered, active high); MSI/MSI-X devices
+    deliver through KVM_SIGNAL_MSI. The async "work" takes ``config.async_delay`` seconds (Broiler:
+    2 s, or 5 s for the INTx and DMA demos).
+    """
+    delay, schedule, msi = config.async_delay, m.schedule, m.signal_msi
+
+    def intx(name: str) -> IrqLine:
+        return m.alloc_line(name, "ioapic")
+
+    pci_devices: list[PciFunction] = [
+        SyncPioPci(), SyncMmioPci(), PciBaseDemo(),
+        AsyncPioPci(irq=intx("async-pio-pci"), schedule=schedule, delay=delay),
+        AsyncMmioPci(irq=intx("async-mmio-pci"), schedule=schedule, delay=delay),
+        IntxDemoPci(irq=intx("intx-pci"), schedule=schedule, delay=delay),
+        MsiDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
+        MsixDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
+        DmaIntxPci(memory=m.memory, irq=intx("dma-intx-pci"), schedule=schedule, delay=delay),
+        DmaMsiPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaMsixPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaBufPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=0.0),
+    ]
+    for device in pci_devices:
+        m.pci.add(device)
+
+
+def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+    """QEMU's test devices, for kernels written against them (kvm-unit-tests style; issue 5)."""
+    m.add_pio(FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg(ram_size=config.mem_size, cpus=config.cpus))
+    # pc-testdev's "flush page" is a documented no-op: KVM shares broiler's pages, so there is
+    # nothing stale to re-fault (QEMU mprotects the page to force a re-fault of its own mapping).
+    testdev = PcTestdev.create(set_irq=m.irq_line, flush_page=lambda gpa: None)
+    for kind, base, size, device, name in testdev.regions():
+        (m.add_pio if kind == "pio" else m.add_mmio)(base, size, device, name=name)
+    m.pci.add(PciTestDev())
+
+
+class PlatformSketch:
+    """The platform's buses and devices without a VM: what `broiler layout` prints."""
+
+    def __init__(self, config: MachineConfig) -> None:
+        self.config = config
+        self.map = MemoryMap(config.mem_size)
+        self.pio_bus = PioBus()
+        self.mmio_bus = MmioBus()
+        self.devices: list[Device] = []
+        self.serial: Serial8250 | None = None
+        self.allocator = IrqAllocator()
+        self.doorbells = Doorbells(None, EventLoop())
+        self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
+        self.pci: PciHost | None = None
+        add_platform_devices(self, config)
+
+
+    def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
+                name: str | None = None, coalesced: bool = False) -> Region:
+        self.devices.append(device)
+        return self.pio_bus.register(base, size, device, owner=owner, name=name)
+
+    def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
+                 name: str | None = None, coalesced: bool = False) -> Region:
+        self.devices.append(device)
+        return self.mmio_bus.register(base, size, device, owner=owner, name=name)
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> _SketchLine:
+        return _SketchLine(self.allocator.alloc(owner, kind))
+
+    alloc_edge_line = alloc_line
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        return None
+
+    def signal_msi(self, address: int, data: int) -> None:
+        return None
+
+    def request_exit(self, status: int, reason: str) -> None:
+        return None
+
+    def debug_exit(self, status: int) -> None:
+        return None
+
+    def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
+        return None
+
+    def irq_line(self, gsi: int, level: int) -> None:
+        return None
+
+
+@dataclass
+class _SketchLine:
+    gsi: int
+
+    def set_level(self, level: int) -> None: ...
+
+    def raise_(self) -> None: ...
+
+    def lower(self) -> None: ...
+
+    def pulse(self) -> None: ...
