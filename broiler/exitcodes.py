@@ -4,16 +4,23 @@ Odd statuses belong to the guest: isa-debug-exit turns a write of v into (v << 1
 statuses are therefore all even, so a script can always tell who ended the run.
 """
 
-OK = 0                 # the guest powered off, reset, or a flat64 guest halted
-USAGE = 2              # bad command line or configuration (one line on stderr)
-NO_KVM = 4             # this host cannot run KVM guests
-GUEST_FATAL = 6        # triple fault, emulation failure, entry failure: register dump on stderr
-TIMEOUT = 8            # --timeout expired
-INTERNAL = 10          # a bug in broiler (traceback on stderr)
-INTERRUPTED = 130      # Ctrl-C, SIGTERM or `broiler stop`
+OK = 0  # the guest powered off, reset, or a flat64 guest halted
+USAGE = 2  # bad command line or configuration (one line on stderr)
+NO_KVM = 4  # this host cannot run KVM guests
+GUEST_FATAL = 6  # triple fault, emulation failure, entry failure: register dump on stderr
+TIMEOUT = 8  # --timeout expired
+INTERNAL = 10  # a bug in broiler (traceback on stderr)
+INTERRUPTED = 130  # Ctrl-C, SIGTERM or `broiler stop`
 
-NAMES = {OK: "ok", USAGE: "usage", NO_KVM: "no-kvm", GUEST_FATAL: "guest-fatal", TIMEOUT: "timeout",
-         INTERNAL: "internal-error", INTERRUPTED: "interrupted"}
+NAMES = {
+    OK: "ok",
+    USAGE: "usage",
+    NO_KVM: "no-kvm",
+    GUEST_FATAL: "guest-fatal",
+    TIMEOUT: "timeout",
+    INTERNAL: "internal-error",
+    INTERRUPTED: "interrupted",
+}
 
 
 def describe(status: int) -> str:

@@ -28,13 +28,38 @@ HERE = Path(__file__).resolve().parent
 LIB = HERE / "lib"
 DEFAULT_OUT = HERE.parent / "broiler" / "guests"
 
-CFLAGS = ["-m64", "-std=gnu11", "-O2", "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector",
-          "-mno-red-zone", "-mgeneral-regs-only", "-fno-asynchronous-unwind-tables",
-          "-fcf-protection=none", "-fno-exceptions", "-nostdlib", "-Wall", "-Werror", f"-I{LIB}",
-          # one section per function and object, so --gc-sections drops the toolkit parts a guest does not use
-          "-ffunction-sections", "-fdata-sections"]
-LDFLAGS = ["-m", "elf_x86_64", "--build-id=none", "-nostdlib", "-static", "--gc-sections", "-z", "noexecstack",
-           "--no-warn-rwx-segments"]
+CFLAGS = [
+    "-m64",
+    "-std=gnu11",
+    "-O2",
+    "-ffreestanding",
+    "-fno-pic",
+    "-fno-pie",
+    "-fno-stack-protector",
+    "-mno-red-zone",
+    "-mgeneral-regs-only",
+    "-fno-asynchronous-unwind-tables",
+    "-fcf-protection=none",
+    "-fno-exceptions",
+    "-nostdlib",
+    "-Wall",
+    "-Werror",
+    f"-I{LIB}",
+    # one section per function and object, so --gc-sections drops the toolkit parts a guest does not use
+    "-ffunction-sections",
+    "-fdata-sections",
+]
+LDFLAGS = [
+    "-m",
+    "elf_x86_64",
+    "--build-id=none",
+    "-nostdlib",
+    "-static",
+    "--gc-sections",
+    "-z",
+    "noexecstack",
+    "--no-warn-rwx-segments",
+]
 MULTIBOOT = HERE / "multiboot"
 
 
@@ -62,8 +87,21 @@ def _build_multiboot(tmp: Path, out: Path) -> list[Path]:
         obj = tmp / f"mb_{src.stem}.o"
         elf = tmp / f"mb_{src.stem}.elf"
         _compile(src, obj)
-        subprocess.run(["ld", *LDFLAGS, "-z", "max-page-size=0x1000", "-T", str(MULTIBOOT / "link.ld"),
-                        "-o", str(elf), *map(str, common), str(obj)], check=True)
+        subprocess.run(
+            [
+                "ld",
+                *LDFLAGS,
+                "-z",
+                "max-page-size=0x1000",
+                "-T",
+                str(MULTIBOOT / "link.ld"),
+                "-o",
+                str(elf),
+                *map(str, common),
+                str(obj),
+            ],
+            check=True,
+        )
         image = out / f"{src.stem}.elf"
         subprocess.run(["objcopy", "-O", "elf32-i386", str(elf), str(image)], check=True)
         built.append(image)
@@ -88,8 +126,9 @@ def build(out: Path) -> list[Path]:
             obj = tmp / f"{src.stem}.o"
             elf = tmp / f"{src.stem}.elf"
             _compile(src, obj)
-            subprocess.run(["ld", *LDFLAGS, "-T", str(LIB / "flat64.ld"), "-o", str(elf), *lib_objs, str(obj)],
-                           check=True)
+            subprocess.run(
+                ["ld", *LDFLAGS, "-T", str(LIB / "flat64.ld"), "-o", str(elf), *lib_objs, str(obj)], check=True
+            )
             image = out / f"{src.stem}.bin"
             subprocess.run(["objcopy", "-O", "binary", str(elf), str(image)], check=True)
             built.append(image)

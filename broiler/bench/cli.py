@@ -20,10 +20,13 @@ _positive_int = positive(int)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="cost per guest operation of every IO path, beside a C floor",
-                              description="One table: per IO path, µs per guest operation for a C KVM_RUN "
-                              "loop (the floor), a bare Python loop and broiler, with ratios; plus start-up "
-                              "time and 1-vs-2-vCPU scaling. See docs/bench.md.")
+    p = subparsers.add_parser(
+        "bench",
+        help="cost per guest operation of every IO path, beside a C floor",
+        description="One table: per IO path, µs per guest operation for a C KVM_RUN "
+        "loop (the floor), a bare Python loop and broiler, with ratios; plus start-up "
+        "time and 1-vs-2-vCPU scaling. See docs/bench.md.",
+    )
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="also draw bars and the doorbell histogram (matplotlib)")
@@ -34,8 +37,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-vCPU run")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
     p.add_argument("--startup-mem", default="4G", metavar="SIZE", help="guest RAM of the start-up VM (4G)")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also measure where broiler's sync exit time goes (loop variants, same VM)")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also measure where broiler's sync exit time goes (loop variants, same VM)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")
     return p
 

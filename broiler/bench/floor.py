@@ -38,8 +38,7 @@ class MemfdGuestMemory(GuestMemory):
         self.regions = []
         offset = 0
         for r in memory_map.ram:
-            mm = mmap.mmap(self.fd, r.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                           offset=offset)
+            mm = mmap.mmap(self.fd, r.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
             self.regions.append((r.start, r.end, mm))
             offset += r.size
 
@@ -68,26 +67,47 @@ def build(workdir: Path) -> Path:
     return exe
 
 
-def config_text(mem_fd: int, mem_size: int, state: LongModeState, cpus: int, batches: list[Batch],
-                zones: list[str]) -> str:
-    lines = [f"mem_fd {mem_fd}", f"mem {mem_size:#x}", f"cpus {cpus}", f"ctrl {CTRL_PORT:#x}",
-             f"params {BENCH_PARAMS:#x} {PARAMS_STRIDE}",
-             "state " + " ".join(hex(v) for v in (state.cr0, state.cr3, state.cr4, state.efer, state.gdt_base,
-                                                  state.gdt_limit, state.rip, state.rsp, AP_STACK_STEP)),
-             *zones]
+def config_text(
+    mem_fd: int, mem_size: int, state: LongModeState, cpus: int, batches: list[Batch], zones: list[str]
+) -> str:
+    lines = [
+        f"mem_fd {mem_fd}",
+        f"mem {mem_size:#x}",
+        f"cpus {cpus}",
+        f"ctrl {CTRL_PORT:#x}",
+        f"params {BENCH_PARAMS:#x} {PARAMS_STRIDE}",
+        "state "
+        + " ".join(
+            hex(v)
+            for v in (
+                state.cr0,
+                state.cr3,
+                state.cr4,
+                state.efer,
+                state.gdt_base,
+                state.gdt_limit,
+                state.rip,
+                state.rsp,
+                AP_STACK_STEP,
+            )
+        ),
+        *zones,
+    ]
     lines += [f"batch {b.op} {b.addr:#x} {b.n}" for b in batches]
     return "\n".join(lines) + "\n"
 
 
-def run_floor(exe: Path, image: bytes, mem_size: int, cpus: int, batches: list[Batch], zones: list[str],
-              timeout: float = 600) -> dict[str, object]:
+def run_floor(
+    exe: Path, image: bytes, mem_size: int, cpus: int, batches: list[Batch], zones: list[str], timeout: float = 600
+) -> dict[str, object]:
     """Run one floor process; returns its JSON (startup_ns, batches_ns, exits)."""
     memory = MemfdGuestMemory(MemoryMap(mem_size))
     try:
         state = load_flat64(memory, image)
         text = config_text(memory.fd, mem_size, state, cpus, batches, zones)
-        proc = subprocess.run([str(exe)], input=text, capture_output=True, text=True, timeout=timeout,
-                              pass_fds=(memory.fd,))
+        proc = subprocess.run(
+            [str(exe)], input=text, capture_output=True, text=True, timeout=timeout, pass_fds=(memory.fd,)
+        )
     finally:
         memory.close()
     if proc.returncode != 0:

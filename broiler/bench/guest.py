@@ -17,16 +17,16 @@ BENCH_PARAMS = 0x90000
 PARAMS_STRIDE = 64
 FLAG_OFFSET = 24
 CTRL_PORT = 0x6078
-AP_STACK_STEP = 0x8000   # vCPU k starts with RSP = STACK_TOP - k * AP_STACK_STEP
+AP_STACK_STEP = 0x8000  # vCPU k starts with RSP = STACK_TOP - k * AP_STACK_STEP
 AP_STACK_TOP = STACK_TOP
 
 OP_STOP, OP_NOP, OP_PIO_OUT, OP_PIO_IN, OP_MMIO_WRITE, OP_MMIO_READ, OP_PINGPONG = range(7)
 
 # Where the paths live: next to the seed's demo devices, inside the platform MMIO page.
-SYNC_PORT = 0x6070          # a registered Python device (4 bytes)
-IOEVENTFD_PORT = 0x6074     # caught by an ioeventfd (any value)
-DOORBELL_PORT = 0x607C      # ioeventfd whose handler sets the guest's flag (ping-pong)
-SYNC_MMIO = 0xD000_0100     # a registered Python device (16 bytes)
+SYNC_PORT = 0x6070  # a registered Python device (4 bytes)
+IOEVENTFD_PORT = 0x6074  # caught by an ioeventfd (any value)
+DOORBELL_PORT = 0x607C  # ioeventfd whose handler sets the guest's flag (ping-pong)
+SYNC_MMIO = 0xD000_0100  # a registered Python device (16 bytes)
 IOEVENTFD_MMIO = 0xD000_0200
 COALESCED_MMIO = 0xD000_0300
 COALESCED_SIZE = 0x100
@@ -62,11 +62,11 @@ SCALING_PATH = "pio_out"
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    path: str     # Path.key
+    path: str  # Path.key
     n: int
     op: int
     addr: int
-    tag: str      # "warmup", "n1" or "n2"
+    tag: str  # "warmup", "n1" or "n2"
     rep: int
 
 

@@ -197,8 +197,7 @@ def bare_loop(ctx: LoopContext) -> None:
             raise RuntimeError(f"bare loop: unexpected exit reason {reason} on vCPU {cpu}")
 
 
-def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int,
-             loop: Loop = bare_loop) -> HostResult:
+def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, loop: Loop = bare_loop) -> HostResult:
     m = new_machine(cpus, mem_size)
     efds: list[int] = []
     contexts: list[LoopContext] = []
@@ -218,16 +217,30 @@ def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int,
         if PINGPONG in kinds:
             efds.append(os.eventfd(0, os.EFD_CLOEXEC))
             m.vm.ioeventfd(efds[-1], DOORBELL_PORT, 4, pio=True, datamatch=None)
-            doorbell_thread = threading.Thread(target=_doorbell_reader, name="bench-doorbell", daemon=True,
-                                               args=(efds[-1], m.memory.view(BENCH_PARAMS + FLAG_OFFSET, 4),
-                                                     stop_doorbell))
+            doorbell_thread = threading.Thread(
+                target=_doorbell_reader,
+                name="bench-doorbell",
+                daemon=True,
+                args=(efds[-1], m.memory.view(BENCH_PARAMS + FLAG_OFFSET, 4), stop_doorbell),
+            )
             doorbell_thread.start()
         for k, vcpu in enumerate(m.vcpus):
             page = memoryview(vcpu.run_page)
-            ring = page[vcpu.coalesced_page * 4096:(vcpu.coalesced_page + 1) * 4096] if coalesced else None
-            contexts.append(LoopContext(m, k, vcpu.fd, driver, page.cast("B"), page.cast("H"), page.cast("I"),
-                                        page.cast("Q"), ring.cast("I") if ring else None,
-                                        ring.cast("Q") if ring else None))
+            ring = page[vcpu.coalesced_page * 4096 : (vcpu.coalesced_page + 1) * 4096] if coalesced else None
+            contexts.append(
+                LoopContext(
+                    m,
+                    k,
+                    vcpu.fd,
+                    driver,
+                    page.cast("B"),
+                    page.cast("H"),
+                    page.cast("I"),
+                    page.cast("Q"),
+                    ring.cast("I") if ring else None,
+                    ring.cast("Q") if ring else None,
+                )
+            )
         errors: list[BaseException] = []
 
         def main(ctx: LoopContext) -> None:

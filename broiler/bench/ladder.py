@@ -202,8 +202,11 @@ def build_fastpath(workdir: Path) -> ModuleType | None:
     if cc is None or not include or not (Path(include) / "Python.h").is_file() or not FASTPATH_SOURCE.is_file():
         return None
     target = workdir / f"broiler_fastpath{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-    proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", "-o", str(target), str(FASTPATH_SOURCE)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [cc, "-O2", "-shared", "-fPIC", f"-I{include}", "-o", str(target), str(FASTPATH_SOURCE)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return None
     spec = importlib.util.spec_from_file_location("broiler_fastpath", target)
@@ -222,8 +225,18 @@ def compiled(module: ModuleType) -> Callable[[LoopContext], None]:
         pio, mmio = m.pio_bus.find(SYNC_PORT), m.mmio_bus.find(SYNC_MMIO)
         assert pio is not None and mmio is not None
         driver, cpu = ctx.driver, ctx.cpu
-        module.loop(ctx.fd, abi.buffer_address(m.vcpus[cpu].run_page), CTRL_PORT, lambda _k: driver.control(cpu),
-                    SYNC_PORT, 4, pio.device, SYNC_MMIO, DEVICE_SIZE, mmio.device)
+        module.loop(
+            ctx.fd,
+            abi.buffer_address(m.vcpus[cpu].run_page),
+            CTRL_PORT,
+            lambda _k: driver.control(cpu),
+            SYNC_PORT,
+            4,
+            pio.device,
+            SYNC_MMIO,
+            DEVICE_SIZE,
+            mmio.device,
+        )
 
     return loop
 
@@ -242,8 +255,9 @@ STEPS: list[Step] = [
 ]
 
 
-def run_ladder(opts: Any, steps: list[Step] | None = None,
-               path_keys: tuple[str, ...] = LADDER_PATHS) -> dict[str, object]:
+def run_ladder(
+    opts: Any, steps: list[Step] | None = None, path_keys: tuple[str, ...] = LADDER_PATHS
+) -> dict[str, object]:
     """Every step's per-operation cost per path, the steps interleaved round by round like the bench."""
     with tempfile.TemporaryDirectory(prefix="broiler-ladder-") as tmp:
         floor_exe: Path | None = None
@@ -255,8 +269,13 @@ def run_ladder(opts: Any, steps: list[Step] | None = None,
             steps = [s for s in STEPS if s[2] != "floor" or floor_exe is not None]
             module = build_fastpath(Path(tmp))
             if module is not None:
-                steps.append(("compiled", "broiler/bench/fastpath.c: C decode, then the device's Python read/write "
-                              "(experiment)", compiled(module)))
+                steps.append(
+                    (
+                        "compiled",
+                        "broiler/bench/fastpath.c: C decode, then the device's Python read/write (experiment)",
+                        compiled(module),
+                    )
+                )
         return _run_steps(opts, steps, path_keys, floor_exe)
 
 
@@ -293,8 +312,12 @@ def render_ladder(ladder: dict[str, Any]) -> list[str]:
     keys = ladder["paths"]
     # The minimum, not the median: other load on the machine only ever adds time, and the steps differ
     # by tenths of a µs while a busy neighbour moves single runs by whole µs.
-    lines = ["", "breakdown of a sync exit (µs per operation, best repetition; Δ = this step minus the one above;",
-             "and × the C floor", f"{'step':<10} " + " ".join(f"{k:>24}" for k in keys) + "  what"]
+    lines = [
+        "",
+        "breakdown of a sync exit (µs per operation, best repetition; Δ = this step minus the one above;",
+        "and × the C floor",
+        f"{'step':<10} " + " ".join(f"{k:>24}" for k in keys) + "  what",
+    ]
     previous: dict[str, float] = {}
     floor: dict[str, float] = {}
     for row in ladder["steps"]:

@@ -30,14 +30,29 @@ def measure(number: int = NUMBER) -> list[tuple[str, float]]:
     class M:
         stopping = False
 
-    ns: dict[str, object] = {"u8": u8, "u16": u16, "u32": u32, "u64": u64, "views": views, "bus": bus,
-                             "region": region, "device": device, "m": M(), "counts": [0] * 64,
-                             "ring32": u32, "port": SYNC_PORT, "view": u32, "perf": __import__("time").perf_counter_ns}
+    ns: dict[str, object] = {
+        "u8": u8,
+        "u16": u16,
+        "u32": u32,
+        "u64": u64,
+        "views": views,
+        "bus": bus,
+        "region": region,
+        "device": device,
+        "m": M(),
+        "counts": [0] * 64,
+        "ring32": u32,
+        "port": SYNC_PORT,
+        "view": u32,
+        "perf": __import__("time").perf_counter_ns,
+    }
     pieces = [
         ("empty statement (timeit floor)", "pass"),
         ("reason = u32[2]", "reason = u32[2]"),
-        ("decode port, size, count, offset, dir, view",
-         "port = u16[17]; size = u8[33]; count = u32[9]; offset = u64[5]; d = u8[32]; view = views[size]"),
+        (
+            "decode port, size, count, offset, dir, view",
+            "port = u16[17]; size = u8[33]; count = u32[9]; offset = u64[5]; d = u8[32]; view = views[size]",
+        ),
         ("stopping flag + counts[reason] += 1", "m.stopping; counts[2] += 1"),
         ("ring check (ring32[0] != ring32[1])", "ring32[0] != ring32[1]"),
         ("bus.cache.get(port) or bus.resolve(port)", "bus.cache.get(port) or bus.resolve(port)"),

@@ -17,8 +17,9 @@ def check_available() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotUnavailable("--plot needs matplotlib (pip install matplotlib); "
-                              "the table and the JSON are unaffected") from None
+        raise PlotUnavailable(
+            "--plot needs matplotlib (pip install matplotlib); the table and the JSON are unaffected"
+        ) from None
 
 
 def plot(doc: dict[str, Any], path: str) -> None:

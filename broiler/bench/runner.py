@@ -96,8 +96,9 @@ class Bench:
         batches = schedule(paths, self.opts.n1, self.opts.n2, reps)
         if impl == "floor":
             assert self.floor_exe is not None
-            out = floor.run_floor(self.floor_exe, self.image, self.opts.mem_size, cpus, batches,
-                                  _floor_zones({p.kind for p in paths}))
+            out = floor.run_floor(
+                self.floor_exe, self.image, self.opts.mem_size, cpus, batches, _floor_zones({p.kind for p in paths})
+            )
             return batches, out["batches_ns"], []  # type: ignore[return-value]
         runner = hosts.run_bare if impl == "bare" else hosts.run_broiler
         result = runner(batches, paths, cpus, self.opts.mem_size)
@@ -203,13 +204,23 @@ class Bench:
             first = driver.first_exit_ns - t3
         finally:
             m.close()
-        return {"machine": (t1 - t0) / 1e6, "load": (t2 - t1) / 1e6, "first_exit": first / 1e6,
-                "total": (t2 - t0 + first) / 1e6}
+        return {
+            "machine": (t1 - t0) / 1e6,
+            "load": (t2 - t1) / 1e6,
+            "first_exit": first / 1e6,
+            "total": (t2 - t0 + first) / 1e6,
+        }
 
     def run(self) -> dict[str, object]:
-        doc: dict[str, object] = {"schema": SCHEMA, "quick": self.opts.quick, "n1": self.opts.n1,
-                                  "n2": self.opts.n2, "reps": self.opts.reps, "mem": self.opts.mem_size,
-                                  "host": host_info()}
+        doc: dict[str, object] = {
+            "schema": SCHEMA,
+            "quick": self.opts.quick,
+            "n1": self.opts.n1,
+            "n2": self.opts.n2,
+            "reps": self.opts.reps,
+            "mem": self.opts.mem_size,
+            "host": host_info(),
+        }
         started = time.monotonic()
         doc["paths"], doc["doorbell_rtt_us"] = self.paths_section()
         doc["scaling"] = self.scaling_section() if self.opts.scaling else None
@@ -229,8 +240,12 @@ def _startup_summary(runs: list[dict[str, float]], phases: tuple[str, ...]) -> d
     s = summarize([r["total"] for r in runs])
     assert s is not None
     phase_medians = {p: round(summarize([r[p] for r in runs]).median, 3) for p in phases}  # type: ignore[union-attr]
-    return {"median_ms": round(s.median, 3), "min_ms": round(s.low, 3), "max_ms": round(s.high, 3),
-            "phases_ms": phase_medians}
+    return {
+        "median_ms": round(s.median, 3),
+        "min_ms": round(s.low, 3),
+        "max_ms": round(s.high, 3),
+        "phases_ms": phase_medians,
+    }
 
 
 def host_info() -> dict[str, object]:
@@ -238,12 +253,18 @@ def host_info() -> dict[str, object]:
     version = None
     if cc is not None:
         try:
-            version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                     timeout=10).stdout.splitlines()[0]
+            version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[
+                0
+            ]
         except (OSError, subprocess.SubprocessError, IndexError):
             version = None
-    return {"python": platform.python_version(), "kernel": platform.release(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "cc": version}
+    return {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "cc": version,
+    }
 
 
 def run_bench(opts: BenchOptions) -> dict[str, object]:

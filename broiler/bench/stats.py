@@ -21,8 +21,12 @@ class Summary:
         return (self.high - self.low) / 2
 
     def as_json(self) -> dict[str, object]:
-        return {"median_us": round(self.median, 4), "min_us": round(self.low, 4), "max_us": round(self.high, 4),
-                "samples_us": [round(s, 4) for s in self.samples]}
+        return {
+            "median_us": round(self.median, 4),
+            "min_us": round(self.low, 4),
+            "max_us": round(self.high, 4),
+            "samples_us": [round(s, 4) for s in self.samples],
+        }
 
 
 def summarize(samples: list[float]) -> Summary | None:

@@ -33,9 +33,11 @@ def _ratio(value: float | None) -> str:
 
 
 def render(doc: dict[str, Any]) -> list[str]:
-    lines = [f"broiler bench: µs per guest operation, median of {doc['reps']} repetitions "
-             f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
-             + (" [quick]" if doc.get("quick") else "")]
+    lines = [
+        f"broiler bench: µs per guest operation, median of {doc['reps']} repetitions "
+        f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
+        + (" [quick]" if doc.get("quick") else "")
+    ]
     widths = (30, 22, 22, 22, 6, 6)
     header = ("path", *IMPL_LABELS.values(), "c/a", "c/b")
     lines.append(_row(header, widths))
@@ -43,8 +45,7 @@ def render(doc: dict[str, Any]) -> list[str]:
     for row in doc["paths"]:
         missing = row.get("missing", {})
         cells = [_cell(row.get(impl), missing.get(impl)) for impl in IMPL_LABELS]
-        lines.append(_row((row["label"], *cells, _ratio(row.get("c_over_a")), _ratio(row.get("c_over_b"))),
-                          widths))
+        lines.append(_row((row["label"], *cells, _ratio(row.get("c_over_a")), _ratio(row.get("c_over_b"))), widths))
     sync = [r for r in doc["paths"] if r["key"] in SYNC_KEYS and r.get("c_over_a") is not None]
     if sync:
         verdict = ", ".join(f"{r['key']} {r['c_over_a']:.2f}{' ✓' if r['c_over_a'] <= TARGET else ''}" for r in sync)
@@ -63,8 +64,10 @@ def _latency(rtts: list[float]) -> list[str]:
         return []
     ordered = sorted(rtts)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return [f"broiler's doorbell→handler round trips: median {ordered[len(ordered) // 2]:.2f} µs, "
-            f"p99 {p99:.2f} µs, max {ordered[-1]:.2f} µs ({len(ordered)} round trips)"]
+    return [
+        f"broiler's doorbell→handler round trips: median {ordered[len(ordered) // 2]:.2f} µs, "
+        f"p99 {p99:.2f} µs, max {ordered[-1]:.2f} µs ({len(ordered)} round trips)"
+    ]
 
 
 def _row(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
@@ -75,13 +78,20 @@ def _row(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
 def _scaling(scaling: dict[str, Any] | None) -> list[str]:
     if not scaling:
         return []
-    lines = ["", f"scaling of {scaling['label']}: µs per operation on each vCPU while all run "
-             "(speed-up = total throughput with 2 vCPUs / with 1; ideal 2.00)"]
+    lines = [
+        "",
+        f"scaling of {scaling['label']}: µs per operation on each vCPU while all run "
+        "(speed-up = total throughput with 2 vCPUs / with 1; ideal 2.00)",
+    ]
     widths = (30, 22, 22, 10)
     lines.append(_row(("host", "1 vCPU", "2 vCPUs", "speed-up"), widths))
     for impl, entry in scaling["impls"].items():
-        lines.append(_row((SCALING_LABELS.get(impl, impl), _cell(entry["1"]), _cell(entry["2"]),
-                           f"{entry['speedup']:.2f}×"), widths))
+        lines.append(
+            _row(
+                (SCALING_LABELS.get(impl, impl), _cell(entry["1"]), _cell(entry["2"]), f"{entry['speedup']:.2f}×"),
+                widths,
+            )
+        )
     return lines
 
 
@@ -94,6 +104,8 @@ def _startup(startup: dict[str, Any] | None) -> list[str]:
         if not entry:
             continue
         phases = ", ".join(f"{name.replace('_', ' ')} {ms:.2f}" for name, ms in entry["phases_ms"].items())
-        lines.append(f"  {SCALING_LABELS[impl]:<12} {entry['median_ms']:8.2f}  "
-                     f"[{entry['min_ms']:.2f}–{entry['max_ms']:.2f}]  ({phases})")
+        lines.append(
+            f"  {SCALING_LABELS[impl]:<12} {entry['median_ms']:8.2f}  "
+            f"[{entry['min_ms']:.2f}–{entry['max_ms']:.2f}]  ({phases})"
+        )
     return lines

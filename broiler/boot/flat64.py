@@ -82,8 +82,10 @@ def load_flat64(memory: GuestMemory, image: bytes) -> LongModeState:
         raise ConfigError("the guest image is empty")
     low_end = memory.map.ram[0].end
     if HIGH_MEMORY + len(image) > low_end:
-        raise ConfigError(f"the guest image ({len(image)} bytes) does not fit in guest RAM "
-                          f"above 1 MiB (RAM ends at {low_end:#x}); give it more --mem")
+        raise ConfigError(
+            f"the guest image ({len(image)} bytes) does not fit in guest RAM "
+            f"above 1 MiB (RAM ends at {low_end:#x}); give it more --mem"
+        )
     memory.write(HIGH_MEMORY, image)
     write_gdt(memory)
     write_identity_map(memory, max(memory.map.ram_end, HIGH_RAM_START))

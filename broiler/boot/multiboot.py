@@ -41,8 +41,8 @@ from ..errors import ConfigError
 from ..inputs import read_input
 
 HEADER_MAGIC = 0x1BADB002
-BOOTLOADER_MAGIC = 0x2BADB002          # EAX at entry
-HEADER_SEARCH = 8192                  # the header lies in the first 8 KiB, 4-byte aligned
+BOOTLOADER_MAGIC = 0x2BADB002  # EAX at entry
+HEADER_SEARCH = 8192  # the header lies in the first 8 KiB, 4-byte aligned
 
 FLAG_PAGE_ALIGN = 1 << 0
 FLAG_MEMORY_INFO = 1 << 1
@@ -54,20 +54,20 @@ _SUPPORTED_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO
 INFO_MEMORY, INFO_BOOT_DEVICE, INFO_CMDLINE, INFO_MODS = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 INFO_MMAP, INFO_LOADER_NAME = 1 << 6, 1 << 9
 INFO_FLAGS = INFO_MEMORY | INFO_BOOT_DEVICE | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_LOADER_NAME
-BOOT_DEVICE = 0x8000FFFF              # QEMU's value: BIOS disk 0x80, no partition
+BOOT_DEVICE = 0x8000FFFF  # QEMU's value: BIOS disk 0x80, no partition
 LOADER_NAME = "broiler"
 
 MMAP_ADDR = 0x9000
 INFO_ADDR = 0x9500
 INFO_SIZE = 88
 MODULE_ENTRY_SIZE = 16
-MMAP_ENTRY_SIZE = 24                  # u32 size (= 20, not counting itself), u64 addr, u64 len, u32 type
+MMAP_ENTRY_SIZE = 24  # u32 size (= 20, not counting itself), u64 addr, u64 len, u32 type
 PAGE = 4096
 
 BOOT_AREA = MapRange(MMAP_ADDR, MMAP_ADDR + PAGE, "Multiboot information")
 FIRMWARE_AREA = MapRange(EBDA_START, HIGH_MEMORY, "EBDA, VGA and BIOS area")
 
-DEFAULT_RAM = 128 * MiB               # RAM for test kernels when --memory is not given (QEMU's default)
+DEFAULT_RAM = 128 * MiB  # RAM for test kernels when --memory is not given (QEMU's default)
 
 _EM_386, _EM_X86_64, _PT_LOAD, _PF_X = 3, 62, 1, 1
 _FOUR_GIB = 1 << 32
@@ -75,9 +75,9 @@ _FOUR_GIB = 1 << 32
 
 @dataclass(frozen=True, slots=True)
 class MultibootHeader:
-    offset: int                       # file offset of the magic
+    offset: int  # file offset of the magic
     flags: int
-    header_addr: int = 0              # the a.out-kludge fields, valid when flag bit 16 is set
+    header_addr: int = 0  # the a.out-kludge fields, valid when flag bit 16 is set
     load_addr: int = 0
     load_end_addr: int = 0
     bss_end_addr: int = 0
@@ -95,7 +95,7 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class LoadedModule:
-    name: str                         # the module's string (what --initrd said)
+    name: str  # the module's string (what --initrd said)
     start: int
     end: int
     string_addr: int
@@ -105,16 +105,16 @@ class LoadedModule:
 class MultibootImage:
     """What was loaded and how to enter it (see the module docstring for the register state)."""
 
-    entry: int                        # EIP
-    info_addr: int                    # EBX
-    format: str                       # "elf32", "elf64" or "a.out kludge"
+    entry: int  # EIP
+    info_addr: int  # EBX
+    format: str  # "elf32", "elf64" or "a.out kludge"
     header: MultibootHeader
     kernel_start: int
-    kernel_end: int                   # one past the last byte (bss included)
-    cmdline: str                      # exactly what the kernel sees, kernel name first (as QEMU)
+    kernel_end: int  # one past the last byte (bss included)
+    cmdline: str  # exactly what the kernel sees, kernel name first (as QEMU)
     modules: tuple[LoadedModule, ...]
-    mem_lower: int                    # KiB
-    mem_upper: int                    # KiB
+    mem_lower: int  # KiB
+    mem_upper: int  # KiB
     placements: tuple[Placement, ...]
     eax: int = BOOTLOADER_MAGIC
 
@@ -134,8 +134,10 @@ def find_header(image: bytes) -> MultibootHeader | None:
         if magic == HEADER_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
             if flags & FLAG_AOUT_KLUDGE:
                 if off + 32 > len(image):
-                    raise ConfigError(f"Multiboot header at offset {off:#x} is truncated: the file ends "
-                                      "inside its a.out-kludge address fields")
+                    raise ConfigError(
+                        f"Multiboot header at offset {off:#x} is truncated: the file ends "
+                        "inside its a.out-kludge address fields"
+                    )
                 return MultibootHeader(off, flags, *struct.unpack_from("<5I", image, off + 12))
             return MultibootHeader(off, flags)
     return None
@@ -145,7 +147,7 @@ def is_multiboot(image: bytes) -> bool:
     try:
         return find_header(image) is not None
     except ConfigError:
-        return True                   # it is one, just a broken one: let the loader say why
+        return True  # it is one, just a broken one: let the loader say why
 
 
 def _check_flags(flags: int) -> None:
@@ -195,12 +197,13 @@ def _elf_segments(image: bytes) -> tuple[str, int, list[_Segment]]:
         if vaddr != paddr and flags & _PF_X and vaddr <= entry < vaddr + filesz:
             entry += paddr - vaddr
         if filesz > memsz:
-            raise ConfigError(f"Multiboot kernel: ELF segment {i} has FileSiz {filesz:#x} > "
-                              f"MemSiz {memsz:#x}")
+            raise ConfigError(f"Multiboot kernel: ELF segment {i} has FileSiz {filesz:#x} > MemSiz {memsz:#x}")
         if offset + filesz > len(image):
-            raise ConfigError(f"Multiboot kernel: truncated file (segment {i} needs bytes up to "
-                              f"{offset + filesz:#x}, the file has {len(image):#x})")
-        segments.append(_Segment(paddr, image[offset:offset + filesz], memsz))
+            raise ConfigError(
+                f"Multiboot kernel: truncated file (segment {i} needs bytes up to "
+                f"{offset + filesz:#x}, the file has {len(image):#x})"
+            )
+        segments.append(_Segment(paddr, image[offset : offset + filesz], memsz))
     if not segments:
         raise ConfigError("Multiboot kernel: ELF file has no PT_LOAD segment")
     return ("elf64" if elf64 else "elf32"), entry, segments
@@ -209,30 +212,34 @@ def _elf_segments(image: bytes) -> tuple[str, int, list[_Segment]]:
 def _aout_segments(image: bytes, h: MultibootHeader) -> list[_Segment]:
     """The one segment the a.out-kludge fields describe (QEMU's checks, plus a truncation check)."""
     if h.header_addr < h.load_addr:
-        raise ConfigError(f"Multiboot a.out kludge: header_addr {h.header_addr:#x} is below "
-                          f"load_addr {h.load_addr:#x}")
+        raise ConfigError(f"Multiboot a.out kludge: header_addr {h.header_addr:#x} is below load_addr {h.load_addr:#x}")
     file_start = h.offset - (h.header_addr - h.load_addr)
     if file_start < 0:
         raise ConfigError("Multiboot a.out kludge: load_addr lies before the start of the file")
     if h.load_end_addr:
         if h.load_end_addr < h.load_addr:
-            raise ConfigError(f"Multiboot a.out kludge: load_end_addr {h.load_end_addr:#x} is below "
-                              f"load_addr {h.load_addr:#x}")
+            raise ConfigError(
+                f"Multiboot a.out kludge: load_end_addr {h.load_end_addr:#x} is below load_addr {h.load_addr:#x}"
+            )
         load_size = h.load_end_addr - h.load_addr
         if file_start + load_size > len(image):
-            raise ConfigError(f"Multiboot a.out kludge: truncated file (load_end_addr needs "
-                              f"{file_start + load_size:#x} bytes, the file has {len(image):#x})")
+            raise ConfigError(
+                f"Multiboot a.out kludge: truncated file (load_end_addr needs "
+                f"{file_start + load_size:#x} bytes, the file has {len(image):#x})"
+            )
     else:
         load_size = len(image) - file_start
     memsz = load_size
     if h.bss_end_addr:
         if h.bss_end_addr < h.load_addr + load_size:
-            raise ConfigError(f"Multiboot a.out kludge: bss_end_addr {h.bss_end_addr:#x} is below the "
-                              f"end of the loaded image {h.load_addr + load_size:#x}")
+            raise ConfigError(
+                f"Multiboot a.out kludge: bss_end_addr {h.bss_end_addr:#x} is below the "
+                f"end of the loaded image {h.load_addr + load_size:#x}"
+            )
         memsz = h.bss_end_addr - h.load_addr
     if memsz == 0:
         raise ConfigError("Multiboot a.out kludge: nothing to load")
-    return [_Segment(h.load_addr, image[file_start:file_start + load_size], memsz)]
+    return [_Segment(h.load_addr, image[file_start : file_start + load_size], memsz)]
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> bool:
@@ -254,8 +261,9 @@ class _Allocator:
                 if _overlap(addr, addr + max(size, 1), r.start, r.end):
                     addr, moved = -(-r.end // align) * align, True
         if addr + size > self.limit:
-            raise ConfigError(f"{what} ({size} bytes) does not fit in guest RAM below {self.limit:#x}: "
-                              "give the guest more memory")
+            raise ConfigError(
+                f"{what} ({size} bytes) does not fit in guest RAM below {self.limit:#x}: give the guest more memory"
+            )
         self.cursor = addr + size
         return addr
 
@@ -265,7 +273,7 @@ def _mem_lower_upper(mem: GuestMemory) -> tuple[int, int]:
     e820 = mem.map.e820()
     lower = next((e.size for e in e820 if e.addr == 0 and e.type == E820_RAM), 0) // 1024
     top, grown = HIGH_MEMORY, True
-    while grown:                      # the map need not be sorted: restart after every extension
+    while grown:  # the map need not be sorted: restart after every extension
         grown = False
         for e in e820:
             if e.type == E820_RAM and e.addr < _FOUR_GIB and e.addr <= top < e.addr + e.size:
@@ -280,9 +288,15 @@ def _cstr(text: str, what: str) -> bytes:
     return data + b"\0"
 
 
-def load_multiboot(mem: GuestMemory, image: bytes, *, kernel_name: str, cmdline: str = "",
-                   modules: Sequence[tuple[str, bytes]] = (),
-                   reserved: Sequence[MapRange] = ()) -> MultibootImage:
+def load_multiboot(
+    mem: GuestMemory,
+    image: bytes,
+    *,
+    kernel_name: str,
+    cmdline: str = "",
+    modules: Sequence[tuple[str, bytes]] = (),
+    reserved: Sequence[MapRange] = (),
+) -> MultibootImage:
     """Load a Multiboot v1 kernel into ``mem``; ``modules`` are (string, contents) pairs.
 
     The kernel's command line is ``f"{kernel_name} {cmdline}"`` as QEMU builds it (kvm-unit-tests
@@ -291,8 +305,10 @@ def load_multiboot(mem: GuestMemory, image: bytes, *, kernel_name: str, cmdline:
     """
     header = find_header(image)
     if header is None:
-        raise ConfigError(f"{kernel_name}: no Multiboot header (magic {HEADER_MAGIC:#x} with a valid "
-                          f"checksum) in the first {HEADER_SEARCH} bytes")
+        raise ConfigError(
+            f"{kernel_name}: no Multiboot header (magic {HEADER_MAGIC:#x} with a valid "
+            f"checksum) in the first {HEADER_SEARCH} bytes"
+        )
     _check_flags(header.flags)
     if header.flags & FLAG_AOUT_KLUDGE:
         fmt, entry, segments = "a.out kludge", header.entry_addr, _aout_segments(image, header)
@@ -304,12 +320,15 @@ def load_multiboot(mem: GuestMemory, image: bytes, *, kernel_name: str, cmdline:
     spans = sorted((s.addr, s.addr + s.memsz) for s in segments)
     for start, end in spans:
         if end > low_end:
-            raise ConfigError(f"Multiboot kernel segment [{start:#x}, {end:#x}) lies outside guest RAM "
-                              f"(RAM below 4 GiB ends at {low_end:#x})")
+            raise ConfigError(
+                f"Multiboot kernel segment [{start:#x}, {end:#x}) lies outside guest RAM "
+                f"(RAM below 4 GiB ends at {low_end:#x})"
+            )
         for r in keep_out:
             if _overlap(start, end, r.start, r.end):
-                raise ConfigError(f"Multiboot kernel segment [{start:#x}, {end:#x}) overlaps the {r.name} "
-                                  f"[{r.start:#x}, {r.end:#x})")
+                raise ConfigError(
+                    f"Multiboot kernel segment [{start:#x}, {end:#x}) overlaps the {r.name} [{r.start:#x}, {r.end:#x})"
+                )
     for (a0, a1), (b0, b1) in zip(spans, spans[1:], strict=False):
         if b0 < a1:
             raise ConfigError(f"Multiboot kernel segments [{a0:#x}, {a1:#x}) and [{b0:#x}, {b1:#x}) overlap")
@@ -340,8 +359,9 @@ def load_multiboot(mem: GuestMemory, image: bytes, *, kernel_name: str, cmdline:
         raise ConfigError(f"memory map of {len(e820)} entries does not fit below the information block")
     mem_lower, mem_upper = _mem_lower_upper(mem)
     info = bytearray(INFO_SIZE)
-    struct.pack_into("<IIIIIII", info, 0, INFO_FLAGS, mem_lower, mem_upper, BOOT_DEVICE,
-                     string_addrs[-2], len(modules), base)
+    struct.pack_into(
+        "<IIIIIII", info, 0, INFO_FLAGS, mem_lower, mem_upper, BOOT_DEVICE, string_addrs[-2], len(modules), base
+    )
     struct.pack_into("<II", info, 44, len(mmap), MMAP_ADDR)
     struct.pack_into("<I", info, 64, string_addrs[-1])
 
@@ -359,20 +379,34 @@ def load_multiboot(mem: GuestMemory, image: bytes, *, kernel_name: str, cmdline:
         placements.append(Placement(m.start, m.end, f"module {m.name}"))
     mem.write(MMAP_ADDR, mmap)
     mem.write(INFO_ADDR, bytes(info))
-    placements += [Placement(MMAP_ADDR, MMAP_ADDR + len(mmap), "memory map"),
-                   Placement(INFO_ADDR, INFO_ADDR + INFO_SIZE, "Multiboot information")]
-    return MultibootImage(entry=entry, info_addr=INFO_ADDR, format=fmt, header=header,
-                          kernel_start=kernel_start, kernel_end=kernel_end, cmdline=full_cmdline,
-                          modules=tuple(loaded), mem_lower=mem_lower, mem_upper=mem_upper,
-                          placements=tuple(placements))
+    placements += [
+        Placement(MMAP_ADDR, MMAP_ADDR + len(mmap), "memory map"),
+        Placement(INFO_ADDR, INFO_ADDR + INFO_SIZE, "Multiboot information"),
+    ]
+    return MultibootImage(
+        entry=entry,
+        info_addr=INFO_ADDR,
+        format=fmt,
+        header=header,
+        kernel_start=kernel_start,
+        kernel_end=kernel_end,
+        cmdline=full_cmdline,
+        modules=tuple(loaded),
+        mem_lower=mem_lower,
+        mem_upper=mem_upper,
+        placements=tuple(placements),
+    )
 
 
-def load_multiboot_files(mem: GuestMemory, kernel: str | Path, *, cmdline: str = "",
-                         initrds: Sequence[str | Path] = (),
-                         reserved: Sequence[MapRange] = ()) -> MultibootImage:
+def load_multiboot_files(
+    mem: GuestMemory,
+    kernel: str | Path,
+    *,
+    cmdline: str = "",
+    initrds: Sequence[str | Path] = (),
+    reserved: Sequence[MapRange] = (),
+) -> MultibootImage:
     """``load_multiboot`` from files: one module per ``--initrd``, named by the path as given."""
     image = read_input(kernel, "kernel")
     mods = [(str(p), read_input(p, "initrd", allow_empty=True)) for p in initrds]
-    return load_multiboot(mem, image, kernel_name=str(kernel), cmdline=cmdline, modules=mods,
-                          reserved=reserved)
-
+    return load_multiboot(mem, image, kernel_name=str(kernel), cmdline=cmdline, modules=mods, reserved=reserved)

@@ -81,7 +81,7 @@ class IoStats:
     writes: int = 0
     ns: int = 0
     coalesced: int = 0  # writes KVM queued in the coalesced ring (no exit), replayed later
-    timed: int = 0      # accesses whose handler time is in ``ns`` and ``hist`` (one in TIME_EVERY)
+    timed: int = 0  # accesses whose handler time is in ``ns`` and ``hist`` (one in TIME_EVERY)
     countdown: int = 1  # accesses until the next timed one
     # hist[b]: handler calls that took [2**(b-1), 2**b) ns; enough for a p99 within a factor of 2.
     hist: list[int] = field(default_factory=lambda: [0] * 64)
@@ -154,7 +154,6 @@ class Region:
         st.hist[dt.bit_length()] += 1
         st.timed += 1
 
-
     def replay(self, addr: int, size: int, value: int) -> None:
         """A write taken from the coalesced ring: it did not cause an exit, so it is counted apart."""
         if addr + size > self.end:
@@ -171,7 +170,6 @@ class _Unmapped:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-
 
     def read(self, addr: int, size: int) -> int:
         self.bus.note_unmapped(addr, size, False)
@@ -205,22 +203,26 @@ class Bus:
         self.wrap_device: Callable[[Device, int, str], Device] | None = None
 
     # -- registration -----------------------------------------------------------------------
-    def register(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                 name: str | None = None) -> Region:
+    def register(
+        self, base: int, size: int, device: Device, *, owner: Hashable | None = None, name: str | None = None
+    ) -> Region:
         if size <= 0:
             raise ConfigError(f"{self.name}: {name or device.name}: empty range at {base:#x}")
         if base < 0 or base + size > self.limit:
-            raise ConfigError(f"{self.name}: {name or device.name}: range [{base:#x}, {base + size:#x}) "
-                              f"is outside the bus (limit {self.limit:#x})")
+            raise ConfigError(
+                f"{self.name}: {name or device.name}: range [{base:#x}, {base + size:#x}) "
+                f"is outside the bus (limit {self.limit:#x})"
+            )
         shown = device if self.wrap_device is None else self.wrap_device(device, base, name or device.name)
         region = Region(self, base, size, shown, owner if owner is not None else device, name or device.name)
         with self._lock:
             i = bisect.bisect_right(self._starts, base)
-            for neighbour in self._regions[max(0, i - 1):i + 1]:
+            for neighbour in self._regions[max(0, i - 1) : i + 1]:
                 if neighbour.base < region.end and base < neighbour.end:
                     raise OverlapError(
                         f"{self.name}: {region.name} [{base:#x}, {region.end:#x}) overlaps "
-                        f"{neighbour.name} [{neighbour.base:#x}, {neighbour.end:#x})")
+                        f"{neighbour.name} [{neighbour.base:#x}, {neighbour.end:#x})"
+                    )
             self._starts.insert(i, base)
             self._regions.insert(i, region)
             self.cache = {}
@@ -281,15 +283,26 @@ class Bus:
         key = (addr, is_write)
         self.unmapped[key] += 1
         if self.unmapped[key] == 1:
-            log.info("%s: unmapped %s of %d bytes at %#x (%s)", self.name, "write" if is_write else "read",
-                     size, addr, "dropped" if is_write else "reads all ones")
+            log.info(
+                "%s: unmapped %s of %d bytes at %#x (%s)",
+                self.name,
+                "write" if is_write else "read",
+                size,
+                addr,
+                "dropped" if is_write else "reads all ones",
+            )
 
     def straddle(self, addr: int, size: int, is_write: bool) -> int:
         key = (addr, is_write)
         self.straddled[key] += 1
         if self.straddled[key] == 1:
-            log.info("%s: %d-byte %s at %#x crosses the end of its region: treated as unmapped",
-                     self.name, size, "write" if is_write else "read", addr)
+            log.info(
+                "%s: %d-byte %s at %#x crosses the end of its region: treated as unmapped",
+                self.name,
+                size,
+                "write" if is_write else "read",
+                addr,
+            )
         return all_ones(size)
 
 

@@ -53,13 +53,16 @@ def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> st
         return "\n".join([*lines, f"  (registers unavailable: {exc})", ""])
     names = [n for n, _ in abi.kvm_regs._fields_]
     for i in range(0, len(names), 4):
-        lines.append("  " + "  ".join(f"{n:>6}={getattr(r, n):016x}" for n in names[i:i + 4]))
-    lines.append(f"  cr0={s.cr0:#x} cr2={s.cr2:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} "
-                 f"apic_base={s.apic_base:#x}")
+        lines.append("  " + "  ".join(f"{n:>6}={getattr(r, n):016x}" for n in names[i : i + 4]))
+    lines.append(
+        f"  cr0={s.cr0:#x} cr2={s.cr2:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} apic_base={s.apic_base:#x}"
+    )
     for seg in ("cs", "ss", "ds", "es", "fs", "gs", "tr"):
         v = getattr(s, seg)
-        lines.append(f"  {seg}: sel={v.selector:#06x} base={v.base:#x} limit={v.limit:#x} type={v.type} "
-                     f"dpl={v.dpl} l={v.l} db={v.db} present={v.present}")
+        lines.append(
+            f"  {seg}: sel={v.selector:#06x} base={v.base:#x} limit={v.limit:#x} type={v.type} "
+            f"dpl={v.dpl} l={v.l} db={v.db} present={v.present}"
+        )
     lines.append(f"  gdt={s.gdt.base:#x}/{s.gdt.limit:#x} idt={s.idt.base:#x}/{s.idt.limit:#x}")
     bitness = cpu_bitness(s)
     rip_linear = r.rip + (s.cs.base if bitness != 64 else 0)
@@ -73,7 +76,7 @@ def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> st
         lines.append("  code at rip: (not readable)")
     stack = _guest_bytes(thread, r.rsp + (s.ss.base if bitness != 64 else 0), 32)
     if stack:
-        words = [int.from_bytes(stack[i:i + 8], "little") for i in range(0, len(stack), 8)]
+        words = [int.from_bytes(stack[i : i + 8], "little") for i in range(0, len(stack), 8)]
         lines.append("  stack: " + " ".join(f"{w:016x}" for w in words))
     if internal:
         lines.append("  internal error data: " + " ".join(f"{w:#x}" for w in internal))

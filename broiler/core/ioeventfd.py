@@ -39,8 +39,8 @@ class Doorbell:
     callback: Callable[[int], None]
     owner: Hashable
     fd: int = -1
-    kicks: int = 0          # guest writes caught by KVM
-    wakeups: int = 0        # eventfd reads (one may carry several kicks)
+    kicks: int = 0  # guest writes caught by KVM
+    wakeups: int = 0  # eventfd reads (one may carry several kicks)
     handler_ns: int = 0
 
     @property
@@ -61,8 +61,16 @@ class Doorbells:
         self.history: list[Doorbell] = []  # every doorbell ever added, for the final statistics
         self.tracer: Any = None
 
-    def add(self, *, pio: bool, addr: int, length: int, datamatch: int | None,
-            callback: Callable[[int], None], owner: Hashable) -> Doorbell:
+    def add(
+        self,
+        *,
+        pio: bool,
+        addr: int,
+        length: int,
+        datamatch: int | None,
+        callback: Callable[[int], None],
+        owner: Hashable,
+    ) -> Doorbell:
         if length not in (1, 2, 4, 8):
             raise ConfigError(f"doorbell at {addr:#x}: length {length} is not 1, 2, 4 or 8")
         if addr % length:
@@ -100,8 +108,14 @@ class Doorbells:
         bell.kicks += kicks
         bell.wakeups += 1
         if self.tracer is not None:
-            self.tracer.emit("doorbell", "w", bell.addr, bell.length, bell.datamatch,
-                             f"{bell.owner} ({kicks} kick{'s' if kicks > 1 else ''}, {'pio' if bell.pio else 'mmio'})")
+            self.tracer.emit(
+                "doorbell",
+                "w",
+                bell.addr,
+                bell.length,
+                bell.datamatch,
+                f"{bell.owner} ({kicks} kick{'s' if kicks > 1 else ''}, {'pio' if bell.pio else 'mmio'})",
+            )
         t0 = time.perf_counter_ns()
         bell.callback(kicks)
         bell.handler_ns += time.perf_counter_ns() - t0
@@ -113,8 +127,9 @@ class Doorbells:
             self.active.remove(bell)
         if self.vm is not None and self.vm.fd >= 0:
             try:
-                self.vm.ioeventfd(bell.fd, bell.addr, bell.length, pio=bell.pio, datamatch=bell.datamatch,
-                                  deassign=True)
+                self.vm.ioeventfd(
+                    bell.fd, bell.addr, bell.length, pio=bell.pio, datamatch=bell.datamatch, deassign=True
+                )
             except Exception:
                 pass  # the VM is going away with it
         fd = bell.fd

@@ -36,8 +36,18 @@ log = logging.getLogger("broiler.core.irq")
 IOAPIC_PINS = 24
 FIRST_MSI_GSI = 24
 MAX_GSI = 1024
-FIXED_LINES = {0: "timer", 1: "keyboard", 2: "cascade", 3: "ttyS1", 4: "ttyS0", 8: "rtc", 12: "mouse",
-               13: "fpu", 14: "ide0", 15: "ide1"}
+FIXED_LINES = {
+    0: "timer",
+    1: "keyboard",
+    2: "cascade",
+    3: "ttyS1",
+    4: "ttyS0",
+    8: "rtc",
+    12: "mouse",
+    13: "fpu",
+    14: "ide0",
+    15: "ide1",
+}
 ISA_POOL = (5, 6, 7, 9, 10, 11)
 IOAPIC_POOL = tuple(range(16, IOAPIC_PINS))
 
@@ -147,8 +157,9 @@ class IrqFd:
     takes either. With ``resample`` the GSI stays asserted until the guest's EOI, which KVM reports on
     ``resample_fd`` (level semantics for devices that re-check their state then)."""
 
-    def __init__(self, vm: Vm, gsi: int, *, resample: bool = False,
-                 is_stopped: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, vm: Vm, gsi: int, *, resample: bool = False, is_stopped: Callable[[], bool] = lambda: False
+    ) -> None:
         self.vm = vm
         self.gsi = gsi
         self._is_stopped = is_stopped

@@ -26,15 +26,15 @@ from ..errors import ConfigError, GuestMemoryError
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
-LOW_RAM_LIMIT = 0xC000_0000           # end of low RAM = start of the PCI hole
+LOW_RAM_LIMIT = 0xC000_0000  # end of low RAM = start of the PCI hole
 PCI_HOLE_START = 0xC000_0000
 PCI_HOLE_END = 0x1_0000_0000
 HIGH_RAM_START = 0x1_0000_0000
 PCI_ECAM_BASE = 0xC100_0000
-PCI_ECAM_SIZE = 16 * MiB              # 16 buses x 1 MiB
+PCI_ECAM_SIZE = 16 * MiB  # 16 buses x 1 MiB
 PCI_MMIO_START = 0xC200_0000
 PCI_MMIO_END = 0xD000_0000
-PLATFORM_MMIO_BASE = 0xD000_0000      # the seed's MMIO demo devices
+PLATFORM_MMIO_BASE = 0xD000_0000  # the seed's MMIO demo devices
 PLATFORM_MMIO_SIZE = 0x1000
 # A page of the hole with nothing behind it, ever: a user-mode `syscall` is sent there on KVM-PVM so that
 # its instruction fetch exits to broiler (broiler/emulate/syscall.py).
@@ -43,7 +43,7 @@ IOAPIC_BASE = 0xFEC0_0000
 IOAPIC_SIZE = 0x1000
 LAPIC_BASE = 0xFEE0_0000
 LAPIC_SIZE = 0x1000
-KVM_IDENTITY_MAP_ADDR = 0xFFFB_C000   # one page, then the 3-page TSS
+KVM_IDENTITY_MAP_ADDR = 0xFFFB_C000  # one page, then the 3-page TSS
 KVM_TSS_ADDR = 0xFFFB_D000
 KVM_PRIVATE_SIZE = 0x4000
 
@@ -51,7 +51,7 @@ KVM_PRIVATE_SIZE = 0x4000
 EBDA_START = 0x9FC00
 VGA_START = 0xA0000
 BIOS_START = 0xF0000
-HIGH_MEMORY = 0x100000                # 1 MiB: where kernels and flat64 images load
+HIGH_MEMORY = 0x100000  # 1 MiB: where kernels and flat64 images load
 
 MIN_RAM = 4 * MiB
 
@@ -110,8 +110,9 @@ class MemoryMap:
             raise ConfigError(f"guest RAM size {ram_size:#x} is not a multiple of 4 KiB")
         limit = host_memory_bytes()
         if ram_size > limit:
-            raise ConfigError(f"guest RAM of {format_size(ram_size)} exceeds this host's "
-                              f"{format_size(limit)} of memory")
+            raise ConfigError(
+                f"guest RAM of {format_size(ram_size)} exceeds this host's {format_size(limit)} of memory"
+            )
         self.ram_size = ram_size
         low = min(ram_size, LOW_RAM_LIMIT)
         self.ram: list[MapRange] = [MapRange(0, low, "System RAM")]
@@ -172,8 +173,12 @@ class GuestMemory:
         self.map = memory_map
         self.regions: list[tuple[int, int, mmap.mmap]] = []
         for r in memory_map.ram:
-            mm = mmap.mmap(-1, r.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(
+                -1,
+                r.size,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
             self.regions.append((r.start, r.end, mm))
 
     def _locate(self, gpa: int, size: int) -> tuple[mmap.mmap, int]:
@@ -189,11 +194,11 @@ class GuestMemory:
 
     def read(self, gpa: int, size: int) -> bytes:
         mm, off = self._locate(gpa, size)
-        return mm[off:off + size]
+        return mm[off : off + size]
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         mm, off = self._locate(gpa, len(data))
-        mm[off:off + len(data)] = data
+        mm[off : off + len(data)] = data
 
     def fill(self, gpa: int, size: int, byte: int = 0) -> None:
         mm, off = self._locate(gpa, size)
@@ -201,12 +206,12 @@ class GuestMemory:
         done = 0
         while done < size:
             n = min(len(chunk), size - done)
-            mm[off + done:off + done + n] = chunk[:n]
+            mm[off + done : off + done + n] = chunk[:n]
             done += n
 
     def view(self, gpa: int, size: int) -> memoryview:
         mm, off = self._locate(gpa, size)
-        return memoryview(mm)[off:off + size]
+        return memoryview(mm)[off : off + size]
 
     def read_int(self, gpa: int, size: int) -> int:
         return int.from_bytes(self.read(gpa, size), "little")

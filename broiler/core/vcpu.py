@@ -65,8 +65,7 @@ class VcpuThread:
         self.machine = machine
         self.vcpu = vcpu
         self.exit_counts = [0] * 64
-        self.thread = threading.Thread(target=self._thread_main, name=f"broiler-vcpu{vcpu.id}",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._thread_main, name=f"broiler-vcpu{vcpu.id}", daemon=True)
         page = memoryview(vcpu.run_page)
         self._u8 = page.cast("B")
         self._u16 = page.cast("H")
@@ -75,12 +74,12 @@ class VcpuThread:
         self._views = (None, self._u8, self._u16, None, self._u32, None, None, None, self._u64)
         self.compiled = _fastexit is not None and os.environ.get("BROILER_PURE_PYTHON") != "1"
         ring_off = vcpu.coalesced_page * 4096
-        self._ring = page[ring_off:ring_off + 4096] if vcpu.coalesced_page > 0 else None
+        self._ring = page[ring_off : ring_off + 4096] if vcpu.coalesced_page > 0 else None
         self._ring32 = self._ring.cast("I") if self._ring is not None else None
         self.stopped = threading.Event()
         self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
         self.emulated: dict[str, int] = {}  # instructions completed in userspace (Machine.emulate)
-        self.code_changed_retries = 0       # consecutive re-runs because the code changed (boot/linux.py)
+        self.code_changed_retries = 0  # consecutive re-runs because the code changed (boot/linux.py)
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,9 +140,15 @@ class VcpuThread:
         other exit comes back here and goes through ``_dispatch`` like in the Python loop."""
         machine = self.machine
         run = _fastexit.run  # type: ignore[union-attr]
-        args = (self.vcpu.fd, buffer_address(self.vcpu.run_page),
-                buffer_address(self.vcpu.run_page) + self.vcpu.coalesced_page * 4096 if self._ring32 else 0,
-                machine.coalesced_zones, machine.pio_bus, machine.mmio_bus, self.exit_counts)
+        args = (
+            self.vcpu.fd,
+            buffer_address(self.vcpu.run_page),
+            buffer_address(self.vcpu.run_page) + self.vcpu.coalesced_page * 4096 if self._ring32 else 0,
+            machine.coalesced_zones,
+            machine.pio_bus,
+            machine.mmio_bus,
+            self.exit_counts,
+        )
         ring32 = self._ring32
         while not machine.stopping:
             rc = run(*args)
@@ -189,9 +194,9 @@ class VcpuThread:
                     view[40 // size] = target.read(addr, size)
             elif 0 < size <= 8:  # a fragment of a page-crossing access
                 if u8[52]:
-                    target.write(addr, size, int.from_bytes(u8[40:40 + size], "little"))
+                    target.write(addr, size, int.from_bytes(u8[40 : 40 + size], "little"))
                 else:
-                    u8[40:40 + size] = target.read(addr, size).to_bytes(size, "little")
+                    u8[40 : 40 + size] = target.read(addr, size).to_bytes(size, "little")
             return True
         return self._slow_exit(reason)
 
@@ -292,10 +297,10 @@ class VcpuThread:
             first, last = ring32[0], ring32[1]
             while first != last:
                 base = 8 + first * 24
-                phys = int.from_bytes(ring[base:base + 8], "little")
-                length = int.from_bytes(ring[base + 8:base + 12], "little")
-                pio = int.from_bytes(ring[base + 12:base + 16], "little")
-                value = int.from_bytes(ring[base + 16:base + 16 + min(length, 8)], "little")
+                phys = int.from_bytes(ring[base : base + 8], "little")
+                length = int.from_bytes(ring[base + 8 : base + 12], "little")
+                pio = int.from_bytes(ring[base + 12 : base + 16], "little")
+                value = int.from_bytes(ring[base + 16 : base + 16 + min(length, 8)], "little")
                 (machine.pio_bus if pio else machine.mmio_bus).replay(phys, length, value)
                 first = (first + 1) % abi.KVM_COALESCED_MMIO_MAX
                 ring32[0] = first

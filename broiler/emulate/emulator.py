@@ -50,8 +50,9 @@ def iced() -> ModuleType:
         try:
             import iced_x86
         except ImportError:
-            raise ConfigError("userspace instruction emulation needs the Python package 'iced-x86' "
-                              "(pip install iced-x86)") from None
+            raise ConfigError(
+                "userspace instruction emulation needs the Python package 'iced-x86' (pip install iced-x86)"
+            ) from None
         _iced = iced_x86
     return _iced
 
@@ -85,7 +86,7 @@ class _Ctx:
 
     def write_reg(self, reg: int, value: int) -> None:
         name, size = self._gpr(reg)
-        if size >= 4:      # 32-bit writes zero-extend to 64 bits
+        if size >= 4:  # 32-bit writes zero-extend to 64 bits
             self.cpu.set_reg(name, value & _mask(8 * size))
         else:
             old = self.cpu.get_reg(name)
@@ -107,8 +108,14 @@ class _Ctx:
             size = x.RegisterExt.size(sized) if sized != x.Register.NONE else self.bitness // 8
         ea &= _mask(8 * size)
         seg = ins.memory_segment
-        seg_names = {x.Register.ES: "es", x.Register.CS: "cs", x.Register.SS: "ss", x.Register.DS: "ds",
-                     x.Register.FS: "fs", x.Register.GS: "gs"}
+        seg_names = {
+            x.Register.ES: "es",
+            x.Register.CS: "cs",
+            x.Register.SS: "ss",
+            x.Register.DS: "ds",
+            x.Register.FS: "fs",
+            x.Register.GS: "gs",
+        }
         name = seg_names[seg]
         seg_base = 0 if self.bitness == 64 and name not in ("fs", "gs") else self.cpu.get_reg(name + "_base")
         return (seg_base + ea) & _mask(64 if self.bitness == 64 else 32)
@@ -133,6 +140,7 @@ class _Ctx:
 
 # --- instruction handlers -----------------------------------------------------------------------
 
+
 def _int3(c: _Ctx) -> EmulationResult:
     # The #BP trap reports the address after the int3: advance first, then inject.
     c.advance()
@@ -142,7 +150,7 @@ def _int3(c: _Ctx) -> EmulationResult:
 
 def _wait(c: _Ctx) -> EmulationResult:
     if c.cpu.x87_status_word() & FSW_ES:
-        c.cpu.inject_exception(VECTOR_MF)       # a fault: RIP stays on the wait
+        c.cpu.inject_exception(VECTOR_MF)  # a fault: RIP stays on the wait
         return c.done("injected #MF (x87 exception pending)")
     c.advance()
     return c.done("no x87 exception pending: no-op")
@@ -153,7 +161,7 @@ def _cmpxchg_wide(c: _Ctx) -> EmulationResult:
     half = 8 if wide else 4
     addr = c.address()
     if wide and addr % 16:
-        c.cpu.inject_exception(VECTOR_GP, 0)    # cmpxchg16b needs a 16-byte aligned operand
+        c.cpu.inject_exception(VECTOR_GP, 0)  # cmpxchg16b needs a 16-byte aligned operand
         return c.done("injected #GP(0): misaligned operand")
     m = _mask(8 * half)
     mem = int.from_bytes(c.cpu.read_linear(addr, 2 * half), "little")
@@ -163,7 +171,7 @@ def _cmpxchg_wide(c: _Ctx) -> EmulationResult:
         c.cpu.write_linear(addr, new.to_bytes(2 * half, "little"))
         c.set_flags(0, RFLAGS_ZF)
     else:
-        c.cpu.set_reg("rax", mem & m)           # 32-bit halves zero-extend, as a 32-bit mov would
+        c.cpu.set_reg("rax", mem & m)  # 32-bit halves zero-extend, as a 32-bit mov would
         c.cpu.set_reg("rdx", mem >> (8 * half))
         c.set_flags(RFLAGS_ZF, 0)
     c.advance()
@@ -175,8 +183,7 @@ def _popcnt(c: _Ctx) -> EmulationResult:
     size = x.RegisterExt.size(ins.op0_register)
     src = c.read_reg(ins.op1_register) if ins.op1_kind == x.OpKind.REGISTER else c.read_mem(size)
     c.write_reg(ins.op0_register, bin(src).count("1"))
-    c.set_flags(RFLAGS_OF | RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_CF | RFLAGS_PF,
-                RFLAGS_ZF if src == 0 else 0)
+    c.set_flags(RFLAGS_OF | RFLAGS_SF | RFLAGS_ZF | RFLAGS_AF | RFLAGS_CF | RFLAGS_PF, RFLAGS_ZF if src == 0 else 0)
     c.advance()
     return c.done()
 
@@ -208,17 +215,38 @@ def _stac(c: _Ctx) -> EmulationResult:
 
 
 def _xsave_family(c: _Ctx) -> EmulationResult:
-    return EmulationResult(False, c.text, "XSAVE state is not emulated; boot Linux with clearcpuid=154 "
-                                          "(the safe CPU profile does)")
+    return EmulationResult(
+        False, c.text, "XSAVE state is not emulated; boot Linux with clearcpuid=154 (the safe CPU profile does)"
+    )
 
 
 def _handlers() -> dict[int, Callable[[_Ctx], EmulationResult]]:
     M = iced().Mnemonic
     table: dict[int, Callable[[_Ctx], EmulationResult]] = {
-        M.INT3: _int3, M.WAIT: _wait, M.CMPXCHG8B: _cmpxchg_wide, M.CMPXCHG16B: _cmpxchg_wide,
-        M.POPCNT: _popcnt, M.MOVBE: _movbe, M.CLAC: _clac, M.STAC: _stac}
-    for name in ("XSETBV", "XSAVE", "XSAVE64", "XSAVEOPT", "XSAVEOPT64", "XSAVEC", "XSAVEC64", "XSAVES",
-                 "XSAVES64", "XRSTOR", "XRSTOR64", "XRSTORS", "XRSTORS64"):
+        M.INT3: _int3,
+        M.WAIT: _wait,
+        M.CMPXCHG8B: _cmpxchg_wide,
+        M.CMPXCHG16B: _cmpxchg_wide,
+        M.POPCNT: _popcnt,
+        M.MOVBE: _movbe,
+        M.CLAC: _clac,
+        M.STAC: _stac,
+    }
+    for name in (
+        "XSETBV",
+        "XSAVE",
+        "XSAVE64",
+        "XSAVEOPT",
+        "XSAVEOPT64",
+        "XSAVEC",
+        "XSAVEC64",
+        "XSAVES",
+        "XSAVES64",
+        "XRSTOR",
+        "XRSTOR64",
+        "XRSTORS",
+        "XRSTORS64",
+    ):
         if hasattr(M, name):
             table[getattr(M, name)] = _xsave_family
     return table

@@ -68,7 +68,7 @@ class KvmGuestCpu:
         pos = 0
         try:
             for phys, n in self._pages(addr, len(data), True):
-                self.memory.write(phys, data[pos:pos + n])
+                self.memory.write(phys, data[pos : pos + n])
                 pos += n
         except GuestMemoryError:
             raise GuestFault(addr, True) from None
@@ -97,7 +97,7 @@ def reported_instruction(data: list[int]) -> bytes | None:
     if len(data) < 3 or not data[0] & 1:
         return None
     raw = data[1].to_bytes(8, "little") + data[2].to_bytes(8, "little")
-    return raw[1:1 + min(raw[0], 15)] or None
+    return raw[1 : 1 + min(raw[0], 15)] or None
 
 
 def _code_changed(thread: VcpuThread, cpu: KvmGuestCpu) -> bool:
@@ -109,10 +109,10 @@ def _code_changed(thread: VcpuThread, cpu: KvmGuestCpu) -> bool:
     if reported is None:
         return False
     rip = cpu.get_reg("rip")
-    length = min(len(reported), 0x1000 - (rip & 0xFFF))     # stay on RIP's page
+    length = min(len(reported), 0x1000 - (rip & 0xFFF))  # stay on RIP's page
     try:
         now = cpu.read_linear(rip, length)
-    except (GuestFault, OSError):     # unmapped: let the emulator report it
+    except (GuestFault, OSError):  # unmapped: let the emulator report it
         return False
     return now != reported[:length]
 

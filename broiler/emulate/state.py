@@ -12,12 +12,28 @@ from typing import Protocol
 # Register names the emulator asks for: the 16 GPRs ("rax" .. "r15", kvm_regs spelling), "rip",
 # "rflags", the segment bases "cs_base", "ds_base", "es_base", "ss_base", "fs_base", "gs_base"
 # (the first four are only asked for outside 64-bit mode), and "cr0".
-GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+GPR_NAMES = (
+    "rax",
+    "rcx",
+    "rdx",
+    "rbx",
+    "rsp",
+    "rbp",
+    "rsi",
+    "rdi",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+)
 
 RFLAGS_CF, RFLAGS_PF, RFLAGS_AF, RFLAGS_ZF, RFLAGS_SF = 1 << 0, 1 << 2, 1 << 4, 1 << 6, 1 << 7
 RFLAGS_OF, RFLAGS_AC = 1 << 11, 1 << 18
-FSW_ES = 1 << 7                       # x87 status word: an unmasked exception is pending
+FSW_ES = 1 << 7  # x87 status word: an unmasked exception is pending
 
 VECTOR_BP, VECTOR_UD, VECTOR_GP, VECTOR_MF = 3, 6, 13, 16
 
@@ -63,8 +79,8 @@ class EmulationResult:
     register dump and the VM stops."""
 
     handled: bool
-    instruction: str          # the decoded instruction, Intel syntax, or the raw bytes
-    action: str               # what was done ("emulated", "injected #BP", ...) or why not
+    instruction: str  # the decoded instruction, Intel syntax, or the raw bytes
+    action: str  # what was done ("emulated", "injected #BP", ...) or why not
 
     def __str__(self) -> str:
         if self.handled:

@@ -59,9 +59,17 @@ def table_indices(va: int, levels: int) -> list[int]:
     return [(va >> (12 + 9 * level)) & 0x1FF for level in range(levels - 1, -1, -1)]
 
 
-def install_trampoline(read_u64: Callable[[int], int], write_u64: Callable[[int, int], None],
-                       zero_page: Callable[[int], None], cr3: int, levels: int,
-                       spare_pages: Sequence[int], *, va: int = TRAMPOLINE_VA, gpa: int) -> int:
+def install_trampoline(
+    read_u64: Callable[[int], int],
+    write_u64: Callable[[int, int], None],
+    zero_page: Callable[[int], None],
+    cr3: int,
+    levels: int,
+    spare_pages: Sequence[int],
+    *,
+    va: int = TRAMPOLINE_VA,
+    gpa: int,
+) -> int:
     """Map ``va`` → ``gpa`` (present, user, read-only, executable) in the tables at ``cr3``.
 
     Missing tables are taken from ``spare_pages`` (zeroed first); existing ones are followed and get
@@ -106,8 +114,8 @@ class SyscallEntry:
     rip: int
     rflags: int
     r11: int
-    cs_selector: int        # DPL-0 flat 64-bit code
-    ss_selector: int        # DPL-0 flat data
+    cs_selector: int  # DPL-0 flat 64-bit code
+    ss_selector: int  # DPL-0 flat data
     switch_privilege: bool  # False when the exit came at CPL0 already (hardware KVM): only RIP moves
 
 
@@ -116,5 +124,11 @@ def complete_syscall(*, cpl: int, r11: int, star: int, sfmask: int, lstar: int) 
     trampoline exit: RCX already holds the return address; R11 the user's RFLAGS."""
     r11 &= ~RFLAGS_NOT_USER & 0xFFFF_FFFF_FFFF_FFFF
     kernel_cs = (star >> 32) & 0xFFFC
-    return SyscallEntry(rip=lstar, rflags=(r11 & ~sfmask & ~RFLAGS_RF) | RFLAGS_FIXED, r11=r11,
-                        cs_selector=kernel_cs, ss_selector=kernel_cs + 8, switch_privilege=cpl != 0)
+    return SyscallEntry(
+        rip=lstar,
+        rflags=(r11 & ~sfmask & ~RFLAGS_RF) | RFLAGS_FIXED,
+        r11=r11,
+        cs_selector=kernel_cs,
+        ss_selector=kernel_cs + 8,
+        switch_privilege=cpl != 0,
+    )

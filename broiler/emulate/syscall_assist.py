@@ -44,10 +44,10 @@ class SyscallAssist:
     def __init__(self, machine: Machine, spare_pages: Sequence[int]) -> None:
         self.machine = machine
         self.spare_pages = list(spare_pages)
-        self.lstar: dict[int, int] = {}          # vCPU id -> the value the guest wrote
-        self.syscalls = 0                         # completed at the trampoline (for the stats line)
-        self.problem: str | None = None           # set when the mapping could not be made
-        self._lock = threading.Lock()             # APs may write LSTAR while another vCPU runs
+        self.lstar: dict[int, int] = {}  # vCPU id -> the value the guest wrote
+        self.syscalls = 0  # completed at the trampoline (for the stats line)
+        self.problem: str | None = None  # set when the mapping could not be made
+        self._lock = threading.Lock()  # APs may write LSTAR while another vCPU runs
         self._used = 0
         vm = machine.vm
         vm.enable_cap(abi.KVM_CAP_X86_USER_SPACE_MSR, abi.KVM_MSR_EXIT_REASON_FILTER)
@@ -64,13 +64,13 @@ class SyscallAssist:
     def _wrmsr(self, thread: VcpuThread) -> bool:
         index, value = thread.msr_exit()
         if index != MSR_LSTAR or not _canonical(value):
-            thread.answer_msr(fault=True)        # what the CPU does for a non-canonical LSTAR: #GP
+            thread.answer_msr(fault=True)  # what the CPU does for a non-canonical LSTAR: #GP
             return True
         thread.answer_msr()
         self.lstar[thread.vcpu.id] = value
         if self._map_trampoline(thread):
             thread.vcpu.set_msrs({MSR_LSTAR: TRAMPOLINE_VA})
-        else:                                    # no assist: the guest gets the LSTAR it asked for
+        else:  # no assist: the guest gets the LSTAR it asked for
             thread.vcpu.set_msrs({MSR_LSTAR: value})
         return True
 
@@ -82,9 +82,14 @@ class SyscallAssist:
                 return False
             try:
                 self._used += install_trampoline(
-                    lambda gpa: memory.read_int(gpa, 8), lambda gpa, v: memory.write_int(gpa, 8, v),
-                    lambda gpa: memory.fill(gpa, PAGE), int(sregs.cr3), 5 if sregs.cr4 & CR4_LA57 else 4,
-                    self.spare_pages[self._used:], gpa=SYSCALL_TRAMPOLINE_GPA)
+                    lambda gpa: memory.read_int(gpa, 8),
+                    lambda gpa, v: memory.write_int(gpa, 8, v),
+                    lambda gpa: memory.fill(gpa, PAGE),
+                    int(sregs.cr3),
+                    5 if sregs.cr4 & CR4_LA57 else 4,
+                    self.spare_pages[self._used :],
+                    gpa=SYSCALL_TRAMPOLINE_GPA,
+                )
             except (TrampolineConflict, GuestMemoryError) as exc:  # odd guest page tables must not kill us
                 self.problem = f"syscall assist off: {exc}"
                 print(f"broiler: {self.problem} (user-mode syscalls will fault on this host)", file=sys.stderr)
@@ -101,8 +106,13 @@ class SyscallAssist:
             return False
         sregs = vcpu.get_sregs()
         msrs = vcpu.get_msrs([MSR_STAR, MSR_SFMASK])
-        entry = complete_syscall(cpl=int(sregs.cs.dpl), r11=int(regs.r11), star=msrs.get(MSR_STAR, 0),
-                                 sfmask=msrs.get(MSR_SFMASK, 0), lstar=self.lstar[vcpu.id])
+        entry = complete_syscall(
+            cpl=int(sregs.cs.dpl),
+            r11=int(regs.r11),
+            star=msrs.get(MSR_STAR, 0),
+            sfmask=msrs.get(MSR_SFMASK, 0),
+            lstar=self.lstar[vcpu.id],
+        )
         regs.rip = entry.rip
         if entry.switch_privilege:
             regs.rflags = entry.rflags

@@ -30,47 +30,92 @@ _positive_float = positive(float)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="broiler", description="A KVM VMM in Python for learning and "
-                                     "testing x86 IO virtualization.")
+    parser = argparse.ArgumentParser(
+        prog="broiler", description="A KVM VMM in Python for learning and testing x86 IO virtualization."
+    )
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a guest (with no arguments: the embedded demo guest)")
     run.add_argument("--guest", metavar="FILE", help="a flat64 image (see README: the flat64 contract)")
-    run.add_argument("-k", "--kernel", metavar="FILE",
-                     help="a Linux bzImage or vmlinux, or a Multiboot v1 kernel (ELF32/ELF64 or a.out kludge)")
-    run.add_argument("-i", "--initrd", metavar="FILE", action="append", default=[],
-                     help="Linux: the initrd; Multiboot: a module (repeatable)")
-    run.add_argument("-p", "--append", metavar="CMDLINE", default=None,
-                     help="the kernel command line (Linux default: a serial console; see docs/linux.md)")
-    run.add_argument("--cpu-profile", choices=("safe", "host"), default=None,
-                     help="Linux: CPUID profile; safe hides what instruction-emulating hosts cannot run "
-                          "(default: safe on KVM-PVM, host elsewhere)")
-    run.add_argument("--boot-method", choices=("auto", "pvh", "vmlinux64", "bzimage64"), default="auto",
-                     help="Linux: how to enter the kernel (default auto: PVH if the kernel has the note)")
-    run.add_argument("--syscall-assist", choices=("auto", "on", "off"), default="auto",
-                     help="Linux: complete user-mode syscall in broiler, for hosts whose KVM cannot "
-                          "(default auto: on when a probe VM's user-mode syscall arrives at CPL3; `broiler host`)")
-    run.add_argument("--testdev", action="store_true",
-                     help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev")
+    run.add_argument(
+        "-k",
+        "--kernel",
+        metavar="FILE",
+        help="a Linux bzImage or vmlinux, or a Multiboot v1 kernel (ELF32/ELF64 or a.out kludge)",
+    )
+    run.add_argument(
+        "-i",
+        "--initrd",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="Linux: the initrd; Multiboot: a module (repeatable)",
+    )
+    run.add_argument(
+        "-p",
+        "--append",
+        metavar="CMDLINE",
+        default=None,
+        help="the kernel command line (Linux default: a serial console; see docs/linux.md)",
+    )
+    run.add_argument(
+        "--cpu-profile",
+        choices=("safe", "host"),
+        default=None,
+        help="Linux: CPUID profile; safe hides what instruction-emulating hosts cannot run "
+        "(default: safe on KVM-PVM, host elsewhere)",
+    )
+    run.add_argument(
+        "--boot-method",
+        choices=("auto", "pvh", "vmlinux64", "bzimage64"),
+        default="auto",
+        help="Linux: how to enter the kernel (default auto: PVH if the kernel has the note)",
+    )
+    run.add_argument(
+        "--syscall-assist",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Linux: complete user-mode syscall in broiler, for hosts whose KVM cannot "
+        "(default auto: on when a probe VM's user-mode syscall arrives at CPL3; `broiler host`)",
+    )
+    run.add_argument(
+        "--testdev", action="store_true", help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev"
+    )
     run.add_argument("-m", "--mem", default=None, metavar="SIZE", help="guest RAM, e.g. 256M, 4G (default 256M)")
     run.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
-    run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
-                     help=f"stop the guest after this long (exit status {exitcodes.TIMEOUT})")
+    run.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help=f"stop the guest after this long (exit status {exitcodes.TIMEOUT})",
+    )
     run.add_argument("--no-demo-devices", action="store_true", help="leave out the seed's demo devices")
-    run.add_argument("--async-delay", type=float, default=None, metavar="SECONDS",
-                     help="how long the async demo devices 'work' before completing (default 0.05; "
-                          "Broiler used 2)")
-    run.add_argument("--trace", metavar="KINDS", help="print one line per event: a comma-separated list of "
-                     "pio, mmio, coalesced, doorbell, irq (or all)")
+    run.add_argument(
+        "--async-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the async demo devices 'work' before completing (default 0.05; Broiler used 2)",
+    )
+    run.add_argument(
+        "--trace",
+        metavar="KINDS",
+        help="print one line per event: a comma-separated list of pio, mmio, coalesced, doorbell, irq (or all)",
+    )
     run.add_argument("--trace-file", metavar="FILE", help="write the trace here instead of stderr")
     run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
-    run.add_argument("--console", choices=("serial", "none"), default=None,
-                     help="serial: stdin feeds the guest's UART (raw mode on a terminal; Ctrl-A x quits). "
-                          "Default: serial for Linux, none otherwise")
+    run.add_argument(
+        "--console",
+        choices=("serial", "none"),
+        default=None,
+        help="serial: stdin feeds the guest's UART (raw mode on a terminal; Ctrl-A x quits). "
+        "Default: serial for Linux, none otherwise",
+    )
     run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs` (default vm-PID)")
     run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
-    run.add_argument("--stats", action="store_true", help="print the IO table after the run "
-                     "(always on for the demo guest)")
+    run.add_argument(
+        "--stats", action="store_true", help="print the IO table after the run (always on for the demo guest)"
+    )
 
     sub.add_parser("list", help="list running VMs")
     stat = sub.add_parser("stat", help="live IO statistics of a running VM")
@@ -109,8 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         kernel_head = _read_image(args.kernel, "kernel")[:8192]
         kind = "multiboot" if is_multiboot(kernel_head) else "linux"
         if kind == "linux" and not (kernel_head.startswith(b"\x7fELF") or kernel_head[0x202:0x206] == b"HdrS"):
-            raise ConfigError(f"{args.kernel!r} is neither a Linux kernel (bzImage or ELF vmlinux) nor a "
-                              "Multiboot kernel")
+            raise ConfigError(
+                f"{args.kernel!r} is neither a Linux kernel (bzImage or ELF vmlinux) nor a Multiboot kernel"
+            )
         if kind == "linux" and len(args.initrd) > 1:
             raise ConfigError("a Linux kernel takes one --initrd")
         default_mem = MULTIBOOT_RAM if kind == "multiboot" else LINUX_RAM
@@ -120,8 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image = packaged_guest(DEMO_GUEST) if demo else _read_image(args.guest, "guest image")
         default_mem = 256 * MiB
     mem = parse_size(args.mem, what="--mem") if args.mem else default_mem
-    config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices,
-                           testdev=args.testdev)
+    config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices, testdev=args.testdev)
     if args.async_delay is not None:
         if not 0 <= args.async_delay <= 3600:
             raise ConfigError("--async-delay must be between 0 and 3600 seconds")
@@ -147,8 +192,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if (args.console or ("serial" if kind == "linux" else "none")) == "serial" and machine.serial is not None:
             from .console import SerialConsole
 
-            console = SerialConsole(machine.serial, machine.loop,
-                                    lambda: machine.request_exit(exitcodes.OK, "Ctrl-A x"))
+            console = SerialConsole(
+                machine.serial, machine.loop, lambda: machine.request_exit(exitcodes.OK, "Ctrl-A x")
+            )
             console.start()
             stack.callback(console.restore)
         if kind == "multiboot":
@@ -156,14 +202,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif kind == "linux":
             from ..boot.linux.load import DEFAULT_CMDLINE, default_profile, load_linux
 
-            boot = load_linux(machine, args.kernel, initrd=args.initrd[0] if args.initrd else None,
-                              cmdline=DEFAULT_CMDLINE if args.append is None else args.append,
-                              profile=args.cpu_profile or default_profile(), method=args.boot_method,
-                              syscall_assist=args.syscall_assist)
+            boot = load_linux(
+                machine,
+                args.kernel,
+                initrd=args.initrd[0] if args.initrd else None,
+                cmdline=DEFAULT_CMDLINE if args.append is None else args.append,
+                profile=args.cpu_profile or default_profile(),
+                method=args.boot_method,
+                syscall_assist=args.syscall_assist,
+            )
             print(f"broiler: {boot.description}", file=sys.stderr)
             decision = machine.decisions["syscall_assist"]
-            print(f"broiler: syscall assist {'on' if decision['enabled'] else 'off'} ({decision['reason']})",
-                  file=sys.stderr)
+            print(
+                f"broiler: syscall assist {'on' if decision['enabled'] else 'off'} ({decision['reason']})",
+                file=sys.stderr,
+            )
         else:
             machine.load_flat64(image)
         status = machine.run(timeout=args.timeout)
@@ -203,8 +256,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'NAME':<20} {'PID':>8} {'UPTIME':>9} {'CPUS':>4} {'MEM':>6}  GUEST")
     for vm in live:
-        print(f"{vm['name']:<20} {vm['pid']:>8} {vm['uptime']:>8.1f}s {vm['cpus']:>4} {format_size(vm['mem']):>6}  "
-              f"{vm['guest']}")
+        print(
+            f"{vm['name']:<20} {vm['pid']:>8} {vm['uptime']:>8.1f}s {vm['cpus']:>4} {format_size(vm['mem']):>6}  "
+            f"{vm['guest']}"
+        )
     return 0
 
 
@@ -298,8 +353,14 @@ def main(argv: list[str] | None = None) -> int:
             from ..bench import cli as bench_cli
 
             return bench_cli.run(args)
-        commands = {"host": cmd_host, "layout": cmd_layout, "list": cmd_list, "stat": cmd_stat, "stop": cmd_stop,
-                    "regs": cmd_regs}
+        commands = {
+            "host": cmd_host,
+            "layout": cmd_layout,
+            "list": cmd_list,
+            "stat": cmd_stat,
+            "stop": cmd_stop,
+            "regs": cmd_regs,
+        }
         if args.command in commands:
             return commands[args.command](args)
         parser.error(f"unknown command {args.command}")

@@ -23,8 +23,9 @@ CTRL_A = 0x01
 
 
 class SerialConsole:
-    def __init__(self, serial: Serial8250, loop: EventLoop, quit_vm: Callable[[], None],
-                 stdin_fd: int | None = None) -> None:
+    def __init__(
+        self, serial: Serial8250, loop: EventLoop, quit_vm: Callable[[], None], stdin_fd: int | None = None
+    ) -> None:
         self.serial = serial
         self.loop = loop
         self.quit_vm = quit_vm

@@ -97,12 +97,23 @@ class ControlServer:
 
         m = self.machine
         if cmd == "info":
-            return {"name": self.name, "pid": os.getpid(), "started": self.started,
-                    "uptime": time.time() - self.started, "cpus": m.config.cpus, "mem": m.config.mem_size,
-                    "guest": m.guest_name, "stopping": m.stopping}
+            return {
+                "name": self.name,
+                "pid": os.getpid(),
+                "started": self.started,
+                "uptime": time.time() - self.started,
+                "cpus": m.config.cpus,
+                "mem": m.config.mem_size,
+                "guest": m.guest_name,
+                "stopping": m.stopping,
+            }
         if cmd == "stats":
-            return {"name": self.name, "uptime": time.time() - self.started, **snapshot_stats(m),
-                    "devices": device_rows(m)}
+            return {
+                "name": self.name,
+                "uptime": time.time() - self.started,
+                **snapshot_stats(m),
+                "devices": device_rows(m),
+            }
         if cmd == "stop":
             m.request_exit(exitcodes.INTERRUPTED, "stopped by `broiler stop`")
             return {"ok": True}
@@ -173,7 +184,7 @@ def list_vms() -> tuple[list[dict[str, Any]], list[str]]:
     """(info of every live VM, names of stale sockets removed)."""
     live, stale = [], []
     for path in sorted(socket_dir().glob("*.sock")):
-        name = path.name[:-len(".sock")]
+        name = path.name[: -len(".sock")]
         if not _is_live(path):
             path.unlink(missing_ok=True)
             stale.append(name)

@@ -27,13 +27,22 @@ def device_rows(machine: Machine) -> list[dict[str, object]]:
             st, dev = r.stats, r.device
             line = getattr(dev, "line", None)
             row = {
-                "device": r.name, "bus": bus.name, "base": r.base, "size": r.size,
+                "device": r.name,
+                "bus": bus.name,
+                "base": r.base,
+                "size": r.size,
                 "p99_ns": st.percentile_ns(0.99),
-                "irq": getattr(line, "gsi", None), "reads": st.reads, "writes": st.writes,
-                "exits": st.count, "ns": st.ns, "timed": st.timed, "coalesced": st.coalesced,
+                "irq": getattr(line, "gsi", None),
+                "reads": st.reads,
+                "writes": st.writes,
+                "exits": st.count,
+                "ns": st.ns,
+                "timed": st.timed,
+                "coalesced": st.coalesced,
                 "doorbell_kicks": kicks.get(r.owner, kicks.get(r.name, 0)),
                 "completions": getattr(dev, "completions", None),
-                "irqs_raised": getattr(line, "raised", None), "guest_errors": dev.guest_errors,
+                "irqs_raised": getattr(line, "raised", None),
+                "guest_errors": dev.guest_errors,
             }
             if st.count or st.coalesced or row["doorbell_kicks"]:
                 rows.append(row)
@@ -47,22 +56,48 @@ def io_table(machine: Machine) -> list[str]:
         exits = int(d["exits"])  # type: ignore[call-overload]
         timed = int(d["timed"])  # type: ignore[call-overload]
         mean = f"{int(d['ns']) / timed / 1000:.2f}" if timed else "-"  # type: ignore[call-overload]
-        rows.append([str(d["device"]), f"{d['bus']} {d['base']:0{width}x}",
-                     "-" if d["irq"] is None else str(d["irq"]),
-                     f"{exits} ({d['reads']}r/{d['writes']}w)", mean, str(d["doorbell_kicks"] or "-"),
-                     str(d["coalesced"] or "-"), "-" if d["completions"] is None else str(d["completions"]),
-                     "-" if d["irqs_raised"] is None else str(d["irqs_raised"]), str(d["guest_errors"])])
-    lines = ["IO per device. sync exits: the vCPU left KVM_RUN and waited for the handler (mean µs: time in",
-             "the Python handler, sampled 1 in 16); doorbell kicks (ioeventfd) and coalesced writes (ring) did",
-             "not exit."]
-    lines += _table(["device", "bus address", "irq", "sync exits", "mean µs", "doorbell kicks",
-                     "coalesced", "completions", "irqs", "guest errors"], rows)
+        rows.append(
+            [
+                str(d["device"]),
+                f"{d['bus']} {d['base']:0{width}x}",
+                "-" if d["irq"] is None else str(d["irq"]),
+                f"{exits} ({d['reads']}r/{d['writes']}w)",
+                mean,
+                str(d["doorbell_kicks"] or "-"),
+                str(d["coalesced"] or "-"),
+                "-" if d["completions"] is None else str(d["completions"]),
+                "-" if d["irqs_raised"] is None else str(d["irqs_raised"]),
+                str(d["guest_errors"]),
+            ]
+        )
+    lines = [
+        "IO per device. sync exits: the vCPU left KVM_RUN and waited for the handler (mean µs: time in",
+        "the Python handler, sampled 1 in 16); doorbell kicks (ioeventfd) and coalesced writes (ring) did",
+        "not exit.",
+    ]
+    lines += _table(
+        [
+            "device",
+            "bus address",
+            "irq",
+            "sync exits",
+            "mean µs",
+            "doorbell kicks",
+            "coalesced",
+            "completions",
+            "irqs",
+            "guest errors",
+        ],
+        rows,
+    )
     for bus in (machine.pio_bus, machine.mmio_bus):
         unmapped = sum(bus.unmapped.values())
         straddled = sum(bus.straddled.values())
         if unmapped or straddled:
-            lines.append(f"{bus.name}: {unmapped} unmapped accesses at {len(bus.unmapped)} addresses, "
-                         f"{straddled} straddling accesses")
+            lines.append(
+                f"{bus.name}: {unmapped} unmapped accesses at {len(bus.unmapped)} addresses, "
+                f"{straddled} straddling accesses"
+            )
     return lines
 
 
@@ -82,15 +117,24 @@ def snapshot_stats(machine: Machine) -> dict[str, object]:
     return {
         "exits": exits,
         "unmapped": {"pio": sum(machine.pio_bus.unmapped.values()), "mmio": sum(machine.mmio_bus.unmapped.values())},
-        "straddled": {"pio": sum(machine.pio_bus.straddled.values()),
-                      "mmio": sum(machine.mmio_bus.straddled.values())},
-        "doorbells": [{"owner": str(b.owner), "bus": "pio" if b.pio else "mmio", "addr": b.addr, "length": b.length,
-                       "datamatch": b.datamatch, "kicks": b.kicks, "wakeups": b.wakeups}
-                      for b in machine.doorbells.history],
+        "straddled": {"pio": sum(machine.pio_bus.straddled.values()), "mmio": sum(machine.mmio_bus.straddled.values())},
+        "doorbells": [
+            {
+                "owner": str(b.owner),
+                "bus": "pio" if b.pio else "mmio",
+                "addr": b.addr,
+                "length": b.length,
+                "datamatch": b.datamatch,
+                "kicks": b.kicks,
+                "wakeups": b.wakeups,
+            }
+            for b in machine.doorbells.history
+        ],
         "msis_sent": machine.irqs.msis_sent,
         "emulated_in_userspace": {str(t.vcpu.id): dict(t.emulated) for t in machine.threads},
         "decisions": machine.decisions,
-        "exit_status": machine.exit_status, "exit_reason": machine.exit_reason,
+        "exit_status": machine.exit_status,
+        "exit_reason": machine.exit_reason,
     }
 
 
@@ -107,14 +151,39 @@ def stat_table(snap: dict, previous: dict | None) -> list[str]:  # type: ignore[
         rate = (events - old_events) / dt if dt > 0 else 0.0
         mean = f"{d['ns'] / d['timed'] / 1000:.2f}" if d["timed"] else "-"
         p99 = f"{d['p99_ns'] / 1000:.1f}" if exits else "-"
-        rows.append([d["device"], f"{d['bus']} {d['base']:#x}", str(exits), str(d["doorbell_kicks"] or "-"),
-                     str(d["coalesced"] or "-"), "-" if d["irqs_raised"] is None else str(d["irqs_raised"]),
-                     "-" if d["completions"] is None else str(d["completions"]), f"{rate:.0f}", mean, p99])
+        rows.append(
+            [
+                d["device"],
+                f"{d['bus']} {d['base']:#x}",
+                str(exits),
+                str(d["doorbell_kicks"] or "-"),
+                str(d["coalesced"] or "-"),
+                "-" if d["irqs_raised"] is None else str(d["irqs_raised"]),
+                "-" if d["completions"] is None else str(d["completions"]),
+                f"{rate:.0f}",
+                mean,
+                p99,
+            ]
+        )
     lines = [f"VM {snap['name']}  up {snap['uptime']:.1f} s"]
-    lines += _table(["device", "where", "sync exits", "doorbell kicks", "coalesced", "irqs", "completions",
-                     "events/s", "mean µs", "p99 µs"], rows)
+    lines += _table(
+        [
+            "device",
+            "where",
+            "sync exits",
+            "doorbell kicks",
+            "coalesced",
+            "irqs",
+            "completions",
+            "events/s",
+            "mean µs",
+            "p99 µs",
+        ],
+        rows,
+    )
     for vcpu, counts in snap["exits"].items():
         lines.append(f"vCPU {vcpu}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    lines.append(f"unmapped: pio {snap['unmapped']['pio']}, mmio {snap['unmapped']['mmio']}; "
-                 f"MSIs sent {snap['msis_sent']}")
+    lines.append(
+        f"unmapped: pio {snap['unmapped']['pio']}, mmio {snap['unmapped']['mmio']}; MSIs sent {snap['msis_sent']}"
+    )
     return lines

@@ -34,14 +34,16 @@ def parse_kinds(text: str) -> frozenset[str]:
         return frozenset(KINDS)
     unknown = kinds - set(KINDS)
     if unknown or not kinds:
-        raise ConfigError(f"--trace takes a comma-separated list of {', '.join(KINDS)} or all; "
-                          f"not {', '.join(sorted(unknown)) or repr(text)}")
+        raise ConfigError(
+            f"--trace takes a comma-separated list of {', '.join(KINDS)} or all; "
+            f"not {', '.join(sorted(unknown)) or repr(text)}"
+        )
     return kinds
 
 
 def _vcpu_name() -> str:
     name = threading.current_thread().name
-    return name[len("broiler-vcpu"):] if name.startswith("broiler-vcpu") else "-"
+    return name[len("broiler-vcpu") :] if name.startswith("broiler-vcpu") else "-"
 
 
 class Tracer:
@@ -59,8 +61,18 @@ class Tracer:
         t = time.monotonic() - self.t0
         vcpu = _vcpu_name()
         if self.as_json:
-            line = json.dumps({"t": round(t, 6), "vcpu": vcpu, "path": kind, "rw": rw, "addr": addr,
-                               "size": size, "value": value, "device": device})
+            line = json.dumps(
+                {
+                    "t": round(t, 6),
+                    "vcpu": vcpu,
+                    "path": kind,
+                    "rw": rw,
+                    "addr": addr,
+                    "size": size,
+                    "value": value,
+                    "device": device,
+                }
+            )
         else:
             shown = "-" if value is None else f"{value:#x}"
             line = f"{t:12.6f} vcpu {vcpu:>2} {kind:9} {rw} {addr:#014x} {size} {shown:>18}  {device}"

@@ -56,7 +56,7 @@ KVM_EXIT_X86_RDMSR = 29
 KVM_EXIT_X86_WRMSR = 30
 
 EXIT_REASON_NAMES = {
-    value: name[len("KVM_EXIT_"):]
+    value: name[len("KVM_EXIT_") :]
     for name, value in list(globals().items())
     if name.startswith("KVM_EXIT_") and isinstance(value, int)
 }
@@ -119,20 +119,51 @@ KVM_COALESCED_MMIO_MAX_BYTES = 4096  # the ring occupies one page
 
 # -- structures --------------------------------------------------------------------------------------
 class kvm_userspace_memory_region(C.Structure):
-    _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64),
-                ("memory_size", u64), ("userspace_addr", u64)]
+    _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64), ("memory_size", u64), ("userspace_addr", u64)]
 
 
 class kvm_regs(C.Structure):
-    _fields_ = [(n, u64) for n in (
-        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")]
+    _fields_ = [
+        (n, u64)
+        for n in (
+            "rax",
+            "rbx",
+            "rcx",
+            "rdx",
+            "rsi",
+            "rdi",
+            "rsp",
+            "rbp",
+            "r8",
+            "r9",
+            "r10",
+            "r11",
+            "r12",
+            "r13",
+            "r14",
+            "r15",
+            "rip",
+            "rflags",
+        )
+    ]
 
 
 class kvm_segment(C.Structure):
-    _fields_ = [("base", u64), ("limit", u32), ("selector", u16), ("type", u8),
-                ("present", u8), ("dpl", u8), ("db", u8), ("s", u8), ("l", u8),
-                ("g", u8), ("avl", u8), ("unusable", u8), ("padding", u8)]
+    _fields_ = [
+        ("base", u64),
+        ("limit", u32),
+        ("selector", u16),
+        ("type", u8),
+        ("present", u8),
+        ("dpl", u8),
+        ("db", u8),
+        ("s", u8),
+        ("l", u8),
+        ("g", u8),
+        ("avl", u8),
+        ("unusable", u8),
+        ("padding", u8),
+    ]
 
 
 class kvm_dtable(C.Structure):
@@ -143,17 +174,39 @@ KVM_NR_INTERRUPTS = 256
 
 
 class kvm_sregs(C.Structure):
-    _fields_ = [("cs", kvm_segment), ("ds", kvm_segment), ("es", kvm_segment),
-                ("fs", kvm_segment), ("gs", kvm_segment), ("ss", kvm_segment),
-                ("tr", kvm_segment), ("ldt", kvm_segment), ("gdt", kvm_dtable),
-                ("idt", kvm_dtable), ("cr0", u64), ("cr2", u64), ("cr3", u64),
-                ("cr4", u64), ("cr8", u64), ("efer", u64), ("apic_base", u64),
-                ("interrupt_bitmap", u64 * ((KVM_NR_INTERRUPTS + 63) // 64))]
+    _fields_ = [
+        ("cs", kvm_segment),
+        ("ds", kvm_segment),
+        ("es", kvm_segment),
+        ("fs", kvm_segment),
+        ("gs", kvm_segment),
+        ("ss", kvm_segment),
+        ("tr", kvm_segment),
+        ("ldt", kvm_segment),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        ("cr0", u64),
+        ("cr2", u64),
+        ("cr3", u64),
+        ("cr4", u64),
+        ("cr8", u64),
+        ("efer", u64),
+        ("apic_base", u64),
+        ("interrupt_bitmap", u64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
+    ]
 
 
 class kvm_cpuid_entry2(C.Structure):
-    _fields_ = [("function", u32), ("index", u32), ("flags", u32), ("eax", u32),
-                ("ebx", u32), ("ecx", u32), ("edx", u32), ("padding", u32 * 3)]
+    _fields_ = [
+        ("function", u32),
+        ("index", u32),
+        ("flags", u32),
+        ("eax", u32),
+        ("ebx", u32),
+        ("ecx", u32),
+        ("edx", u32),
+        ("padding", u32 * 3),
+    ]
 
 
 class kvm_cpuid2(C.Structure):
@@ -170,8 +223,7 @@ def cpuid2_type(nent: int) -> type[C.Structure]:
 
 
 class kvm_ioeventfd(C.Structure):
-    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", s32),
-                ("flags", u32), ("pad", u8 * 36)]
+    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", s32), ("flags", u32), ("pad", u8 * 36)]
 
 
 class kvm_irqfd(C.Structure):
@@ -183,8 +235,14 @@ class kvm_irq_level(C.Structure):
 
 
 class kvm_msi(C.Structure):
-    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32),
-                ("devid", u32), ("pad", u8 * 12)]
+    _fields_ = [
+        ("address_lo", u32),
+        ("address_hi", u32),
+        ("data", u32),
+        ("flags", u32),
+        ("devid", u32),
+        ("pad", u8 * 12),
+    ]
 
 
 class kvm_coalesced_mmio_zone(C.Structure):
@@ -201,7 +259,8 @@ class kvm_coalesced_mmio_ring(C.Structure):
 
 
 KVM_COALESCED_MMIO_MAX = (KVM_COALESCED_MMIO_MAX_BYTES - C.sizeof(kvm_coalesced_mmio_ring)) // C.sizeof(
-    kvm_coalesced_mmio)
+    kvm_coalesced_mmio
+)
 
 
 class kvm_pit_config(C.Structure):
@@ -217,8 +276,7 @@ class kvm_irq_routing_msi(C.Structure):
 
 
 class _routing_union(C.Union):
-    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi),
-                ("pad", u32 * 8)]
+    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi), ("pad", u32 * 8)]
 
 
 class kvm_irq_routing_entry(C.Structure):
@@ -241,8 +299,7 @@ class kvm_lapic_state(C.Structure):
 
 
 class _events_exception(C.Structure):
-    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8),
-                ("error_code", u32)]
+    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8), ("error_code", u32)]
 
 
 class _events_interrupt(C.Structure):
@@ -258,16 +315,34 @@ class _events_smi(C.Structure):
 
 
 class kvm_vcpu_events(C.Structure):
-    _fields_ = [("exception", _events_exception), ("interrupt", _events_interrupt),
-                ("nmi", _events_nmi), ("sipi_vector", u32), ("flags", u32),
-                ("smi", _events_smi), ("triple_fault_pending", u8), ("reserved", u8 * 26),
-                ("exception_has_payload", u8), ("exception_payload", u64)]
+    _fields_ = [
+        ("exception", _events_exception),
+        ("interrupt", _events_interrupt),
+        ("nmi", _events_nmi),
+        ("sipi_vector", u32),
+        ("flags", u32),
+        ("smi", _events_smi),
+        ("triple_fault_pending", u8),
+        ("reserved", u8 * 26),
+        ("exception_has_payload", u8),
+        ("exception_payload", u64),
+    ]
 
 
 class kvm_fpu(C.Structure):
-    _fields_ = [("fpr", u8 * 128), ("fcw", u16), ("fsw", u16), ("ftwx", u8), ("pad1", u8),
-                ("last_opcode", u16), ("last_ip", u64), ("last_dp", u64), ("xmm", u8 * 256),
-                ("mxcsr", u32), ("pad2", u32)]
+    _fields_ = [
+        ("fpr", u8 * 128),
+        ("fcw", u16),
+        ("fsw", u16),
+        ("ftwx", u8),
+        ("pad1", u8),
+        ("last_opcode", u16),
+        ("last_ip", u64),
+        ("last_dp", u64),
+        ("xmm", u8 * 256),
+        ("mxcsr", u32),
+        ("pad2", u32),
+    ]
 
 
 class kvm_msr_entry(C.Structure):
@@ -304,8 +379,14 @@ class kvm_msr_filter(C.Structure):
 
 
 class kvm_translation(C.Structure):
-    _fields_ = [("linear_address", u64), ("physical_address", u64), ("valid", u8),
-                ("writeable", u8), ("usermode", u8), ("pad", u8 * 5)]
+    _fields_ = [
+        ("linear_address", u64),
+        ("physical_address", u64),
+        ("valid", u8),
+        ("writeable", u8),
+        ("usermode", u8),
+        ("pad", u8 * 5),
+    ]
 
 
 class kvm_mp_state(C.Structure):
@@ -319,29 +400,29 @@ class kvm_enable_cap(C.Structure):
 # -- struct kvm_run: the fields broiler reads, by byte offset ------------------------------------
 # The vCPU loop reads kvm_run through preallocated views at these offsets rather than through a
 # ctypes Structure, because attribute access on a Structure costs more than the exit it decodes.
-RUN_REQUEST_INTERRUPT_WINDOW = 0   # u8
-RUN_IMMEDIATE_EXIT = 1             # u8
-RUN_EXIT_REASON = 8                # u32
-RUN_IF_FLAG = 13                   # u8
-RUN_UNION = 32                     # start of the exit-specific union
-RUN_IO_DIRECTION = 32              # u8
-RUN_IO_SIZE = 33                   # u8
-RUN_IO_PORT = 34                   # u16
-RUN_IO_COUNT = 36                  # u32
-RUN_IO_DATA_OFFSET = 40            # u64
-RUN_MMIO_PHYS_ADDR = 32            # u64
-RUN_MMIO_DATA = 40                 # u8[8]
-RUN_MMIO_LEN = 48                  # u32
-RUN_MMIO_IS_WRITE = 52             # u8
-RUN_FAIL_ENTRY_REASON = 32         # u64
-RUN_INTERNAL_SUBERROR = 32         # u32
-RUN_INTERNAL_NDATA = 36            # u32
-RUN_INTERNAL_DATA = 40             # u64[16]
-RUN_SYSTEM_EVENT_TYPE = 32         # u32
-RUN_MSR_ERROR = 32                 # u8 (kvm_run.msr; user -> kernel: 1 = inject #GP)
-RUN_MSR_REASON = 40                # u32 (KVM_MSR_EXIT_REASON_*)
-RUN_MSR_INDEX = 44                 # u32
-RUN_MSR_DATA = 48                  # u64
+RUN_REQUEST_INTERRUPT_WINDOW = 0  # u8
+RUN_IMMEDIATE_EXIT = 1  # u8
+RUN_EXIT_REASON = 8  # u32
+RUN_IF_FLAG = 13  # u8
+RUN_UNION = 32  # start of the exit-specific union
+RUN_IO_DIRECTION = 32  # u8
+RUN_IO_SIZE = 33  # u8
+RUN_IO_PORT = 34  # u16
+RUN_IO_COUNT = 36  # u32
+RUN_IO_DATA_OFFSET = 40  # u64
+RUN_MMIO_PHYS_ADDR = 32  # u64
+RUN_MMIO_DATA = 40  # u8[8]
+RUN_MMIO_LEN = 48  # u32
+RUN_MMIO_IS_WRITE = 52  # u8
+RUN_FAIL_ENTRY_REASON = 32  # u64
+RUN_INTERNAL_SUBERROR = 32  # u32
+RUN_INTERNAL_NDATA = 36  # u32
+RUN_INTERNAL_DATA = 40  # u64[16]
+RUN_SYSTEM_EVENT_TYPE = 32  # u32
+RUN_MSR_ERROR = 32  # u8 (kvm_run.msr; user -> kernel: 1 = inject #GP)
+RUN_MSR_REASON = 40  # u32 (KVM_MSR_EXIT_REASON_*)
+RUN_MSR_INDEX = 44  # u32
+RUN_MSR_DATA = 48  # u64
 RUN_SIZE = 2352
 
 # -- ioctls ----------------------------------------------------------------------------------------
@@ -385,8 +466,11 @@ KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
 
-IOCTL_NAMES = {value: name for name, value in list(globals().items())
-               if name.startswith("KVM_") and isinstance(value, int) and value > 0xFFFF}
+IOCTL_NAMES = {
+    value: name
+    for name, value in list(globals().items())
+    if name.startswith("KVM_") and isinstance(value, int) and value > 0xFFFF
+}
 
 
 def buffer_address(buffer: object) -> int:

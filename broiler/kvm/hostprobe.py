@@ -37,10 +37,10 @@ MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 
 RAM_SIZE = 0x10000
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
 USER_CODE, LSTAR_CODE, WRMSR_CODE, STACK = 0x4000, 0x5000, 0x6000, 0x8000
-REPORT_SYSCALL, REPORT_WRMSR = 0x100000, 0x100008   # no memory there: a store is an MMIO exit
+REPORT_SYSCALL, REPORT_WRMSR = 0x100000, 0x100008  # no memory there: a store is an MMIO exit
 KERNEL_CS, USER_CS = 0x08, 0x2B
 NON_CANONICAL = 0x0000_8000_0000_0000
-_PTE = 0b111            # present, writable, user
+_PTE = 0b111  # present, writable, user
 _PS = 1 << 7
 _T = TypeVar("_T")
 
@@ -49,8 +49,13 @@ _USER = bytes.fromhex("0f05 0f0b")
 # 8c c8: mov %cs,%eax; 89 04 25 <imm32>: mov %eax,REPORT_SYSCALL; 0f 0b: ud2
 _AT_LSTAR = bytes.fromhex("8cc8 890425") + struct.pack("<I", REPORT_SYSCALL) + bytes.fromhex("0f0b")
 # mov $MSR_LSTAR,%ecx; xor %eax,%eax; mov $0x8000,%edx; wrmsr; mov %eax,REPORT_WRMSR; ud2
-_WRMSR = (b"\xb9" + struct.pack("<I", MSR_LSTAR) + bytes.fromhex("31c0 ba00800000 0f30 890425")
-          + struct.pack("<I", REPORT_WRMSR) + bytes.fromhex("0f0b"))
+_WRMSR = (
+    b"\xb9"
+    + struct.pack("<I", MSR_LSTAR)
+    + bytes.fromhex("31c0 ba00800000 0f30 890425")
+    + struct.pack("<I", REPORT_WRMSR)
+    + bytes.fromhex("0f0b")
+)
 
 
 @dataclass(frozen=True)
@@ -81,16 +86,26 @@ class HostBehaviour:
 
 
 def _segment(selector: int, *, code: bool, dpl: int) -> abi.kvm_segment:
-    return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=11 if code else 3, present=1,
-                           dpl=dpl, db=0 if code else 1, s=1, l=int(code), g=1)
+    return abi.kvm_segment(
+        base=0,
+        limit=0xFFFFFFFF,
+        selector=selector,
+        type=11 if code else 3,
+        present=1,
+        dpl=dpl,
+        db=0 if code else 1,
+        s=1,
+        l=int(code),
+        g=1,
+    )
 
 
 def _long_mode(vcpu: Vcpu, *, rip: int, cpl: int) -> None:
     sregs = vcpu.get_sregs()
     sregs.cs = _segment(USER_CS if cpl else KERNEL_CS, code=True, dpl=cpl)
     sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = _segment(0x23 if cpl else 0x10, code=False, dpl=cpl)
-    sregs.cr0, sregs.cr3, sregs.cr4 = 0x80050033, PML4, 0x20        # PG|WP|NE|ET|MP|PE; PAE
-    sregs.efer = 0x501                                             # LMA|LME|SCE
+    sregs.cr0, sregs.cr3, sregs.cr4 = 0x80050033, PML4, 0x20  # PG|WP|NE|ET|MP|PE; PAE
+    sregs.efer = 0x501  # LMA|LME|SCE
     vcpu.set_sregs(sregs)
     regs = abi.kvm_regs()
     regs.rip, regs.rsp, regs.rflags = rip, STACK - 0x100 * (1 + vcpu.id), 0x2
@@ -105,7 +120,7 @@ def _run(vcpu: Vcpu) -> tuple[int, int]:
         try:
             vcpu.run()
         except KvmError as exc:
-            if exc.errno == 4:      # EINTR: the watchdog kicked us
+            if exc.errno == 4:  # EINTR: the watchdog kicked us
                 return -1, 0
             raise
         reason = struct.unpack_from("<I", page, abi.RUN_EXIT_REASON)[0]
@@ -117,8 +132,12 @@ def _run(vcpu: Vcpu) -> tuple[int, int]:
 def _describe(reason: int, addr: int) -> str:
     if reason == -1:
         return "no exit within 1 s"
-    name = {abi.KVM_EXIT_MMIO: "MMIO", abi.KVM_EXIT_SHUTDOWN: "shutdown",
-            abi.KVM_EXIT_INTERNAL_ERROR: "emulation failure", abi.KVM_EXIT_FAIL_ENTRY: "entry failure"}
+    name = {
+        abi.KVM_EXIT_MMIO: "MMIO",
+        abi.KVM_EXIT_SHUTDOWN: "shutdown",
+        abi.KVM_EXIT_INTERNAL_ERROR: "emulation failure",
+        abi.KVM_EXIT_FAIL_ENTRY: "entry failure",
+    }
     return f"{name.get(reason, f'exit {reason}')}" + (f" at {addr:#x}" if reason == abi.KVM_EXIT_MMIO else "")
 
 
@@ -137,7 +156,7 @@ def _wrmsr_probe(vcpu: Vcpu) -> tuple[str, str]:
     if reason == abi.KVM_EXIT_MMIO and addr == REPORT_WRMSR:
         verdict = "accepted" if lstar == NON_CANONICAL else "ignored"
     elif reason == abi.KVM_EXIT_SHUTDOWN and lstar == LSTAR_CODE:
-        verdict = "#GP"         # the only fault here; with no IDT it becomes a triple fault
+        verdict = "#GP"  # the only fault here; with no IDT it becomes a triple fault
     else:
         verdict = "unknown"
     return verdict, f"wrmsr: {_describe(reason, addr)}, LSTAR then {lstar:#x}"
@@ -151,7 +170,7 @@ def _in_thread(fn: Callable[[Vcpu], _T], vcpu: Vcpu, default: _T) -> _T:
     worker.start()
     worker.join(1.0)
     kick = signal.SIGUSR1 if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None) else signal.SIGCONT
-    for _ in range(10):             # then give up: the daemon thread cannot keep the process alive
+    for _ in range(10):  # then give up: the daemon thread cannot keep the process alive
         if not worker.is_alive() or worker.ident is None:
             break
         vcpu.run_page[abi.RUN_IMMEDIATE_EXIT] = 1
@@ -176,8 +195,8 @@ def probe_host(kvm: Kvm | None = None) -> HostBehaviour:
         struct.pack_into("<Q", ram, PDPT, PD | _PTE)
         struct.pack_into("<Q", ram, PD, _PTE | _PS)
         for addr, code in ((USER_CODE, _USER), (LSTAR_CODE, _AT_LSTAR), (WRMSR_CODE, _WRMSR)):
-            ram[addr:addr + len(code)] = code
-        vm.set_tss_addr(0xFFFBD000)                    # Intel VMX wants one; harmless elsewhere
+            ram[addr : addr + len(code)] = code
+        vm.set_tss_addr(0xFFFBD000)  # Intel VMX wants one; harmless elsewhere
         host_addr = _address_of(ram)
         vm.set_user_memory_region(0, 0, RAM_SIZE, host_addr)
         vcpus = [vm.create_vcpu(0), vm.create_vcpu(1)]
@@ -192,8 +211,13 @@ def probe_host(kvm: Kvm | None = None) -> HostBehaviour:
         vm.close()
         if own:
             kvm.close()
-    return HostBehaviour(release=platform.release(), syscall_cpl=cpl, noncanonical_lstar=verdict,
-                         detail=f"{syscall_line}; {wrmsr_line}", seconds=time.perf_counter() - start)
+    return HostBehaviour(
+        release=platform.release(),
+        syscall_cpl=cpl,
+        noncanonical_lstar=verdict,
+        detail=f"{syscall_line}; {wrmsr_line}",
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _address_of(buf: mmap.mmap) -> int:

@@ -41,8 +41,9 @@ def _ioctl(fd: int, request: int, arg: object = 0, what: str | None = None) -> i
             return fcntl.ioctl(fd, request, arg)
         return fcntl.ioctl(fd, request, arg, True)  # type: ignore[call-overload]
     except OSError as exc:
-        raise KvmError(what or abi.IOCTL_NAMES.get(request, hex(request)), exc.errno or 0,
-                       os.strerror(exc.errno or 0)) from None
+        raise KvmError(
+            what or abi.IOCTL_NAMES.get(request, hex(request)), exc.errno or 0, os.strerror(exc.errno or 0)
+        ) from None
 
 
 class Kvm:
@@ -52,18 +53,20 @@ class Kvm:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise KvmUnavailable(f"{path} does not exist: this host has no KVM "
-                                 "(load kvm_intel/kvm_amd, or run on a host with virtualization)") from None
+            raise KvmUnavailable(
+                f"{path} does not exist: this host has no KVM "
+                "(load kvm_intel/kvm_amd, or run on a host with virtualization)"
+            ) from None
         except PermissionError:
-            raise KvmUnavailable(f"permission denied opening {path}: add yourself to the kvm group "
-                                 "or run as root") from None
+            raise KvmUnavailable(
+                f"permission denied opening {path}: add yourself to the kvm group or run as root"
+            ) from None
         except OSError as exc:
             raise KvmUnavailable(f"cannot open {path}: {exc.strerror}") from None
         version = _ioctl(self.fd, abi.KVM_GET_API_VERSION)
         if version != abi.KVM_API_VERSION:
             os.close(self.fd)
-            raise KvmUnavailable(f"{path} speaks KVM API version {version}, broiler needs "
-                                 f"{abi.KVM_API_VERSION}")
+            raise KvmUnavailable(f"{path} speaks KVM API version {version}, broiler needs {abi.KVM_API_VERSION}")
         self.vcpu_mmap_size = _ioctl(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE)
 
     def check_extension(self, cap: int) -> int:
@@ -114,8 +117,9 @@ class Vm:
         except OSError:
             return self.kvm.check_extension(cap)
 
-    def set_user_memory_region(self, slot: int, guest_phys_addr: int, size: int, host_addr: int,
-                               flags: int = 0) -> None:
+    def set_user_memory_region(
+        self, slot: int, guest_phys_addr: int, size: int, host_addr: int, flags: int = 0
+    ) -> None:
         region = abi.kvm_userspace_memory_region(slot, flags, guest_phys_addr, size, host_addr)
         _ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region)
 
@@ -145,9 +149,10 @@ class Vm:
         msi = abi.kvm_msi(address & 0xFFFFFFFF, address >> 32, data)
         return _ioctl(self.fd, abi.KVM_SIGNAL_MSI, msi)
 
-    def ioeventfd(self, fd: int, addr: int, length: int, *, pio: bool, datamatch: int | None,
-                  deassign: bool = False) -> None:
-        flags = (abi.KVM_IOEVENTFD_FLAG_PIO if pio else 0)
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, *, pio: bool, datamatch: int | None, deassign: bool = False
+    ) -> None:
+        flags = abi.KVM_IOEVENTFD_FLAG_PIO if pio else 0
         if datamatch is not None:
             flags |= abi.KVM_IOEVENTFD_FLAG_DATAMATCH
         if deassign:
@@ -199,8 +204,7 @@ class Vcpu:
         self.vm = vm
         self.id = vcpu_id
         self.fd = fd
-        self.run_page = mmap.mmap(fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED,
-                                  mmap.PROT_READ | mmap.PROT_WRITE)
+        self.run_page = mmap.mmap(fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         # The coalesced MMIO ring lives at page ``offset`` of the same mapping (2 on x86).
         self.coalesced_page = vm.check_extension(abi.KVM_CAP_COALESCED_MMIO)
 

@@ -54,8 +54,8 @@ class Bar:
     overlays: list[tuple[int, int, Device]] = field(default_factory=list)
     # Live state, owned by PciFunction under the host lock.
     region: Region | None = None
-    mapped: int | None = None          # the base currently decoded, or None
-    rejected: int | None = None        # last address refused (to count each refusal once)
+    mapped: int | None = None  # the base currently decoded, or None
+    rejected: int | None = None  # last address refused (to count each refusal once)
 
     @property
     def slots(self) -> int:

@@ -26,7 +26,7 @@ DEVICE_ID = 0x02
 COMMAND = 0x04
 STATUS = 0x06
 REVISION_ID = 0x08
-CLASS_PROG = 0x09            # class code: prog-if 0x09, subclass 0x0A, base class 0x0B
+CLASS_PROG = 0x09  # class code: prog-if 0x09, subclass 0x0A, base class 0x0B
 CACHE_LINE_SIZE = 0x0C
 LATENCY_TIMER = 0x0D
 HEADER_TYPE = 0x0E
@@ -54,9 +54,9 @@ CMD_INTX_DISABLE = 0x0400
 CMD_WRITABLE = CMD_IO | CMD_MEMORY | CMD_MASTER | CMD_PARITY | CMD_SERR | CMD_INTX_DISABLE
 
 # Status register bits.
-STATUS_INTERRUPT = 0x0008     # read-only: INTx is asserted by the function
-STATUS_CAP_LIST = 0x0010      # read-only: the capability list exists
-STATUS_W1C = 0xF900           # parity / target abort / master abort / SERR / detected parity: write 1 to clear
+STATUS_INTERRUPT = 0x0008  # read-only: INTx is asserted by the function
+STATUS_CAP_LIST = 0x0010  # read-only: the capability list exists
+STATUS_W1C = 0xF900  # parity / target abort / master abort / SERR / detected parity: write 1 to clear
 
 # Capability IDs.
 CAP_ID_MSI = 0x05
@@ -80,8 +80,8 @@ class ConfigSpace:
         self.wmask = bytearray(CONFIG_SPACE_SIZE)
         self.w1cmask = bytearray(CONFIG_SPACE_SIZE)
         self._lock = threading.Lock()
-        self._cap_tail = CAPABILITY_LIST      # where the next capability's offset gets linked
-        self._cap_next = CAPABILITY_START     # first free byte for a capability
+        self._cap_tail = CAPABILITY_LIST  # where the next capability's offset gets linked
+        self._cap_next = CAPABILITY_START  # first free byte for a capability
         # Standard writable registers of a type-0 header.
         self.set_masks(COMMAND, 2, wmask=CMD_WRITABLE)
         self.set_masks(STATUS, 2, w1c=STATUS_W1C)
@@ -91,24 +91,24 @@ class ConfigSpace:
 
     # -- host side -------------------------------------------------------------------------
     def get(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.data[offset:offset + size], "little")
+        return int.from_bytes(self.data[offset : offset + size], "little")
 
     def set(self, offset: int, size: int, value: int) -> None:
         with self._lock:
-            self.data[offset:offset + size] = _bytes(value, size)
+            self.data[offset : offset + size] = _bytes(value, size)
 
     def update_bits(self, offset: int, size: int, mask: int, on: bool) -> None:
         """Set (``on``) or clear the bits of ``mask`` in a register, atomically."""
         with self._lock:
-            value = int.from_bytes(self.data[offset:offset + size], "little")
+            value = int.from_bytes(self.data[offset : offset + size], "little")
             value = value | mask if on else value & ~mask
-            self.data[offset:offset + size] = _bytes(value, size)
+            self.data[offset : offset + size] = _bytes(value, size)
 
     def set_masks(self, offset: int, size: int, *, wmask: int | None = None, w1c: int | None = None) -> None:
         if wmask is not None:
-            self.wmask[offset:offset + size] = _bytes(wmask, size)
+            self.wmask[offset : offset + size] = _bytes(wmask, size)
         if w1c is not None:
-            self.w1cmask[offset:offset + size] = _bytes(w1c, size)
+            self.w1cmask[offset : offset + size] = _bytes(w1c, size)
 
     def add_capability(self, cap_id: int, length: int) -> int:
         """Reserve ``length`` bytes for a capability, link it at the end of the list, return its offset."""
@@ -136,7 +136,7 @@ class ConfigSpace:
 
     # -- guest side ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.data[offset:offset + size], "little")
+        return int.from_bytes(self.data[offset : offset + size], "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
         """A guest write: writable bits merge, write-1-to-clear bits clear, the rest stay."""

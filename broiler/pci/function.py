@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broiler.pci")
 
-FUNCTION_CONFIG_SIZE = 0x1000   # what ECAM gives each function; only the first 256 bytes exist
+FUNCTION_CONFIG_SIZE = 0x1000  # what ECAM gives each function; only the first 256 bytes exist
 
 
 @dataclass(eq=False)
@@ -109,9 +109,18 @@ class PciFunction(Device):
 
     name = "pci-function"
 
-    def __init__(self, *, vendor_id: int, device_id: int, class_code: int = 0, revision: int = 0,
-                 subsystem_vendor_id: int = 0, subsystem_id: int = 0, name: str | None = None,
-                 command: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        vendor_id: int,
+        device_id: int,
+        class_code: int = 0,
+        revision: int = 0,
+        subsystem_vendor_id: int = 0,
+        subsystem_id: int = 0,
+        name: str | None = None,
+        command: int | None = None,
+    ) -> None:
         super().__init__()
         if name is not None:
             self.name = name
@@ -126,7 +135,7 @@ class PciFunction(Device):
         self.bars: dict[int, Bar] = {}
         self.host: PciHost | None = None
         self.slot: int | None = None
-        self.lock: threading.RLock = threading.RLock()    # replaced by the host's lock on add
+        self.lock: threading.RLock = threading.RLock()  # replaced by the host's lock on add
         self.intx: IrqLine | None = None
         self._intx_request = False
         self._intx_level = 0
@@ -144,13 +153,11 @@ class PciFunction(Device):
     def device_id(self) -> int:
         return self.config.get(DEVICE_ID, 2)
 
-    def add_bar(self, index: int, kind: BarKind, size: int, device: Device, *,
-                prefetchable: bool = False) -> Bar:
+    def add_bar(self, index: int, kind: BarKind, size: int, device: Device, *, prefetchable: bool = False) -> Bar:
         if self.host is not None:
             raise ConfigError(f"{self.name}: BARs must be added before the function joins a host")
         check_bar(kind, size)
-        bar = Bar(index, kind, size, device, prefetchable and kind is not BarKind.IO,
-                  name=f"{self.name} BAR{index}")
+        bar = Bar(index, kind, size, device, prefetchable and kind is not BarKind.IO, name=f"{self.name} BAR{index}")
         if not 0 <= index <= BAR_COUNT - bar.slots:
             raise ConfigError(f"{self.name}: bad BAR index {index} for a {kind.value} BAR")
         taken = {b.index + i for b in self.bars.values() for i in range(b.slots)}
@@ -170,15 +177,17 @@ class PciFunction(Device):
         self.config.set(INTERRUPT_PIN, 1, pin)
         self.config.set(INTERRUPT_LINE, 1, line.gsi & 0xFF)
 
-    def add_msi(self, sink: MsiSink, *, vectors: int = 1, is64: bool = False,
-                per_vector_mask: bool = False) -> MsiCapability:
+    def add_msi(
+        self, sink: MsiSink, *, vectors: int = 1, is64: bool = False, per_vector_mask: bool = False
+    ) -> MsiCapability:
         cap = MsiCapability(self.config, sink, vectors=vectors, is64=is64, per_vector_mask=per_vector_mask)
         self.msi = cap
         self._hooks.append(cap)
         return cap
 
-    def add_msix(self, sink: MsiSink, *, bar: int, vectors: int, table_offset: int = 0,
-                 pba_offset: int | None = None) -> MsixCapability:
+    def add_msix(
+        self, sink: MsiSink, *, bar: int, vectors: int, table_offset: int = 0, pba_offset: int | None = None
+    ) -> MsixCapability:
         """MSI-X with its table at ``table_offset`` and PBA (default: right after the table) in ``bar``."""
         target = self.bars.get(bar)
         if target is None or target.kind is BarKind.IO:
@@ -187,8 +196,9 @@ class PciFunction(Device):
             pba_offset = (table_offset + vectors * 16 + 7) & ~7
         if max(table_offset + vectors * 16, pba_offset + (vectors + 63) // 64 * 8) > target.size:
             raise ConfigError(f"{self.name}: MSI-X table/PBA do not fit in BAR{bar}")
-        cap = MsixCapability(self.config, sink, bar=bar, vectors=vectors, table_offset=table_offset,
-                             pba_offset=pba_offset)
+        cap = MsixCapability(
+            self.config, sink, bar=bar, vectors=vectors, table_offset=table_offset, pba_offset=pba_offset
+        )
         target.overlays.append((table_offset, cap.table_size, cap.table_device))
         target.overlays.append((pba_offset, cap.pba_size, cap.pba_device))
         self.msix = cap
@@ -198,7 +208,7 @@ class PciFunction(Device):
     # -- configuration space (what the host's mechanisms call) ------------------------------
     def read(self, offset: int, size: int) -> int:
         if size not in (1, 2, 4) or offset < 0 or offset + size > CONFIG_SPACE_SIZE:
-            return all_ones(size)       # extended space of a conventional function: absent
+            return all_ones(size)  # extended space of a conventional function: absent
         return self.config.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
@@ -263,8 +273,10 @@ class PciFunction(Device):
             return None, None
         lo, hi = host.io_window if bar.kind is BarKind.IO else host.mmio_window
         if not (lo <= addr and addr + bar.size <= hi):
-            return None, (f"BAR{bar.index} moved to {addr:#x}+{bar.size:#x}, outside the "
-                          f"{'IO' if bar.kind is BarKind.IO else 'MMIO'} window [{lo:#x}, {hi:#x}): not decoded")
+            return None, (
+                f"BAR{bar.index} moved to {addr:#x}+{bar.size:#x}, outside the "
+                f"{'IO' if bar.kind is BarKind.IO else 'MMIO'} window [{lo:#x}, {hi:#x}): not decoded"
+            )
         return addr, None
 
     def apply_decode(self, host: PciHost, *, count_errors: bool) -> bool:
@@ -321,8 +333,9 @@ class PciFunction(Device):
                         self._unmap(bar, self.host)
 
     # -- doorbells -------------------------------------------------------------------------
-    def add_doorbell(self, bar: int, offset: int, length: int, callback: DoorbellCallback, *,
-                     datamatch: int | None = None) -> DoorbellSpec:
+    def add_doorbell(
+        self, bar: int, offset: int, length: int, callback: DoorbellCallback, *, datamatch: int | None = None
+    ) -> DoorbellSpec:
         """A doorbell at ``offset`` of BAR ``bar``, registered while (and where) the BAR decodes."""
         target = self.bars.get(bar)
         if target is None or offset < 0 or offset + length > target.size or length not in (1, 2, 4, 8):
@@ -347,11 +360,18 @@ class PciFunction(Device):
             return
         addr = bar.mapped + spec.offset
         try:
-            spec.handle = host.doorbells.add(pio=bar.kind is BarKind.IO, addr=addr, length=spec.length,
-                                             datamatch=spec.datamatch, callback=spec.callback, owner=self)
+            spec.handle = host.doorbells.add(
+                pio=bar.kind is BarKind.IO,
+                addr=addr,
+                length=spec.length,
+                datamatch=spec.datamatch,
+                callback=spec.callback,
+                owner=self,
+            )
         except BroilerError as err:
-            log.warning("%s: doorbell at %#x not registered (%s); writes reach the device instead",
-                        self.name, addr, err)
+            log.warning(
+                "%s: doorbell at %#x not registered (%s); writes reach the device instead", self.name, addr, err
+            )
             return
         spec.address = addr
 

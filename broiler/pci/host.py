@@ -46,7 +46,7 @@ MAX_SLOTS = 32
 PCI_IO_WINDOW = (0x1000, 0x10000)
 PCI_MMIO_WINDOW = (PCI_MMIO_START, PCI_MMIO_END)
 
-HOST_BRIDGE_VENDOR = 0x1B36     # Red Hat / QEMU's generic "PCIe host bridge" ID: no guest quirks
+HOST_BRIDGE_VENDOR = 0x1B36  # Red Hat / QEMU's generic "PCIe host bridge" ID: no guest quirks
 HOST_BRIDGE_DEVICE = 0x0008
 HOST_BRIDGE_CLASS = 0x060000
 
@@ -57,8 +57,9 @@ class HostBridge(PciFunction):
     name = "host-bridge"
 
     def __init__(self) -> None:
-        super().__init__(vendor_id=HOST_BRIDGE_VENDOR, device_id=HOST_BRIDGE_DEVICE,
-                         class_code=HOST_BRIDGE_CLASS, command=0)
+        super().__init__(
+            vendor_id=HOST_BRIDGE_VENDOR, device_id=HOST_BRIDGE_DEVICE, class_code=HOST_BRIDGE_CLASS, command=0
+        )
 
 
 class ConfigMechanism1(Device):
@@ -131,11 +132,19 @@ class Ecam(Device):
 class PciHost:
     """Bus 0 of one machine: owns the config mechanisms, the slot registry and the BAR allocators."""
 
-    def __init__(self, pio: Bus, mmio: Bus, *, doorbells: Doorbells | None = None,
-                 io_window: tuple[int, int] = PCI_IO_WINDOW,
-                 mmio_window: tuple[int, int] = PCI_MMIO_WINDOW,
-                 io_allocator: IoAllocator | None = None, mmio_allocator: MmioAllocator | None = None,
-                 ecam_base: int = PCI_ECAM_BASE, ecam_size: int = PCI_ECAM_SIZE) -> None:
+    def __init__(
+        self,
+        pio: Bus,
+        mmio: Bus,
+        *,
+        doorbells: Doorbells | None = None,
+        io_window: tuple[int, int] = PCI_IO_WINDOW,
+        mmio_window: tuple[int, int] = PCI_MMIO_WINDOW,
+        io_allocator: IoAllocator | None = None,
+        mmio_allocator: MmioAllocator | None = None,
+        ecam_base: int = PCI_ECAM_BASE,
+        ecam_size: int = PCI_ECAM_SIZE,
+    ) -> None:
         self.pio = pio
         self.mmio = mmio
         self.doorbells = doorbells
@@ -171,8 +180,7 @@ class PciHost:
             elif not 0 <= slot < MAX_SLOTS:
                 raise ConfigError(f"PCI slot {slot} for {function.name} is not in 0..31")
             elif slot in self._slots:
-                raise ConfigError(f"PCI slot {slot} is taken by {self._slots[slot].name}; "
-                                  f"cannot add {function.name}")
+                raise ConfigError(f"PCI slot {slot} is taken by {self._slots[slot].name}; cannot add {function.name}")
             command = 0
             for bar in sorted(function.bars.values(), key=lambda b: b.index):
                 if bar.kind is BarKind.IO:
@@ -196,8 +204,10 @@ class PciHost:
             stuck = [b for b in function.bars.values() if b.rejected is not None]
             if stuck:
                 self.remove(function)
-                raise ConfigError(f"{function.name}: BAR{stuck[0].index} at {stuck[0].rejected:#x} "
-                                  f"collides with an existing device or leaves its window")
+                raise ConfigError(
+                    f"{function.name}: BAR{stuck[0].index} at {stuck[0].rejected:#x} "
+                    f"collides with an existing device or leaves its window"
+                )
             return slot
 
     def remove(self, function: PciFunction) -> None:
@@ -227,8 +237,7 @@ class PciHost:
             fn = self.function_at(bus, device, function)
             return all_ones(size) if fn is None else fn.read(register, size)
 
-    def config_write(self, bus: int, device: int, function: int, register: int, size: int,
-                     value: int) -> None:
+    def config_write(self, bus: int, device: int, function: int, register: int, size: int, value: int) -> None:
         with self.lock:
             fn = self.function_at(bus, device, function)
             if fn is not None:

@@ -48,8 +48,9 @@ DoorbellCallback = Callable[[int], None]
 class Doorbells(Protocol):
     """ioeventfd-style doorbells, owned by the machine (one instance per VM)."""
 
-    def add(self, *, pio: bool, addr: int, length: int, datamatch: int | None,
-            callback: DoorbellCallback, owner: object) -> object:
+    def add(
+        self, *, pio: bool, addr: int, length: int, datamatch: int | None, callback: DoorbellCallback, owner: object
+    ) -> object:
         """Start catching writes; returns a handle for ``remove``."""
         ...
 

@@ -42,15 +42,15 @@ MSIX_ENTRY_SIZE = 16
 MSIX_ENTRY_CTRL = 12
 MSIX_ENTRY_MASKBIT = 0x1
 MSIX_MAX_VECTORS = 2048
-_ENTRY_WMASK = bytes([0xFC, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-                      0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x00, 0x00, 0x00])
+_ENTRY_WMASK = bytes([0xFC, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x00, 0x00, 0x00])
 
 
 class MsiCapability:
     """An MSI capability placed in ``config``; ``offset`` is where it lives."""
 
-    def __init__(self, config: ConfigSpace, sink: MsiSink, *, vectors: int = 1, is64: bool = False,
-                 per_vector_mask: bool = False) -> None:
+    def __init__(
+        self, config: ConfigSpace, sink: MsiSink, *, vectors: int = 1, is64: bool = False, per_vector_mask: bool = False
+    ) -> None:
         if vectors not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"MSI vectors must be a power of two up to 32, not {vectors}")
         self.config = config
@@ -147,8 +147,9 @@ class MsiCapability:
 class MsixCapability:
     """An MSI-X capability in ``config`` whose table and PBA sit in BAR ``bar``."""
 
-    def __init__(self, config: ConfigSpace, sink: MsiSink, *, bar: int, vectors: int, table_offset: int,
-                 pba_offset: int) -> None:
+    def __init__(
+        self, config: ConfigSpace, sink: MsiSink, *, bar: int, vectors: int, table_offset: int, pba_offset: int
+    ) -> None:
         if not 1 <= vectors <= MSIX_MAX_VECTORS:
             raise ValueError(f"MSI-X vectors must be 1..2048, not {vectors}")
         if table_offset % 8 or pba_offset % 8:
@@ -196,9 +197,8 @@ class MsixCapability:
 
     def entry(self, vector: int) -> tuple[int, int, int]:
         """(address, data, vector control) of a table entry."""
-        e = self.table[vector * MSIX_ENTRY_SIZE:(vector + 1) * MSIX_ENTRY_SIZE]
-        return (int.from_bytes(e[0:8], "little"), int.from_bytes(e[8:12], "little"),
-                int.from_bytes(e[12:16], "little"))
+        e = self.table[vector * MSIX_ENTRY_SIZE : (vector + 1) * MSIX_ENTRY_SIZE]
+        return (int.from_bytes(e[0:8], "little"), int.from_bytes(e[8:12], "little"), int.from_bytes(e[12:16], "little"))
 
     def vector_masked(self, vector: int) -> bool:
         return bool(self.table[vector * MSIX_ENTRY_SIZE + MSIX_ENTRY_CTRL] & MSIX_ENTRY_MASKBIT)
@@ -254,7 +254,7 @@ class MsixCapability:
     # -- guest access to the table and PBA (from the BAR) ----------------------------------
     def table_read(self, offset: int, size: int) -> int:
         with self._lock:
-            return int.from_bytes(self.table[offset:offset + size], "little")
+            return int.from_bytes(self.table[offset : offset + size], "little")
 
     def table_write(self, offset: int, size: int, value: int) -> None:
         with self._lock:
@@ -266,7 +266,7 @@ class MsixCapability:
 
     def pba_read(self, offset: int, size: int) -> int:
         with self._lock:
-            return int.from_bytes(self.pba[offset:offset + size], "little")
+            return int.from_bytes(self.pba[offset : offset + size], "little")
 
 
 def _aligned(offset: int, size: int, length: int) -> bool:

@@ -53,11 +53,11 @@ FLAT64_AP_STACK = 0x4000
 class MachineConfig:
     mem_size: int = 256 * MiB
     cpus: int = 1
-    demo_devices: bool = True     # the seed's demo devices (off: --no-demo-devices)
-    irqchip: bool = True          # in-kernel PIC/IOAPIC/LAPIC and PIT
+    demo_devices: bool = True  # the seed's demo devices (off: --no-demo-devices)
+    irqchip: bool = True  # in-kernel PIC/IOAPIC/LAPIC and PIT
     serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
     async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
-    testdev: bool = False         # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
+    testdev: bool = False  # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
     kvm_path: str = "/dev/kvm"
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -109,8 +109,7 @@ class Machine:
         self.irqs = Interrupts(self.vm, lambda: self.stopping, routing=config.irqchip)
         self.loop = EventLoop()
         # Without KVM_CAP_IOEVENTFD doorbells still work: every doorbell write traps to the device.
-        self.doorbells = Doorbells(self.vm if self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0 else None,
-                                   self.loop)
+        self.doorbells = Doorbells(self.vm if self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0 else None, self.loop)
         self.coalesced_pio = self.kvm.check_extension(abi.KVM_CAP_COALESCED_PIO) > 0
 
         self.memory = GuestMemory(self.map)
@@ -130,20 +129,44 @@ class Machine:
         self._setup_cpus()
 
     # -- devices ----------------------------------------------------------------------------
-    def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                name: str | None = None, coalesced: bool = False) -> Region:
+    def add_pio(
+        self,
+        base: int,
+        size: int,
+        device: Device,
+        *,
+        owner: Hashable | None = None,
+        name: str | None = None,
+        coalesced: bool = False,
+    ) -> Region:
         """Put ``device`` on the port bus; ``coalesced`` queues its writes in the ring (KVM_CAP_COALESCED_PIO)."""
         if coalesced and not self.coalesced_pio:
             raise ConfigError("this host's KVM has no coalesced PIO")
         return self._add(self.pio_bus, base, size, device, owner, name, coalesced)
 
-    def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                 name: str | None = None, coalesced: bool = False) -> Region:
+    def add_mmio(
+        self,
+        base: int,
+        size: int,
+        device: Device,
+        *,
+        owner: Hashable | None = None,
+        name: str | None = None,
+        coalesced: bool = False,
+    ) -> Region:
         """Put ``device`` on the MMIO bus; ``coalesced`` makes its writes go through the ring."""
         return self._add(self.mmio_bus, base, size, device, owner, name, coalesced)
 
-    def _add(self, bus: PioBus | MmioBus, base: int, size: int, device: Device, owner: Hashable | None,
-             name: str | None, coalesced: bool) -> Region:
+    def _add(
+        self,
+        bus: PioBus | MmioBus,
+        base: int,
+        size: int,
+        device: Device,
+        owner: Hashable | None,
+        name: str | None,
+        coalesced: bool,
+    ) -> Region:
         region = bus.register(base, size, device, owner=owner, name=name)
         if coalesced:
             pio = bus is self.pio_bus
@@ -207,16 +230,28 @@ class Machine:
         state = vcpu.get_lapic()
         regs = bytearray(state.regs)
         for offset, mode in ((0x350, 7), (0x360, 4)):
-            value = int.from_bytes(regs[offset:offset + 4], "little")
+            value = int.from_bytes(regs[offset : offset + 4], "little")
             value = (value & ~0x700 & ~(1 << 16)) | (mode << 8)
-            regs[offset:offset + 4] = value.to_bytes(4, "little")
+            regs[offset : offset + 4] = value.to_bytes(4, "little")
         state.regs = bytes(regs)
         vcpu.set_lapic(state)
 
     @staticmethod
-    def enter(vcpu: Vcpu, *, rip: int, regs: dict[str, int], cs: abi.kvm_segment, data: abi.kvm_segment,
-              cr0: int, cr3: int, cr4: int, efer: int, gdt: tuple[int, int] | None = None,
-              idt: tuple[int, int] | None = None, tr: abi.kvm_segment | None = None) -> None:
+    def enter(
+        vcpu: Vcpu,
+        *,
+        rip: int,
+        regs: dict[str, int],
+        cs: abi.kvm_segment,
+        data: abi.kvm_segment,
+        cr0: int,
+        cr3: int,
+        cr4: int,
+        efer: int,
+        gdt: tuple[int, int] | None = None,
+        idt: tuple[int, int] | None = None,
+        tr: abi.kvm_segment | None = None,
+    ) -> None:
         """Set a vCPU's entry state: the one place every loader's CPU state goes through. GDT, IDT and
         TR left as None keep what KVM has; general registers not named in ``regs`` are 0."""
         sregs = vcpu.get_sregs()
@@ -239,20 +274,47 @@ class Machine:
     @staticmethod
     def flat_segment(selector: int, *, code: bool, long_mode: bool = False) -> abi.kvm_segment:
         """A flat 4 GiB ring-0 segment: code (execute/read) or data (read/write)."""
-        return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=11 if code else 3, present=1,
-                               dpl=0, db=0 if long_mode else 1, s=1, l=int(long_mode), g=1)
+        return abi.kvm_segment(
+            base=0,
+            limit=0xFFFFFFFF,
+            selector=selector,
+            type=11 if code else 3,
+            present=1,
+            dpl=0,
+            db=0 if long_mode else 1,
+            s=1,
+            l=int(long_mode),
+            g=1,
+        )
 
     def set_long_mode(self, vcpu: Vcpu, state: LongModeState, *, rsp: int | None = None, rdi: int = 0) -> None:
-        self.enter(vcpu, rip=state.rip, regs={"rsp": state.rsp if rsp is None else rsp, "rflags": 0x2, "rdi": rdi},
-                   cs=self.flat_segment(SEL_CODE64, code=True, long_mode=True),
-                   data=self.flat_segment(SEL_DATA, code=False), cr0=state.cr0, cr3=state.cr3, cr4=state.cr4,
-                   efer=state.efer, gdt=(state.gdt_base, state.gdt_limit), idt=(0, 0))
+        self.enter(
+            vcpu,
+            rip=state.rip,
+            regs={"rsp": state.rsp if rsp is None else rsp, "rflags": 0x2, "rdi": rdi},
+            cs=self.flat_segment(SEL_CODE64, code=True, long_mode=True),
+            data=self.flat_segment(SEL_DATA, code=False),
+            cr0=state.cr0,
+            cr3=state.cr3,
+            cr4=state.cr4,
+            efer=state.efer,
+            gdt=(state.gdt_base, state.gdt_limit),
+            idt=(0, 0),
+        )
 
     def set_protected_mode(self, vcpu: Vcpu, *, entry: int, eax: int, ebx: int) -> None:
         """32-bit protected mode, paging off, flat segments, interrupts off (the Multiboot state)."""
-        self.enter(vcpu, rip=entry, regs={"rax": eax, "rbx": ebx, "rflags": 0x2},
-                   cs=self.flat_segment(0x08, code=True), data=self.flat_segment(0x10, code=False),
-                   cr0=0x11, cr3=0, cr4=0, efer=0)  # CR0 = PE | ET
+        self.enter(
+            vcpu,
+            rip=entry,
+            regs={"rax": eax, "rbx": ebx, "rflags": 0x2},
+            cs=self.flat_segment(0x08, code=True),
+            data=self.flat_segment(0x10, code=False),
+            cr0=0x11,
+            cr3=0,
+            cr4=0,
+            efer=0,
+        )  # CR0 = PE | ET
 
     # -- loaders ------------------------------------------------------------------------------
     def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:
@@ -359,8 +421,9 @@ class Machine:
         previous: dict[int, object] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(
-                sig, lambda signum, _f: self.request_exit(exitcodes.INTERRUPTED,
-                                                          f"signal {signal.Signals(signum).name}"))
+                sig,
+                lambda signum, _f: self.request_exit(exitcodes.INTERRUPTED, f"signal {signal.Signals(signum).name}"),
+            )
         return previous
 
     @staticmethod
@@ -380,4 +443,3 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -86,8 +86,14 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
             line = (m.alloc_edge_line if spec.edge else m.alloc_line)(spec.name, spec.irq_kind)
             device = AsyncDemo(spec, line, m.schedule, config.async_delay)
             (m.add_pio if spec.pio else m.add_mmio)(spec.base, ASYNC_BLOCK_SIZE, device)
-            m.doorbells.add(pio=spec.pio, addr=spec.base, length=spec.doorbell_width, datamatch=None,
-                            callback=device.ring, owner=spec.name)
+            m.doorbells.add(
+                pio=spec.pio,
+                addr=spec.base,
+                length=spec.doorbell_width,
+                datamatch=None,
+                callback=device.ring,
+                owner=spec.name,
+            )
         m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
     m.pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
     if config.demo_devices:
@@ -109,7 +115,9 @@ def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
         return m.alloc_line(name, "ioapic")
 
     pci_devices: list[PciFunction] = [
-        SyncPioPci(), SyncMmioPci(), PciBaseDemo(),
+        SyncPioPci(),
+        SyncMmioPci(),
+        PciBaseDemo(),
         AsyncPioPci(irq=intx("async-pio-pci"), schedule=schedule, delay=delay),
         AsyncMmioPci(irq=intx("async-mmio-pci"), schedule=schedule, delay=delay),
         IntxDemoPci(irq=intx("intx-pci"), schedule=schedule, delay=delay),
@@ -151,14 +159,29 @@ class PlatformSketch:
         self.pci: PciHost | None = None
         add_platform_devices(self, config)
 
-
-    def add_pio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                name: str | None = None, coalesced: bool = False) -> Region:
+    def add_pio(
+        self,
+        base: int,
+        size: int,
+        device: Device,
+        *,
+        owner: Hashable | None = None,
+        name: str | None = None,
+        coalesced: bool = False,
+    ) -> Region:
         self.devices.append(device)
         return self.pio_bus.register(base, size, device, owner=owner, name=name)
 
-    def add_mmio(self, base: int, size: int, device: Device, *, owner: Hashable | None = None,
-                 name: str | None = None, coalesced: bool = False) -> Region:
+    def add_mmio(
+        self,
+        base: int,
+        size: int,
+        device: Device,
+        *,
+        owner: Hashable | None = None,
+        name: str | None = None,
+        coalesced: bool = False,
+    ) -> Region:
         self.devices.append(device)
         return self.mmio_bus.register(base, size, device, owner=owner, name=name)
 

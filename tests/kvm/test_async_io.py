@@ -26,8 +26,8 @@ def test_each_async_device_completes_every_doorbell_with_one_interrupt() -> None
     kicks = {b.owner: b.kicks for b in run.machine.doorbells.history}
     for name in ASYNC:
         dev = regions[name].device
-        assert kicks[name] == 5, name                      # KVM caught all 5 doorbell writes
-        assert dev.trapped_kicks == 0, name                # ... so none of them exited
+        assert kicks[name] == 5, name  # KVM caught all 5 doorbell writes
+        assert dev.trapped_kicks == 0, name  # ... so none of them exited
         assert dev.completions == 5 and dev.line.raised == 5, name
         assert dev.completion_log == [1, 2, 3, 4, 5], name
         # the only sync writes are the guest's 5 STATUS acknowledges
@@ -44,7 +44,7 @@ def test_coalesced_writes_arrive_in_order_before_the_read() -> None:
     assert passed(run.status), run.output
     log = _regions(run.machine)["coalesced-log"]
     assert log.device.values == [i * 7 + 3 for i in range(100)]
-    assert log.stats.coalesced == 101          # RESET + 100 values, none of them an exit
+    assert log.stats.coalesced == 101  # RESET + 100 values, none of them an exit
     assert (log.stats.reads, log.stats.writes) == (2, 0)
 
 
@@ -88,7 +88,7 @@ def test_datamatch_doorbells_reach_their_own_handlers_and_misses_reach_the_bus()
     assert passed(machine.run(timeout=60))
     assert got == {"one": 1, "two": 2, "seven": 1}
     assert (one.kicks, two.kicks) == (1, 2)
-    assert port_dev.writes == [(0, 2, 3), (0, 1, 1)]   # the datamatch miss and the odd length
+    assert port_dev.writes == [(0, 2, 3), (0, 1, 1)]  # the datamatch miss and the odd length
     assert mmio_dev.writes == [(0, 4, 8)]
 
 

@@ -19,15 +19,22 @@ pytestmark = pytest.mark.kvm
 
 
 def _spawn(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "broiler", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "broiler", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def _wait_listed(name: str, env: dict[str, str], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-m", "broiler", "list"], capture_output=True, text=True,
-                             env=env, cwd=ROOT).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "broiler", "list"], capture_output=True, text=True, env=env, cwd=ROOT
+        ).stdout
         if name in out:
             return
         time.sleep(0.2)
@@ -40,8 +47,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broiler", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "broiler", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
 
 
 def test_list_stat_regs_stop_on_a_running_demo(env: dict[str, str], tmp_path: Path) -> None:
@@ -86,15 +94,31 @@ def test_stat_of_unknown_and_stale_vms(env: dict[str, str], tmp_path: Path) -> N
 
 def test_trace_lines_match_the_guest_accesses(tmp_path: Path) -> None:
     trace = tmp_path / "trace.jsonl"
-    proc = broiler_cli("run", "--trace", "pio,mmio,doorbell,coalesced,irq", "--trace-json", "--trace-file",
-                       str(trace), "--timeout", "60")
+    proc = broiler_cli(
+        "run",
+        "--trace",
+        "pio,mmio,doorbell,coalesced,irq",
+        "--trace-json",
+        "--trace-file",
+        str(trace),
+        "--timeout",
+        "60",
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in trace.read_text().splitlines()]
-    sync_mmio = [(e["rw"], e["addr"], e["size"], e["value"]) for e in events
-                 if e["path"] == "mmio" and e["device"] == "sync-mmio"]
-    assert sync_mmio == [("r", 0xD000_0000, 4, 0x20), ("w", 0xD000_0004, 4, 3), ("r", 0xD000_0004, 4, 3),
-                         ("r", 0xD000_0008, 4, 0x10), ("r", 0xD000_000C, 4, 0x40),
-                         ("r", 0xD000_0000, 1, 0xFF)]
+    sync_mmio = [
+        (e["rw"], e["addr"], e["size"], e["value"])
+        for e in events
+        if e["path"] == "mmio" and e["device"] == "sync-mmio"
+    ]
+    assert sync_mmio == [
+        ("r", 0xD000_0000, 4, 0x20),
+        ("w", 0xD000_0004, 4, 3),
+        ("r", 0xD000_0004, 4, 3),
+        ("r", 0xD000_0008, 4, 0x10),
+        ("r", 0xD000_000C, 4, 0x40),
+        ("r", 0xD000_0000, 1, 0xFF),
+    ]
     doorbells = [e for e in events if e["path"] == "doorbell"]
     assert sum(1 for e in doorbells if "async-pio" in e["device"]) == 2
     coalesced = [e["value"] for e in events if e["path"] == "coalesced"]

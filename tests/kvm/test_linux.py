@@ -51,13 +51,32 @@ def _cloud_kernel() -> Path:
     return kernels[-1]
 
 
-def _boot_until(tmp_path: Path, want: list[str], *args: str, limit: float = 900,
-                kernel: Path | None = None) -> tuple[str, str, int]:
+def _boot_until(
+    tmp_path: Path, want: list[str], *args: str, limit: float = 900, kernel: Path | None = None
+) -> tuple[str, str, int]:
     """Boot the cloud kernel until every line of ``want`` was printed (or ``limit`` s), then SIGTERM."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "broiler", "run", "-k", str(kernel or _cloud_kernel()), "-m", "4G",
-                             "--console", "none", "--timeout", str(int(limit)), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broiler",
+            "run",
+            "-k",
+            str(kernel or _cloud_kernel()),
+            "-m",
+            "4G",
+            "--console",
+            "none",
+            "--timeout",
+            str(int(limit)),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -104,11 +123,12 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     kernel = _cloud_kernel()
     if not busybox.exists():
         pytest.skip(f"no busybox in {CACHE}: run tools/fetch-debian-kernel")
-    initramfs = tmp_path / "initramfs.cpio"    # always today's /init script, whatever the cache holds
+    initramfs = tmp_path / "initramfs.cpio"  # always today's /init script, whatever the cache holds
     initramfs.write_bytes(build_probe_initramfs(busybox.read_bytes()))
     stats = tmp_path / "stats.json"
-    text, err, status = _boot_until(tmp_path, ["=== broiler: done"], "-i", str(initramfs),
-                                    "--stats-json", str(stats), limit=2700, kernel=kernel)
+    text, err, status = _boot_until(
+        tmp_path, ["=== broiler: done"], "-i", str(initramfs), "--stats-json", str(stats), limit=2700, kernel=kernel
+    )
     assert "=== broiler: done" in text, f"the probe did not finish; stderr: {err}"
 
     iomem = _section(text, "/proc/iomem")
@@ -117,12 +137,12 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     top = [line for line in iomem if not line.startswith(" ")]
     in_hole = [line for line in top if 0xC0000000 <= int(line.split("-")[0], 16) < 0x100000000]
     assert in_hole and not any("System RAM" in line or "Reserved" in line for line in in_hole), in_hole
-    assert "c2000000-cfffffff : PCI Bus 0000:00" in in_hole            # PCI MMIO from 0xC2000000
+    assert "c2000000-cfffffff : PCI Bus 0000:00" in in_hole  # PCI MMIO from 0xC2000000
     assert "fee00000-fee00fff : Local APIC" in in_hole
 
     ioports = [line.strip() for line in _section(text, "/proc/ioports")]
     assert "03f8-03ff : serial" in ioports
-    for port in ("6020-602f", "6040-604f", "6060-606f", "60a0-60af", "8900-8900"):   # the demo ports
+    for port in ("6020-602f", "6040-604f", "6060-606f", "60a0-60af", "8900-8900"):  # the demo ports
         assert any(line.startswith(f"{port} : pnp 00:") for line in ioports), (port, ioports)
 
     pci = _section(text, "pci devices")
@@ -132,7 +152,7 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     decision = final["decisions"]["syscall_assist"]
     assert decision["mode"] == "auto" and decision["reason"].startswith("auto: "), decision
     emulated = final["emulated_in_userspace"]["0"]
-    if decision["enabled"]:   # every system call of /init went through the syscall assist
+    if decision["enabled"]:  # every system call of /init went through the syscall assist
         assert emulated.get("syscall", 0) > 100, emulated
     else:
         assert emulated.get("syscall", 0) == 0, emulated

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.kvm
 
 KERNEL = ROOT / "broiler" / "guests" / "mbtest.elf"
 ENV = "GREETING=hello\nANSWER=42\n"
-PCI_TESTS = ["mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
-             "portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd"]
+PCI_TESTS = [
+    "mmio-no-eventfd",
+    "mmio-wildcard-eventfd",
+    "mmio-datamatch-eventfd",
+    "portio-no-eventfd",
+    "portio-wildcard-eventfd",
+    "portio-datamatch-eventfd",
+]
 # What the kernel found, printed the same way under both VMMs (BAR addresses and the e820 map differ).
 COMPARABLE = re.compile(r"^(fw_cfg: cpus=.*|ap: started .*|ioapic: .*|pci-testdev: \S+-eventfd .*)$", re.M)
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
@@ -32,18 +38,46 @@ def module(tmp_path: Path) -> Path:
 
 
 def run_broiler(module: Path, cmdline: str, cpus: int = 1) -> subprocess.CompletedProcess[str]:
-    return broiler_cli("run", "-k", str(KERNEL), "-i", str(module), "--testdev", "-c", str(cpus),
-                       "--timeout", "60", "-p", cmdline)
+    return broiler_cli(
+        "run", "-k", str(KERNEL), "-i", str(module), "--testdev", "-c", str(cpus), "--timeout", "60", "-p", cmdline
+    )
 
 
 def run_qemu(module: Path, cmdline: str, cpus: int = 1, pci: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-smp", str(cpus),
-         "-display", "none", "-serial", "stdio", "-no-reboot", "-nic", "none", "-device", "pc-testdev",
-         *(["-device", "pci-testdev"] if pci else []),
-         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-kernel", str(KERNEL), "-initrd", str(module),
-         "-append", cmdline],
-        capture_output=True, text=True, timeout=120)
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "qemu64",
+            "-m",
+            "128",
+            "-smp",
+            str(cpus),
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-nic",
+            "none",
+            "-device",
+            "pc-testdev",
+            *(["-device", "pci-testdev"] if pci else []),
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x4",
+            "-kernel",
+            str(KERNEL),
+            "-initrd",
+            str(module),
+            "-append",
+            cmdline,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_passed(proc: subprocess.CompletedProcess[str]) -> None:
@@ -93,17 +127,21 @@ def test_mbtest_runs_the_six_pci_testdev_tests(module: Path) -> None:
 
 
 def test_a_failed_check_is_the_exit_status(module: Path) -> None:
-    proc = broiler_cli("run", "-k", str(KERNEL), "-i", str(module), "--testdev", "--timeout", "60",
-                       "-p", "expect_cpus=3 mods=1")
+    proc = broiler_cli(
+        "run", "-k", str(KERNEL), "-i", str(module), "--testdev", "--timeout", "60", "-p", "expect_cpus=3 mods=1"
+    )
     assert "mbtest: FAILED" in proc.stdout
     assert proc.returncode != 1 and proc.returncode & 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-k", "/nonexistent"], "does not exist"),
-    (["-k", str(ROOT / "broiler" / "guests" / "demo.bin")], "nor a Multiboot kernel"),
-    (["--initrd", "x"], "go with --kernel"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-k", "/nonexistent"], "does not exist"),
+        (["-k", str(ROOT / "broiler" / "guests" / "demo.bin")], "nor a Multiboot kernel"),
+        (["--initrd", "x"], "go with --kernel"),
+    ],
+)
 def test_bad_kernel_input(args: list[str], message: str) -> None:
     proc = broiler_cli("run", *args)
     assert proc.returncode == exitcodes.USAGE

@@ -30,9 +30,14 @@ RAM = 64 * MiB
 KVM_PVM = Path("/sys/module/kvm_pvm").exists()
 
 # Where pci_test.c moves BARs (bar_moves, bar_hostile, msix_tests).
-MOVED = {("sync-pio-pci", 0): 0x7000, ("sync-mmio-pci", 0): 0xC300_0000,
-         ("async-pio-pci", 0): 0x7100, ("async-mmio-pci", 0): 0xC300_1000,
-         ("pci-base", 1): 0xC300_2000, ("pci-msix", 1): 0xC300_3000}
+MOVED = {
+    ("sync-pio-pci", 0): 0x7000,
+    ("sync-mmio-pci", 0): 0xC300_0000,
+    ("async-pio-pci", 0): 0x7100,
+    ("async-mmio-pci", 0): 0xC300_1000,
+    ("pci-base", 1): 0xC300_2000,
+    ("pci-msix", 1): 0xC300_3000,
+}
 
 
 def _numbers(output: str, key: str) -> dict[str, int]:
@@ -55,7 +60,7 @@ def pci_run() -> GuestRun:
 def test_guest_enumerates_and_passes_every_check(pci_run: GuestRun) -> None:
     out = pci_run.output
     assert "pci_test: 0 failures" in out
-    assert f"ram end {RAM:#x}\n" in out   # the guest found where RAM ends (its bad-DMA cases use it)
+    assert f"ram end {RAM:#x}\n" in out  # the guest found where RAM ends (its bad-DMA cases use it)
     assert "enumerate conf1: 13 functions" in out and "enumerate ecam: 13 functions" in out
     assert "extra" not in out
     assert [f"00:{s:02x}.0" for s in range(13)] == [line.split()[0] for line in pci_run.machine.pci.describe()]
@@ -112,7 +117,7 @@ def test_moved_bars_decode_and_ring_only_at_their_new_address(pci_run: GuestRun)
         assert sum(b.kicks for b in bells if b.addr == old + 0x10) == 0, name
         assert sum(b.kicks for b in bells if b.addr == new + 0x10) == fn.rings == fn.completions, name
         bus = machine.pio_bus if pio else machine.mmio_bus
-        assert bus.unmapped[(old + 0x10, True)] == 1, name      # the guest's write to the old doorbell
+        assert bus.unmapped[(old + 0x10, True)] == 1, name  # the guest's write to the old doorbell
         assert bus.find(old) is None, name
     # a BAR that was blocked on pci-base's BAR1 came alive when that moved away, then moved on
     assert machine.mmio_bus.find(0xC200_0100) is None
@@ -158,14 +163,14 @@ def test_dma_moves_bytes_both_ways_and_refuses_bad_requests(pci_run: GuestRun) -
     memory = pci_run.machine.memory
     for name, fn in dmas.items():
         assert fn.bytes_copied == copied[name] > 0, name
-        assert fn.error_code == 0, name                      # the last job (after the bad ones) was fine
+        assert fn.error_code == 0, name  # the last job (after the bad ones) was fine
         assert fn.slot is not None
         pattern = bytes((i * 7 + (fn.slot << 3)) & 0xFF for i in range(256))
         big = len(fn.buffer) > 4096
         at = len(fn.buffer) - 0x100 if big else 0x800
-        assert bytes(fn.buffer[at:at + 256]) == pattern, name  # RAM -> device landed where asked
+        assert bytes(fn.buffer[at : at + 256]) == pattern, name  # RAM -> device landed where asked
         head = bytes(len(BROILER_DMA_TEXT) + 1) if big else BROILER_DMA_TEXT + b"\0"
-        assert bytes(fn.buffer[:len(head)]) == head, name   # failed RAM -> device copies wrote nothing
+        assert bytes(fn.buffer[: len(head)]) == head, name  # failed RAM -> device copies wrote nothing
         if big:
             assert not any(fn.buffer[:at]), name
     # The failed copies across the end of RAM left its last bytes alone (GuestMemory refuses
@@ -207,8 +212,10 @@ def test_toolkit_sizes_and_moves_any_bar_kind() -> None:
     text = b"".join(out).decode(errors="replace")
     assert passed(status), text
     assert "enumerate conf1: 14 functions" in text and "enumerate ecam: 14 functions" in text
-    line = (f"00:14.0 1234:5678 class 0xff0000 pin 0 bar0 mem64-pf {before[0]:#x}+0x4000 "
-            f"bar2 io {before[2]:#x}+0x20 bar3 mem32 {before[3]:#x}+0x1000")
+    line = (
+        f"00:14.0 1234:5678 class 0xff0000 pin 0 bar0 mem64-pf {before[0]:#x}+0x4000 "
+        f"bar2 io {before[2]:#x}+0x20 bar3 mem32 {before[3]:#x}+0x1000"
+    )
     assert f"extra conf1 {line}" in text and f"extra ecam {line}" in text
     # pci_test moved both memory BARs up 1 MiB with decode off: no refusal on the way
     assert extra.bars[0].mapped == before[0] + MiB and extra.bars[3].mapped == before[3] + MiB

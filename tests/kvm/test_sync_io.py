@@ -81,13 +81,16 @@ def test_demo_runs_and_prints_the_io_table() -> None:
     assert "sync-pio" in proc.stdout and "sync-mmio" in proc.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--guest", "/nonexistent/image"], "does not exist"),
-    (["--mem", "0"], "too small"),
-    (["--mem", "10T"], "exceeds this host"),
-    (["--mem", "lots"], "bad --mem"),
-    (["--cpus", "0"], "--cpus"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--guest", "/nonexistent/image"], "does not exist"),
+        (["--mem", "0"], "too small"),
+        (["--mem", "10T"], "exceeds this host"),
+        (["--mem", "lots"], "bad --mem"),
+        (["--cpus", "0"], "--cpus"),
+    ],
+)
 def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     proc = broiler_cli("run", *args)
     assert proc.returncode == exitcodes.USAGE
@@ -121,8 +124,13 @@ def test_signals_stop_the_vm_cleanly(tmp_path, signame: str) -> None:  # noqa: A
     image = tmp_path / "spin.bin"
     image.write_bytes(bytes([0xEB, 0xFE]))  # jmp .
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "broiler", "run", "--guest", str(image), "--timeout", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broiler", "run", "--guest", str(image), "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     time.sleep(1.5)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=20)
@@ -137,8 +145,11 @@ def test_compiled_and_python_exit_loops_agree(guest: str, monkeypatch: pytest.Mo
 
     def io_counts(run) -> dict:  # noqa: ANN001
         m = run.machine
-        return {(b.name, r.name): (r.stats.reads, r.stats.writes, r.stats.coalesced)
-                for b in (m.pio_bus, m.mmio_bus) for r in b.regions()}
+        return {
+            (b.name, r.name): (r.stats.reads, r.stats.writes, r.stats.coalesced)
+            for b in (m.pio_bus, m.mmio_bus)
+            for r in b.regions()
+        }
 
     monkeypatch.setenv("BROILER_PURE_PYTHON", "1")
     pure = run_guest(guest, async_delay=0.0)

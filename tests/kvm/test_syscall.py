@@ -20,8 +20,8 @@ from tests.kvm.helpers import broiler_cli, passed
 
 pytestmark = pytest.mark.kvm
 
-SPARE_TABLES = (0x90000, 0x91000, 0x92000)   # guests/syscall_test.c: SPARE_TABLES
-SYSCALLS = 1014                              # 1011 from user_main, 3 from user_jumper (one is the jump)
+SPARE_TABLES = (0x90000, 0x91000, 0x92000)  # guests/syscall_test.c: SPARE_TABLES
+SYSCALLS = 1014  # 1011 from user_main, 3 from user_jumper (one is the jump)
 GP_LINE = "syscall_test: non-canonical LSTAR raised #GP"
 ACCEPTED_LINE = "syscall_test: non-canonical LSTAR was accepted"
 
@@ -31,8 +31,8 @@ class SyscallRun:
     status: int
     output: str
     assist: SyscallAssist | None
-    cpu_lstar: int           # the vCPU's LSTAR after the run (the trampoline when the assist is on)
-    trampoline_pte: int      # what the assist wrote into the last spare table page
+    cpu_lstar: int  # the vCPU's LSTAR after the run (the trampoline when the assist is on)
+    trampoline_pte: int  # what the assist wrote into the last spare table page
 
 
 def _run(assist: bool) -> SyscallRun:
@@ -42,9 +42,13 @@ def _run(assist: bool) -> SyscallRun:
         if assist:
             machine.enable_syscall_assist(SPARE_TABLES)
         status = machine.run(timeout=60)
-        return SyscallRun(status, b"".join(out).decode(errors="replace"), machine.syscall_assist,
-                          machine.vcpus[0].get_msrs([0xC0000082])[0xC0000082],
-                          machine.memory.read_int(SPARE_TABLES[2], 8))
+        return SyscallRun(
+            status,
+            b"".join(out).decode(errors="replace"),
+            machine.syscall_assist,
+            machine.vcpus[0].get_msrs([0xC0000082])[0xC0000082],
+            machine.memory.read_int(SPARE_TABLES[2], 8),
+        )
 
 
 def _probe() -> HostBehaviour:
@@ -67,7 +71,7 @@ def test_user_mode_syscalls_reach_the_kernel_and_come_back() -> None:
     # the guest's LSTAR is kept for RDMSR, the CPU's points at the trampoline, mapped where promised
     assert assist.lstar[0] >= 0xFFFFFFFF80000000
     assert run.cpu_lstar == TRAMPOLINE_VA
-    assert run.trampoline_pte & ~0x60 == 0xFEBFF000 | 0b101      # present, user, read-only (accessed/dirty aside)
+    assert run.trampoline_pte & ~0x60 == 0xFEBFF000 | 0b101  # present, user, read-only (accessed/dirty aside)
 
 
 def test_without_the_assist_the_guest_sees_what_the_probe_measured() -> None:

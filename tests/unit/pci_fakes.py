@@ -58,8 +58,16 @@ class FakeDoorbells:
         self.added = 0
         self.removed = 0
 
-    def add(self, *, pio: bool, addr: int, length: int, datamatch: int | None,
-            callback: Callable[[int], None], owner: object) -> object:
+    def add(
+        self,
+        *,
+        pio: bool,
+        addr: int,
+        length: int,
+        datamatch: int | None,
+        callback: Callable[[int], None],
+        owner: object,
+    ) -> object:
         handle = FakeHandle(pio, addr, length, datamatch, callback, owner)
         self.handles.append(handle)
         self.added += 1
@@ -77,8 +85,7 @@ class FakeDoorbells:
         """A guest write as KVM routes it; True if a doorbell swallowed it."""
         pio = bus.name == "pio"
         for h in self.handles:
-            if (h.pio == pio and h.addr == addr and h.length == size
-                    and (h.datamatch is None or h.datamatch == value)):
+            if h.pio == pio and h.addr == addr and h.length == size and (h.datamatch is None or h.datamatch == value):
                 h.kicks += 1
                 h.callback(1)
                 return True
@@ -125,15 +132,15 @@ class Rig:
         self.doorbells = FakeDoorbells() if doorbells else None
         self.host = PciHost(self.pio, self.mmio, doorbells=self.doorbells)
 
-    def cfg_read(self, dev: int, reg: int, size: int = 4, *, ecam: bool = False, bus: int = 0,
-                 fn: int = 0) -> int:
+    def cfg_read(self, dev: int, reg: int, size: int = 4, *, ecam: bool = False, bus: int = 0, fn: int = 0) -> int:
         if ecam:
             return self.mmio.read(PCI_ECAM_BASE + (bus << 20 | dev << 15 | fn << 12 | reg), size)
         self.pio.write(0xCF8, 4, conf1_address(dev, reg, bus=bus, fn=fn))
         return self.pio.read(0xCFC + (reg & 3), size)
 
-    def cfg_write(self, dev: int, reg: int, size: int, value: int, *, ecam: bool = False, bus: int = 0,
-                  fn: int = 0) -> None:
+    def cfg_write(
+        self, dev: int, reg: int, size: int, value: int, *, ecam: bool = False, bus: int = 0, fn: int = 0
+    ) -> None:
         if ecam:
             self.mmio.write(PCI_ECAM_BASE + (bus << 20 | dev << 15 | fn << 12 | reg), size, value)
             return

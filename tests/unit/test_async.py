@@ -143,8 +143,9 @@ def test_doorbell_kicks_reach_the_callback_with_their_count() -> None:
     bells = Doorbells(None, loop)
     got: list[int] = []
     seen = threading.Event()
-    bell = bells.add(pio=True, addr=0x6100, length=2, datamatch=None,
-                     callback=lambda n: (got.append(n), seen.set()), owner="a")
+    bell = bells.add(
+        pio=True, addr=0x6100, length=2, datamatch=None, callback=lambda n: (got.append(n), seen.set()), owner="a"
+    )
     time.sleep(0.05)
     for _ in range(3):
         os.eventfd_write(bell.fd, 1)  # what KVM does on each caught guest write

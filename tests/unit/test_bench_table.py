@@ -18,21 +18,46 @@ def _summary(median: float, low: float | None = None, high: float | None = None)
 def fake_doc() -> dict[str, object]:
     rows = []
     for p in guest.PATHS:
-        row: dict[str, object] = {"key": p.key, "label": p.label, "floor": _summary(8.0, 7.9, 8.1),
-                                  "bare": _summary(8.4), "broiler": _summary(8.8, 8.6, 9.0), "missing": {},
-                                  "c_over_a": 1.1, "c_over_b": round(8.8 / 8.4, 3)}
+        row: dict[str, object] = {
+            "key": p.key,
+            "label": p.label,
+            "floor": _summary(8.0, 7.9, 8.1),
+            "bare": _summary(8.4),
+            "broiler": _summary(8.8, 8.6, 9.0),
+            "missing": {},
+            "c_over_a": 1.1,
+            "c_over_b": round(8.8 / 8.4, 3),
+        }
         rows.append(row)
     rows[-1]["broiler"] = None
     rows[-1]["missing"] = {"broiler": "n/a (not yet): no broiler.core.ioeventfd"}
     rows[-1]["c_over_a"] = rows[-1]["c_over_b"] = None
     return {
-        "schema": "broiler-bench/1", "quick": True, "n1": 100, "n2": 600, "reps": 3, "mem": 256 << 20,
-        "host": {"python": "3.11", "cc": None}, "seconds": 1.0, "notes": ["no C compiler (cc) on this machine"],
-        "paths": rows, "doorbell_rtt_us": [15.0, 16.0],
-        "scaling": {"path": "pio_out", "label": "sync PIO out",
-                    "impls": {"floor": {"1": _summary(8.0), "2": _summary(9.0), "speedup": 1.778}}},
-        "startup": {"mem": 4 << 30, "broiler": {"median_ms": 25.0, "min_ms": 24.0, "max_ms": 26.0,
-                                                "phases_ms": {"machine": 22.0, "load": 1.0, "first_exit": 2.0}}},
+        "schema": "broiler-bench/1",
+        "quick": True,
+        "n1": 100,
+        "n2": 600,
+        "reps": 3,
+        "mem": 256 << 20,
+        "host": {"python": "3.11", "cc": None},
+        "seconds": 1.0,
+        "notes": ["no C compiler (cc) on this machine"],
+        "paths": rows,
+        "doorbell_rtt_us": [15.0, 16.0],
+        "scaling": {
+            "path": "pio_out",
+            "label": "sync PIO out",
+            "impls": {"floor": {"1": _summary(8.0), "2": _summary(9.0), "speedup": 1.778}},
+        },
+        "startup": {
+            "mem": 4 << 30,
+            "broiler": {
+                "median_ms": 25.0,
+                "min_ms": 24.0,
+                "max_ms": 26.0,
+                "phases_ms": {"machine": 22.0, "load": 1.0, "first_exit": 2.0},
+            },
+        },
     }
 
 
@@ -103,10 +128,13 @@ def test_paths_have_distinct_keys_and_the_guest_protocol_constants_fit() -> None
 
 
 def test_ladder_table_shows_steps_and_deltas() -> None:
-    data = {"paths": ["pio_out"], "steps": [
-        {"step": "bare", "what": "w", "pio_out": _summary(7.0, 6.9, 7.2)},
-        {"step": "+arg 0", "what": "w", "pio_out": _summary(8.2, 8.1, 8.4)},
-    ]}
+    data = {
+        "paths": ["pio_out"],
+        "steps": [
+            {"step": "bare", "what": "w", "pio_out": _summary(7.0, 6.9, 7.2)},
+            {"step": "+arg 0", "what": "w", "pio_out": _summary(8.2, 8.1, 8.4)},
+        ],
+    }
     lines = ladder.render_ladder(data)
     assert any(line.startswith("bare") and "6.90" in line for line in lines)
     assert any(line.startswith("+arg 0") and "(+1.20)" in line for line in lines)

@@ -18,10 +18,10 @@ def test_sync_registers_driver_flow() -> None:
 
 def test_sync_registers_hostile_accesses() -> None:
     dev = SyncRegisters()
-    dev.write(0x8, 4, 0x99)       # read-only
+    dev.write(0x8, 4, 0x99)  # read-only
     dev.write(0xC, 4, 0x99)
-    dev.write(0x0, 2, 0x1234)     # wrong size
-    dev.write(0x2, 4, 0x1234)     # unaligned
+    dev.write(0x0, 2, 0x1234)  # wrong size
+    dev.write(0x2, 4, 0x1234)  # unaligned
     assert dev.read(0x1, 1) == 0xFF
     assert dev.read(0x0, 8) == (1 << 64) - 1
     assert (dev.read(0x8, 4), dev.read(0xC, 4), dev.read(0x0, 4)) == (0x10, 0x40, 0x20)
@@ -52,15 +52,15 @@ def test_serial_transmit_lsr_and_scratch() -> None:
 def test_serial_receive_interrupt_and_dlab() -> None:
     levels: list[int] = []
     uart = Serial8250(lambda b: None, levels.append)
-    uart.write(3, 1, 0x80)            # DLAB on: offsets 0/1 are the divisor
+    uart.write(3, 1, 0x80)  # DLAB on: offsets 0/1 are the divisor
     uart.write(0, 1, 0x01)
     uart.write(1, 1, 0x00)
     uart.write(3, 1, 0x03)
     assert uart.dll == 1
-    uart.write(1, 1, 0x01)            # IER: receive interrupt
+    uart.write(1, 1, 0x01)  # IER: receive interrupt
     uart.feed(b"x")
     assert levels == [1]
-    assert uart.read(5, 1) & 0x01     # DR
+    assert uart.read(5, 1) & 0x01  # DR
     assert uart.read(2, 1) & 0x0F == 0x04
     assert uart.read(0, 1) == ord("x")
     assert levels == [1, 0]
@@ -69,7 +69,7 @@ def test_serial_receive_interrupt_and_dlab() -> None:
 def test_serial_thr_empty_interrupt_acknowledged_by_iir_read() -> None:
     levels: list[int] = []
     uart = Serial8250(lambda b: None, levels.append)
-    uart.write(1, 1, 0x02)            # IER.THRI with an empty transmitter: interrupt now
+    uart.write(1, 1, 0x02)  # IER.THRI with an empty transmitter: interrupt now
     assert levels == [1]
     assert uart.read(2, 1) & 0x0F == 0x02
     assert levels == [1, 0]
@@ -99,6 +99,6 @@ def test_console_escape_handling() -> None:
     quits: list[int] = []
     console = SerialConsole(Serial8250(lambda b: None), EventLoop(), lambda: quits.append(1), stdin_fd=0)
     assert console.filter(b"ls\r") == b"ls\r"
-    assert console.filter(b"a\x01\x01b") == b"a\x01b"   # Ctrl-A Ctrl-A: a literal Ctrl-A
+    assert console.filter(b"a\x01\x01b") == b"a\x01b"  # Ctrl-A Ctrl-A: a literal Ctrl-A
     assert console.filter(b"\x01") == b"" and console.filter(b"zq") == b"q"  # escape spans reads
     assert console.filter(b"ok\x01xignored") == b"ok" and quits == [1]

@@ -21,8 +21,9 @@ class FakeCpu:
     def __init__(self, code: bytes, bits: int = 64, rip: int = CODE) -> None:
         self.bits = bits
         self.regs = dict.fromkeys(GPR_NAMES, 0)
-        self.regs.update(rip=rip, rflags=0x2, cr0=0x80050033, cs_base=0, ds_base=0, es_base=0, ss_base=0,
-                         fs_base=0, gs_base=0)
+        self.regs.update(
+            rip=rip, rflags=0x2, cr0=0x80050033, cs_base=0, ds_base=0, es_base=0, ss_base=0, fs_base=0, gs_base=0
+        )
         self.pages: dict[int, bytearray] = {}
         self.injected: list[tuple[int, int | None]] = []
         self.fsw = 0
@@ -53,7 +54,7 @@ class FakeCpu:
         return bytes(self._page(a, False)[a & 0xFFF] for a in range(addr, addr + size))
 
     def write_linear(self, addr: int, data: bytes) -> None:
-        for a in range(addr, addr + len(data)):   # check every page first: no partial writes
+        for a in range(addr, addr + len(data)):  # check every page first: no partial writes
             self._page(a, True)
         for i, b in enumerate(data):
             self._page(addr + i, True)[(addr + i) & 0xFFF] = b
@@ -72,6 +73,7 @@ def run(code: bytes, **regs: int) -> tuple[FakeCpu, EmulationResult]:
 
 
 # --- int3, fwait ----------------------------------------------------------------------------------
+
 
 def test_int3_injects_bp_after_instruction() -> None:
     cpu, r = run(b"\xcc\x90")
@@ -93,7 +95,7 @@ def test_fwait_with_pending_x87_exception_injects_mf() -> None:
 
 # --- cmpxchg16b / cmpxchg8b -----------------------------------------------------------------------
 
-LOCK_CMPXCHG16B_RDI = bytes.fromhex("f0480fc70f")      # lock cmpxchg16b [rdi]
+LOCK_CMPXCHG16B_RDI = bytes.fromhex("f0480fc70f")  # lock cmpxchg16b [rdi]
 
 
 def test_cmpxchg16b_success() -> None:
@@ -115,11 +117,11 @@ def test_cmpxchg16b_failure_loads_rdx_rax() -> None:
     r = emulate(cpu)
     assert r.handled and cpu.read_linear(DATA, 16) == old
     assert (cpu.regs["rax"], cpu.regs["rdx"]) == (0x5555, 0x6666)
-    assert not cpu.regs["rflags"] & RFLAGS_ZF and cpu.regs["rflags"] & RFLAGS_CF   # only ZF changes
+    assert not cpu.regs["rflags"] & RFLAGS_ZF and cpu.regs["rflags"] & RFLAGS_CF  # only ZF changes
 
 
 def test_cmpxchg16b_without_lock_and_with_displacement() -> None:
-    cpu = FakeCpu(bytes.fromhex("480fc74e10"))            # cmpxchg16b [rsi+10h]
+    cpu = FakeCpu(bytes.fromhex("480fc74e10"))  # cmpxchg16b [rsi+10h]
     cpu.regs.update(rsi=DATA - 0x10, rax=0, rdx=0, rbx=1, rcx=2)
     r = emulate(cpu)
     assert r.handled and cpu.read_linear(DATA, 16) == (1).to_bytes(8, "little") + (2).to_bytes(8, "little")
@@ -133,7 +135,7 @@ def test_cmpxchg16b_misaligned_is_gp() -> None:
 
 
 def test_cmpxchg8b_32bit_halves() -> None:
-    cpu = FakeCpu(bytes.fromhex("f00fc70f"))              # lock cmpxchg8b [rdi]
+    cpu = FakeCpu(bytes.fromhex("f00fc70f"))  # lock cmpxchg8b [rdi]
     cpu.write_linear(DATA, (0x99).to_bytes(4, "little") + (0x77).to_bytes(4, "little"))
     cpu.regs.update(rdi=DATA, rax=0xFFFF_FFFF_0000_0001, rdx=0)
     r = emulate(cpu)
@@ -149,25 +151,30 @@ def test_cmpxchg16b_unmapped_memory_is_reported() -> None:
 
 # --- popcnt ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code, src_reg, dst, value, expect", [
-    ("f3480fb8c3", "rbx", "rax", 0xF0F0_0000_0000_0001, 9),          # popcnt rax, rbx
-    ("f30fb8c3", "rbx", "rax", 0xFFFF_FFFF_0000_0003, 2),            # popcnt eax, ebx (low 32 bits)
-    ("66f30fb8c3", "rbx", "rax", 0x0000_0000_0001_8001, 2),          # popcnt ax, bx
-])
+
+@pytest.mark.parametrize(
+    "code, src_reg, dst, value, expect",
+    [
+        ("f3480fb8c3", "rbx", "rax", 0xF0F0_0000_0000_0001, 9),  # popcnt rax, rbx
+        ("f30fb8c3", "rbx", "rax", 0xFFFF_FFFF_0000_0003, 2),  # popcnt eax, ebx (low 32 bits)
+        ("66f30fb8c3", "rbx", "rax", 0x0000_0000_0001_8001, 2),  # popcnt ax, bx
+    ],
+)
 def test_popcnt_register(code: str, src_reg: str, dst: str, value: int, expect: int) -> None:
-    cpu, r = run(bytes.fromhex(code), **{src_reg: value, dst: 0xDEAD_BEEF_DEAD_BEEF,
-                                         "rflags": 0x2 | RFLAGS_CF | RFLAGS_PF})
+    cpu, r = run(
+        bytes.fromhex(code), **{src_reg: value, dst: 0xDEAD_BEEF_DEAD_BEEF, "rflags": 0x2 | RFLAGS_CF | RFLAGS_PF}
+    )
     assert r.handled and r.instruction.startswith("popcnt")
     if code.startswith("66"):
-        assert cpu.regs[dst] == 0xDEAD_BEEF_DEAD_0000 | expect       # 16-bit write keeps the rest
+        assert cpu.regs[dst] == 0xDEAD_BEEF_DEAD_0000 | expect  # 16-bit write keeps the rest
     else:
-        assert cpu.regs[dst] == expect                                 # 32/64-bit write zero-extends
-    assert cpu.regs["rflags"] == 0x2                                   # CF, PF, ZF ... cleared
+        assert cpu.regs[dst] == expect  # 32/64-bit write zero-extends
+    assert cpu.regs["rflags"] == 0x2  # CF, PF, ZF ... cleared
     assert cpu.regs["rip"] == CODE + len(bytes.fromhex(code))
 
 
 def test_popcnt_zero_sets_zf_and_reads_memory() -> None:
-    cpu = FakeCpu(bytes.fromhex("f3480fb807"))                       # popcnt rax, [rdi]
+    cpu = FakeCpu(bytes.fromhex("f3480fb807"))  # popcnt rax, [rdi]
     cpu.regs.update(rdi=DATA, rax=5)
     r = emulate(cpu)
     assert r.handled and cpu.regs["rax"] == 0 and cpu.regs["rflags"] & RFLAGS_ZF
@@ -175,12 +182,13 @@ def test_popcnt_zero_sets_zf_and_reads_memory() -> None:
 
 # --- movbe ----------------------------------------------------------------------------------------
 
+
 def test_movbe_load_and_store() -> None:
-    cpu = FakeCpu(bytes.fromhex("480f38f006"))                        # movbe rax, [rsi]
+    cpu = FakeCpu(bytes.fromhex("480f38f006"))  # movbe rax, [rsi]
     cpu.write_linear(DATA, bytes(range(1, 9)))
     cpu.regs.update(rsi=DATA)
     assert emulate(cpu).handled and cpu.regs["rax"] == 0x0102030405060708
-    cpu = FakeCpu(bytes.fromhex("0f38f10e"))                          # movbe [rsi], ecx
+    cpu = FakeCpu(bytes.fromhex("0f38f10e"))  # movbe [rsi], ecx
     cpu.regs.update(rsi=DATA, rcx=0xFFFF_FFFF_1122_3344)
     assert emulate(cpu).handled and cpu.read_linear(DATA, 4) == bytes.fromhex("11223344")
     assert cpu.read_linear(DATA + 4, 4) == bytes(4) and cpu.regs["rip"] == CODE + 4
@@ -188,7 +196,7 @@ def test_movbe_load_and_store() -> None:
 
 
 def test_movbe_16_bit_keeps_upper_bits_and_flags() -> None:
-    cpu = FakeCpu(bytes.fromhex("660f38f006"))                        # movbe ax, [rsi]
+    cpu = FakeCpu(bytes.fromhex("660f38f006"))  # movbe ax, [rsi]
     cpu.write_linear(DATA, b"\xab\xcd")
     cpu.regs.update(rsi=DATA, rax=0x1234_5678_9ABC_DEF0, rflags=0x2 | RFLAGS_ZF)
     assert emulate(cpu).handled
@@ -196,13 +204,13 @@ def test_movbe_16_bit_keeps_upper_bits_and_flags() -> None:
 
 
 def test_rip_relative_operand() -> None:
-    cpu = FakeCpu(bytes.fromhex("0f38f00505000000"))                  # movbe eax, [rip+5]
+    cpu = FakeCpu(bytes.fromhex("0f38f00505000000"))  # movbe eax, [rip+5]
     cpu.write_linear(CODE + 8 + 5, bytes.fromhex("deadbeef"))
     assert emulate(cpu).handled and cpu.regs["rax"] == 0xDEADBEEF
 
 
 def test_gs_segment_base() -> None:
-    cpu = FakeCpu(bytes.fromhex("65480f38f0042510000000"))            # movbe rax, gs:[10h]
+    cpu = FakeCpu(bytes.fromhex("65480f38f0042510000000"))  # movbe rax, gs:[10h]
     cpu.regs["gs_base"] = DATA - 0x10
     cpu.write_linear(DATA, (1).to_bytes(8, "big"))
     r = emulate(cpu)
@@ -210,6 +218,7 @@ def test_gs_segment_base() -> None:
 
 
 # --- clac / stac ----------------------------------------------------------------------------------
+
 
 def test_clac_and_stac() -> None:
     cpu, r = run(bytes.fromhex("0f01ca"), rflags=0x2 | RFLAGS_AC | RFLAGS_ZF)
@@ -220,11 +229,15 @@ def test_clac_and_stac() -> None:
 
 # --- refusals -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code, text", [
-    ("0f01d1", "xsetbv"),
-    ("0fae27", "xsave [rdi]"),
-    ("480fae2f", "xrstor64 [rdi]"),
-])
+
+@pytest.mark.parametrize(
+    "code, text",
+    [
+        ("0f01d1", "xsetbv"),
+        ("0fae27", "xsave [rdi]"),
+        ("480fae2f", "xrstor64 [rdi]"),
+    ],
+)
 def test_xsave_family_refused(code: str, text: str) -> None:
     cpu, r = run(bytes.fromhex(code))
     assert not r.handled and r.instruction == text
@@ -233,12 +246,12 @@ def test_xsave_family_refused(code: str, text: str) -> None:
 
 
 def test_other_instruction_unsupported() -> None:
-    cpu, r = run(bytes.fromhex("0fa2"))                               # cpuid
+    cpu, r = run(bytes.fromhex("0fa2"))  # cpuid
     assert not r.handled and str(r).startswith("unsupported: cpuid")
 
 
 def test_undecodable_bytes() -> None:
-    cpu, r = run(bytes.fromhex("0f0b"))                               # ud2 decodes; use a bad one
+    cpu, r = run(bytes.fromhex("0f0b"))  # ud2 decodes; use a bad one
     assert not r.handled
     cpu, r = run(b"\x0f\xff\xff\xff")
     assert not r.handled and "unsupported" in str(r)
@@ -246,15 +259,16 @@ def test_undecodable_bytes() -> None:
 
 # --- fetching, modes, dependencies ----------------------------------------------------------------
 
+
 def test_fetch_stops_at_unmapped_page() -> None:
-    rip = 0x10FFF                                                     # one byte before an unmapped page
+    rip = 0x10FFF  # one byte before an unmapped page
     cpu = FakeCpu(b"\xcc", rip=rip)
     r = emulate(cpu)
     assert r.handled and cpu.regs["rip"] == rip + 1
 
 
 def test_code_bytes_from_the_exit() -> None:
-    cpu = FakeCpu(b"\x90")                                            # memory says nop; the exit says int3
+    cpu = FakeCpu(b"\x90")  # memory says nop; the exit says int3
     assert emulate(cpu, b"\xcc").handled and cpu.injected == [(3, None)]
 
 
@@ -278,8 +292,8 @@ def test_decode_text() -> None:
 
 def test_gpr_order_matches_iced() -> None:
     import iced_x86
-    assert [iced_x86.Register.RAX + i for i in range(16)] == [
-        getattr(iced_x86.Register, n.upper()) for n in GPR_NAMES]
+
+    assert [iced_x86.Register.RAX + i for i in range(16)] == [getattr(iced_x86.Register, n.upper()) for n in GPR_NAMES]
 
 
 def test_missing_iced_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,15 +46,14 @@ def test_bzimage_auto_boots_pvh() -> None:
     m = mem()
     bz = make_bzimage(compress("gzip", make_elf()))
     initrd = b"INITRD" * 1000
-    boot = prepare_linux_boot(m, bz, cmdline="console=ttyS0", ncpus=2, initrd=initrd,
-                              pci_irqs=[PciIrq(1, 1, 16)])
+    boot = prepare_linux_boot(m, bz, cmdline="console=ttyS0", ncpus=2, initrd=initrd, pci_irqs=[PciIrq(1, 1, 16)])
     assert boot.method == "pvh" and "vmlinux extracted" in boot.description
     e = boot.entry
     assert e.rip == PVH_ENTRY and e.regs["rbx"] == layout.PVH_START_INFO_ADDR
-    assert m.read(0x1000000, 64) == b"\x90" * 64                      # PT_LOAD copied
+    assert m.read(0x1000000, 64) == b"\x90" * 64  # PT_LOAD copied
     assert u(m, layout.PVH_START_INFO_ADDR, 4) == HVM_START_MAGIC
     assert u(m, layout.PVH_START_INFO_ADDR + 24, 8) == layout.CMDLINE_ADDR
-    assert u(m, layout.PVH_START_INFO_ADDR + 32, 8) == layout.ACPI_ADDR   # rsdp_paddr
+    assert u(m, layout.PVH_START_INFO_ADDR + 32, 8) == layout.ACPI_ADDR  # rsdp_paddr
     assert m.read(layout.CMDLINE_ADDR, 14) == b"console=ttyS0\0"
     addr, size = boot.initrd_range or (0, 0)
     assert size == len(initrd) and m.read(addr, size) == initrd
@@ -63,14 +62,13 @@ def test_bzimage_auto_boots_pvh() -> None:
     assert m.read(layout.MPTABLE_ADDR, 4) == b"_MP_" and sums_to_zero(m.read(layout.MPTABLE_ADDR, 16))
     assert m.read(layout.ACPI_ADDR, 8) == b"RSD PTR "
     assert m.read(layout.GDT_ADDR + 0x10, 8) == struct.pack("<Q", 0x00CF9B000000FFFF)
-    zp = layout.ZERO_PAGE_ADDR                                          # written for every method
+    zp = layout.ZERO_PAGE_ADDR  # written for every method
     assert u(m, zp + 0x228, 4) == layout.CMDLINE_ADDR and u(m, zp + 0x218, 4) == addr
 
 
 def test_vmlinux64_method_uses_zero_page_and_page_tables() -> None:
     m = mem()
-    boot = prepare_linux_boot(m, make_bzimage(compress("xz", make_elf())), cmdline="quiet",
-                              method="vmlinux64")
+    boot = prepare_linux_boot(m, make_bzimage(compress("xz", make_elf())), cmdline="quiet", method="vmlinux64")
     e = boot.entry
     assert e.mode == "long64" and e.rip == 0x1000000 and e.regs["rsi"] == layout.ZERO_PAGE_ADDR
     assert u(m, layout.PML4_ADDR, 8) == layout.PDPT_ADDR | 3
@@ -92,17 +90,20 @@ def test_bare_vmlinux_without_pvh_note() -> None:
     m = mem()
     boot = prepare_linux_boot(m, make_elf(pvh=None), cmdline="x")
     assert boot.method == "vmlinux64" and boot.description.startswith("ELF vmlinux")
-    assert m.read(layout.ZERO_PAGE_ADDR + 0x202, 4) == b"HdrS"          # synthetic header
+    assert m.read(layout.ZERO_PAGE_ADDR + 0x202, 4) == b"HdrS"  # synthetic header
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"method": "pvh", "kernel": make_elf(pvh=None)}, "no PVH entry"),
-    ({"method": "bzimage64", "kernel": make_elf()}, "needs a bzImage"),
-    ({"method": "bogus"}, "unknown boot method"),
-    ({"kernel": b"#!/bin/sh\necho not a kernel\n" * 40}, "not a Linux kernel"),
-    ({"cmdline": "x" * 3000}, "command line is 3000 bytes"),
-    ({"initrd": bytes(300 * MiB)}, "do not fit"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "pvh", "kernel": make_elf(pvh=None)}, "no PVH entry"),
+        ({"method": "bzimage64", "kernel": make_elf()}, "needs a bzImage"),
+        ({"method": "bogus"}, "unknown boot method"),
+        ({"kernel": b"#!/bin/sh\necho not a kernel\n" * 40}, "not a Linux kernel"),
+        ({"cmdline": "x" * 3000}, "command line is 3000 bytes"),
+        ({"initrd": bytes(300 * MiB)}, "do not fit"),
+    ],
+)
 def test_bad_input(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"kernel": make_bzimage(compress("gzip", make_elf())), "cmdline": "x"}
     args.update(kwargs)
@@ -124,7 +125,7 @@ REAL = sorted(CACHE.glob("vmlinuz-*")) if CACHE.is_dir() else []
 @pytest.mark.skipif(not REAL, reason="no Debian kernel in ~/.cache/broiler/linux (tools/fetch-debian-kernel)")
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_debian_kernel_layout(path: Path) -> None:
-    pytest.importorskip("lz4.block")       # the cloud kernel is LZ4-compressed
+    pytest.importorskip("lz4.block")  # the cloud kernel is LZ4-compressed
     m = mem(4 * GiB)
     initrd = (CACHE / "initramfs.cpio").read_bytes() if (CACHE / "initramfs.cpio").exists() else b"x" * 4096
     boot = prepare_linux_boot(m, path.read_bytes(), cmdline="console=ttyS0", ncpus=2, initrd=initrd)
@@ -140,5 +141,5 @@ def test_reported_instruction_bytes_of_an_emulation_failure() -> None:
     # kvm_run.internal.data of a real -c 2 boot: flags 1, insn_size 15, the int3 text_poke_bp had put there
     data = [0x1, 0xFFF42DC7E890CC0F, 0x4801B41598050348, 0x1000]
     assert reported_instruction(data) == bytes.fromhex("cc90e8c72df4ff48030598 15b40148".replace(" ", ""))
-    assert reported_instruction([0x0, 1, 2]) is None            # no instruction bytes flag
+    assert reported_instruction([0x0, 1, 2]) is None  # no instruction bytes flag
     assert reported_instruction([0x1]) is None

@@ -29,7 +29,7 @@ GiB = 1 << 30
 
 
 def u(data: bytes, off: int, size: int) -> int:
-    return int.from_bytes(data[off:off + size], "little")
+    return int.from_bytes(data[off : off + size], "little")
 
 
 def seed_e820() -> list[E820Entry]:
@@ -38,37 +38,52 @@ def seed_e820() -> list[E820Entry]:
 
 def test_seed_e820_for_4g() -> None:
     assert [(e.addr, e.addr + e.size, e.type) for e in seed_e820()] == [
-        (0, 0x9FC00, E820_RAM), (0x9FC00, 0xA0000, E820_RESERVED), (0xF0000, 0x100000, E820_RESERVED),
-        (0x100000, 0xC0000000, E820_RAM), (0x100000000, 0x140000000, E820_RAM)]
+        (0, 0x9FC00, E820_RAM),
+        (0x9FC00, 0xA0000, E820_RESERVED),
+        (0xF0000, 0x100000, E820_RESERVED),
+        (0x100000, 0xC0000000, E820_RAM),
+        (0x100000000, 0x140000000, E820_RAM),
+    ]
 
 
 def test_zero_page_fields() -> None:
     bz = parse_bzimage(make_bzimage(compress("none", make_elf())))
-    zp = build_zero_page(setup_header=bz.setup_header, cmdline_addr=0x20000, e820=seed_e820(),
-                         initrd_addr=0x7F000000, initrd_size=0x200000, rsdp_addr=0xF1000)
+    zp = build_zero_page(
+        setup_header=bz.setup_header,
+        cmdline_addr=0x20000,
+        e820=seed_e820(),
+        initrd_addr=0x7F000000,
+        initrd_size=0x200000,
+        rsdp_addr=0xF1000,
+    )
     assert len(zp) == 4096
     hdr = bz.setup_header
-    assert zp[0x1F1:0x1FA] == hdr[:9] and zp[0x1FC:0x210] == hdr[11:0x210 - 0x1F1]   # copied as is ...
-    assert u(zp, 0x1FA, 2) == 0xFFFF                                   # ... but vid_mode "normal",
+    assert zp[0x1F1:0x1FA] == hdr[:9] and zp[0x1FC:0x210] == hdr[11 : 0x210 - 0x1F1]  # copied as is ...
+    assert u(zp, 0x1FA, 2) == 0xFFFF  # ... but vid_mode "normal",
     assert zp[0x202:0x206] == b"HdrS" and u(zp, 0x1FE, 2) == 0xAA55
-    assert zp[0x210] == 0xFF                                           # ... but type_of_loader
+    assert zp[0x210] == 0xFF  # ... but type_of_loader
     assert zp[0x211] & CAN_USE_HEAP and zp[0x211] & 0x01 and not zp[0x211] & KEEP_SEGMENTS
-    assert u(zp, 0x224, 2) == 0xFE00                                   # heap_end_ptr
-    assert u(zp, 0x228, 4) == 0x20000 and u(zp, 0xC8, 4) == 0          # cmd_line_ptr, ext_
+    assert u(zp, 0x224, 2) == 0xFE00  # heap_end_ptr
+    assert u(zp, 0x228, 4) == 0x20000 and u(zp, 0xC8, 4) == 0  # cmd_line_ptr, ext_
     assert u(zp, 0x218, 4) == 0x7F000000 and u(zp, 0x21C, 4) == 0x200000
     assert u(zp, 0xC0, 4) == 0 and u(zp, 0xC4, 4) == 0
-    assert u(zp, 0x070, 8) == 0xF1000                                  # acpi_rsdp_addr
-    assert zp[0x1EF] == 0                                              # sentinel
-    assert u(zp, 0x236, 2) == 0x7F and u(zp, 0x238, 4) == 2047         # xloadflags, cmdline_size kept
+    assert u(zp, 0x070, 8) == 0xF1000  # acpi_rsdp_addr
+    assert zp[0x1EF] == 0  # sentinel
+    assert u(zp, 0x236, 2) == 0x7F and u(zp, 0x238, 4) == 2047  # xloadflags, cmdline_size kept
     assert zp[0x1E8] == 5
     table = [struct.unpack_from("<QQI", zp, 0x2D0 + 20 * i) for i in range(5)]
     assert table == [(e.addr, e.size, e.type) for e in seed_e820()]
-    assert zp[0x2D0 + 100:0x2D0 + 2560] == bytes(2560 - 100)
+    assert zp[0x2D0 + 100 : 0x2D0 + 2560] == bytes(2560 - 100)
 
 
 def test_zero_page_high_addresses_use_ext_fields() -> None:
-    zp = build_zero_page(setup_header=synthetic_setup_header(), cmdline_addr=0x1_2345_6000, e820=[],
-                         initrd_addr=0x1_0000_0000, initrd_size=0x1_0000_1000)
+    zp = build_zero_page(
+        setup_header=synthetic_setup_header(),
+        cmdline_addr=0x1_2345_6000,
+        e820=[],
+        initrd_addr=0x1_0000_0000,
+        initrd_size=0x1_0000_1000,
+    )
     assert u(zp, 0x228, 4) == 0x2345_6000 and u(zp, 0xC8, 4) == 1
     assert u(zp, 0x218, 4) == 0 and u(zp, 0xC0, 4) == 1
     assert u(zp, 0x21C, 4) == 0x1000 and u(zp, 0xC4, 4) == 1
@@ -78,15 +93,18 @@ def test_zero_page_keep_segments_and_too_many_entries() -> None:
     zp = build_zero_page(setup_header=synthetic_setup_header(), cmdline_addr=0, e820=[], keep_segments=True)
     assert zp[0x211] & KEEP_SEGMENTS
     with pytest.raises(ConfigError, match="e820"):
-        build_zero_page(setup_header=synthetic_setup_header(), cmdline_addr=0,
-                        e820=[E820Entry(i << 20, 1 << 20, 1) for i in range(129)])
+        build_zero_page(
+            setup_header=synthetic_setup_header(),
+            cmdline_addr=0,
+            e820=[E820Entry(i << 20, 1 << 20, 1) for i in range(129)],
+        )
 
 
 def test_synthetic_header() -> None:
     h = synthetic_setup_header()
     zp = build_zero_page(setup_header=h, cmdline_addr=0x20000, e820=[])
     assert zp[0x202:0x206] == b"HdrS" and u(zp, 0x206, 2) == 0x020F
-    assert 0x202 + zp[0x201] == 0x26C                                  # the header's own length
+    assert 0x202 + zp[0x201] == 0x26C  # the header's own length
     assert u(zp, 0x236, 2) & 1 and u(zp, 0x238, 4) == 2047
 
 
@@ -98,19 +116,23 @@ def test_cmdline_encoding() -> None:
 
 def test_pvh_start_info() -> None:
     e820 = seed_e820()
-    writes = dict(build_start_info(cmdline_addr=0x20000, e820=e820, initrd=(0x7F000000, 0x1234),
-                                   rsdp_addr=0xF1000))
+    writes = dict(build_start_info(cmdline_addr=0x20000, e820=e820, initrd=(0x7F000000, 0x1234), rsdp_addr=0xF1000))
     info = writes[layout.PVH_START_INFO_ADDR]
-    magic, version, flags, nr_modules, modlist, cmdline, rsdp, memmap, entries, _ = struct.unpack(
-        "<IIIIQQQQII", info)
+    magic, version, flags, nr_modules, modlist, cmdline, rsdp, memmap, entries, _ = struct.unpack("<IIIIQQQQII", info)
     assert (magic, version, flags, nr_modules) == (HVM_START_MAGIC, 1, 0, 1)
-    assert (modlist, cmdline, rsdp, memmap, entries) == (layout.PVH_MODLIST_ADDR, 0x20000, 0xF1000,
-                                                          layout.PVH_MEMMAP_ADDR, len(e820))
+    assert (modlist, cmdline, rsdp, memmap, entries) == (
+        layout.PVH_MODLIST_ADDR,
+        0x20000,
+        0xF1000,
+        layout.PVH_MEMMAP_ADDR,
+        len(e820),
+    )
     assert len(info) == 56
     assert struct.unpack("<QQQQ", writes[layout.PVH_MODLIST_ADDR]) == (0x7F000000, 0x1234, 0, 0)
     mm = writes[layout.PVH_MEMMAP_ADDR]
-    assert [struct.unpack_from("<QQII", mm, 24 * i)[:3] for i in range(len(e820))] == \
-        [(e.addr, e.size, e.type) for e in e820]
+    assert [struct.unpack_from("<QQII", mm, 24 * i)[:3] for i in range(len(e820))] == [
+        (e.addr, e.size, e.type) for e in e820
+    ]
 
 
 def test_pvh_without_initrd() -> None:
@@ -129,9 +151,9 @@ def _descriptor(gdt: bytes, selector: int) -> tuple[int, int, int, int]:
 
 def test_gdt_descriptors() -> None:
     g64 = build_gdt(True)
-    assert _descriptor(g64, 0x10) == (0, 0xFFFFF, 0x9B, 0xA)      # present, code exec/read, G|L
-    assert _descriptor(g64, 0x18) == (0, 0xFFFFF, 0x93, 0xC)      # present, data r/w, G|D
-    assert _descriptor(g64, 0x20)[1:3] == (0x67, 0x8B)           # busy TSS
+    assert _descriptor(g64, 0x10) == (0, 0xFFFFF, 0x9B, 0xA)  # present, code exec/read, G|L
+    assert _descriptor(g64, 0x18) == (0, 0xFFFFF, 0x93, 0xC)  # present, data r/w, G|D
+    assert _descriptor(g64, 0x20)[1:3] == (0x67, 0x8B)  # busy TSS
     assert _descriptor(build_gdt(False), 0x10) == (0, 0xFFFFF, 0x9B, 0xC)
     assert u(g64, 0, 16) == 0
 

@@ -20,14 +20,15 @@ from broiler.errors import ConfigError
 PVH_ENTRY = 0x1000850
 
 
-def make_elf(segments: list[tuple[int, bytes, int]] | None = None, entry: int = 0x1000000,
-             pvh: int | None = PVH_ENTRY) -> bytes:
+def make_elf(
+    segments: list[tuple[int, bytes, int]] | None = None, entry: int = 0x1000000, pvh: int | None = PVH_ENTRY
+) -> bytes:
     """An ELF64 x86-64 executable: PT_LOAD (paddr, data, memsz) segments and an optional PVH note."""
     if segments is None:
         segments = [(0x1000000, b"\x90" * 64 + b"KERNEL", 0x2000), (0x1200000, b"DATA", 0x100)]
     notes = b""
     if pvh is not None:
-        notes += struct.pack("<III", 4, 8, 6) + b"Xen\0" + struct.pack("<Q", 0)            # another Xen note
+        notes += struct.pack("<III", 4, 8, 6) + b"Xen\0" + struct.pack("<Q", 0)  # another Xen note
         notes += struct.pack("<III", 4, 8, XEN_ELFNOTE_PHYS32_ENTRY) + b"Xen\0" + struct.pack("<Q", pvh)
     phnum = len(segments) + (1 if notes else 0)
     phoff = 64
@@ -35,8 +36,9 @@ def make_elf(segments: list[tuple[int, bytes, int]] | None = None, entry: int = 
     blobs = b""
     phdrs = b""
     for paddr, data, memsz in segments:
-        phdrs += struct.pack("<IIQQQQQQ", 1, 5, data_off + len(blobs), 0xFFFFFFFF80000000 + paddr, paddr,
-                             len(data), memsz, 0x1000)
+        phdrs += struct.pack(
+            "<IIQQQQQQ", 1, 5, data_off + len(blobs), 0xFFFFFFFF80000000 + paddr, paddr, len(data), memsz, 0x1000
+        )
         blobs += data
     if notes:
         phdrs += struct.pack("<IIQQQQQQ", 4, 4, data_off + len(blobs), 0, 0, len(notes), len(notes), 4)
@@ -50,15 +52,15 @@ def lz4_legacy(data: bytes) -> bytes:
     lz4_block = pytest.importorskip("lz4.block")
     out = b"\x02\x21\x4c\x18"
     for i in range(0, len(data), 8 << 20):
-        block = lz4_block.compress(data[i:i + (8 << 20)], store_size=False)
+        block = lz4_block.compress(data[i : i + (8 << 20)], store_size=False)
         out += struct.pack("<I", len(block)) + block
     return out
 
 
 def compress(kind: str, data: bytes) -> bytes:
-    size = struct.pack("<I", len(data))          # Linux's size_append
+    size = struct.pack("<I", len(data))  # Linux's size_append
     if kind == "gzip":
-        return gzip.compress(data)                # gzip's own trailer already ends with the size
+        return gzip.compress(data)  # gzip's own trailer already ends with the size
     if kind == "xz":
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32) + size
     if kind == "lzma":
@@ -75,11 +77,19 @@ def compress(kind: str, data: bytes) -> bytes:
     raise AssertionError(kind)
 
 
-def make_bzimage(payload: bytes, *, setup_sects: int = 4, protocol: int = 0x020F, xloadflags: int = 0x7F,
-                 init_size: int = 0x800000, pref_address: int = 0x1000000, magic: bytes = b"HdrS") -> bytes:
+def make_bzimage(
+    payload: bytes,
+    *,
+    setup_sects: int = 4,
+    protocol: int = 0x020F,
+    xloadflags: int = 0x7F,
+    init_size: int = 0x800000,
+    pref_address: int = 0x1000000,
+    magic: bytes = b"HdrS",
+) -> bytes:
     setup = bytearray((max(setup_sects, 0) or 4) * 512 + 512)
     setup[0x1F1] = setup_sects
-    prot = b"\xe9" + bytes(0x3FF) + payload + b"\xcc" * 13       # a stub, the payload, a tail
+    prot = b"\xe9" + bytes(0x3FF) + payload + b"\xcc" * 13  # a stub, the payload, a tail
     syssize = (len(prot) + 15) // 16
     prot = prot.ljust(syssize * 16, b"\0")
     struct.pack_into("<I", setup, 0x1F4, syssize)
@@ -123,15 +133,18 @@ def test_extract_every_compression(kind: str) -> None:
 
 
 def test_lz4_multiple_blocks() -> None:
-    elf = make_elf([(0x1000000, bytes(range(256)) * (40 << 10), 0xA00000)])   # 10 MiB: two 8 MiB blocks
+    elf = make_elf([(0x1000000, bytes(range(256)) * (40 << 10), 0xA00000)])  # 10 MiB: two 8 MiB blocks
     bz = parse_bzimage(make_bzimage(compress("lz4", elf)))
     assert extract_vmlinux(bz) == elf
 
 
-@pytest.mark.parametrize("bad, message", [
-    (b"MZ" + bytes(1000), "not a Linux bzImage"),
-    (b"short", "too short"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (b"MZ" + bytes(1000), "not a Linux bzImage"),
+        (b"short", "too short"),
+    ],
+)
 def test_not_a_kernel(bad: bytes, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_bzimage(bad)
@@ -145,7 +158,7 @@ def test_old_protocol_rejected() -> None:
 def test_truncated_file() -> None:
     img = make_bzimage(compress("gzip", make_elf()))
     with pytest.raises(ConfigError, match="truncated"):
-        parse_bzimage(img[:len(img) // 2])
+        parse_bzimage(img[: len(img) // 2])
 
 
 def test_unknown_compression() -> None:
@@ -163,7 +176,7 @@ def test_lzo_is_refused_by_name() -> None:
 @pytest.mark.parametrize("kind", ["gzip", "xz", "lz4", "zstd"])
 def test_corrupt_payload(kind: str) -> None:
     good = compress(kind, make_elf([(0x1000000, bytes(range(256)) * 64, 0x8000)]))
-    cut = good[:len(good) // 2] + b"\0" * 8             # truncated stream, wrong size trailer
+    cut = good[: len(good) // 2] + b"\0" * 8  # truncated stream, wrong size trailer
     bz = parse_bzimage(make_bzimage(cut))
     with pytest.raises(ConfigError, match="corrupt|truncated|not an ELF"):
         extract_vmlinux(bz)
@@ -178,7 +191,7 @@ def test_payload_not_elf() -> None:
 @pytest.mark.parametrize("module, kind", [("lz4", "lz4"), ("zstandard", "zstd")])
 def test_missing_optional_module(monkeypatch: pytest.MonkeyPatch, module: str, kind: str) -> None:
     magic = {"lz4": b"\x02\x21\x4c\x18", "zstd": b"\x28\xb5\x2f\xfd"}[kind]
-    bz = parse_bzimage(make_bzimage(magic + bytes(64)))      # no library needed to build it
+    bz = parse_bzimage(make_bzimage(magic + bytes(64)))  # no library needed to build it
     monkeypatch.setitem(sys.modules, module, None)
     if module == "lz4":
         monkeypatch.setitem(sys.modules, "lz4.block", None)
@@ -198,7 +211,7 @@ REAL = sorted(CACHE.glob("vmlinuz-*")) if CACHE.is_dir() else []
 @pytest.mark.skipif(not REAL, reason="no Debian kernel in ~/.cache/broiler/linux (tools/fetch-debian-kernel)")
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_debian_kernel(path: Path) -> None:
-    pytest.importorskip("lz4.block")       # the cloud kernel is LZ4-compressed
+    pytest.importorskip("lz4.block")  # the cloud kernel is LZ4-compressed
     bz = bzimage.load_bzimage(path)
     assert bz.protocol >= 0x020F and bz.kernel_64 and bz.relocatable
     elf = parse_elf(extract_vmlinux(bz))

@@ -27,18 +27,22 @@ def test_no_pvh_note() -> None:
 
 def test_pvh_note_32_bit_descriptor() -> None:
     import struct
+
     raw = bytearray(make_elf())
     # Rewrite the 8-byte descriptor of the PVH note as a 4-byte one (what an i386 build emits).
     i = raw.rfind(b"Xen\0")
     struct.pack_into("<I", raw, i - 8, 4)
-    raw[i + 4:i + 12] = struct.pack("<I", 0x123456) + b"\0\0\0\0"
+    raw[i + 4 : i + 12] = struct.pack("<I", 0x123456) + b"\0\0\0\0"
     assert parse_elf(bytes(raw)).pvh_entry == 0x123456
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"not an elf at all" * 10, "not an ELF"),
-    (b"\x7fELF\x01\x01" + bytes(100), "not a 64-bit"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"not an elf at all" * 10, "not an ELF"),
+        (b"\x7fELF\x01\x01" + bytes(100), "not a 64-bit"),
+    ],
+)
 def test_bad_files(data: bytes, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_elf(data)
@@ -52,14 +56,14 @@ def test_truncated_segment() -> None:
 
 def test_wrong_machine() -> None:
     data = bytearray(make_elf())
-    data[18] = 3   # EM_386
+    data[18] = 3  # EM_386
     with pytest.raises(ConfigError, match="not x86-64"):
         parse_elf(bytes(data))
 
 
 def test_load_segments_zeroes_bss() -> None:
     mem = GuestMemory(MemoryMap(64 * MiB))
-    mem.fill(0x1000000, 0x2000, 0xAA)            # stale bytes where the bss goes
+    mem.fill(0x1000000, 0x2000, 0xAA)  # stale bytes where the bss goes
     elf = parse_elf(make_elf())
     start, end = load_segments(elf, mem)
     assert (start, end) == (0x1000000, 0x1200100)

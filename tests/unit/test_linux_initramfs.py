@@ -28,18 +28,22 @@ def test_newc_header_and_alignment() -> None:
     data = w.finish()
     assert data.startswith(b"070701") and len(data) % 4 == 0
     first = data[:110]
-    assert int(first[6 + 8:6 + 16], 16) == stat.S_IFDIR | 0o755       # mode
-    assert int(first[6 + 88:6 + 96], 16) == len("bin") + 1             # namesize
+    assert int(first[6 + 8 : 6 + 16], 16) == stat.S_IFDIR | 0o755  # mode
+    assert int(first[6 + 88 : 6 + 96], 16) == len("bin") + 1  # namesize
     entries = parse_newc(data)
     assert [(n, stat.S_IFMT(m)) for n, m, _ in entries] == [
-        ("bin", stat.S_IFDIR), ("bin/hello", stat.S_IFREG), ("bin/sh", stat.S_IFLNK), ("dev/console", stat.S_IFCHR)]
+        ("bin", stat.S_IFDIR),
+        ("bin/hello", stat.S_IFREG),
+        ("bin/sh", stat.S_IFLNK),
+        ("dev/console", stat.S_IFCHR),
+    ]
     assert entries[1][2] == b"abcde" and entries[2][2] == b"hello"
     assert b"TRAILER!!!\0" in data[-128:]
     # Every header starts on a 4-byte boundary.
     pos = 0
     for _ in range(5):
-        assert data[pos:pos + 6] == b"070701"
-        size, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
+        assert data[pos : pos + 6] == b"070701"
+        size, namesize = int(data[pos + 54 : pos + 62], 16), int(data[pos + 94 : pos + 102], 16)
         pos += 110 + namesize
         pos += -pos % 4
         pos += size + (-size % 4)
@@ -49,7 +53,7 @@ def test_device_numbers() -> None:
     w = NewcWriter()
     w.add_char_device("console", 5, 1)
     data = w.finish()
-    assert int(data[6 + 8 * 9:6 + 8 * 10], 16) == 5 and int(data[6 + 8 * 10:6 + 8 * 11], 16) == 1
+    assert int(data[6 + 8 * 9 : 6 + 8 * 10], 16) == 5 and int(data[6 + 8 * 10 : 6 + 8 * 11], 16) == 1
 
 
 def test_duplicates_and_finish() -> None:
@@ -69,8 +73,17 @@ def test_probe_initramfs_contents() -> None:
     for applet in APPLETS:
         assert entries[f"bin/{applet}"][1] == b"busybox"
     assert stat.S_ISCHR(entries["dev/console"][0])
-    for word in ("/proc/iomem", "/proc/ioports", "/proc/interrupts", "/proc/cpuinfo", "/sys/bus/pci/devices",
-                 "poweroff -f", "mount -t proc", "mount -t sysfs", "devtmpfs"):
+    for word in (
+        "/proc/iomem",
+        "/proc/ioports",
+        "/proc/interrupts",
+        "/proc/cpuinfo",
+        "/sys/bus/pci/devices",
+        "poweroff -f",
+        "mount -t proc",
+        "mount -t sysfs",
+        "devtmpfs",
+    ):
         assert word in PROBE_INIT
 
 
@@ -105,8 +118,9 @@ def make_deb(files: dict[str, bytes], compression: str = "xz") -> bytes:
 
 
 def test_deb_extraction() -> None:
-    deb = make_deb({"boot/vmlinuz-6.1.0-99-amd64": b"KERNEL", "boot/config-6.1.0-99-amd64": b"cfg",
-                    "usr/share/doc/x": b"doc"})
+    deb = make_deb(
+        {"boot/vmlinuz-6.1.0-99-amd64": b"KERNEL", "boot/config-6.1.0-99-amd64": b"cfg", "usr/share/doc/x": b"doc"}
+    )
     assert debian.ar_members(deb)["debian-binary"] == b"2.0\n"
     assert debian.extract_vmlinuz(deb) == ("vmlinuz-6.1.0-99-amd64", b"KERNEL")
     bb = make_deb({"bin/busybox": FAKE_BUSYBOX}, compression="gz")

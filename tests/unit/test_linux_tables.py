@@ -18,21 +18,22 @@ IRQS = [PciIrq(slot=1, pin=1, gsi=16), PciIrq(slot=3, pin=2, gsi=17)]
 
 
 def u(data: bytes, off: int, size: int) -> int:
-    return int.from_bytes(data[off:off + size], "little")
+    return int.from_bytes(data[off : off + size], "little")
 
 
 # --- MP table ----------------------------------------------------------------------------------
 
+
 def parse_mp(blob: bytes) -> tuple[bytes, bytes, list[bytes]]:
     fp = blob[:16]
     table_addr = u(fp, 4, 4)
-    table = blob[table_addr - BASE_MP:]
+    table = blob[table_addr - BASE_MP :]
     length, count = u(table, 4, 2), u(table, 34, 2)
     table = table[:length]
     entries, pos = [], 44
     for _ in range(count):
         size = 20 if table[pos] == 0 else 8
-        entries.append(table[pos:pos + size])
+        entries.append(table[pos : pos + size])
         pos += size
     assert pos == length
     return fp, table, entries
@@ -56,27 +57,27 @@ def test_mp_header_and_checksum() -> None:
 def test_mp_entries_in_spec_order() -> None:
     _, _, entries = parse_mp(build_mptable(cpus(3), IRQS, BASE_MP))
     types = [e[0] for e in entries]
-    assert types == sorted(types)                         # processors, buses, IOAPIC, I/O ints, LINTs
+    assert types == sorted(types)  # processors, buses, IOAPIC, I/O ints, LINTs
     procs = [e for e in entries if e[0] == 0]
-    assert [(p[1], p[3]) for p in procs] == [(0, 0x3), (1, 0x1), (2, 0x1)]   # APIC id, EN|BP
+    assert [(p[1], p[3]) for p in procs] == [(0, 0x3), (1, 0x1), (2, 0x1)]  # APIC id, EN|BP
     assert all(p[2] == 0x14 and u(p, 4, 4) == 0x600 and u(p, 8, 4) == 0x201 for p in procs)
     buses = [e for e in entries if e[0] == 1]
     assert [(b[1], b[2:8]) for b in buses] == [(0, b"PCI   "), (1, b"ISA   ")]
     (ioapic,) = [e for e in entries if e[0] == 2]
-    assert ioapic[1] == 3 and ioapic[3] == 1 and u(ioapic, 4, 4) == 0xFEC00000   # id = ncpus
+    assert ioapic[1] == 3 and ioapic[3] == 1 and u(ioapic, 4, 4) == 0xFEC00000  # id = ncpus
 
 
 def test_mp_interrupt_entries() -> None:
     _, _, entries = parse_mp(build_mptable(cpus(2), IRQS, BASE_MP))
     ioints = [e for e in entries if e[0] == 3]
-    isa = [(e[5], e[7]) for e in ioints if e[4] == 1]      # (source irq, IOAPIC pin)
-    assert isa[0] == (0, 2)                                # IRQ0 -> pin 2
+    isa = [(e[5], e[7]) for e in ioints if e[4] == 1]  # (source irq, IOAPIC pin)
+    assert isa[0] == (0, 2)  # IRQ0 -> pin 2
     assert isa[1:] == [(i, i) for i in range(1, 16) if i != 2]
     pci = [(e[5], e[6], e[7]) for e in ioints if e[4] == 0]
     assert pci == [((1 << 2) | 0, 2, 16), ((3 << 2) | 1, 2, 17)]
     assert all(e[1] == 0 and u(e, 2, 2) == 0 for e in ioints)
     lints = [e for e in entries if e[0] == 4]
-    assert [(e[1], e[6], e[7]) for e in lints] == [(3, 0xFF, 0), (1, 0xFF, 1)]   # ExtINT LINT0, NMI LINT1
+    assert [(e[1], e[6], e[7]) for e in lints] == [(3, 0xFF, 0), (1, 0xFF, 1)]  # ExtINT LINT0, NMI LINT1
 
 
 def test_pci_source_irq() -> None:
@@ -100,9 +101,10 @@ def test_mp_fits_many_cpus() -> None:
 
 # --- ACPI ---------------------------------------------------------------------------------------
 
+
 def table_at(acpi_blob: bytes, addr: int) -> bytes:
     off = addr - BASE_ACPI
-    return acpi_blob[off:off + u(acpi_blob, off + 4, 4)]
+    return acpi_blob[off : off + u(acpi_blob, off + 4, 4)]
 
 
 def test_rsdp() -> None:
@@ -122,7 +124,7 @@ def test_every_table_checksum_and_length() -> None:
         assert sums_to_zero(tab), sig
         assert tab[10:16] == b"BROILR"
     assert t.addresses["FACS"] % 64 == 0
-    facs = t.blob[t.addresses["FACS"] - BASE_ACPI:][:64]
+    facs = t.blob[t.addresses["FACS"] - BASE_ACPI :][:64]
     assert facs[:4] == b"FACS" and u(facs, 4, 4) == 64 and facs[32] == 2
 
 
@@ -138,13 +140,13 @@ def test_fadt_fields() -> None:
     f = build_fadt(facs=0xF1040, dsdt=0xF1080)
     assert len(f) == 276 and f[8] == 6 and sums_to_zero(f)
     assert u(f, 36, 4) == 0xF1040 and u(f, 40, 4) == 0xF1080
-    assert u(f, 132, 8) == 0 and u(f, 140, 8) == 0xF1080               # X_FIRMWARE_CTRL 0, X_DSDT
-    assert u(f, 46, 2) == 9 and u(f, 48, 4) == 0                      # SCI, no SMI_CMD
-    assert u(f, 109, 2) & 0x3 == 0x3                                   # legacy devices, 8042
-    assert not u(f, 112, 4) & (1 << 20)                                # not hardware-reduced
+    assert u(f, 132, 8) == 0 and u(f, 140, 8) == 0xF1080  # X_FIRMWARE_CTRL 0, X_DSDT
+    assert u(f, 46, 2) == 9 and u(f, 48, 4) == 0  # SCI, no SMI_CMD
+    assert u(f, 109, 2) & 0x3 == 0x3  # legacy devices, 8042
+    assert not u(f, 112, 4) & (1 << 20)  # not hardware-reduced
     assert u(f, 56, 4) == 0x600 and u(f, 64, 4) == 0x604 and f[88] == 4 and f[89] == 2
-    assert u(f, 76, 4) == 0                                            # no PM timer
-    assert f[116] == 1 and u(f, 120, 8) == 0x64 and f[128] == 0xFE     # reset: port 0x64 <- 0xFE
+    assert u(f, 76, 4) == 0  # no PM timer
+    assert f[116] == 1 and u(f, 120, 8) == 0x64 and f[128] == 0xFE  # reset: port 0x64 <- 0xFE
     assert f[148] == 1 and u(f, 152, 8) == 0x600 and f[172] == 1 and u(f, 176, 8) == 0x604
 
 
@@ -154,16 +156,16 @@ def test_madt_entries() -> None:
     assert u(m, 36, 4) == 0xFEE00000 and u(m, 40, 4) == 1
     entries, pos = [], 44
     while pos < len(m):
-        entries.append(m[pos:pos + m[pos + 1]])
+        entries.append(m[pos : pos + m[pos + 1]])
         pos += m[pos + 1]
     assert pos == len(m)
     assert [e[0] for e in entries] == [0, 0, 1, 2, 2, 4]
     assert [(e[2], e[3], u(e, 4, 4)) for e in entries[:2]] == [(0, 0, 1), (1, 1, 1)]
     io = entries[2]
     assert io[2] == 2 and u(io, 4, 4) == 0xFEC00000 and u(io, 8, 4) == 0
-    assert (entries[3][3], u(entries[3], 4, 4), u(entries[3], 8, 2)) == (0, 2, 0)       # IRQ0 -> GSI2
+    assert (entries[3][3], u(entries[3], 4, 4), u(entries[3], 8, 2)) == (0, 2, 0)  # IRQ0 -> GSI2
     assert (entries[4][3], u(entries[4], 4, 4), u(entries[4], 8, 2)) == (9, 9, 0x000D)  # SCI level high
-    assert (entries[5][2], u(entries[5], 3, 2), entries[5][5]) == (0xFF, 0, 1)          # NMI on LINT1
+    assert (entries[5][2], u(entries[5], 3, 2), entries[5][5]) == (0xFF, 0, 1)  # NMI on LINT1
 
 
 def test_madt_disabled_cpu() -> None:
@@ -184,13 +186,13 @@ def test_dsdt_contains_host_bridge_prt_and_s5() -> None:
     assert body.startswith(b"\x10") and b"\\_SB_" in body[:8]
     assert b"PCI0" in body and aml.eisa_id("PNP0A03") in body
     assert b"_PRT" in body and aml.integer(0x0001FFFF) in body and aml.integer(0x0003FFFF) in body
-    assert b"_S5_" in body and b"PNP" not in body                     # EISA ids are compressed
+    assert b"_S5_" in body and b"PNP" not in body  # EISA ids are compressed
     assert aml.memory32_fixed(0xC1000000, 0x1000000) in body
     assert aml.memory32_fixed(0xC1000000, 0x1000000) not in build_dsdt(IRQS, reserve_ecam=False)
 
 
 def test_dsdt_declares_the_demo_ports_as_motherboard_resources() -> None:
-    assert aml.io_port(0x6060, 16) == bytes([0x47, 1, 0x60, 0x60, 0x60, 0x60, 1, 16])   # ACPI 6.4 §6.4.2.5
+    assert aml.io_port(0x6060, 16) == bytes([0x47, 1, 0x60, 0x60, 0x60, 0x60, 1, 16])  # ACPI 6.4 §6.4.2.5
     plain = build_dsdt(IRQS)
     d = build_dsdt(IRQS, reserved_io=[(0x6020, 16), (0x8900, 1)])
     assert sums_to_zero(d) and u(d, 4, 4) == len(d)
@@ -207,8 +209,13 @@ def test_platform_declares_exactly_the_ports_no_linux_driver_claims() -> None:
     from broiler.vmm.platform import PlatformSketch, firmware_declared_ports
 
     sketch = PlatformSketch(MachineConfig(mem_size=64 * MiB))
-    assert firmware_declared_ports(sketch.pio_bus) == [(0x6020, 16), (0x6040, 16), (0x6060, 16), (0x60A0, 16),
-                                                       (0x8900, 1)]
+    assert firmware_declared_ports(sketch.pio_bus) == [
+        (0x6020, 16),
+        (0x6040, 16),
+        (0x6060, 16),
+        (0x60A0, 16),
+        (0x8900, 1),
+    ]
 
 
 def test_checksum_helper() -> None:
@@ -219,6 +226,7 @@ def test_checksum_helper() -> None:
 
 # --- AML encoding -------------------------------------------------------------------------------
 
+
 def test_aml_integers() -> None:
     assert aml.integer(0) == b"\x00" and aml.integer(1) == b"\x01"
     assert aml.integer(5) == b"\x0a\x05" and aml.integer(0x1234) == b"\x0b\x34\x12"
@@ -227,10 +235,10 @@ def test_aml_integers() -> None:
 
 
 def test_aml_pkg_length() -> None:
-    assert aml.pkg_length(0x3E) == b"\x3f"                             # 1-byte form up to 63
-    enc = aml.pkg_length(0x3F)                                         # total 0x41 -> 2-byte form
+    assert aml.pkg_length(0x3E) == b"\x3f"  # 1-byte form up to 63
+    enc = aml.pkg_length(0x3F)  # total 0x41 -> 2-byte form
     assert enc == bytes([0x40 | 0x1, 0x04])
-    enc = aml.pkg_length(0x1000)                                       # total 0x1003 -> 3-byte form
+    enc = aml.pkg_length(0x1000)  # total 0x1003 -> 3-byte form
     assert enc[0] >> 6 == 2 and (enc[0] & 0xF) | (enc[1] << 4) | (enc[2] << 12) == 0x1003
 
 

@@ -6,8 +6,10 @@ from broiler.core.memory import E820_RAM, E820_RESERVED, GiB, GuestMemory, Memor
 from broiler.errors import ConfigError, GuestMemoryError
 
 
-@pytest.mark.parametrize("text, value", [("4G", 4 * GiB), ("512M", 512 * MiB), ("64k", 64 << 10),
-                                         ("0x1000", 0x1000), ("1GiB", GiB), ("100", 100)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("4G", 4 * GiB), ("512M", 512 * MiB), ("64k", 64 << 10), ("0x1000", 0x1000), ("1GiB", GiB), ("100", 100)],
+)
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
@@ -31,7 +33,7 @@ def test_4g_guest_matches_the_seed() -> None:
         (0, 0x9FBFF, E820_RAM),
         (0x9FC00, 0x9FFFF, E820_RESERVED),
         (0xF0000, 0xFFFFF, E820_RESERVED),
-        (0x100000, 0xBFFFFFFF, E820_RAM),      # the seed's /proc/iomem: 00100000-bfffffff
+        (0x100000, 0xBFFFFFFF, E820_RAM),  # the seed's /proc/iomem: 00100000-bfffffff
         (0x100000000, 0x13FFFFFFF, E820_RAM),  # and 100000000-13fffffff
     ]
 

@@ -22,8 +22,15 @@ def header(flags: int = 0, kludge: tuple[int, int, int, int, int] | None = None)
     return h + (struct.pack("<5I", *kludge) if kludge is not None else b"")
 
 
-def elf(segments: list[tuple[int, bytes, int]], entry: int, *, elf64: bool = False, flags: int = 0,
-        machine: int | None = None, vaddrs: list[int] | None = None) -> bytes:
+def elf(
+    segments: list[tuple[int, bytes, int]],
+    entry: int,
+    *,
+    elf64: bool = False,
+    flags: int = 0,
+    machine: int | None = None,
+    vaddrs: list[int] | None = None,
+) -> bytes:
     """An x86 ELF whose first segment starts with a Multiboot header. segments: (paddr, data, memsz)."""
     ehsize, phsize = (64, 56) if elf64 else (52, 32)
     segments = [(segments[0][0], header(flags) + segments[0][1], segments[0][2]), *segments[1:]]
@@ -40,11 +47,13 @@ def elf(segments: list[tuple[int, bytes, int]], entry: int, *, elf64: bool = Fal
     machine = machine if machine is not None else (62 if elf64 else 3)
     ident = b"\x7fELF" + bytes([2 if elf64 else 1, 1, 1]) + bytes(9)
     if elf64:
-        eh = ident + struct.pack("<HHIQQQIHHHHHH", 2, machine, 1, entry, ehsize, 0, 0, ehsize, phsize,
-                                 len(segments), 0, 0, 0)
+        eh = ident + struct.pack(
+            "<HHIQQQIHHHHHH", 2, machine, 1, entry, ehsize, 0, 0, ehsize, phsize, len(segments), 0, 0, 0
+        )
     else:
-        eh = ident + struct.pack("<HHIIIIIHHHHHH", 2, machine, 1, entry, ehsize, 0, 0, ehsize, phsize,
-                                 len(segments), 0, 0, 0)
+        eh = ident + struct.pack(
+            "<HHIIIIIHHHHHH", 2, machine, 1, entry, ehsize, 0, 0, ehsize, phsize, len(segments), 0, 0, 0
+        )
     return eh + phdrs + blobs
 
 
@@ -55,7 +64,7 @@ def mem() -> GuestMemory:
 
 def cstr(mem: GuestMemory, addr: int) -> str:
     data = mem.read(addr, 4096)
-    return data[:data.index(0)].decode()
+    return data[: data.index(0)].decode()
 
 
 def info(mem: GuestMemory, image: mb.MultibootImage) -> dict[str, int]:
@@ -71,12 +80,12 @@ def info(mem: GuestMemory, image: mb.MultibootImage) -> dict[str, int]:
 def test_find_header_scans_4_byte_aligned_first_8k() -> None:
     assert mb.find_header(bytes(100)) is None
     assert mb.find_header(bytes(8) + header(3)) == mb.MultibootHeader(offset=8, flags=3)
-    assert mb.find_header(bytes(6) + header(3)) is None                    # not 4-byte aligned
-    assert mb.find_header(bytes(8192) + header(3)) is None                 # past the first 8 KiB
-    assert mb.find_header(bytes(8192 - 12) + header(3)) is not None        # the last slot that fits
+    assert mb.find_header(bytes(6) + header(3)) is None  # not 4-byte aligned
+    assert mb.find_header(bytes(8192) + header(3)) is None  # past the first 8 KiB
+    assert mb.find_header(bytes(8192 - 12) + header(3)) is not None  # the last slot that fits
     bad = bytearray(header(3))
     bad[8] ^= 1
-    assert mb.find_header(bytes(bad)) is None                              # bad checksum
+    assert mb.find_header(bytes(bad)) is None  # bad checksum
     assert mb.is_multiboot(header(0)) and not mb.is_multiboot(b"\x7fELF" + bytes(60))
 
 
@@ -89,7 +98,7 @@ def test_find_header_refuses_truncated_kludge_fields() -> None:
 # -- ELF loading ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("elf64", [False, True])
 def test_elf_segments_bss_and_low_segment(mem: GuestMemory, elf64: bool) -> None:
-    mem.fill(0, 2 * MiB, 0xCC)                  # stale RAM: the loader must zero the bss itself
+    mem.fill(0, 2 * MiB, 0xCC)  # stale RAM: the loader must zero the bss itself
     text, low = b"\x90" * 100 + b"\xf4", b"LOWDATA!"
     image = elf([(KERNEL, text, 0x200), (0x7000, low, 0x1000)], KERNEL + 12, elf64=elf64)
     img = mb.load_multiboot(mem, image, kernel_name="k.elf", cmdline="a=1 b")
@@ -99,7 +108,7 @@ def test_elf_segments_bss_and_low_segment(mem: GuestMemory, elf64: bool) -> None
     assert mem.read(KERNEL, 12 + len(text)) == header() + text
     assert mem.read(KERNEL + 12 + len(text), 0x200 - 12 - len(text)) == bytes(0x200 - 12 - len(text))
     assert mem.read(0x7000, 8) == low and mem.read(0x7008, 0x1000 - 8) == bytes(0x1000 - 8)
-    assert mem.read(0x8000, 1) == b"\xcc"       # nothing written past the segment
+    assert mem.read(0x8000, 1) == b"\xcc"  # nothing written past the segment
     assert [p.what for p in img.placements][:2] == ["kernel", "kernel"]
 
 
@@ -109,15 +118,16 @@ def test_elf_entry_is_moved_from_virtual_to_physical(mem: GuestMemory) -> None:
 
 
 def test_info_block_matches_qemu_layout(mem: GuestMemory) -> None:
-    img = mb.load_multiboot(mem, elf([(KERNEL, bytes(32), 0x3000)], KERNEL), kernel_name="/x/k.elf",
-                            cmdline="console=ttyS0")
+    img = mb.load_multiboot(
+        mem, elf([(KERNEL, bytes(32), 0x3000)], KERNEL), kernel_name="/x/k.elf", cmdline="console=ttyS0"
+    )
     f = info(mem, img)
     assert f["flags"] == 0x24F == mb.INFO_FLAGS
     assert (f["mem_lower"], f["mem_upper"]) == (639, RAM // 1024 - 1024) == (img.mem_lower, img.mem_upper)
     assert f["boot_device"] == 0x8000FFFF
     assert cstr(mem, f["cmdline"]) == "/x/k.elf console=ttyS0" == img.cmdline
     assert cstr(mem, f["boot_loader_name"]) == "broiler"
-    assert (f["mods_count"], f["mods_addr"]) == (0, KERNEL + 0x3000)   # first page after the kernel
+    assert (f["mods_count"], f["mods_addr"]) == (0, KERNEL + 0x3000)  # first page after the kernel
     entries = MemoryMap(RAM).e820()
     assert (f["mmap_addr"], f["mmap_length"]) == (0x9000, 24 * len(entries))
     raw = mem.read(0x9000, f["mmap_length"])
@@ -132,8 +142,7 @@ def test_empty_cmdline_is_kernel_name_and_space_like_qemu(mem: GuestMemory) -> N
 
 def test_modules_are_page_aligned_after_the_kernel_with_their_strings(mem: GuestMemory) -> None:
     mods = [("env.txt", b"A=1\nB=2\n"), ("second arg", b"x" * 5000)]
-    img = mb.load_multiboot(mem, elf([(KERNEL, bytes(32), 0x1800)], KERNEL), kernel_name="k", cmdline="c",
-                            modules=mods)
+    img = mb.load_multiboot(mem, elf([(KERNEL, bytes(32), 0x1800)], KERNEL), kernel_name="k", cmdline="c", modules=mods)
     f = info(mem, img)
     assert f["mods_count"] == 2 and f["mods_addr"] == KERNEL + 0x2000
     table = [struct.unpack_from("<IIII", mem.read(f["mods_addr"] + 16 * i, 16)) for i in range(2)]
@@ -149,8 +158,13 @@ def test_modules_are_page_aligned_after_the_kernel_with_their_strings(mem: Guest
 
 def test_loader_data_skips_reserved_areas(mem: GuestMemory) -> None:
     # A tiny kernel at 0x1000: the 40 KiB module would cross the boot page at 0x9000.
-    img = mb.load_multiboot(mem, elf([(0x1000, bytes(32), 0x1000)], 0x1000), kernel_name="k",
-                            modules=[("m", b"m" * 40960)], reserved=[MapRange(0xA000, 0xC000, "MP table")])
+    img = mb.load_multiboot(
+        mem,
+        elf([(0x1000, bytes(32), 0x1000)], 0x1000),
+        kernel_name="k",
+        modules=[("m", b"m" * 40960)],
+        reserved=[MapRange(0xA000, 0xC000, "MP table")],
+    )
     (m,) = img.modules
     assert m.start == 0xC000 and mem.read(m.start, 4) == b"mmmm"
 
@@ -170,7 +184,7 @@ def test_aout_kludge_load_end_addr_limits_the_copy_and_wins_over_elf(mem: GuestM
     # header at file offset 0x40, describing a load of file bytes [0x20, 0x80) at 0x200000.
     load = 0x200000
     image = bytearray(0x100)
-    image[:4] = b"\x7fELF"                      # an ELF header is ignored when bit 16 is set
+    image[:4] = b"\x7fELF"  # an ELF header is ignored when bit 16 is set
     image[0x40:0x60] = header(kludge=(load + 0x20, load, load + 0x60, 0, load + 0x30))
     image[0x80:] = b"\xee" * 0x80
     mem.fill(load, 0x100, 0xCC)
@@ -181,9 +195,13 @@ def test_aout_kludge_load_end_addr_limits_the_copy_and_wins_over_elf(mem: GuestM
 
 # -- mem_lower / mem_upper -------------------------------------------------------------------------
 def test_mem_upper_follows_contiguous_ram_from_1mib_in_an_unsorted_map() -> None:
-    e820 = [E820Entry(0x300000, 0x100000, E820_RAM), E820Entry(0, 0x9F000, E820_RAM),
-            E820Entry(0x100000, 0x200000, E820_RAM), E820Entry(0x400000, 0x1000, E820_RESERVED),
-            E820Entry(0x401000, 0x100000, E820_RAM)]
+    e820 = [
+        E820Entry(0x300000, 0x100000, E820_RAM),
+        E820Entry(0, 0x9F000, E820_RAM),
+        E820Entry(0x100000, 0x200000, E820_RAM),
+        E820Entry(0x400000, 0x1000, E820_RESERVED),
+        E820Entry(0x401000, 0x100000, E820_RAM),
+    ]
     fake = SimpleNamespace(map=SimpleNamespace(e820=lambda: e820))
     assert mb._mem_lower_upper(fake) == (0x9F000 // 1024, 3 * 1024)  # type: ignore[arg-type]
 
@@ -196,34 +214,37 @@ def test_default_ram_for_test_kernels() -> None:
 K = [(KERNEL, bytes(32), 64)]
 
 
-@pytest.mark.parametrize(("image", "kwargs", "message"), [
-    (b"\x7fELF" + bytes(200), {}, "no Multiboot header"),
-    (elf(K, KERNEL, flags=mb.FLAG_VIDEO_MODE), {}, "video mode"),
-    (elf(K, KERNEL, flags=1 << 3 | 1 << 15), {}, r"unsupported features \(flag bits 3, 15\)"),
-    (elf([(RAM - 16, bytes(32), 64)], RAM - 16), {}, "outside guest RAM"),
-    (elf([(0x9400, bytes(32), 64)], 0x9400), {}, "overlaps the Multiboot information"),
-    (elf([(0xF0000, bytes(32), 64)], 0xF0000), {}, "overlaps the EBDA, VGA and BIOS area"),
-    (elf(K, KERNEL), {"reserved": [MapRange(KERNEL + 32, KERNEL + 48, "ACPI tables")]}, "overlaps the ACPI"),
-    (elf([(KERNEL, bytes(32), 0x100), (KERNEL + 0x80, b"x", 1)], KERNEL), {}, "segments .* overlap"),
-    (elf(K, KERNEL)[:28] + struct.pack("<I", 0x1000) + elf(K, KERNEL)[32:], {},
-     "truncated file .program headers"),
-    (elf(K, KERNEL)[:-1], {}, r"truncated file \(segment 0"),
-    (elf([(KERNEL, bytes(32), 8)], KERNEL), {}, "FileSiz 0x2c > MemSiz 0x8"),
-    (header(0) + bytes(64), {}, "neither ELF nor marked with the a.out kludge"),
-    (elf(K, KERNEL, machine=40), {}, "machine 40 is not x86"),
-    (elf(K, KERNEL)[:5] + b"\x02" + elf(K, KERNEL)[6:], {}, "little-endian"),
-    ((b"\x7fELF\x02\x01\x01\x00" + header(0)).ljust(60, b"\0"), {}, "truncated ELF header"),
-    (elf(K, KERNEL + 0x1000), {}, "entry point 0x101000 is outside"),
-    (header(kludge=(KERNEL, KERNEL + 4, 0, 0, KERNEL)), {}, "header_addr 0x100000 is below load_addr"),
-    (header(kludge=(KERNEL + 8, KERNEL, 0, 0, KERNEL)), {}, "load_addr lies before the start of the file"),
-    (header(kludge=(KERNEL, KERNEL, KERNEL - 1, 0, KERNEL)), {}, "load_end_addr 0xfffff is below"),
-    (header(kludge=(KERNEL, KERNEL, KERNEL + 64, 0, KERNEL)), {}, "a.out kludge: truncated file"),
-    (header(kludge=(KERNEL, KERNEL, 0, KERNEL + 8, KERNEL)), {}, "bss_end_addr 0x100008 is below"),
-    (elf(K, KERNEL), {"modules": [("big.img", bytes(RAM))]}, "module big.img .* does not fit"),
-    (elf(K, KERNEL), {"cmdline": "a\0b"}, "command line contains a NUL"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(mem: GuestMemory, image: bytes, kwargs: dict[str, object],
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("image", "kwargs", "message"),
+    [
+        (b"\x7fELF" + bytes(200), {}, "no Multiboot header"),
+        (elf(K, KERNEL, flags=mb.FLAG_VIDEO_MODE), {}, "video mode"),
+        (elf(K, KERNEL, flags=1 << 3 | 1 << 15), {}, r"unsupported features \(flag bits 3, 15\)"),
+        (elf([(RAM - 16, bytes(32), 64)], RAM - 16), {}, "outside guest RAM"),
+        (elf([(0x9400, bytes(32), 64)], 0x9400), {}, "overlaps the Multiboot information"),
+        (elf([(0xF0000, bytes(32), 64)], 0xF0000), {}, "overlaps the EBDA, VGA and BIOS area"),
+        (elf(K, KERNEL), {"reserved": [MapRange(KERNEL + 32, KERNEL + 48, "ACPI tables")]}, "overlaps the ACPI"),
+        (elf([(KERNEL, bytes(32), 0x100), (KERNEL + 0x80, b"x", 1)], KERNEL), {}, "segments .* overlap"),
+        (elf(K, KERNEL)[:28] + struct.pack("<I", 0x1000) + elf(K, KERNEL)[32:], {}, "truncated file .program headers"),
+        (elf(K, KERNEL)[:-1], {}, r"truncated file \(segment 0"),
+        (elf([(KERNEL, bytes(32), 8)], KERNEL), {}, "FileSiz 0x2c > MemSiz 0x8"),
+        (header(0) + bytes(64), {}, "neither ELF nor marked with the a.out kludge"),
+        (elf(K, KERNEL, machine=40), {}, "machine 40 is not x86"),
+        (elf(K, KERNEL)[:5] + b"\x02" + elf(K, KERNEL)[6:], {}, "little-endian"),
+        ((b"\x7fELF\x02\x01\x01\x00" + header(0)).ljust(60, b"\0"), {}, "truncated ELF header"),
+        (elf(K, KERNEL + 0x1000), {}, "entry point 0x101000 is outside"),
+        (header(kludge=(KERNEL, KERNEL + 4, 0, 0, KERNEL)), {}, "header_addr 0x100000 is below load_addr"),
+        (header(kludge=(KERNEL + 8, KERNEL, 0, 0, KERNEL)), {}, "load_addr lies before the start of the file"),
+        (header(kludge=(KERNEL, KERNEL, KERNEL - 1, 0, KERNEL)), {}, "load_end_addr 0xfffff is below"),
+        (header(kludge=(KERNEL, KERNEL, KERNEL + 64, 0, KERNEL)), {}, "a.out kludge: truncated file"),
+        (header(kludge=(KERNEL, KERNEL, 0, KERNEL + 8, KERNEL)), {}, "bss_end_addr 0x100008 is below"),
+        (elf(K, KERNEL), {"modules": [("big.img", bytes(RAM))]}, "module big.img .* does not fit"),
+        (elf(K, KERNEL), {"cmdline": "a\0b"}, "command line contains a NUL"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    mem: GuestMemory, image: bytes, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         mb.load_multiboot(mem, image, kernel_name="k", **kwargs)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
@@ -232,7 +253,7 @@ def test_bad_input_is_one_line_and_writes_nothing(mem: GuestMemory, image: bytes
 
 def test_elf_without_loadable_segments() -> None:
     image = bytearray(elf(K, KERNEL))
-    struct.pack_into("<I", image, 52, 4)        # PT_NOTE instead of PT_LOAD
+    struct.pack_into("<I", image, 52, 4)  # PT_NOTE instead of PT_LOAD
     with pytest.raises(ConfigError, match="no PT_LOAD"):
         mb.load_multiboot(GuestMemory(MemoryMap(RAM)), bytes(image), kernel_name="k")
 

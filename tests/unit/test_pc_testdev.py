@@ -14,8 +14,11 @@ class Rig:
         self.irqs: list[tuple[int, int]] = []
         self.flushed: list[int] = []
         self.dev: PcTestdev = register_pc_testdev(
-            self.pio, self.mmio, set_irq=lambda gsi, level: self.irqs.append((gsi, level)),
-            flush_page=self.flushed.append)
+            self.pio,
+            self.mmio,
+            set_irq=lambda gsi, level: self.irqs.append((gsi, level)),
+            flush_page=self.flushed.append,
+        )
 
 
 @pytest.fixture
@@ -25,8 +28,12 @@ def rig() -> Rig:
 
 def test_regions(rig: Rig) -> None:
     got = sorted((r.base, r.size, r.name) for r in rig.pio.regions())
-    assert got == [(0xE0, 4, "pc-testdev-ioport"), (0xE4, 4, "pc-testdev-flush-page"),
-                   (0xE8, 4, "pc-testdev-ioport-byte"), (0x2000, 24, "pc-testdev-irq-line")]
+    assert got == [
+        (0xE0, 4, "pc-testdev-ioport"),
+        (0xE4, 4, "pc-testdev-flush-page"),
+        (0xE8, 4, "pc-testdev-ioport-byte"),
+        (0x2000, 24, "pc-testdev-irq-line"),
+    ]
     (r,) = rig.mmio.regions()
     assert (r.base, r.size) == (0xFF000000, 0x10000)
     assert rig.pio.unregister_owner("pc-testdev") == 4 and rig.mmio.unregister_owner("pc-testdev") == 1
@@ -59,14 +66,14 @@ def test_unaligned_latch_access_works_like_qemu(rig: Rig) -> None:
     rig.pio.write(0xE0, 4, 0x11223344)
     rig.pio.write(0xE1, 2, 0xABCD)
     assert rig.pio.read(0xE0, 4) == 0x11ABCD44 and rig.pio.read(0xE1, 2) == 0xABCD
-    rig.pio.write(0xE3, 2, 0xFFFF)                 # runs into 0xE4: the bus drops it
+    rig.pio.write(0xE3, 2, 0xFFFF)  # runs into 0xE4: the bus drops it
     assert rig.pio.read(0xE0, 4) == 0x11ABCD44 and rig.dev.flush.flushes == 0
 
 
 def test_flush_page(rig: Rig) -> None:
     rig.pio.write(0xE4, 4, 0x0012_3456)
     assert rig.flushed == [0x0012_3000]
-    rig.pio.write(0xE4, 2, 0x5000)                 # not 32-bit: invalid, dropped
+    rig.pio.write(0xE4, 2, 0x5000)  # not 32-bit: invalid, dropped
     rig.pio.write(0xE4, 1, 0x50)
     assert rig.flushed == [0x0012_3000] and rig.dev.flush.guest_errors == 2
     assert rig.pio.read(0xE4, 4) == 0
@@ -77,7 +84,7 @@ def test_irq_lines(rig: Rig) -> None:
         rig.pio.write(0x2000 + n, 1, 0x80)
         rig.pio.write(0x2000 + n, 1, 0)
     assert rig.irqs == [(n, lvl) for n in range(24) for lvl in (1, 0)]
-    rig.pio.write(0x2000, 2, 1)                    # only byte writes are valid
+    rig.pio.write(0x2000, 2, 1)  # only byte writes are valid
     assert len(rig.irqs) == 48 and rig.dev.irq.guest_errors == 1
     assert rig.pio.read(0x2005, 1) == 0
 
@@ -98,5 +105,5 @@ def test_iomem_is_little_endian_bytes(rig: Rig) -> None:
     m.write(IOMEM_BASE + 0x11, 1, 0x5A)
     m.write(IOMEM_BASE + 0x16, 2, 0xC0DE)
     assert m.read(IOMEM_BASE + 0x10, 8) == 0xC0DE456789AB5AEF
-    m.write(IOMEM_BASE + 0x21, 2, 0xABCD)          # unaligned works (QEMU 7.2)
+    m.write(IOMEM_BASE + 0x21, 2, 0xABCD)  # unaligned works (QEMU 7.2)
     assert m.read(IOMEM_BASE + 0x20, 4) == 0x00ABCD00 and m.read(IOMEM_BASE + 0x100, 8) == 0

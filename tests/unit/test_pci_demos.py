@@ -76,8 +76,8 @@ def test_identities_bars_and_interrupt_kinds() -> None:
             assert pin == 0 and caps == [0x05] and fn.config.get(0x40, 4) == 0x05
         elif key in ("msix", "dma-msix", "dma-buf"):
             assert pin == 0 and caps == [0x11]
-            assert rig.cfg_read(slot, 0x40) == 0x11                 # 1 entry
-            assert (rig.cfg_read(slot, 0x44), rig.cfg_read(slot, 0x48)) == (1, 0x81)   # BAR1+0, BAR1+0x80
+            assert rig.cfg_read(slot, 0x40) == 0x11  # 1 entry
+            assert (rig.cfg_read(slot, 0x44), rig.cfg_read(slot, 0x48)) == (1, 0x81)  # BAR1+0, BAR1+0x80
         else:
             assert pin == 0 and caps == []
     # BARs were handed out in add order from the seed's windows.
@@ -100,9 +100,9 @@ def test_sync_devices_driver_flow(make: Callable[[], PciFunction]) -> None:
     bus.write(base + 4, 4, 2)
     assert bus.read(base + 4, 4) == 2
     assert (bus.read(base + 8, 4), bus.read(base + 0xC, 4)) == (0x10, 0x40)
-    bus.write(base + 8, 4, 0x99)                                # read-only
+    bus.write(base + 8, 4, 0x99)  # read-only
     assert bus.read(base + 8, 4) == 0x10
-    assert bus.read(base + 0x40, 4) == 0xFFFF_FFFF              # beyond the block inside the BAR
+    assert bus.read(base + 0x40, 4) == 0xFFFF_FFFF  # beyond the block inside the BAR
 
 
 def test_pci_base_mirrors_one_block_in_both_bars() -> None:
@@ -122,15 +122,15 @@ def test_async_pio_doorbell_intx_and_ack() -> None:
     rig.host.add(fn)
     base = fn.bars[0].mapped
     assert base is not None
-    assert rig.guest_write(True, base + 0x10, 4, 1)             # caught by the ioeventfd
+    assert rig.guest_write(True, base + 0x10, 4, 1)  # caught by the ioeventfd
     assert sched.delays == [2.0] and rig.pio.read(base + 0x14, 4) == demos.STATUS_BUSY
     assert line.level == 0
     sched.run()
     assert line.history == [1] and fn.completions == 1
     assert rig.pio.read(base + 0x14, 4) == demos.STATUS_DONE
     assert rig.pio.read(base + 0x18, 4) == 1
-    assert rig.cfg_read(1, 6, 2) & 0x08                         # status: interrupt pending
-    rig.pio.write(base + 0x14, 4, demos.STATUS_DONE)            # ACK
+    assert rig.cfg_read(1, 6, 2) & 0x08  # status: interrupt pending
+    rig.pio.write(base + 0x14, 4, demos.STATUS_DONE)  # ACK
     assert line.history == [1, 0] and rig.pio.read(base + 0x14, 4) == 0
     assert not rig.cfg_read(1, 6, 2) & 0x08
     # A write the ioeventfd does not catch (other width) still rings, through the bus.
@@ -148,19 +148,23 @@ def test_async_mmio_doorbell_and_busy_ring() -> None:
     assert base == 0xC200_0000
     assert rig.doorbells is not None and rig.doorbells.at(False, base + 0x10)[0].length == 4
     rig.guest_write(False, base + 0x10, 4, 0)
-    rig.guest_write(False, base + 0x10, 4, 0)                   # while busy: ignored
+    rig.guest_write(False, base + 0x10, 4, 0)  # while busy: ignored
     assert fn.busy_rings == 1 and len(sched.pending) == 1
     sched.run()
     assert fn.completions == 1 and line.level == 1
 
 
-@pytest.mark.parametrize(("make", "width", "delay"), [
-    (lambda s, l: demos.AsyncPioPci(irq=l, schedule=s), 4, 2.0),
-    (lambda s, l: demos.IntxDemoPci(irq=l, schedule=s), 2, 5.0),
-    (lambda s, l: demos.IntxDemoPci(irq=l, schedule=s, delay=0), 2, 0),
-])
-def test_doorbell_widths_and_delays(make: Callable[[FakeScheduler, FakeIrqLine], demos.DoorbellDemo],
-                                    width: int, delay: float) -> None:
+@pytest.mark.parametrize(
+    ("make", "width", "delay"),
+    [
+        (lambda s, l: demos.AsyncPioPci(irq=l, schedule=s), 4, 2.0),
+        (lambda s, l: demos.IntxDemoPci(irq=l, schedule=s), 2, 5.0),
+        (lambda s, l: demos.IntxDemoPci(irq=l, schedule=s, delay=0), 2, 0),
+    ],
+)
+def test_doorbell_widths_and_delays(
+    make: Callable[[FakeScheduler, FakeIrqLine], demos.DoorbellDemo], width: int, delay: float
+) -> None:
     rig, sched = Rig(), FakeScheduler(immediate=True)
     fn = make(sched, FakeIrqLine(5))
     rig.host.add(fn)
@@ -174,7 +178,7 @@ def test_msi_demo() -> None:
     fn = demos.MsiDemoPci(msi_sink=sink, schedule=sched)
     rig.host.add(fn)
     rig.guest_write(True, 0x6210, 2, 1)
-    assert fn.completions == 1 and sink.messages == []          # MSI not enabled yet
+    assert fn.completions == 1 and sink.messages == []  # MSI not enabled yet
     rig.cfg_write(1, 0x44, 4, 0xFEE0_0000)
     rig.cfg_write(1, 0x48, 2, 0x0041)
     rig.cfg_write(1, 0x42, 2, 1)
@@ -203,7 +207,7 @@ def test_msix_demo_pending_until_unmasked() -> None:
     rig.host.add(fn)
     table = fn.bars[1].mapped
     assert table == 0xC200_0000
-    rig.cfg_write(1, 0x42, 2, 0x8000)                            # enable; entry 0 still masked
+    rig.cfg_write(1, 0x42, 2, 0x8000)  # enable; entry 0 still masked
     rig.mmio.write(table, 4, 0xFEE0_1000)
     rig.mmio.write(table + 8, 4, 0x61)
     rig.guest_write(True, 0x6210, 2, 1)
@@ -212,7 +216,7 @@ def test_msix_demo_pending_until_unmasked() -> None:
     assert sink.messages == [(0xFEE0_1000, 0x61)] and rig.mmio.read(table + 0x80, 8) == 0
     rig.guest_write(True, 0x6210, 2, 1)
     assert len(sink.messages) == 2 and fn.completions == 2
-    assert rig.mmio.read(table + 0x40, 4) == 0xFFFF_FFFF          # unused part of BAR1
+    assert rig.mmio.read(table + 0x40, 4) == 0xFFFF_FFFF  # unused part of BAR1
 
 
 def test_doorbell_follows_a_moved_bar() -> None:
@@ -237,10 +241,10 @@ def test_register_block_hostile_accesses() -> None:
     rig, sched, line = Rig(), FakeScheduler(), FakeIrqLine(5)
     fn = demos.AsyncPioPci(irq=line, schedule=sched)
     rig.host.add(fn)
-    assert rig.pio.read(0x6200, 4) == 0xFFFF_FFFF               # nothing below +0x10
-    assert rig.pio.read(0x6214, 2) == 0xFFFF                    # STATUS is a dword
+    assert rig.pio.read(0x6200, 4) == 0xFFFF_FFFF  # nothing below +0x10
+    assert rig.pio.read(0x6214, 2) == 0xFFFF  # STATUS is a dword
     assert rig.pio.read(0x6210, 2) == 0
-    rig.pio.write(0x6218, 4, 5)                                 # COMPLETIONS is read-only
+    rig.pio.write(0x6218, 4, 5)  # COMPLETIONS is read-only
     rig.pio.write(0x6214, 1, 1)
     rig.pio.write(0x62F0, 4, 1)
     assert rig.pio.read(0x6218, 4) == 0 and fn.completions == 0
@@ -331,7 +335,7 @@ def test_dma_registers_read_back() -> None:
     for reg, value in ((0, 0x1234), (4, 0xFFFF_FFFF), (8, 1), (0xC, 0x10)):
         d.rig.pio.write(d.base + reg, 4, value)
         assert d.rig.pio.read(d.base + reg, 4) == value
-    d.rig.pio.write(d.base + 0, 2, 0)                           # registers are dwords
+    d.rig.pio.write(d.base + 0, 2, 0)  # registers are dwords
     assert d.rig.pio.read(d.base + 0, 4) == 0x1234 and d.dev.registers.guest_errors == 1
 
 
@@ -351,11 +355,11 @@ BAD_DMA = [
 ]
 
 
-@pytest.mark.parametrize(("what", "src", "dst", "direction", "length", "code"), BAD_DMA,
-                         ids=[b[0] for b in BAD_DMA])
+@pytest.mark.parametrize(("what", "src", "dst", "direction", "length", "code"), BAD_DMA, ids=[b[0] for b in BAD_DMA])
 @pytest.mark.parametrize("key", ["intx", "msix"])
-def test_bad_dma_is_an_error_status(key: str, what: str, src: int, dst: int, direction: int, length: int,
-                                    code: int) -> None:
+def test_bad_dma_is_an_error_status(
+    key: str, what: str, src: int, dst: int, direction: int, length: int, code: int
+) -> None:
     d = DmaRig(key)
     d.mem.fill(RAM - 0x2000, 0x2000, 0xA5)
     d.mem.fill(0, 0x2000, 0x5A)
@@ -363,14 +367,14 @@ def test_bad_dma_is_an_error_status(key: str, what: str, src: int, dst: int, dir
     status = d.run(src, dst, direction, length)
     assert status == demos.STATUS_DONE | demos.STATUS_ERROR
     assert d.rig.pio.read(d.base + 0x1C, 4) == code
-    assert d.interrupts() == 1                                 # the driver still hears about it
+    assert d.interrupts() == 1  # the driver still hears about it
     assert bytes(d.dev.buffer) == before_buf
     assert d.mem.read(RAM - 0x2000, 0x2000) == b"\xa5" * 0x2000
     assert d.mem.read(0, 0x2000) == b"\x5a" * 0x2000
     assert d.dev.bytes_copied == 0
     d.ack()
     assert d.rig.pio.read(d.base + 0x14, 4) == 0
-    assert d.run(0, 0x1000, 0, 4) == demos.STATUS_DONE          # the device still works
+    assert d.run(0, 0x1000, 0, 4) == demos.STATUS_DONE  # the device still works
     assert d.rig.pio.read(d.base + 0x1C, 4) == 0
 
 
@@ -381,7 +385,7 @@ def test_dma_buf_big_buffer() -> None:
     assert d.run(0x3000, (1 << 20) - 3, 1, 3) == demos.STATUS_DONE
     assert d.run((1 << 20) - 3, 0x5000, 0, 3) == demos.STATUS_DONE
     assert d.mem.read(0x5000, 3) == b"xyz"
-    assert d.interrupts() == 2                                  # both directions interrupt
+    assert d.interrupts() == 2  # both directions interrupt
     assert d.run((1 << 20) - 3, 0x5000, 0, 4) & demos.STATUS_ERROR
 
 

@@ -36,7 +36,7 @@ def test_conf1_latch_readback_and_linux_probe() -> None:
     rig = Rig()
     rig.pio.write(0xCF8, 4, 0x8000_0000)
     assert rig.pio.read(0xCF8, 4) == 0x8000_0000
-    rig.pio.write(0xCFB, 1, 0x01)                       # Linux's type-2 probe byte: ignored
+    rig.pio.write(0xCFB, 1, 0x01)  # Linux's type-2 probe byte: ignored
     assert rig.pio.read(0xCF8, 4) == 0x8000_0000
     assert rig.pio.read(0xCF8, 2) == 0xFFFF
     assert rig.host.conf1.guest_errors == 2
@@ -50,8 +50,8 @@ def test_conf1_reads_every_width() -> None:
     assert rig.pio.read(0xCFC, 4) == 0x10F3_1AF4
     assert [rig.pio.read(0xCFC + i, 1) for i in range(4)] == [0xF4, 0x1A, 0xF3, 0x10]
     assert rig.pio.read(0xCFE, 2) == 0x10F3
-    assert rig.pio.read(0xCFD, 2) == 0xF31A           # a word inside the window is fine
-    assert rig.pio.read(0xCFD, 4) == 0xFFFF_FFFF       # crosses 0xCFF: never reaches the host
+    assert rig.pio.read(0xCFD, 2) == 0xF31A  # a word inside the window is fine
+    assert rig.pio.read(0xCFD, 4) == 0xFFFF_FFFF  # crosses 0xCFF: never reaches the host
     assert rig.pio.read(0xCFF, 2) == 0xFFFF
 
 
@@ -60,7 +60,7 @@ def test_conf1_enable_bit_and_absent_functions() -> None:
     rig.host.add(two_bar_fn())
     rig.pio.write(0xCF8, 4, conf1_address(1, 0, enable=False))
     assert rig.pio.read(0xCFC, 4) == 0xFFFF_FFFF
-    rig.pio.write(0xCFC, 4, 0)                         # dropped
+    rig.pio.write(0xCFC, 4, 0)  # dropped
     for dev, fn, bus in ((2, 0, 0), (1, 1, 0), (1, 0, 1), (31, 0, 0)):
         assert rig.cfg_read(dev, 0, fn=fn, bus=bus) == 0xFFFF_FFFF
         assert rig.cfg_read(dev, 0, 2, fn=fn, bus=bus) == 0xFFFF
@@ -73,7 +73,7 @@ def test_conf1_write_reaches_the_right_register() -> None:
     rig = Rig()
     rig.host.add(two_bar_fn())
     rig.cfg_write(1, 0x3C, 1, 0x0B)
-    rig.cfg_write(1, 0x0D, 1, 0x40)                    # latency timer via port 0xCFD
+    rig.cfg_write(1, 0x0D, 1, 0x40)  # latency timer via port 0xCFD
     assert rig.cfg_read(1, 0x3C, 1) == 0x0B and rig.cfg_read(1, 0x0C) == 0x4000
 
 
@@ -86,7 +86,7 @@ def test_ecam_reads_and_writes() -> None:
     assert rig.cfg_read(1, 3, 1, ecam=True) == 0x10
     rig.cfg_write(1, 0x3C, 1, 0x33, ecam=True)
     assert rig.cfg_read(1, 0x3C, 1) == 0x33
-    assert rig.cfg_read(0, 0x100, ecam=True) == 0xFFFF_FFFF       # extended space: absent
+    assert rig.cfg_read(0, 0x100, ecam=True) == 0xFFFF_FFFF  # extended space: absent
     assert rig.cfg_read(1, 0, ecam=True, bus=15) == 0xFFFF_FFFF
     assert rig.cfg_read(1, 0, ecam=True, fn=7) == 0xFFFF_FFFF
     assert rig.host.ecam.guest_errors == 0
@@ -172,7 +172,7 @@ def test_add_places_and_decodes_bars() -> None:
     assert rig.cfg_read(1, 4, 2) == 0x3
     assert rig.pio.read(0x6304, 2) == 0xAB04
     assert rig.mmio.read(0xC200_0010, 4) == 0xAB10
-    assert rig.mmio.read(0xC200_1100, 4) == 0xFFFF_FFFF        # past f2's 0x100-byte BAR
+    assert rig.mmio.read(0xC200_1100, 4) == 0xFFFF_FFFF  # past f2's 0x100-byte BAR
 
 
 def test_add_refuses_a_collision() -> None:
@@ -193,11 +193,11 @@ def test_command_toggles_decode_and_doorbells() -> None:
     db_mem = fn.add_doorbell(1, 0x20, 4, lambda kicks: None, datamatch=7)
     assert rig.doorbells is not None
     assert rig.doorbells.at(True, 0x6210) and rig.doorbells.at(False, 0xC200_0020)
-    rig.cfg_write(1, 4, 2, 0x2)                                 # IO off
+    rig.cfg_write(1, 4, 2, 0x2)  # IO off
     assert rig.pio.read(0x6200, 4) == 0xFFFF_FFFF and db_io.handle is None
     assert not rig.doorbells.at(True, 0x6210)
     assert rig.mmio.read(0xC200_0000, 4) == 0xAB00 and db_mem.handle is not None
-    rig.cfg_write(1, 4, 2, 0x0)                                 # MEM off too
+    rig.cfg_write(1, 4, 2, 0x0)  # MEM off too
     assert rig.mmio.read(0xC200_0000, 4) == 0xFFFF_FFFF and rig.doorbells.handles == []
     rig.cfg_write(1, 4, 2, 0x3)
     assert rig.pio.read(0x6200, 4) == 0xAB00 and len(rig.doorbells.handles) == 2
@@ -223,7 +223,7 @@ def test_moving_a_mem_bar_byte_by_byte() -> None:
     rig = Rig()
     fn = two_bar_fn()
     rig.host.add(fn)
-    rig.cfg_write(1, 0x15, 1, 0x50)                            # byte 1 of BAR1: 0xC2005000
+    rig.cfg_write(1, 0x15, 1, 0x50)  # byte 1 of BAR1: 0xC2005000
     assert fn.bars[1].mapped == 0xC200_5000
     assert rig.mmio.read(0xC200_0000, 4) == 0xFFFF_FFFF
     assert rig.mmio.read(0xC200_5008, 4) == 0xAB08
@@ -236,26 +236,29 @@ def test_moving_a_64bit_bar() -> None:
     fn.add_bar(0, BarKind.MEM64, 0x4000, Regs())
     rig.host.add(fn)
     assert rig.cfg_read(1, 0x10) == 0xC200_0004 and rig.cfg_read(1, 0x14) == 0
-    rig.cfg_write(1, 4, 2, 0)                                  # Linux: decode off while moving
+    rig.cfg_write(1, 4, 2, 0)  # Linux: decode off while moving
     rig.cfg_write(1, 0x10, 4, 0xC300_0000)
     rig.cfg_write(1, 0x14, 4, 0)
     rig.cfg_write(1, 4, 2, 2)
     assert fn.bars[0].mapped == 0xC300_0000 and rig.mmio.read(0xC300_3FFC, 4) == 0xAB00 + 0x3FFC
-    rig.cfg_write(1, 0x14, 4, 1)                               # above 4 GiB: outside the window
+    rig.cfg_write(1, 0x14, 4, 1)  # above 4 GiB: outside the window
     assert fn.bars[0].mapped is None and fn.guest_errors == 1
-    assert rig.cfg_read(1, 0x14) == 1                          # the value stays
+    assert rig.cfg_read(1, 0x14) == 1  # the value stays
     rig.cfg_write(1, 0x14, 4, 0)
     assert fn.bars[0].mapped == 0xC300_0000
 
 
-@pytest.mark.parametrize(("reg", "value", "pio"), [
-    (0x14, 0x0010_0000, False),          # on guest RAM
-    (0x14, 0xC100_0000, False),          # on the ECAM window (in the hole, outside the BAR window)
-    (0x14, 0xFEC0_0000, False),          # on the in-kernel IOAPIC
-    (0x14, 0xD000_0000, False),          # just past the end of the window
-    (0x10, 0x0300, True),                # over the UART's ports (legacy range)
-    (0x10, 0xFF00, True),                # fine: last block of the IO window
-])
+@pytest.mark.parametrize(
+    ("reg", "value", "pio"),
+    [
+        (0x14, 0x0010_0000, False),  # on guest RAM
+        (0x14, 0xC100_0000, False),  # on the ECAM window (in the hole, outside the BAR window)
+        (0x14, 0xFEC0_0000, False),  # on the in-kernel IOAPIC
+        (0x14, 0xD000_0000, False),  # just past the end of the window
+        (0x10, 0x0300, True),  # over the UART's ports (legacy range)
+        (0x10, 0xFF00, True),  # fine: last block of the IO window
+    ],
+)
 def test_bars_outside_their_window_are_not_decoded(reg: int, value: int, pio: bool) -> None:
     rig = Rig()
     fn = two_bar_fn()
@@ -269,7 +272,7 @@ def test_bars_outside_their_window_are_not_decoded(reg: int, value: int, pio: bo
     assert bar.mapped is None and fn.guest_errors == 1
     region = rig.bus_for(pio).find(value)
     assert region is None or region.owner is not fn
-    rig.cfg_write(1, 4, 2, 0)                                  # toggling decode: not counted again
+    rig.cfg_write(1, 4, 2, 0)  # toggling decode: not counted again
     rig.cfg_write(1, 4, 2, 3)
     assert fn.guest_errors == 1
 
@@ -279,16 +282,16 @@ def test_bar_onto_another_bar_is_blocked_then_retried() -> None:
     a, b = two_bar_fn("a"), two_bar_fn("b")
     rig.host.add(a)
     rig.host.add(b)
-    rig.cfg_write(2, 0x14, 4, 0xC200_0000)                     # b's BAR1 onto a's BAR1
+    rig.cfg_write(2, 0x14, 4, 0xC200_0000)  # b's BAR1 onto a's BAR1
     assert b.bars[1].mapped is None and b.guest_errors == 1
     assert rig.mmio.read(0xC200_0000, 4) == 0xAB00
-    assert rig.mmio.find(0xC200_0000).device.name == "a-mem"   # type: ignore[union-attr]
-    rig.cfg_write(2, 0x10, 4, 0x6200)                          # b's BAR0 onto a's BAR0 too
+    assert rig.mmio.find(0xC200_0000).device.name == "a-mem"  # type: ignore[union-attr]
+    rig.cfg_write(2, 0x10, 4, 0x6200)  # b's BAR0 onto a's BAR0 too
     assert b.bars[0].mapped is None and b.guest_errors == 2
-    rig.cfg_write(1, 0x14, 4, 0xC210_0000)                     # a moves away: b's BAR1 comes alive
+    rig.cfg_write(1, 0x14, 4, 0xC210_0000)  # a moves away: b's BAR1 comes alive
     assert b.bars[1].mapped == 0xC200_0000
-    assert rig.mmio.find(0xC200_0000).device.name == "b-mem"   # type: ignore[union-attr]
-    rig.cfg_write(1, 4, 2, 0)                                  # a stops decoding: b's BAR0 too
+    assert rig.mmio.find(0xC200_0000).device.name == "b-mem"  # type: ignore[union-attr]
+    rig.cfg_write(1, 4, 2, 0)  # a stops decoding: b's BAR0 too
     assert b.bars[0].mapped == 0x6200
     assert b.guest_errors == 2 and a.guest_errors == 0
 
@@ -301,7 +304,7 @@ def test_sizing_with_decode_on_is_quiet() -> None:
     assert rig.cfg_read(1, 0x14) == 0xFFFF_F000 and fn.bars[1].mapped is None
     rig.cfg_write(1, 0x14, 4, 0xC200_0000)
     assert fn.bars[1].mapped == 0xC200_0000 and fn.guest_errors == 0
-    rig.cfg_write(1, 0x14, 4, 0)                               # address 0: unprogrammed
+    rig.cfg_write(1, 0x14, 4, 0)  # address 0: unprogrammed
     assert fn.bars[1].mapped is None and fn.guest_errors == 0
 
 

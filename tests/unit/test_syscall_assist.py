@@ -66,8 +66,8 @@ def test_fresh_tables_get_three_pages_and_a_user_read_only_leaf() -> None:
     assert pml4e == SPARE[0] | PTE_P | PTE_RW | PTE_US
     assert pdpte == SPARE[1] | PTE_P | PTE_RW | PTE_US
     assert pde == SPARE[2] | PTE_P | PTE_RW | PTE_US
-    assert pte == GPA | PTE_P | PTE_US                   # not writable, executable (no NX)
-    assert set(mem.words) == {CR3 + 509 * 8, SPARE[0], SPARE[1], SPARE[2]}   # nothing else touched
+    assert pte == GPA | PTE_P | PTE_US  # not writable, executable (no NX)
+    assert set(mem.words) == {CR3 + 509 * 8, SPARE[0], SPARE[1], SPARE[2]}  # nothing else touched
 
 
 def test_second_install_changes_nothing() -> None:
@@ -80,8 +80,8 @@ def test_second_install_changes_nothing() -> None:
 
 def test_existing_guest_tables_are_followed_and_get_the_user_bit() -> None:
     mem = FakeMemory()
-    mem.write(CR3 + 511 * 8, 0x5000 | PTE_P | PTE_RW)    # 5-level: the kernel's own top entry
-    mem.write(0x5000 + 100 * 8, 0x7000 | PTE_P)          # an unrelated entry of the guest's table
+    mem.write(CR3 + 511 * 8, 0x5000 | PTE_P | PTE_RW)  # 5-level: the kernel's own top entry
+    mem.write(0x5000 + 100 * 8, 0x7000 | PTE_P)  # an unrelated entry of the guest's table
     assert mem.install(levels=5) == 3
     top, p4d, *_, pte = mem.walk(TRAMPOLINE_VA, 5)
     assert top == 0x5000 | PTE_P | PTE_RW | PTE_US
@@ -93,13 +93,13 @@ def test_existing_guest_tables_are_followed_and_get_the_user_bit() -> None:
 def test_conflicts_are_refused_without_writing() -> None:
     mem = FakeMemory()
     mem.install()
-    leaf = SPARE[2]                                       # the PT page; its entry 0 is the trampoline
+    leaf = SPARE[2]  # the PT page; its entry 0 is the trampoline
     mem.write(leaf, 0x123000 | PTE_P | PTE_US)
     with pytest.raises(TrampolineConflict, match="maps"):
         mem.install()
     huge = FakeMemory()
     huge.write(CR3 + 509 * 8, 0x2000 | PTE_P)
-    huge.write(0x2000, 0x40000000 | PTE_P | PTE_PS)       # a 1 GiB page covers the trampoline
+    huge.write(0x2000, 0x40000000 | PTE_P | PTE_PS)  # a 1 GiB page covers the trampoline
     with pytest.raises(TrampolineConflict, match="huge page"):
         huge.install()
     short = FakeMemory()
@@ -107,8 +107,8 @@ def test_conflicts_are_refused_without_writing() -> None:
         short.install(spare=SPARE[:2])
 
 
-STAR = (0x23 << 48) | (0x10 << 32)      # Linux: kernel CS 0x10, SS 0x18; user base 0x23
-SFMASK = 0x47700                        # Linux: TF DF IF IOPL AC NT
+STAR = (0x23 << 48) | (0x10 << 32)  # Linux: kernel CS 0x10, SS 0x18; user base 0x23
+SFMASK = 0x47700  # Linux: TF DF IF IOPL AC NT
 
 
 def test_complete_syscall_from_user_mode() -> None:
@@ -116,14 +116,15 @@ def test_complete_syscall_from_user_mode() -> None:
     assert (e.rip, e.cs_selector, e.ss_selector) == (0xFFFFFFFF81C00080, 0x10, 0x18)
     assert e.switch_privilege
     assert e.r11 == 0x246
-    assert e.rflags == 0x46                             # IF masked, bit 1 set
+    assert e.rflags == 0x46  # IF masked, bit 1 set
 
 
 def test_complete_syscall_clears_rf_and_what_user_mode_cannot_hold() -> None:
-    e = complete_syscall(cpl=3, r11=0x3202 | RFLAGS_RF | (1 << 17) | (1 << 19) | (1 << 20) | 1, star=STAR,
-                         sfmask=0x200, lstar=0x1000)
-    assert e.r11 == 0x202 | RFLAGS_RF | 1               # IOPL, VM, VIF, VIP gone; RF kept for the kernel
-    assert e.rflags == 0x3                              # IF masked, RF cleared
+    e = complete_syscall(
+        cpl=3, r11=0x3202 | RFLAGS_RF | (1 << 17) | (1 << 19) | (1 << 20) | 1, star=STAR, sfmask=0x200, lstar=0x1000
+    )
+    assert e.r11 == 0x202 | RFLAGS_RF | 1  # IOPL, VM, VIF, VIP gone; RF kept for the kernel
+    assert e.rflags == 0x3  # IF masked, RF cleared
 
 
 def test_complete_syscall_at_cpl0_only_moves_rip() -> None:

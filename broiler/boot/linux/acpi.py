@@ -37,11 +37,11 @@ CREATOR_ID = b"BRLR"
 CREATOR_REVISION = 1
 
 SCI_IRQ = 9
-PM1A_EVT_PORT = 0x600          # PM1 status (u16) + enable (u16)
-PM1A_CNT_PORT = 0x604          # PM1 control (u16): SLP_TYP bits 12:10, SLP_EN bit 13
+PM1A_EVT_PORT = 0x600  # PM1 status (u16) + enable (u16)
+PM1A_CNT_PORT = 0x604  # PM1 control (u16): SLP_TYP bits 12:10, SLP_EN bit 13
 PM1_EVT_LEN = 4
 PM1_CNT_LEN = 2
-S5_SLP_TYP = 5                 # the value \\_S5 gives; PM1a_CNT == (5 << 10) | (1 << 13) means power off
+S5_SLP_TYP = 5  # the value \\_S5 gives; PM1a_CNT == (5 << 10) | (1 << 13) means power off
 SLP_EN = 1 << 13
 RESET_PORT = 0x64
 RESET_VALUE = 0xFE
@@ -56,14 +56,24 @@ FADT_SIZE = 276
 # MADT (ACPI 6.4, 5.2.12)
 MADT_PCAT_COMPAT = 1
 MADT_LAPIC, MADT_IOAPIC, MADT_ISO, MADT_LAPIC_NMI = 0, 1, 2, 4
-MPS_INTI_LEVEL_HIGH = 0x000D    # polarity 01 (active high) | trigger 11 << 2 (level)
+MPS_INTI_LEVEL_HIGH = 0x000D  # polarity 01 (active high) | trigger 11 << 2 (level)
 
 GAS_SYSTEM_IO = 1
 
 
 def table_header(signature: bytes, length: int, revision: int) -> bytes:
-    return struct.pack("<4sIBB6s8sI4sI", signature, length, revision, 0, OEM_ID, OEM_TABLE_ID,
-                       OEM_REVISION, CREATOR_ID, CREATOR_REVISION)
+    return struct.pack(
+        "<4sIBB6s8sI4sI",
+        signature,
+        length,
+        revision,
+        0,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        CREATOR_ID,
+        CREATOR_REVISION,
+    )
 
 
 def finish_table(signature: bytes, revision: int, body: bytes) -> bytes:
@@ -89,52 +99,65 @@ def build_facs() -> bytes:
     return struct.pack("<4sIIIIIQB3xI24x", b"FACS", 64, 0, 0, 0, 0, 0, 2, 0)
 
 
-def build_dsdt(pci_irqs: Sequence[PciIrq], *, reserve_ecam: bool = True,
-               reserved_io: Sequence[tuple[int, int]] = ()) -> bytes:
-    prt = [aml.package(aml.integer((p.slot << 16) | 0xFFFF), aml.integer(p.pin - 1), aml.integer(0),
-                       aml.integer(p.gsi)) for p in pci_irqs if p.bus == 0]
+def build_dsdt(
+    pci_irqs: Sequence[PciIrq], *, reserve_ecam: bool = True, reserved_io: Sequence[tuple[int, int]] = ()
+) -> bytes:
+    prt = [
+        aml.package(aml.integer((p.slot << 16) | 0xFFFF), aml.integer(p.pin - 1), aml.integer(0), aml.integer(p.gsi))
+        for p in pci_irqs
+        if p.bus == 0
+    ]
     crs = aml.resource_template(
         aml.word_bus_number(0, ECAM_BUS_END),
-        aml.word_io(0x0000, 0x0CF7),            # everything but the CF8-CFF configuration ports
+        aml.word_io(0x0000, 0x0CF7),  # everything but the CF8-CFF configuration ports
         aml.word_io(0x0D00, 0xFFFF),
-        aml.dword_memory(PCI_MMIO_START, PCI_MMIO_END - 1))
-    pci0 = aml.device("PCI0",
-                      aml.name("_HID", aml.eisa_id("PNP0A03")),
-                      aml.name("_UID", aml.integer(0)),
-                      aml.name("_SEG", aml.integer(0)),
-                      aml.name("_BBN", aml.integer(0)),
-                      aml.name("_CRS", crs),
-                      aml.name("_PRT", aml.package(*prt)))
+        aml.dword_memory(PCI_MMIO_START, PCI_MMIO_END - 1),
+    )
+    pci0 = aml.device(
+        "PCI0",
+        aml.name("_HID", aml.eisa_id("PNP0A03")),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_SEG", aml.integer(0)),
+        aml.name("_BBN", aml.integer(0)),
+        aml.name("_CRS", crs),
+        aml.name("_PRT", aml.package(*prt)),
+    )
     sb = [pci0]
     if reserve_ecam:
-        sb.append(aml.device("MRES",
-                             aml.name("_HID", aml.eisa_id("PNP0C02")),
-                             aml.name("_UID", aml.integer(1)),
-                             aml.name("_CRS", aml.resource_template(
-                                 aml.memory32_fixed(PCI_ECAM_BASE, PCI_ECAM_SIZE)))))
+        sb.append(
+            aml.device(
+                "MRES",
+                aml.name("_HID", aml.eisa_id("PNP0C02")),
+                aml.name("_UID", aml.integer(1)),
+                aml.name("_CRS", aml.resource_template(aml.memory32_fixed(PCI_ECAM_BASE, PCI_ECAM_SIZE))),
+            )
+        )
     if reserved_io:
         # Ports no Linux driver claims (the seed's demo devices): declared as motherboard resources so
         # Linux's PnP "system" driver reserves them and /proc/ioports names them.
-        sb.append(aml.device("DEMO",
-                             aml.name("_HID", aml.eisa_id("PNP0C02")),
-                             aml.name("_UID", aml.integer(2)),
-                             aml.name("_CRS", aml.resource_template(
-                                 *(aml.io_port(base, size) for base, size in reserved_io)))))
-    body = aml.scope("\\_SB", *sb) + aml.name("\\_S5", aml.package(
-        aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0)))
-    return finish_table(b"DSDT", 2, body)   # revision 2: 64-bit AML integers
+        sb.append(
+            aml.device(
+                "DEMO",
+                aml.name("_HID", aml.eisa_id("PNP0C02")),
+                aml.name("_UID", aml.integer(2)),
+                aml.name("_CRS", aml.resource_template(*(aml.io_port(base, size) for base, size in reserved_io))),
+            )
+        )
+    body = aml.scope("\\_SB", *sb) + aml.name(
+        "\\_S5", aml.package(aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0))
+    )
+    return finish_table(b"DSDT", 2, body)  # revision 2: 64-bit AML integers
 
 
 def build_fadt(*, facs: int, dsdt: int) -> bytes:
     f = bytearray(FADT_SIZE)
-    struct.pack_into("<IIBBHI", f, 36, facs, dsdt, 0, 0, SCI_IRQ, 0)   # no SMI_CMD: always ACPI mode
+    struct.pack_into("<IIBBHI", f, 36, facs, dsdt, 0, 0, SCI_IRQ, 0)  # no SMI_CMD: always ACPI mode
     struct.pack_into("<II", f, 56, PM1A_EVT_PORT, 0)
     struct.pack_into("<II", f, 64, PM1A_CNT_PORT, 0)
     struct.pack_into("<BB", f, 88, PM1_EVT_LEN, PM1_CNT_LEN)
-    f[108] = 0x32                                                       # RTC CMOS century index
+    f[108] = 0x32  # RTC CMOS century index
     struct.pack_into("<H", f, 109, IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_NO_VGA)
-    struct.pack_into("<I", f, 112, FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON
-                     | FADT_RESET_REG_SUP)
+    struct.pack_into("<I", f, 112, FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP)
     f[116:128] = gas(GAS_SYSTEM_IO, 8, RESET_PORT, 1)
     f[128] = RESET_VALUE
     # X_FIRMWARE_CTRL stays 0: the spec wants it zero when FIRMWARE_CTRL is set (Linux would list the
@@ -142,7 +165,7 @@ def build_fadt(*, facs: int, dsdt: int) -> bytes:
     struct.pack_into("<QQ", f, 132, 0, dsdt)
     f[148:160] = gas(GAS_SYSTEM_IO, PM1_EVT_LEN * 8, PM1A_EVT_PORT, 2)
     f[172:184] = gas(GAS_SYSTEM_IO, PM1_CNT_LEN * 8, PM1A_CNT_PORT, 2)
-    f[268:276] = b"BROILER\0"                                           # hypervisor vendor identity
+    f[268:276] = b"BROILER\0"  # hypervisor vendor identity
     return finish_table(b"FACP", 6, bytes(f[36:]))
 
 
@@ -151,9 +174,9 @@ def build_madt(cpu_list: Sequence[CpuEntry]) -> bytes:
     for c in cpu_list:
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, c.apic_id, c.apic_id, 1 if c.enabled else 0)
     body += struct.pack("<BBBBII", MADT_IOAPIC, 12, ioapic_id(cpu_list), 0, IOAPIC_ADDR, 0)
-    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, 0, 2, 0)           # ISA IRQ0 -> GSI 2
+    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, 0, 2, 0)  # ISA IRQ0 -> GSI 2
     body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, SCI_IRQ, SCI_IRQ, MPS_INTI_LEVEL_HIGH)
-    body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, 0xFF, 0, 1)      # all CPUs, LINT1
+    body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, 0xFF, 0, 1)  # all CPUs, LINT1
     return finish_table(b"APIC", 5, bytes(body))
 
 
@@ -170,15 +193,21 @@ def _align(n: int, a: int) -> int:
 class AcpiTables:
     base: int
     blob: bytes = field(repr=False)
-    addresses: dict[str, int]          # signature -> guest-physical address
+    addresses: dict[str, int]  # signature -> guest-physical address
 
     @property
     def rsdp_addr(self) -> int:
         return self.addresses["RSDP"]
 
 
-def build_acpi(cpu_list: Sequence[CpuEntry], pci_irqs: Sequence[PciIrq], base: int,
-               *, reserve_ecam: bool = True, reserved_io: Sequence[tuple[int, int]] = ()) -> AcpiTables:
+def build_acpi(
+    cpu_list: Sequence[CpuEntry],
+    pci_irqs: Sequence[PciIrq],
+    base: int,
+    *,
+    reserve_ecam: bool = True,
+    reserved_io: Sequence[tuple[int, int]] = (),
+) -> AcpiTables:
     """Every table, placed from ``base`` (16-byte aligned). Write ``blob`` at ``base``."""
     if base % 64:
         raise ValueError("the ACPI area must be 64-byte aligned (the FACS needs it)")
@@ -204,5 +233,5 @@ def build_acpi(cpu_list: Sequence[CpuEntry], pci_irqs: Sequence[PciIrq], base: i
     parts.append((base, build_rsdp(addrs["RSDT"], addrs["XSDT"])))
     blob = bytearray(pos + len(xsdt) - base)
     for addr, data in parts:
-        blob[addr - base:addr - base + len(data)] = data
+        blob[addr - base : addr - base + len(data)] = data
     return AcpiTables(base, bytes(blob), addrs)

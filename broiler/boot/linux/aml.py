@@ -10,7 +10,7 @@ ZERO_OP, ONE_OP, ONES_OP = 0x00, 0x01, 0xFF
 BYTE_PREFIX, WORD_PREFIX, DWORD_PREFIX, QWORD_PREFIX = 0x0A, 0x0B, 0x0C, 0x0E
 NAME_OP, SCOPE_OP, BUFFER_OP, PACKAGE_OP = 0x08, 0x10, 0x11, 0x12
 EXT_OP_PREFIX, DEVICE_OP = 0x5B, 0x82
-ROOT_CHAR = 0x5C   # '\'
+ROOT_CHAR = 0x5C  # '\'
 
 
 def pkg_length(body_len: int) -> bytes:
@@ -43,8 +43,8 @@ def name_string(path: str) -> bytes:
     if len(segs) == 1:
         return prefix + segs[0]
     if len(segs) == 2:
-        return prefix + b"\x2e" + b"".join(segs)            # DualNamePrefix
-    return prefix + bytes([0x2F, len(segs)]) + b"".join(segs)   # MultiNamePrefix
+        return prefix + b"\x2e" + b"".join(segs)  # DualNamePrefix
+    return prefix + bytes([0x2F, len(segs)]) + b"".join(segs)  # MultiNamePrefix
 
 
 def integer(value: int) -> bytes:
@@ -99,24 +99,36 @@ def device(seg: str, *terms: bytes) -> bytes:
 
 # --- resource descriptors (ACPI spec 6.4) for _CRS buffers ---------------------------------------
 
-RES_PRODUCER_FIXED = 0x0C    # general flags: min and max fixed, positive decode, producer
+RES_PRODUCER_FIXED = 0x0C  # general flags: min and max fixed, positive decode, producer
 
 
 def word_bus_number(lo: int, hi: int) -> bytes:
-    return bytes([0x88]) + (13).to_bytes(2, "little") + bytes([2, RES_PRODUCER_FIXED, 0]) + \
-        b"".join(v.to_bytes(2, "little") for v in (0, lo, hi, 0, hi - lo + 1))
+    return (
+        bytes([0x88])
+        + (13).to_bytes(2, "little")
+        + bytes([2, RES_PRODUCER_FIXED, 0])
+        + b"".join(v.to_bytes(2, "little") for v in (0, lo, hi, 0, hi - lo + 1))
+    )
 
 
 def word_io(lo: int, hi: int) -> bytes:
     # type-specific flags 3: the range covers ISA and non-ISA addresses
-    return bytes([0x88]) + (13).to_bytes(2, "little") + bytes([1, RES_PRODUCER_FIXED, 3]) + \
-        b"".join(v.to_bytes(2, "little") for v in (0, lo, hi, 0, hi - lo + 1))
+    return (
+        bytes([0x88])
+        + (13).to_bytes(2, "little")
+        + bytes([1, RES_PRODUCER_FIXED, 3])
+        + b"".join(v.to_bytes(2, "little") for v in (0, lo, hi, 0, hi - lo + 1))
+    )
 
 
 def dword_memory(lo: int, hi: int) -> bytes:
     # type-specific flags 1: read-write, non-cacheable
-    return bytes([0x87]) + (23).to_bytes(2, "little") + bytes([0, RES_PRODUCER_FIXED, 1]) + \
-        b"".join(v.to_bytes(4, "little") for v in (0, lo, hi, 0, hi - lo + 1))
+    return (
+        bytes([0x87])
+        + (23).to_bytes(2, "little")
+        + bytes([0, RES_PRODUCER_FIXED, 1])
+        + b"".join(v.to_bytes(4, "little") for v in (0, lo, hi, 0, hi - lo + 1))
+    )
 
 
 def io_port(base: int, size: int) -> bytes:
@@ -127,8 +139,9 @@ def io_port(base: int, size: int) -> bytes:
 
 
 def memory32_fixed(base: int, size: int) -> bytes:
-    return bytes([0x86]) + (9).to_bytes(2, "little") + bytes([1]) + base.to_bytes(4, "little") + \
-        size.to_bytes(4, "little")
+    return (
+        bytes([0x86]) + (9).to_bytes(2, "little") + bytes([1]) + base.to_bytes(4, "little") + size.to_bytes(4, "little")
+    )
 
 
 def resource_template(*descriptors: bytes) -> bytes:

@@ -35,9 +35,9 @@ ENTRY_METHODS = ("auto", "pvh", "vmlinux64", "bzimage64")
 @dataclass(frozen=True, slots=True)
 class LinuxBoot:
     entry: EntryState
-    method: str                          # the resolved entry method
-    description: str                     # one line for the log: what was loaded how
-    kernel_range: tuple[int, int]        # [start, end) the kernel may use (init_size included)
+    method: str  # the resolved entry method
+    description: str  # one line for the log: what was loaded how
+    kernel_range: tuple[int, int]  # [start, end) the kernel may use (init_size included)
     initrd_range: tuple[int, int] | None  # (addr, size)
     cmdline_addr: int
     zero_page_addr: int
@@ -47,8 +47,9 @@ class LinuxBoot:
 
 def _write(mem: GuestMemory, gpa: int, data: bytes, what: str) -> None:
     if not mem.contains(gpa, len(data)):
-        raise ConfigError(f"{what} ({len(data)} bytes at {gpa:#x}) does not fit in guest RAM: give the "
-                          f"guest more memory (-m)")
+        raise ConfigError(
+            f"{what} ({len(data)} bytes at {gpa:#x}) does not fit in guest RAM: give the guest more memory (-m)"
+        )
     mem.write(gpa, data)
 
 
@@ -62,10 +63,18 @@ def _kernel_images(kernel: bytes, name: str) -> tuple[BzImage | None, ElfImage |
     raise ConfigError(f"{name}: not a Linux kernel (neither a bzImage nor an ELF vmlinux)")
 
 
-def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: int = 1,
-                       initrd: bytes | None = None, pci_irqs: Sequence[PciIrq] = (),
-                       reserved_io: Sequence[tuple[int, int]] = (),
-                       method: str = "auto", name: str = "kernel") -> LinuxBoot:
+def prepare_linux_boot(
+    mem: GuestMemory,
+    kernel: bytes,
+    *,
+    cmdline: str,
+    ncpus: int = 1,
+    initrd: bytes | None = None,
+    pci_irqs: Sequence[PciIrq] = (),
+    reserved_io: Sequence[tuple[int, int]] = (),
+    method: str = "auto",
+    name: str = "kernel",
+) -> LinuxBoot:
     """Load everything into ``mem`` and return the entry state for vCPU 0 (APs wait for INIT/SIPI).
 
     Raises ConfigError (one line) for bad kernels, an initrd that does not fit, an over-long command
@@ -96,15 +105,14 @@ def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: 
         load = bz.pref_address if bz.protocol >= 0x020A else layout.DEFAULT_KERNEL_ADDR
         kernel_end = load + max(bz.init_size, len(bz.protected_mode_kernel))
         if kernel_end > ram_end:
-            raise ConfigError(f"{name}: the kernel needs RAM up to {kernel_end:#x}; give the guest more "
-                              f"memory (-m)")
+            raise ConfigError(f"{name}: the kernel needs RAM up to {kernel_end:#x}; give the guest more memory (-m)")
         _write(mem, load, bz.protected_mode_kernel, "the kernel")
         kernel_range = (load, kernel_end)
         rip = load + 0x200
     else:
         assert elf is not None
         kernel_range = load_segments(elf, mem, name)
-        if bz is not None:      # the decompressed kernel still needs init_size from its start
+        if bz is not None:  # the decompressed kernel still needs init_size from its start
             kernel_range = (kernel_range[0], max(kernel_range[1], kernel_range[0] + bz.init_size))
         rip = elf.pvh_entry if method == "pvh" else elf.entry
         assert rip is not None
@@ -112,8 +120,9 @@ def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: 
     initrd_range = None
     if initrd is not None:
         max_addr = bz.initrd_addr_max if bz else 0x7FFF_FFFF
-        addr = layout.place_initrd(len(initrd), kernel_end=kernel_range[1], memory_map=mem.map,
-                                   initrd_addr_max=max_addr)
+        addr = layout.place_initrd(
+            len(initrd), kernel_end=kernel_range[1], memory_map=mem.map, initrd_addr_max=max_addr
+        )
         _write(mem, addr, initrd, "the initrd")
         initrd_range = (addr, len(initrd))
 
@@ -128,21 +137,34 @@ def prepare_linux_boot(mem: GuestMemory, kernel: bytes, *, cmdline: str, ncpus: 
     _write(mem, layout.MPTABLE_ADDR, mp, "the MP table")
     _write(mem, layout.ACPI_ADDR, acpi.blob, "the ACPI tables")
     _write(mem, layout.CMDLINE_ADDR, cmdline_bytes, "the command line")
-    zp = build_zero_page(setup_header=header, cmdline_addr=layout.CMDLINE_ADDR, e820=e820,
-                         initrd_addr=initrd_range[0] if initrd_range else 0,
-                         initrd_size=initrd_range[1] if initrd_range else 0, rsdp_addr=acpi.rsdp_addr)
+    zp = build_zero_page(
+        setup_header=header,
+        cmdline_addr=layout.CMDLINE_ADDR,
+        e820=e820,
+        initrd_addr=initrd_range[0] if initrd_range else 0,
+        initrd_size=initrd_range[1] if initrd_range else 0,
+        rsdp_addr=acpi.rsdp_addr,
+    )
     _write(mem, layout.ZERO_PAGE_ADDR, zp, "the zero page")
 
     if method == "pvh":
-        for gpa, data in build_start_info(cmdline_addr=layout.CMDLINE_ADDR, e820=e820, initrd=initrd_range,
-                                          rsdp_addr=acpi.rsdp_addr):
+        for gpa, data in build_start_info(
+            cmdline_addr=layout.CMDLINE_ADDR, e820=e820, initrd=initrd_range, rsdp_addr=acpi.rsdp_addr
+        ):
             _write(mem, gpa, data, "hvm_start_info")
         entry = pvh_entry_state(rip, layout.PVH_START_INFO_ADDR)
     else:
         entry = long_mode_entry_state(rip, layout.ZERO_PAGE_ADDR)
     for gpa, data in entry.memory:
         _write(mem, gpa, data, "boot page tables")
-    return LinuxBoot(entry=entry, method=method, description=f"{desc}, entered via {method}",
-                     kernel_range=kernel_range, initrd_range=initrd_range, cmdline_addr=layout.CMDLINE_ADDR,
-                     zero_page_addr=layout.ZERO_PAGE_ADDR, mptable_addr=layout.MPTABLE_ADDR,
-                     rsdp_addr=acpi.rsdp_addr)
+    return LinuxBoot(
+        entry=entry,
+        method=method,
+        description=f"{desc}, entered via {method}",
+        kernel_range=kernel_range,
+        initrd_range=initrd_range,
+        cmdline_addr=layout.CMDLINE_ADDR,
+        zero_page_addr=layout.ZERO_PAGE_ADDR,
+        mptable_addr=layout.MPTABLE_ADDR,
+        rsdp_addr=acpi.rsdp_addr,
+    )

@@ -39,9 +39,9 @@ RAMDISK_SIZE = 0x21C
 HEAP_END_PTR = 0x224
 CMD_LINE_PTR = 0x228
 
-LOADER_UNDEFINED = 0xFF          # boot.rst: "0xFF - undefined": broiler has no assigned loader id
+LOADER_UNDEFINED = 0xFF  # boot.rst: "0xFF - undefined": broiler has no assigned loader id
 VID_MODE_NORMAL = 0xFFFF
-HEAP_END = 0xFE00                # the conventional value (only the real-mode setup uses the heap)
+HEAP_END = 0xFE00  # the conventional value (only the real-mode setup uses the heap)
 
 
 def synthetic_setup_header(cmdline_size: int = 2047) -> bytes:
@@ -53,7 +53,7 @@ def synthetic_setup_header(cmdline_size: int = 2047) -> bytes:
         struct.pack_into(fmt, h, off - HDR_OFFSET, *v)
 
     put(0x1FE, "<H", BOOT_FLAG)
-    put(0x200, "<BB", 0xEB, 0x26C - 0x202)          # the short jump whose target ends the header
+    put(0x200, "<BB", 0xEB, 0x26C - 0x202)  # the short jump whose target ends the header
     put(0x202, "<4sH", HDRS_MAGIC, 0x020F)
     put(0x211, "<B", LOADED_HIGH)
     put(0x22C, "<IIBBHI", 0x7FFF_FFFF, 0x20_0000, 1, 21, XLF_KERNEL_64, cmdline_size)
@@ -70,9 +70,16 @@ def encode_cmdline(cmdline: str, max_len: int) -> bytes:
     return raw + b"\0"
 
 
-def build_zero_page(*, setup_header: bytes, cmdline_addr: int, e820: Sequence[E820Entry],
-                    initrd_addr: int = 0, initrd_size: int = 0, rsdp_addr: int = 0,
-                    keep_segments: bool = False) -> bytes:
+def build_zero_page(
+    *,
+    setup_header: bytes,
+    cmdline_addr: int,
+    e820: Sequence[E820Entry],
+    initrd_addr: int = 0,
+    initrd_size: int = 0,
+    rsdp_addr: int = 0,
+    keep_segments: bool = False,
+) -> bytes:
     """boot_params for the 32- or 64-bit entry: the kernel's own header plus what a loader fills in.
 
     ``setup_header`` is BzImage.setup_header (or synthetic_setup_header()); it is copied unchanged
@@ -82,7 +89,7 @@ def build_zero_page(*, setup_header: bytes, cmdline_addr: int, e820: Sequence[E8
     if len(e820) > E820_MAX_ENTRIES:
         raise ConfigError(f"{len(e820)} e820 entries; the zero page holds {E820_MAX_ENTRIES}")
     bp = bytearray(ZERO_PAGE_SIZE)
-    bp[HDR_OFFSET:HDR_OFFSET + len(setup_header)] = setup_header
+    bp[HDR_OFFSET : HDR_OFFSET + len(setup_header)] = setup_header
     bp[SENTINEL_OFFSET] = 0
     struct.pack_into("<H", bp, VID_MODE, VID_MODE_NORMAL)
     bp[TYPE_OF_LOADER] = LOADER_UNDEFINED

@@ -24,7 +24,7 @@ HEADER_START = 0x1F1
 BOOT_FLAG = 0xAA55
 HDRS_MAGIC = b"HdrS"
 MIN_PROTOCOL = 0x0206
-SETUP_HEADER_MAX_END = 0x280          # the zero page's hdr field is 0x1F1..0x290 minus padding
+SETUP_HEADER_MAX_END = 0x280  # the zero page's hdr field is 0x1F1..0x290 minus padding
 
 # loadflags
 LOADED_HIGH = 0x01
@@ -47,24 +47,24 @@ ELF_MAGIC = b"\x7fELF"
 class BzImage:
     """A parsed bzImage. Offsets are file offsets unless named otherwise."""
 
-    protocol: int                 # e.g. 0x020F for 2.15
-    setup_sects: int              # already corrected: 0 means 4
-    setup_size: int               # (setup_sects + 1) * 512: the real-mode part, boot sector included
-    syssize: int                  # protected-mode part in bytes
+    protocol: int  # e.g. 0x020F for 2.15
+    setup_sects: int  # already corrected: 0 means 4
+    setup_size: int  # (setup_sects + 1) * 512: the real-mode part, boot sector included
+    syssize: int  # protected-mode part in bytes
     loadflags: int
     code32_start: int
-    initrd_addr_max: int          # highest address the initrd's last byte may occupy
+    initrd_addr_max: int  # highest address the initrd's last byte may occupy
     kernel_alignment: int
     relocatable: bool
-    min_alignment: int            # log2, protocol 2.10
+    min_alignment: int  # log2, protocol 2.10
     xloadflags: int
-    cmdline_size: int             # maximum command line length without the NUL
-    payload_offset: int           # relative to the protected-mode part (as in the header)
+    cmdline_size: int  # maximum command line length without the NUL
+    payload_offset: int  # relative to the protected-mode part (as in the header)
     payload_length: int
     pref_address: int
-    init_size: int                # memory the kernel needs from its load address until it runs
+    init_size: int  # memory the kernel needs from its load address until it runs
     handover_offset: int
-    header_end: int               # file offset one past the last setup_header byte
+    header_end: int  # file offset one past the last setup_header byte
     data: bytes = field(repr=False, compare=False)
 
     @property
@@ -79,17 +79,17 @@ class BzImage:
     @property
     def setup_header(self) -> bytes:
         """The setup_header bytes exactly as the kernel declared them (file 0x1F1 .. header_end)."""
-        return self.data[HEADER_START:self.header_end]
+        return self.data[HEADER_START : self.header_end]
 
     @property
     def protected_mode_kernel(self) -> bytes:
         """What a loader copies to the kernel load address: the file after the setup sectors."""
-        return self.data[self.setup_size:]
+        return self.data[self.setup_size :]
 
     @property
     def payload(self) -> bytes:
         start = self.setup_size + self.payload_offset
-        return self.data[start:start + self.payload_length]
+        return self.data[start : start + self.payload_length]
 
     @property
     def protocol_text(self) -> str:
@@ -97,7 +97,7 @@ class BzImage:
 
 
 def _u(data: bytes, off: int, size: int) -> int:
-    return int.from_bytes(data[off:off + size], "little")
+    return int.from_bytes(data[off : off + size], "little")
 
 
 def is_bzimage(data: bytes) -> bool:
@@ -114,32 +114,46 @@ def parse_bzimage(data: bytes, name: str = "kernel") -> BzImage:
         raise ConfigError(f"{name}: not a Linux bzImage (boot flag at 0x1FE is not 0xAA55)")
     protocol = _u(data, 0x206, 2)
     if protocol < MIN_PROTOCOL:
-        raise ConfigError(f"{name}: boot protocol {protocol >> 8}.{protocol & 0xFF:02d} is older than "
-                          f"2.06, which broiler needs")
+        raise ConfigError(
+            f"{name}: boot protocol {protocol >> 8}.{protocol & 0xFF:02d} is older than 2.06, which broiler needs"
+        )
     header_end = 0x202 + data[0x201]
     if header_end < 0x23C or header_end > SETUP_HEADER_MAX_END:
         raise ConfigError(f"{name}: implausible setup header length (ends at {header_end:#x})")
     if len(data) < header_end:
         raise ConfigError(f"{name}: truncated inside the setup header")
-    setup_sects = data[0x1F1] or 4       # boot.rst: "if this field is 0, the real value is 4"
+    setup_sects = data[0x1F1] or 4  # boot.rst: "if this field is 0, the real value is 4"
     setup_size = (setup_sects + 1) * 512
     syssize = _u(data, 0x1F4, 4) * 16
 
-    def opt(off: int, size: int) -> int:   # a field newer than this kernel's header reads as 0
+    def opt(off: int, size: int) -> int:  # a field newer than this kernel's header reads as 0
         return _u(data, off, size) if off + size <= header_end else 0
 
     bz = BzImage(
-        protocol=protocol, setup_sects=setup_sects, setup_size=setup_size, syssize=syssize,
-        loadflags=data[0x211], code32_start=_u(data, 0x214, 4),
-        initrd_addr_max=opt(0x22C, 4) or 0x37FF_FFFF,   # boot.rst: default for protocols < 2.03
-        kernel_alignment=opt(0x230, 4), relocatable=bool(opt(0x234, 1)), min_alignment=opt(0x235, 1),
-        xloadflags=opt(0x236, 2), cmdline_size=opt(0x238, 4) or 255,
-        payload_offset=opt(0x248, 4), payload_length=opt(0x24C, 4),
-        pref_address=opt(0x258, 8) or 0x100000, init_size=opt(0x260, 4),
-        handover_offset=opt(0x264, 4), header_end=header_end, data=bytes(data))
+        protocol=protocol,
+        setup_sects=setup_sects,
+        setup_size=setup_size,
+        syssize=syssize,
+        loadflags=data[0x211],
+        code32_start=_u(data, 0x214, 4),
+        initrd_addr_max=opt(0x22C, 4) or 0x37FF_FFFF,  # boot.rst: default for protocols < 2.03
+        kernel_alignment=opt(0x230, 4),
+        relocatable=bool(opt(0x234, 1)),
+        min_alignment=opt(0x235, 1),
+        xloadflags=opt(0x236, 2),
+        cmdline_size=opt(0x238, 4) or 255,
+        payload_offset=opt(0x248, 4),
+        payload_length=opt(0x24C, 4),
+        pref_address=opt(0x258, 8) or 0x100000,
+        init_size=opt(0x260, 4),
+        handover_offset=opt(0x264, 4),
+        header_end=header_end,
+        data=bytes(data),
+    )
     if len(data) < setup_size + syssize:
-        raise ConfigError(f"{name}: truncated: the header promises {setup_size + syssize} bytes, the file "
-                          f"has {len(data)}")
+        raise ConfigError(
+            f"{name}: truncated: the header promises {setup_size + syssize} bytes, the file has {len(data)}"
+        )
     if bz.payload_length and setup_size + bz.payload_offset + bz.payload_length > len(data):
         raise ConfigError(f"{name}: truncated: the compressed kernel runs past the end of the file")
     return bz
@@ -160,10 +174,10 @@ def load_bzimage(path: str | Path) -> BzImage:
 COMPRESSION_MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "gzip"),
     (b"\xfd7zXZ\x00", "xz"),
-    (b"\x02\x21\x4c\x18", "lz4"),       # LZ4 "legacy" frame, what `lz4 -l` writes
+    (b"\x02\x21\x4c\x18", "lz4"),  # LZ4 "legacy" frame, what `lz4 -l` writes
     (b"\x28\xb5\x2f\xfd", "zstd"),
     (b"BZh", "bzip2"),
-    (b"\x5d\x00\x00", "lzma"),          # lzma-alone: properties byte 0x5D, then the dictionary size
+    (b"\x5d\x00\x00", "lzma"),  # lzma-alone: properties byte 0x5D, then the dictionary size
     (b"\x89LZO", "lzo"),
     (ELF_MAGIC, "none"),
 )
@@ -180,20 +194,19 @@ def _lz4_legacy(data: bytes) -> bytes:
     try:
         import lz4.block  # optional dependency, imported only when needed
     except ImportError:
-        raise ConfigError("the kernel is LZ4-compressed: install the Python package 'lz4' "
-                          "(pip install lz4)") from None
+        raise ConfigError("the kernel is LZ4-compressed: install the Python package 'lz4' (pip install lz4)") from None
     out = bytearray()
-    pos = 4                                     # after the magic
+    pos = 4  # after the magic
     end = len(data)
     while pos + 4 <= end:
-        size = int.from_bytes(data[pos:pos + 4], "little")
+        size = int.from_bytes(data[pos : pos + 4], "little")
         pos += 4
-        if size == 0x184C2102:                  # a concatenated stream starts again with the magic
+        if size == 0x184C2102:  # a concatenated stream starts again with the magic
             continue
         if pos + size > end:
             # Linux appends the uncompressed size (4 bytes) after the stream: that is where we stop.
             break
-        out += lz4.block.decompress(data[pos:pos + size], uncompressed_size=8 << 20)
+        out += lz4.block.decompress(data[pos : pos + size], uncompressed_size=8 << 20)
         pos += size
     return bytes(out)
 
@@ -202,8 +215,9 @@ def _zstd(data: bytes) -> bytes:
     try:
         import zstandard  # optional dependency, imported only when needed
     except ImportError:
-        raise ConfigError("the kernel is zstd-compressed: install the Python package 'zstandard' "
-                          "(pip install zstandard)") from None
+        raise ConfigError(
+            "the kernel is zstd-compressed: install the Python package 'zstandard' (pip install zstandard)"
+        ) from None
     # Kernels use `zstd -22 --ultra`, whose window can exceed the library's default limit.
     d = zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
     return d.decompress(data)
@@ -240,14 +254,16 @@ def decompress_payload(payload: bytes, name: str = "kernel") -> bytes:
 def extract_vmlinux(bz: BzImage, name: str = "kernel") -> bytes:
     """The vmlinux ELF inside a bzImage (protocol 2.08+ declares where the payload is)."""
     if bz.protocol < 0x0208 or not bz.payload_length:
-        raise ConfigError(f"{name}: boot protocol {bz.protocol_text} does not describe its compressed "
-                          f"payload (needs 2.08)")
+        raise ConfigError(
+            f"{name}: boot protocol {bz.protocol_text} does not describe its compressed payload (needs 2.08)"
+        )
     out = decompress_payload(bz.payload, name)
     if not out.startswith(ELF_MAGIC):
         raise ConfigError(f"{name}: the decompressed payload is not an ELF file")
     expected = struct.unpack_from("<I", bz.payload, len(bz.payload) - 4)[0]
     # Linux's build appends the uncompressed length; a mismatch means a truncated stream.
     if expected != len(out) and detect_compression(bz.payload) != "none":
-        raise ConfigError(f"{name}: the decompressed kernel has {len(out)} bytes, the image says "
-                          f"{expected} (truncated or corrupt)")
+        raise ConfigError(
+            f"{name}: the decompressed kernel has {len(out)} bytes, the image says {expected} (truncated or corrupt)"
+        )
     return out

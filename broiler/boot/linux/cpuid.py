@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 
 from ...errors import ConfigError
 
-KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1     # (sic) the kernel's spelling
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # (sic) the kernel's spelling
 PROFILES = ("host", "safe")
 
-HYPERVISOR_BIT = 1 << 31                # leaf 1 ECX
-HTT_BIT = 1 << 28                       # leaf 1 EDX
+HYPERVISOR_BIT = 1 << 31  # leaf 1 ECX
+HTT_BIT = 1 << 28  # leaf 1 EDX
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +99,9 @@ def _host_entry(e: CpuidEntry, apic_id: int, ncpus: int) -> CpuidEntry:
             return replace(e, eax=0)
         return e
     if fn in (0xB, 0x1F):
-        if e.index == 0:        # SMT level: one thread per core
+        if e.index == 0:  # SMT level: one thread per core
             return replace(e, eax=0, ebx=1, ecx=(1 << 8) | 0, edx=apic_id)
-        if e.index == 1:        # core level: ncpus cores per package
+        if e.index == 1:  # core level: ncpus cores per package
             return replace(e, eax=shift, ebx=ncpus, ecx=(2 << 8) | 1, edx=apic_id)
         return replace(e, eax=0, ebx=0, ecx=e.index & 0xFF, edx=apic_id)
     if fn == 0x8000_0008:
@@ -122,7 +122,7 @@ def _safe_entry(e: CpuidEntry) -> CpuidEntry:
         return replace(e, ecx=e.ecx & ~SAFE_CLEAR_1_ECX)
     if fn == 7 and idx == 0:
         return replace(e, ebx=e.ebx & ~SAFE_CLEAR_7_EBX, ecx=e.ecx & ~SAFE_CLEAR_7_ECX)
-    if fn == 0xD:               # XSAVE is hidden, so its state enumeration goes too
+    if fn == 0xD:  # XSAVE is hidden, so its state enumeration goes too
         return replace(e, eax=0, ebx=0, ecx=0, edx=0)
     if fn == 0x8000_0001:
         return replace(e, ecx=e.ecx & ~SAFE_CLEAR_EXT1_ECX)

@@ -27,12 +27,12 @@ def ar_members(data: bytes) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     pos = 8
     while pos + 60 <= len(data):
-        hdr = data[pos:pos + 60]
+        hdr = data[pos : pos + 60]
         name = hdr[:16].decode("ascii").strip().rstrip("/")
         size = int(hdr[48:58].decode("ascii").strip())
         pos += 60
-        out[name] = data[pos:pos + size]
-        pos += size + (size & 1)          # members are 2-byte aligned
+        out[name] = data[pos : pos + size]
+        pos += size + (size & 1)  # members are 2-byte aligned
     return out
 
 
@@ -68,8 +68,7 @@ def resolve_kernel_package(flavour: str) -> str:
     """linux-image-<flavour> is a meta package; return the versioned package it depends on."""
     meta = f"linux-image-{flavour}"
     try:
-        text = subprocess.run(["apt-cache", "depends", meta], check=True, capture_output=True,
-                              text=True).stdout
+        text = subprocess.run(["apt-cache", "depends", meta], check=True, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise ConfigError(f"apt-cache depends {meta} failed ({e}); run apt-get update first") from None
     m = re.search(r"Depends:\s+(linux-image-\S+)", text)
@@ -81,7 +80,7 @@ def resolve_kernel_package(flavour: str) -> str:
 def apt_download(packages: list[str], dest: Path) -> list[Path]:
     """`apt-get download` into ``dest``; returns the .deb paths (newest match per package)."""
     dest.mkdir(parents=True, exist_ok=True)
-    dest.chmod(0o777)          # apt drops privileges to _apt for the download when it can
+    dest.chmod(0o777)  # apt drops privileges to _apt for the download when it can
     try:
         subprocess.run(["apt-get", "download", *packages], cwd=dest, check=True)
     except (OSError, subprocess.CalledProcessError) as e:

@@ -16,7 +16,7 @@ from ...errors import ConfigError, GuestMemoryError
 PT_LOAD = 1
 PT_NOTE = 4
 EM_X86_64 = 62
-XEN_ELFNOTE_PHYS32_ENTRY = 18         # the PVH entry: a 32-bit physical address, note name "Xen"
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry: a 32-bit physical address, note name "Xen"
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -43,7 +43,7 @@ class ElfNote:
 class ElfImage:
     entry: int
     machine: int
-    segments: tuple[Segment, ...]            # PT_LOAD only
+    segments: tuple[Segment, ...]  # PT_LOAD only
     notes: tuple[ElfNote, ...]
     data: bytes = field(repr=False, compare=False)
 
@@ -76,8 +76,7 @@ def _parse_notes(blob: bytes) -> list[ElfNote]:
         desc_end = desc_start + descsz
         if desc_end > len(blob):
             break
-        notes.append(ElfNote(blob[pos:name_end].rstrip(b"\0").decode("latin-1"), ntype,
-                             blob[desc_start:desc_end]))
+        notes.append(ElfNote(blob[pos:name_end].rstrip(b"\0").decode("latin-1"), ntype, blob[desc_start:desc_end]))
         pos = desc_start + ((descsz + 3) & ~3)
     return notes
 
@@ -87,8 +86,22 @@ def parse_elf(data: bytes, name: str = "kernel") -> ElfImage:
         raise ConfigError(f"{name}: not an ELF file")
     if data[4] != 2 or data[5] != 1:
         raise ConfigError(f"{name}: not a 64-bit little-endian ELF (a 32-bit kernel is not supported)")
-    (_ident, _type, machine, _ver, entry, phoff, _shoff, _flags, _ehsize, phentsize, phnum,
-     _shentsize, _shnum, _shstrndx) = _EHDR.unpack_from(data)
+    (
+        _ident,
+        _type,
+        machine,
+        _ver,
+        entry,
+        phoff,
+        _shoff,
+        _flags,
+        _ehsize,
+        phentsize,
+        phnum,
+        _shentsize,
+        _shnum,
+        _shstrndx,
+    ) = _EHDR.unpack_from(data)
     if machine != EM_X86_64:
         raise ConfigError(f"{name}: ELF machine {machine} is not x86-64")
     if phentsize < _PHDR.size or phoff + phnum * phentsize > len(data):
@@ -106,7 +119,7 @@ def parse_elf(data: bytes, name: str = "kernel") -> ElfImage:
                 raise ConfigError(f"{name}: segment {i} has memsz < filesz")
             segs.append(Segment(off, vaddr, paddr, filesz, memsz, pflags))
         else:
-            notes.extend(_parse_notes(data[off:off + filesz]))
+            notes.extend(_parse_notes(data[off : off + filesz]))
     if not segs:
         raise ConfigError(f"{name}: ELF file has nothing to load (no PT_LOAD segment)")
     return ElfImage(entry, machine, tuple(segs), tuple(notes), bytes(data))
@@ -116,11 +129,13 @@ def load_segments(elf: ElfImage, mem: GuestMemory, name: str = "kernel") -> tupl
     """Copy every PT_LOAD segment to its physical address and zero its bss. Returns [start, end)."""
     for s in elf.segments:
         if not mem.contains(s.paddr, s.memsz):
-            raise ConfigError(f"{name}: segment at {s.paddr:#x}..{s.paddr + s.memsz:#x} is outside guest "
-                              f"RAM: give the guest more memory (-m)")
+            raise ConfigError(
+                f"{name}: segment at {s.paddr:#x}..{s.paddr + s.memsz:#x} is outside guest "
+                f"RAM: give the guest more memory (-m)"
+            )
     try:
         for s in elf.segments:
-            mem.write(s.paddr, elf.data[s.offset:s.offset + s.filesz])
+            mem.write(s.paddr, elf.data[s.offset : s.offset + s.filesz])
             if s.memsz > s.filesz:
                 mem.fill(s.paddr + s.filesz, s.memsz - s.filesz, 0)
     except GuestMemoryError as e:  # contains() said yes, so this is a bug; keep the message clear

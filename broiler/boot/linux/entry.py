@@ -32,12 +32,12 @@ from .layout import (
 CR0_PE, CR0_ET, CR0_PG = 1 << 0, 1 << 4, 1 << 31
 CR4_PAE = 1 << 5
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
-RFLAGS_RESERVED = 0x2                  # bit 1 always set; IF clear
+RFLAGS_RESERVED = 0x2  # bit 1 always set; IF clear
 PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
-BOOT_TSS = 0x20                        # GDT slot 4: a 32-bit busy TSS for TR (VMX wants TR usable)
+BOOT_TSS = 0x20  # GDT slot 4: a 32-bit busy TSS for TR (VMX wants TR usable)
 
-SEG_CODE_XR = 0xB                      # execute/read, accessed
-SEG_DATA_RW = 0x3                      # read/write, accessed
+SEG_CODE_XR = 0xB  # execute/read, accessed
+SEG_DATA_RW = 0x3  # read/write, accessed
 SEG_TSS_BUSY = 0xB
 
 
@@ -63,34 +63,43 @@ class SegmentState:
 class EntryState:
     """Everything the boot vCPU needs; general registers not named here are 0."""
 
-    mode: str                                  # "long64" or "pvh32"
+    mode: str  # "long64" or "pvh32"
     rip: int
-    regs: dict[str, int]                       # kvm_regs field name -> value (rsi/rbx, rsp, rflags)
+    regs: dict[str, int]  # kvm_regs field name -> value (rsi/rbx, rsp, rflags)
     cr0: int
     cr3: int
     cr4: int
     efer: int
     cs: SegmentState
-    data: SegmentState                         # for ds, es, fs, gs and ss
+    data: SegmentState  # for ds, es, fs, gs and ss
     tr: SegmentState
-    gdt: tuple[int, int]                       # (base, limit)
+    gdt: tuple[int, int]  # (base, limit)
     idt: tuple[int, int] = (0, 0)
     memory: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
 
 
 def _descriptor(base: int, limit: int, access: int, flags: int) -> int:
     """A legacy 8-byte GDT descriptor. ``access`` = P|DPL|S|type, ``flags`` = G|D/B|L|AVL."""
-    return ((limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | (access << 40) | (((limit >> 16) & 0xF) << 48)
-            | (flags << 52) | (((base >> 24) & 0xFF) << 56))
+    return (
+        (limit & 0xFFFF)
+        | ((base & 0xFFFFFF) << 16)
+        | (access << 40)
+        | (((limit >> 16) & 0xF) << 48)
+        | (flags << 52)
+        | (((base >> 24) & 0xFF) << 56)
+    )
 
 
 def build_gdt(long_mode: bool) -> bytes:
     """null, null, __BOOT_CS, __BOOT_DS, TSS: the selectors the boot protocol names."""
-    code_flags = 0xA if long_mode else 0xC     # G|L for 64-bit code, G|D for 32-bit code
-    entries = [0, 0,
-               _descriptor(0, 0xFFFFF, 0x90 | SEG_CODE_XR, code_flags),
-               _descriptor(0, 0xFFFFF, 0x90 | SEG_DATA_RW, 0xC),
-               _descriptor(0, 0x67, 0x80 | SEG_TSS_BUSY, 0x0)]
+    code_flags = 0xA if long_mode else 0xC  # G|L for 64-bit code, G|D for 32-bit code
+    entries = [
+        0,
+        0,
+        _descriptor(0, 0xFFFFF, 0x90 | SEG_CODE_XR, code_flags),
+        _descriptor(0, 0xFFFFF, 0x90 | SEG_DATA_RW, 0xC),
+        _descriptor(0, 0x67, 0x80 | SEG_TSS_BUSY, 0x0),
+    ]
     gdt = struct.pack(f"<{len(entries)}Q", *entries)
     assert len(gdt) <= GDT_SIZE
     return gdt
@@ -111,24 +120,34 @@ def build_identity_page_tables(gib: int = 4) -> list[tuple[int, bytes]]:
 def long_mode_entry_state(entry: int, zero_page: int) -> EntryState:
     """The 64-bit boot protocol entry."""
     return EntryState(
-        mode="long64", rip=entry,
+        mode="long64",
+        rip=entry,
         regs={"rsi": zero_page, "rsp": BOOT_STACK_TOP, "rflags": RFLAGS_RESERVED},
-        cr0=CR0_PE | CR0_ET | CR0_PG, cr3=PML4_ADDR, cr4=CR4_PAE, efer=EFER_LME | EFER_LMA,
+        cr0=CR0_PE | CR0_ET | CR0_PG,
+        cr3=PML4_ADDR,
+        cr4=CR4_PAE,
+        efer=EFER_LME | EFER_LMA,
         cs=SegmentState(BOOT_CS, type=SEG_CODE_XR, db=0, l=1),
         data=SegmentState(BOOT_DS),
         tr=SegmentState(BOOT_TSS, limit=0x67, type=SEG_TSS_BUSY, s=0, db=0, g=0),
         gdt=(GDT_ADDR, len(build_gdt(True)) - 1),
-        memory=((GDT_ADDR, build_gdt(True)), *build_identity_page_tables()))
+        memory=((GDT_ADDR, build_gdt(True)), *build_identity_page_tables()),
+    )
 
 
 def pvh_entry_state(entry: int, start_info: int) -> EntryState:
     """The PVH 32-bit entry."""
     return EntryState(
-        mode="pvh32", rip=entry,
+        mode="pvh32",
+        rip=entry,
         regs={"rbx": start_info, "rsp": BOOT_STACK_TOP, "rflags": RFLAGS_RESERVED},
-        cr0=CR0_PE | CR0_ET, cr3=0, cr4=0, efer=0,
+        cr0=CR0_PE | CR0_ET,
+        cr3=0,
+        cr4=0,
+        efer=0,
         cs=SegmentState(BOOT_CS, type=SEG_CODE_XR),
         data=SegmentState(BOOT_DS),
         tr=SegmentState(BOOT_TSS, limit=0x67, type=SEG_TSS_BUSY, s=0, db=0, g=0),
         gdt=(GDT_ADDR, len(build_gdt(False)) - 1),
-        memory=((GDT_ADDR, build_gdt(False)),))
+        memory=((GDT_ADDR, build_gdt(False)),),
+    )

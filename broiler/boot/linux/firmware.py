@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from ...core.memory import IOAPIC_BASE, LAPIC_BASE
 from ...errors import ConfigError
 
-APIC_VERSION = 0x14          # what KVM's in-kernel local APIC reports
-IOAPIC_VERSION = 0x11        # what KVM's in-kernel IOAPIC reports (24 pins)
+APIC_VERSION = 0x14  # what KVM's in-kernel local APIC reports
+IOAPIC_VERSION = 0x11  # what KVM's in-kernel IOAPIC reports (24 pins)
 IOAPIC_PINS = 24
 LAPIC_ADDR = LAPIC_BASE
 IOAPIC_ADDR = IOAPIC_BASE
@@ -45,7 +45,7 @@ class PciIrq:
 
 def cpus(n: int) -> list[CpuEntry]:
     """``n`` vCPUs with APIC IDs 0..n-1; vCPU 0 boots."""
-    if not 1 <= n <= 254:   # APIC IDs are 8 bits and the IOAPIC takes the next one
+    if not 1 <= n <= 254:  # APIC IDs are 8 bits and the IOAPIC takes the next one
         raise ConfigError(f"{n} CPUs: broiler's firmware tables describe 1 to 254")
     return [CpuEntry(i, bsp=(i == 0)) for i in range(n)]
 

@@ -48,8 +48,23 @@ poweroff -f
 """
 
 # busybox applets /init uses, installed as symlinks so nothing has to run `busybox --install`.
-APPLETS = ("sh", "mount", "cat", "echo", "grep", "poweroff", "reboot", "ls", "setsid", "cttyhack",
-           "sleep", "dmesg", "lspci", "uname", "halt")
+APPLETS = (
+    "sh",
+    "mount",
+    "cat",
+    "echo",
+    "grep",
+    "poweroff",
+    "reboot",
+    "ls",
+    "setsid",
+    "cttyhack",
+    "sleep",
+    "dmesg",
+    "lspci",
+    "uname",
+    "halt",
+)
 
 
 class NewcWriter:
@@ -62,8 +77,9 @@ class NewcWriter:
         self._names: set[str] = set()
         self._finished = False
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", *, nlink: int = 1,
-               rdev: tuple[int, int] = (0, 0)) -> None:
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", *, nlink: int = 1, rdev: tuple[int, int] = (0, 0)
+    ) -> None:
         if self._finished:
             raise ValueError("archive already finished")
         name = name.strip("/") or "."
@@ -106,16 +122,16 @@ def parse_newc(data: bytes) -> list[tuple[str, int, bytes]]:
     out: list[tuple[str, int, bytes]] = []
     pos = 0
     while True:
-        if data[pos:pos + 6] != NEWC_MAGIC:
+        if data[pos : pos + 6] != NEWC_MAGIC:
             raise ValueError(f"bad newc magic at {pos}")
-        f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        f = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, filesize, namesize = f[1], f[6], f[11]
         name_start = pos + 110
-        name = data[name_start:name_start + namesize - 1].decode()
+        name = data[name_start : name_start + namesize - 1].decode()
         data_start = name_start + namesize + (-(110 + namesize) % 4)
         if name == TRAILER:
             return out
-        out.append((name, mode, data[data_start:data_start + filesize]))
+        out.append((name, mode, data[data_start : data_start + filesize]))
         pos = data_start + filesize + (-filesize % 4)
 
 
@@ -129,7 +145,7 @@ def build_probe_initramfs(busybox: bytes, *, init: str = PROBE_INIT, compress: b
     w = NewcWriter()
     for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc"):
         w.add_dir(d)
-    w.add_char_device("dev/console", 5, 1)      # the kernel opens it before devtmpfs is mounted
+    w.add_char_device("dev/console", 5, 1)  # the kernel opens it before devtmpfs is mounted
     w.add_char_device("dev/null", 1, 3, 0o666)
     w.add_file("bin/busybox", busybox, 0o755)
     for applet in APPLETS:

@@ -31,30 +31,30 @@ from ...errors import ConfigError
 PAGE = 0x1000
 
 GDT_ADDR = 0x500
-GDT_SIZE = 0x28                      # 5 descriptors: null, null, CS, DS, TSS
+GDT_SIZE = 0x28  # 5 descriptors: null, null, CS, DS, TSS
 BOOT_STACK_TOP = 0x5000
 PVH_START_INFO_ADDR = 0x6000
 PVH_MODLIST_ADDR = 0x6040
 PVH_MEMMAP_ADDR = 0x6100
-PVH_MEMMAP_MAX = (0x7000 - PVH_MEMMAP_ADDR) // 24       # hvm_memmap_table_entry is 24 bytes
+PVH_MEMMAP_MAX = (0x7000 - PVH_MEMMAP_ADDR) // 24  # hvm_memmap_table_entry is 24 bytes
 ZERO_PAGE_ADDR = 0x7000
 PML4_ADDR = 0x9000
 PDPT_ADDR = 0xA000
-PD_ADDR = 0xB000                     # 4 page directories, one per GiB
+PD_ADDR = 0xB000  # 4 page directories, one per GiB
 PAGE_TABLES_END = 0xF000
 CMDLINE_ADDR = 0x20000
-CMDLINE_MAX = 0x10000                # Linux's own limit (cmdline_size) is usually 2047
+CMDLINE_MAX = 0x10000  # Linux's own limit (cmdline_size) is usually 2047
 MPTABLE_ADDR = 0xF0000
 MPTABLE_MAX = 0x1000
-ACPI_ADDR = 0xF1000                  # the RSDP; tables follow it
+ACPI_ADDR = 0xF1000  # the RSDP; tables follow it
 ACPI_END = 0xFD000
-SYSCALL_TABLES_ADDR = 0xFD000        # page-table pages the syscall assist may hand to the guest
+SYSCALL_TABLES_ADDR = 0xFD000  # page-table pages the syscall assist may hand to the guest
 SYSCALL_TABLES = (0xFD000, 0xFE000, 0xFF000)
 
-BOOT_CS = 0x10                       # the selectors the boot protocol names (__BOOT_CS, __BOOT_DS)
+BOOT_CS = 0x10  # the selectors the boot protocol names (__BOOT_CS, __BOOT_DS)
 BOOT_DS = 0x18
 
-DEFAULT_KERNEL_ADDR = HIGH_MEMORY    # 1 MiB: where a bzImage goes when it cannot go to pref_address
+DEFAULT_KERNEL_ADDR = HIGH_MEMORY  # 1 MiB: where a bzImage goes when it cannot go to pref_address
 INITRD_ALIGN = PAGE
 
 # (start, end, what) of every fixed low-memory object, for the overlap test and the docs.
@@ -86,8 +86,7 @@ def low_ram_end(memory_map: MemoryMap) -> int:
     return memory_map.ram[0].end
 
 
-def place_initrd(size: int, *, kernel_end: int, memory_map: MemoryMap,
-                 initrd_addr_max: int = 0x7FFF_FFFF) -> int:
+def place_initrd(size: int, *, kernel_end: int, memory_map: MemoryMap, initrd_addr_max: int = 0x7FFF_FFFF) -> int:
     """Address for an initrd of ``size`` bytes: as high as allowed, page aligned, above the kernel.
 
     Boot protocol: the initrd must lie wholly below ``initrd_addr_max`` (the address of its last
@@ -98,8 +97,10 @@ def place_initrd(size: int, *, kernel_end: int, memory_map: MemoryMap,
     top = min(initrd_addr_max + 1, low_ram_end(memory_map))
     addr = align_down(top - size, INITRD_ALIGN)
     if addr < align_up(kernel_end, INITRD_ALIGN):
-        raise ConfigError(f"kernel (up to {kernel_end / MiB:.1f} MiB) and initrd ({size / MiB:.1f} MiB) "
-                          f"do not fit in guest RAM: give the guest more memory (-m)")
+        raise ConfigError(
+            f"kernel (up to {kernel_end / MiB:.1f} MiB) and initrd ({size / MiB:.1f} MiB) "
+            f"do not fit in guest RAM: give the guest more memory (-m)"
+        )
     return addr
 
 

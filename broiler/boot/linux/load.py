@@ -24,15 +24,19 @@ if TYPE_CHECKING:
     from ...kvm.ioctls import Vcpu
     from ...vmm.machine import Machine
 
-DEFAULT_CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr loglevel=8 nowatchdog " \
-                  "cryptomgr.notests pci=conf1 reboot=k panic=-1"
+DEFAULT_CMDLINE = (
+    "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr loglevel=8 nowatchdog "
+    "cryptomgr.notests pci=conf1 reboot=k panic=-1"
+)
 
 
 # On instruction-emulating hosts these initcalls took over 550 s of a ~770 s boot (../shared/host-kvm.md)
 # and a test guest needs none of them; the `safe` profile skips them. The last two were measured with
 # broiler (initcall_debug, Debian 6.1 cloud kernel, 4 GiB): tracer_init_tracefs 170 s, dev_map_init 68 s.
-SAFE_INITCALL_BLACKLIST = "initcall_blacklist=init_kprobe_trace,trace_eval_init,crypto_kdf108_init," \
-                          "slab_sysfs_init,blake2s_mod_init,tracer_init_tracefs,dev_map_init"
+SAFE_INITCALL_BLACKLIST = (
+    "initcall_blacklist=init_kprobe_trace,trace_eval_init,crypto_kdf108_init,"
+    "slab_sysfs_init,blake2s_mod_init,tracer_init_tracefs,dev_map_init"
+)
 
 
 def default_profile() -> str:
@@ -48,23 +52,49 @@ def set_cpuid_profile(machine: Machine, profile: str) -> None:
     supported = [_to_plain(e) for e in machine.kvm.supported_cpuid()]
     n = len(machine.vcpus)
     for vcpu in machine.vcpus:
-        entries = [abi.kvm_cpuid_entry2(function=e.function, index=e.index, flags=e.flags, eax=e.eax, ebx=e.ebx,
-                                        ecx=e.ecx, edx=e.edx)
-                   for e in apply_profile(profile, supported, vcpu.id, n)]
+        entries = [
+            abi.kvm_cpuid_entry2(
+                function=e.function, index=e.index, flags=e.flags, eax=e.eax, ebx=e.ebx, ecx=e.ecx, edx=e.edx
+            )
+            for e in apply_profile(profile, supported, vcpu.id, n)
+        ]
         vcpu.set_cpuid(entries)
 
 
 def _segment(s: SegmentState) -> abi.kvm_segment:
-    return abi.kvm_segment(base=s.base, limit=s.limit, selector=s.selector, type=s.type, present=s.present,
-                           dpl=s.dpl, db=s.db, s=s.s, l=s.l, g=s.g, avl=s.avl, unusable=s.unusable)
+    return abi.kvm_segment(
+        base=s.base,
+        limit=s.limit,
+        selector=s.selector,
+        type=s.type,
+        present=s.present,
+        dpl=s.dpl,
+        db=s.db,
+        s=s.s,
+        l=s.l,
+        g=s.g,
+        avl=s.avl,
+        unusable=s.unusable,
+    )
 
 
 def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
     from ...vmm.machine import Machine
 
-    Machine.enter(vcpu, rip=entry.rip, regs=entry.regs, cs=_segment(entry.cs), data=_segment(entry.data),
-                  cr0=entry.cr0, cr3=entry.cr3, cr4=entry.cr4, efer=entry.efer, gdt=entry.gdt, idt=entry.idt,
-                  tr=_segment(entry.tr))
+    Machine.enter(
+        vcpu,
+        rip=entry.rip,
+        regs=entry.regs,
+        cs=_segment(entry.cs),
+        data=_segment(entry.data),
+        cr0=entry.cr0,
+        cr3=entry.cr3,
+        cr4=entry.cr4,
+        efer=entry.efer,
+        gdt=entry.gdt,
+        idt=entry.idt,
+        tr=_segment(entry.tr),
+    )
 
 
 def pci_irqs(machine: Machine) -> list[PciIrq]:
@@ -93,8 +123,16 @@ def decide_syscall_assist(mode: str) -> tuple[bool, str]:
     return probe.needs_syscall_assist, f"auto: {probe.assist_reason()}"
 
 
-def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: str, profile: str,
-               method: str = "auto", syscall_assist: str = "auto") -> LinuxBoot:
+def load_linux(
+    machine: Machine,
+    kernel: str,
+    *,
+    initrd: str | None,
+    cmdline: str,
+    profile: str,
+    method: str = "auto",
+    syscall_assist: str = "auto",
+) -> LinuxBoot:
     """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI.
 
     ``syscall_assist``: on, off, or auto (on where the host probe sees a user-mode ``syscall`` arrive at
@@ -111,9 +149,17 @@ def load_linux(machine: Machine, kernel: str, *, initrd: str | None, cmdline: st
         # trampoline mapping; a test guest on an emulating host has no use for it anyway.
         extra = f"{extra} nopti".strip()
     full_cmdline = f"{cmdline} {extra}".strip() if extra and extra not in cmdline else cmdline
-    boot = prepare_linux_boot(machine.memory, kernel_bytes, cmdline=full_cmdline, ncpus=len(machine.vcpus),
-                              initrd=initrd_bytes, pci_irqs=pci_irqs(machine), method=method, name=kernel,
-                              reserved_io=firmware_declared_ports(machine.pio_bus))
+    boot = prepare_linux_boot(
+        machine.memory,
+        kernel_bytes,
+        cmdline=full_cmdline,
+        ncpus=len(machine.vcpus),
+        initrd=initrd_bytes,
+        pci_irqs=pci_irqs(machine),
+        method=method,
+        name=kernel,
+        reserved_io=firmware_declared_ports(machine.pio_bus),
+    )
     set_cpuid_profile(machine, profile)
     apply_entry(machine.vcpus[0], boot.entry)
     if assist:

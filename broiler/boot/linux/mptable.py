@@ -42,17 +42,16 @@ INT_TYPE_INT, INT_TYPE_NMI, INT_TYPE_SMI, INT_TYPE_EXTINT = 0, 1, 2, 3
 CPU_ENABLED, CPU_BSP = 0x01, 0x02
 PCI_BUS_ID, ISA_BUS_ID = 0, 1
 DEST_ALL_LAPICS = 0xFF
-CPU_SIGNATURE = 0x600        # family 6; Linux only prints it
-CPU_FEATURES = 0x201         # FPU (bit 0) and on-chip APIC (bit 9), as kvmtool and Broiler report
-ISA_IRQS = tuple(i for i in range(16) if i != 2)   # IRQ 2 is the PIC cascade; IRQ 0 takes its pin
+CPU_SIGNATURE = 0x600  # family 6; Linux only prints it
+CPU_FEATURES = 0x201  # FPU (bit 0) and on-chip APIC (bit 9), as kvmtool and Broiler report
+ISA_IRQS = tuple(i for i in range(16) if i != 2)  # IRQ 2 is the PIC cascade; IRQ 0 takes its pin
 HEADER_SIZE = 44
 FLOATING_SIZE = 16
 
 
 def _processor(cpu: CpuEntry) -> bytes:
     flags = (CPU_ENABLED if cpu.enabled else 0) | (CPU_BSP if cpu.bsp else 0)
-    return struct.pack("<BBBBII8x", ENTRY_PROCESSOR, cpu.apic_id, APIC_VERSION, flags, CPU_SIGNATURE,
-                       CPU_FEATURES)
+    return struct.pack("<BBBBII8x", ENTRY_PROCESSOR, cpu.apic_id, APIC_VERSION, flags, CPU_SIGNATURE, CPU_FEATURES)
 
 
 def _bus(bus_id: int, name: bytes) -> bytes:
@@ -95,8 +94,24 @@ def build_mptable(cpu_list: Sequence[CpuEntry], pci_irqs: Sequence[PciIrq], base
     entries = mp_entries(cpu_list, pci_irqs)
     body = b"".join(entries)
     length = HEADER_SIZE + len(body)
-    header = bytearray(struct.pack("<4sHBB8s12sIHHIHBB", b"PCMP", length, MP_SPEC_REV, 0, OEM_ID,
-                                   PRODUCT_ID, 0, 0, len(entries), LAPIC_ADDR, 0, 0, 0))
+    header = bytearray(
+        struct.pack(
+            "<4sHBB8s12sIHHIHBB",
+            b"PCMP",
+            length,
+            MP_SPEC_REV,
+            0,
+            OEM_ID,
+            PRODUCT_ID,
+            0,
+            0,
+            len(entries),
+            LAPIC_ADDR,
+            0,
+            0,
+            0,
+        )
+    )
     table = header + body
     table[7] = checksum(table)
     fp = bytearray(struct.pack("<4sIBBB5s", b"_MP_", base + FLOATING_SIZE, 1, MP_SPEC_REV, 0, bytes(5)))

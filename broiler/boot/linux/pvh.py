@@ -28,16 +28,33 @@ MODLIST_ENTRY_SIZE = 32
 MEMMAP_ENTRY_SIZE = 24
 
 
-def build_start_info(*, cmdline_addr: int, e820: Sequence[E820Entry], initrd: tuple[int, int] | None = None,
-                     rsdp_addr: int = 0, start_info_addr: int = PVH_START_INFO_ADDR,
-                     modlist_addr: int = PVH_MODLIST_ADDR,
-                     memmap_addr: int = PVH_MEMMAP_ADDR) -> list[tuple[int, bytes]]:
+def build_start_info(
+    *,
+    cmdline_addr: int,
+    e820: Sequence[E820Entry],
+    initrd: tuple[int, int] | None = None,
+    rsdp_addr: int = 0,
+    start_info_addr: int = PVH_START_INFO_ADDR,
+    modlist_addr: int = PVH_MODLIST_ADDR,
+    memmap_addr: int = PVH_MEMMAP_ADDR,
+) -> list[tuple[int, bytes]]:
     """The (guest-physical address, bytes) writes for a PVH boot; the initrd becomes module 0."""
     if len(e820) > PVH_MEMMAP_MAX:
         raise ConfigError(f"{len(e820)} memory map entries; the PVH area holds {PVH_MEMMAP_MAX}")
     nr_modules = 1 if initrd else 0
-    info = struct.pack("<IIIIQQQQII", HVM_START_MAGIC, HVM_START_VERSION, 0, nr_modules,
-                       modlist_addr if initrd else 0, cmdline_addr, rsdp_addr, memmap_addr, len(e820), 0)
+    info = struct.pack(
+        "<IIIIQQQQII",
+        HVM_START_MAGIC,
+        HVM_START_VERSION,
+        0,
+        nr_modules,
+        modlist_addr if initrd else 0,
+        cmdline_addr,
+        rsdp_addr,
+        memmap_addr,
+        len(e820),
+        0,
+    )
     memmap = b"".join(struct.pack("<QQII", e.addr, e.size, e.type, 0) for e in e820)
     writes = [(start_info_addr, info), (memmap_addr, memmap)]
     if initrd:

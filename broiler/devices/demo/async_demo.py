@@ -61,7 +61,7 @@ class AsyncSpec:
     pio: bool
     base: int
     doorbell_width: int
-    irq_kind: str       # "isa" or "ioapic" (see broiler/core/irq.py)
+    irq_kind: str  # "isa" or "ioapic" (see broiler/core/irq.py)
     edge: bool = False
 
 
@@ -81,8 +81,8 @@ class AsyncDemo(Device):
         self._schedule = schedule
         self.delay = delay
         self._lock = threading.Lock()
-        self.requests = 0          # kicks accepted (both paths)
-        self.trapped_kicks = 0     # kicks that came through a trapped (sync) write
+        self.requests = 0  # kicks accepted (both paths)
+        self.trapped_kicks = 0  # kicks that came through a trapped (sync) write
         self.in_flight = 0
         self.completions = 0
         self.done = False

@@ -91,8 +91,7 @@ class SyncMmioPci(PciFunction):
     """1006:1991 Broiler-Synchronous-mmio-PCI: the sync block in a memory BAR."""
 
     def __init__(self) -> None:
-        super().__init__(vendor_id=0x1006, device_id=BROILER_DEVICE, name="sync-mmio-pci",
-                         command=CMD_IO | CMD_MEMORY)
+        super().__init__(vendor_id=0x1006, device_id=BROILER_DEVICE, name="sync-mmio-pci", command=CMD_IO | CMD_MEMORY)
         self.registers = SyncRegisters("sync-mmio-pci")
         self.add_bar(0, BarKind.MEM32, DEMO_BAR_SIZE, self.registers)
 
@@ -101,8 +100,7 @@ class PciBaseDemo(PciFunction):
     """1016:1413 Broiler-pci-base: one sync block behind an IO BAR0 and a memory BAR1."""
 
     def __init__(self) -> None:
-        super().__init__(vendor_id=0x1016, device_id=0x1413, name="pci-base",
-                         command=CMD_IO | CMD_MEMORY)
+        super().__init__(vendor_id=0x1016, device_id=0x1413, name="pci-base", command=CMD_IO | CMD_MEMORY)
         self.registers = SyncRegisters("pci-base")
         self.add_bar(0, BarKind.IO, DEMO_BAR_SIZE, self.registers)
         self.add_bar(1, BarKind.MEM32, DEMO_BAR_SIZE, self.registers)
@@ -146,13 +144,25 @@ class DoorbellDemo(PciFunction):
     ``extra_read``/``extra_write`` for registers below +0x10.
     """
 
-    def __init__(self, *, vendor_id: int, device_id: int, name: str, bar_kind: BarKind,
-                 doorbell_length: int, irq_kind: IrqKind, schedule: Schedule, delay: float,
-                 irq: IrqLine | None = None, msi_sink: MsiSink | None = None,
-                 msi_vectors: int = 1, msi_64bit: bool = False, msi_masking: bool = False,
-                 msix_vectors: int = 1) -> None:
-        super().__init__(vendor_id=vendor_id, device_id=device_id, name=name,
-                         command=CMD_IO | CMD_MEMORY)
+    def __init__(
+        self,
+        *,
+        vendor_id: int,
+        device_id: int,
+        name: str,
+        bar_kind: BarKind,
+        doorbell_length: int,
+        irq_kind: IrqKind,
+        schedule: Schedule,
+        delay: float,
+        irq: IrqLine | None = None,
+        msi_sink: MsiSink | None = None,
+        msi_vectors: int = 1,
+        msi_64bit: bool = False,
+        msi_masking: bool = False,
+        msix_vectors: int = 1,
+    ) -> None:
+        super().__init__(vendor_id=vendor_id, device_id=device_id, name=name, command=CMD_IO | CMD_MEMORY)
         self.schedule = schedule
         self.delay = delay
         self.irq_kind = irq_kind
@@ -230,8 +240,9 @@ class DoorbellDemo(PciFunction):
             return 0
         if size == 4 and offset in (REG_STATUS, REG_COMPLETIONS, REG_ERROR_CODE):
             with self._state:
-                return {REG_STATUS: self.status, REG_COMPLETIONS: self.completions,
-                        REG_ERROR_CODE: self.error_code}[offset]
+                return {REG_STATUS: self.status, REG_COMPLETIONS: self.completions, REG_ERROR_CODE: self.error_code}[
+                    offset
+                ]
         value = self.extra_read(offset, size)
         if value is None:
             regs.guest_error(f"{size}-byte read at +{offset:#x}")
@@ -259,27 +270,51 @@ class AsyncPioPci(DoorbellDemo):
     """1009:1991 Broiler-Asynchronous-pio-PCI: IO BAR0, 4-byte doorbell, INTx after 2 s."""
 
     def __init__(self, *, irq: IrqLine, schedule: Schedule, delay: float = 2.0) -> None:
-        super().__init__(vendor_id=0x1009, device_id=BROILER_DEVICE, name="async-pio-pci",
-                         bar_kind=BarKind.IO, doorbell_length=4, irq_kind=IrqKind.INTX,
-                         schedule=schedule, delay=delay, irq=irq)
+        super().__init__(
+            vendor_id=0x1009,
+            device_id=BROILER_DEVICE,
+            name="async-pio-pci",
+            bar_kind=BarKind.IO,
+            doorbell_length=4,
+            irq_kind=IrqKind.INTX,
+            schedule=schedule,
+            delay=delay,
+            irq=irq,
+        )
 
 
 class AsyncMmioPci(DoorbellDemo):
     """1008:1991 Broiler-Asynchronous-mmio-PCI: memory BAR0, 4-byte doorbell, INTx after 2 s."""
 
     def __init__(self, *, irq: IrqLine, schedule: Schedule, delay: float = 2.0) -> None:
-        super().__init__(vendor_id=0x1008, device_id=BROILER_DEVICE, name="async-mmio-pci",
-                         bar_kind=BarKind.MEM32, doorbell_length=4, irq_kind=IrqKind.INTX,
-                         schedule=schedule, delay=delay, irq=irq)
+        super().__init__(
+            vendor_id=0x1008,
+            device_id=BROILER_DEVICE,
+            name="async-mmio-pci",
+            bar_kind=BarKind.MEM32,
+            doorbell_length=4,
+            irq_kind=IrqKind.INTX,
+            schedule=schedule,
+            delay=delay,
+            irq=irq,
+        )
 
 
 class IntxDemoPci(DoorbellDemo):
     """1016:1991 Broiler-pci-intX-base: IO BAR0, 2-byte doorbell, INTx after 5 s."""
 
     def __init__(self, *, irq: IrqLine, schedule: Schedule, delay: float = 5.0) -> None:
-        super().__init__(vendor_id=0x1016, device_id=BROILER_DEVICE, name="pci-intx",
-                         bar_kind=BarKind.IO, doorbell_length=2, irq_kind=IrqKind.INTX,
-                         schedule=schedule, delay=delay, irq=irq)
+        super().__init__(
+            vendor_id=0x1016,
+            device_id=BROILER_DEVICE,
+            name="pci-intx",
+            bar_kind=BarKind.IO,
+            doorbell_length=2,
+            irq_kind=IrqKind.INTX,
+            schedule=schedule,
+            delay=delay,
+            irq=irq,
+        )
 
 
 class MsiDemoPci(DoorbellDemo):
@@ -288,19 +323,45 @@ class MsiDemoPci(DoorbellDemo):
     The capability is Broiler's (1 vector, 32-bit, no masking) unless asked otherwise.
     """
 
-    def __init__(self, *, msi_sink: MsiSink, schedule: Schedule, delay: float = 2.0, vectors: int = 1,
-                 is64: bool = False, per_vector_mask: bool = False) -> None:
-        super().__init__(vendor_id=0x1001, device_id=BROILER_DEVICE, name="pci-msi",
-                         bar_kind=BarKind.IO, doorbell_length=2, irq_kind=IrqKind.MSI,
-                         schedule=schedule, delay=delay, msi_sink=msi_sink, msi_vectors=vectors,
-                         msi_64bit=is64, msi_masking=per_vector_mask)
+    def __init__(
+        self,
+        *,
+        msi_sink: MsiSink,
+        schedule: Schedule,
+        delay: float = 2.0,
+        vectors: int = 1,
+        is64: bool = False,
+        per_vector_mask: bool = False,
+    ) -> None:
+        super().__init__(
+            vendor_id=0x1001,
+            device_id=BROILER_DEVICE,
+            name="pci-msi",
+            bar_kind=BarKind.IO,
+            doorbell_length=2,
+            irq_kind=IrqKind.MSI,
+            schedule=schedule,
+            delay=delay,
+            msi_sink=msi_sink,
+            msi_vectors=vectors,
+            msi_64bit=is64,
+            msi_masking=per_vector_mask,
+        )
 
 
 class MsixDemoPci(DoorbellDemo):
     """1002:1991 Broiler-pci-msix-base: IO BAR0, 2-byte doorbell; MSI-X table BAR1+0, PBA BAR1+0x80."""
 
-    def __init__(self, *, msi_sink: MsiSink, schedule: Schedule, delay: float = 2.0,
-                 vectors: int = 1) -> None:
-        super().__init__(vendor_id=0x1002, device_id=BROILER_DEVICE, name="pci-msix",
-                         bar_kind=BarKind.IO, doorbell_length=2, irq_kind=IrqKind.MSIX,
-                         schedule=schedule, delay=delay, msi_sink=msi_sink, msix_vectors=vectors)
+    def __init__(self, *, msi_sink: MsiSink, schedule: Schedule, delay: float = 2.0, vectors: int = 1) -> None:
+        super().__init__(
+            vendor_id=0x1002,
+            device_id=BROILER_DEVICE,
+            name="pci-msix",
+            bar_kind=BarKind.IO,
+            doorbell_length=2,
+            irq_kind=IrqKind.MSIX,
+            schedule=schedule,
+            delay=delay,
+            msi_sink=msi_sink,
+            msix_vectors=vectors,
+        )

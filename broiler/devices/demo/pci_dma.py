@@ -62,16 +62,36 @@ BIG_BUFFER = 1 << 20
 class DmaDemo(DoorbellDemo):
     """The shared DMA engine: SRC/DST/DIR/LEN, a device buffer, guest RAM through GuestMemory."""
 
-    def __init__(self, *, vendor_id: int, device_id: int, name: str, memory: GuestMemory,
-                 irq_kind: IrqKind, schedule: Schedule, delay: float, irq: IrqLine | None = None,
-                 msi_sink: MsiSink | None = None, buffer_size: int = SMALL_BUFFER,
-                 preload: bytes = BROILER_DMA_TEXT) -> None:
-        super().__init__(vendor_id=vendor_id, device_id=device_id, name=name, bar_kind=BarKind.IO,
-                         doorbell_length=2, irq_kind=irq_kind, schedule=schedule, delay=delay,
-                         irq=irq, msi_sink=msi_sink)
+    def __init__(
+        self,
+        *,
+        vendor_id: int,
+        device_id: int,
+        name: str,
+        memory: GuestMemory,
+        irq_kind: IrqKind,
+        schedule: Schedule,
+        delay: float,
+        irq: IrqLine | None = None,
+        msi_sink: MsiSink | None = None,
+        buffer_size: int = SMALL_BUFFER,
+        preload: bytes = BROILER_DMA_TEXT,
+    ) -> None:
+        super().__init__(
+            vendor_id=vendor_id,
+            device_id=device_id,
+            name=name,
+            bar_kind=BarKind.IO,
+            doorbell_length=2,
+            irq_kind=irq_kind,
+            schedule=schedule,
+            delay=delay,
+            irq=irq,
+            msi_sink=msi_sink,
+        )
         self.memory = memory
         self.buffer = bytearray(buffer_size)
-        self.buffer[:len(preload)] = preload[:buffer_size]
+        self.buffer[: len(preload)] = preload[:buffer_size]
         self.regs = {REG_SRC: 0, REG_DST: 0, REG_DIR: 0, REG_LEN: 0}
         self.bytes_copied = 0
 
@@ -90,8 +110,12 @@ class DmaDemo(DoorbellDemo):
 
     def start_job(self) -> int:
         with self._state:
-            src, dst, direction, length = (self.regs[REG_SRC], self.regs[REG_DST], self.regs[REG_DIR],
-                                           self.regs[REG_LEN])
+            src, dst, direction, length = (
+                self.regs[REG_SRC],
+                self.regs[REG_DST],
+                self.regs[REG_DIR],
+                self.regs[REG_LEN],
+            )
         return self.transfer(src, dst, direction, length)
 
     def transfer(self, src: int, dst: int, direction: int, length: int) -> int:
@@ -107,9 +131,9 @@ class DmaDemo(DoorbellDemo):
             return ERR_RAM_RANGE
         try:
             if direction == DIR_TO_RAM:
-                self.memory.write(gpa, bytes(self.buffer[dev_off:dev_off + length]))
+                self.memory.write(gpa, bytes(self.buffer[dev_off : dev_off + length]))
             else:
-                self.buffer[dev_off:dev_off + length] = self.memory.read(gpa, length)
+                self.buffer[dev_off : dev_off + length] = self.memory.read(gpa, length)
         except GuestMemoryError:
             return ERR_RAM_RANGE
         self.bytes_copied += length
@@ -120,33 +144,63 @@ class DmaIntxPci(DmaDemo):
     """0309:1989 Broiler-DMA-intX-base: completion by INTx after 5 s."""
 
     def __init__(self, *, memory: GuestMemory, irq: IrqLine, schedule: Schedule, delay: float = 5.0) -> None:
-        super().__init__(vendor_id=0x0309, device_id=0x1989, name="dma-intx", memory=memory,
-                         irq_kind=IrqKind.INTX, schedule=schedule, delay=delay, irq=irq)
+        super().__init__(
+            vendor_id=0x0309,
+            device_id=0x1989,
+            name="dma-intx",
+            memory=memory,
+            irq_kind=IrqKind.INTX,
+            schedule=schedule,
+            delay=delay,
+            irq=irq,
+        )
 
 
 class DmaMsiPci(DmaDemo):
     """1024:1991 Broiler-DMA-msi-base: completion by MSI after 5 s."""
 
-    def __init__(self, *, memory: GuestMemory, msi_sink: MsiSink, schedule: Schedule,
-                 delay: float = 5.0) -> None:
-        super().__init__(vendor_id=0x1024, device_id=BROILER_DEVICE, name="dma-msi", memory=memory,
-                         irq_kind=IrqKind.MSI, schedule=schedule, delay=delay, msi_sink=msi_sink)
+    def __init__(self, *, memory: GuestMemory, msi_sink: MsiSink, schedule: Schedule, delay: float = 5.0) -> None:
+        super().__init__(
+            vendor_id=0x1024,
+            device_id=BROILER_DEVICE,
+            name="dma-msi",
+            memory=memory,
+            irq_kind=IrqKind.MSI,
+            schedule=schedule,
+            delay=delay,
+            msi_sink=msi_sink,
+        )
 
 
 class DmaMsixPci(DmaDemo):
     """1026:1991 Broiler-DMA-msix-base: completion by MSI-X entry 0 after 5 s."""
 
-    def __init__(self, *, memory: GuestMemory, msi_sink: MsiSink, schedule: Schedule,
-                 delay: float = 5.0) -> None:
-        super().__init__(vendor_id=0x1026, device_id=BROILER_DEVICE, name="dma-msix", memory=memory,
-                         irq_kind=IrqKind.MSIX, schedule=schedule, delay=delay, msi_sink=msi_sink)
+    def __init__(self, *, memory: GuestMemory, msi_sink: MsiSink, schedule: Schedule, delay: float = 5.0) -> None:
+        super().__init__(
+            vendor_id=0x1026,
+            device_id=BROILER_DEVICE,
+            name="dma-msix",
+            memory=memory,
+            irq_kind=IrqKind.MSIX,
+            schedule=schedule,
+            delay=delay,
+            msi_sink=msi_sink,
+        )
 
 
 class DmaBufPci(DmaDemo):
     """1004:1991 Broiler-DMA-BUF-base: 1 MiB buffer, MSI-X, no delay."""
 
-    def __init__(self, *, memory: GuestMemory, msi_sink: MsiSink, schedule: Schedule,
-                 delay: float = 0.0) -> None:
-        super().__init__(vendor_id=0x1004, device_id=BROILER_DEVICE, name="dma-buf", memory=memory,
-                         irq_kind=IrqKind.MSIX, schedule=schedule, delay=delay, msi_sink=msi_sink,
-                         buffer_size=BIG_BUFFER, preload=b"")
+    def __init__(self, *, memory: GuestMemory, msi_sink: MsiSink, schedule: Schedule, delay: float = 0.0) -> None:
+        super().__init__(
+            vendor_id=0x1004,
+            device_id=BROILER_DEVICE,
+            name="dma-buf",
+            memory=memory,
+            irq_kind=IrqKind.MSIX,
+            schedule=schedule,
+            delay=delay,
+            msi_sink=msi_sink,
+            buffer_size=BIG_BUFFER,
+            preload=b"",
+        )

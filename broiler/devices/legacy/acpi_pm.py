@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from ...core.bus import Device
 
-PM1A_EVT = 0x600      # status (2 bytes) + enable (2 bytes)
-PM1A_CNT = 0x604      # control (2 bytes)
+PM1A_EVT = 0x600  # status (2 bytes) + enable (2 bytes)
+PM1A_CNT = 0x604  # control (2 bytes)
 PM_BLOCK_SIZE = 6
 SLP_EN = 1 << 13
 SLP_TYP_SHIFT = 10
@@ -28,7 +28,7 @@ class AcpiPm(Device):
         self.regs = bytearray(PM_BLOCK_SIZE)
 
     def read(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.regs[offset:offset + size].ljust(size, b"\xff"), "little")
+        return int.from_bytes(self.regs[offset : offset + size].ljust(size, b"\xff"), "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
@@ -39,7 +39,7 @@ class AcpiPm(Device):
                 elif offset + i < PM_BLOCK_SIZE:
                     self.regs[offset + i] = byte
             return
-        self.regs[offset:offset + size] = data[:PM_BLOCK_SIZE - offset]
+        self.regs[offset : offset + size] = data[: PM_BLOCK_SIZE - offset]
         control = int.from_bytes(self.regs[4:6], "little")
         if control & SLP_EN and (control >> SLP_TYP_SHIFT) & 7 == S5_SLP_TYP:
             self.regs[4:6] = (control & ~SLP_EN).to_bytes(2, "little")

@@ -16,8 +16,15 @@ from ...core.bus import Device
 CMOS_INDEX = 0x70
 CMOS_SIZE = 2
 REG_A, REG_B, REG_C, REG_D = 0x0A, 0x0B, 0x0C, 0x0D
-TIME_REGS = {0x00: "tm_sec", 0x02: "tm_min", 0x04: "tm_hour", 0x06: "tm_wday", 0x07: "tm_mday",
-             0x08: "tm_mon", 0x09: "tm_year"}
+TIME_REGS = {
+    0x00: "tm_sec",
+    0x02: "tm_min",
+    0x04: "tm_hour",
+    0x06: "tm_wday",
+    0x07: "tm_mday",
+    0x08: "tm_mon",
+    0x09: "tm_year",
+}
 CENTURY = 0x32
 
 
@@ -33,14 +40,17 @@ class Cmos(Device):
         self.index = 0
         self.nmi_disabled = False
         self.nvram = bytearray(128)
-        self.nvram[REG_A] = 0x26   # 32.768 kHz time base, 1024 Hz rate
-        self.nvram[REG_B] = 0x02   # 24-hour mode, BCD
-        self.nvram[REG_D] = 0x80   # valid RAM and time
+        self.nvram[REG_A] = 0x26  # 32.768 kHz time base, 1024 Hz rate
+        self.nvram[REG_B] = 0x02  # 24-hour mode, BCD
+        self.nvram[REG_D] = 0x80  # valid RAM and time
         self._clock = clock
         kib_above_1m = max(0, min(ram_size, 0xC000_0000) - (1 << 20)) // 1024
         above_16m = max(0, min(ram_size, 0xC000_0000) - (16 << 20)) // (64 << 10)
-        for reg, value in ((0x17, min(kib_above_1m, 0xFFFF)), (0x30, min(kib_above_1m, 0xFFFF)),
-                           (0x34, min(above_16m, 0xFFFF))):
+        for reg, value in (
+            (0x17, min(kib_above_1m, 0xFFFF)),
+            (0x30, min(kib_above_1m, 0xFFFF)),
+            (0x34, min(above_16m, 0xFFFF)),
+        ):
             self.nvram[reg], self.nvram[reg + 1] = value & 0xFF, value >> 8
         self.nvram[0x15], self.nvram[0x16] = 640 & 0xFF, 640 >> 8
 

@@ -42,8 +42,8 @@ class I8042(Device):
         self._reset = reset
         self._set_irq = set_irq
         self.config = CONFIG_KBD_INT | CONFIG_SYS | CONFIG_XLATE
-        self.pending: int | None = None      # controller command waiting for its data byte
-        self.kbd_arg_pending = False          # keyboard command waiting for its argument
+        self.pending: int | None = None  # controller command waiting for its data byte
+        self.kbd_arg_pending = False  # keyboard command waiting for its argument
         self.out: deque[tuple[int, bool]] = deque()  # (byte, from aux)
         self.levels = {KBD_IRQ: 0, AUX_IRQ: 0}
 

@@ -17,7 +17,7 @@ from ...core.bus import Bus, Device
 
 DUMMY_RANGES = [
     (0x00, 0x20, "dma1"),
-    (0x80, 0x10, "dma page regs / POST"),   # Linux writes 0x80 for IO delays
+    (0x80, 0x10, "dma page regs / POST"),  # Linux writes 0x80 for IO delays
     (0xC0, 0x20, "dma2"),
     (0xF0, 0x02, "fpu"),
     (0x278, 0x03, "parport1"),

@@ -35,8 +35,9 @@ RX_FIFO_LIMIT = 4096
 
 
 class Serial8250(Device):
-    def __init__(self, output: Callable[[bytes], None], set_irq: Callable[[int], None] | None = None,
-                 name: str = "ttyS0") -> None:
+    def __init__(
+        self, output: Callable[[bytes], None], set_irq: Callable[[int], None] | None = None, name: str = "ttyS0"
+    ) -> None:
         super().__init__()
         self.name = name
         self._output = output
@@ -58,7 +59,7 @@ class Serial8250(Device):
     def feed(self, data: bytes) -> None:
         with self._lock:
             room = RX_FIFO_LIMIT - len(self.rx)
-            self.rx.extend(data[:max(room, 0)])
+            self.rx.extend(data[: max(room, 0)])
             self._update_irq()
 
     # -- registers ------------------------------------------------------------------------

@@ -35,7 +35,7 @@ FW_CFG_BOOT_MENU = 0x0E
 FW_CFG_MAX_CPUS = 0x0F
 FW_CFG_FILE_DIR = 0x19
 
-FW_CFG_VERSION = 0x01                 # FW_CFG_ID bit 0: the traditional (port) interface
+FW_CFG_VERSION = 0x01  # FW_CFG_ID bit 0: the traditional (port) interface
 
 
 class FwCfg(Device):
@@ -75,5 +75,5 @@ class FwCfg(Device):
     def write(self, offset: int, size: int, value: int) -> None:
         if size == 2:
             self.select(value)
-        elif size != 1:               # byte writes: ignored data writes, as in QEMU >= 2.4
+        elif size != 1:  # byte writes: ignored data writes, as in QEMU >= 2.4
             self.guest_error(f"{size}-byte write (the selector is 16-bit)")

@@ -104,10 +104,10 @@ class PcTestdevIomem(Device):
         self.buf = bytearray(IOMEM_SIZE)
 
     def read(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.buf[offset:offset + size], "little")
+        return int.from_bytes(self.buf[offset : offset + size], "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.buf[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self.buf[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +132,9 @@ class PcTestdev:
         ]
 
 
-def register_pc_testdev(pio: PioBus, mmio: MmioBus, *, set_irq: Callable[[int, int], None],
-                        flush_page: Callable[[int], None]) -> PcTestdev:
+def register_pc_testdev(
+    pio: PioBus, mmio: MmioBus, *, set_irq: Callable[[int, int], None], flush_page: Callable[[int], None]
+) -> PcTestdev:
     """Create the device and put its five regions on the buses (owner "pc-testdev")."""
     dev = PcTestdev.create(set_irq=set_irq, flush_page=flush_page)
     for kind, base, size, device, name in dev.regions():

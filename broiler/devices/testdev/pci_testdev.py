@@ -66,9 +66,14 @@ class IoTest:
         return self.number // len(TEST_KINDS)
 
     def header(self) -> bytes:
-        return (bytes([self.number, 1, 0, 0]) + self.offset.to_bytes(4, "little")
-                + bytes([self.data, 0, 0, 0]) + self.count.to_bytes(4, "little")
-                + self.name.encode() + b"\0")
+        return (
+            bytes([self.number, 1, 0, 0])
+            + self.offset.to_bytes(4, "little")
+            + bytes([self.data, 0, 0, 0])
+            + self.count.to_bytes(4, "little")
+            + self.name.encode()
+            + b"\0"
+        )
 
 
 def make_tests() -> list[IoTest]:
@@ -78,15 +83,23 @@ def make_tests() -> list[IoTest]:
         kind_type = TEST_TYPES[t // len(TEST_KINDS)]
         size = IOTEST_MEMSIZE if kind_type == "mmio" else IOTEST_IOSIZE
         match = kind != "wildcard-eventfd"
-        tests.append(IoTest(t, f"{kind_type}-{kind}", size + t, IOTEST_DATAMATCH if match else IOTEST_NOMATCH,
-                            match, kind != "no-eventfd"))
+        tests.append(
+            IoTest(
+                t,
+                f"{kind_type}-{kind}",
+                size + t,
+                IOTEST_DATAMATCH if match else IOTEST_NOMATCH,
+                match,
+                kind != "no-eventfd",
+            )
+        )
     return tests
 
 
 class TestdevWindow(Device):
     """One BAR's view of the test window (type 0 = mmio, 1 = portio)."""
 
-    __test__ = False   # not a pytest class
+    __test__ = False  # not a pytest class
 
     def __init__(self, dev: PciTestDev, test_type: int) -> None:
         super().__init__()
@@ -105,13 +118,19 @@ class PciTestDev(PciFunction):
     """QEMU's pci-testdev."""
 
     def __init__(self) -> None:
-        super().__init__(vendor_id=TESTDEV_VENDOR, device_id=TESTDEV_DEVICE, class_code=TESTDEV_CLASS,
-                         revision=0, name="pci-testdev", command=CMD_IO | CMD_MEMORY)
+        super().__init__(
+            vendor_id=TESTDEV_VENDOR,
+            device_id=TESTDEV_DEVICE,
+            class_code=TESTDEV_CLASS,
+            revision=0,
+            name="pci-testdev",
+            command=CMD_IO | CMD_MEMORY,
+        )
         self.add_bar(0, BarKind.MEM32, MEM_BAR_SIZE, TestdevWindow(self, 0))
         self.add_bar(1, BarKind.IO, IO_BAR_SIZE, TestdevWindow(self, 1))
         self.tests = make_tests()
         self.current = -1
-        self.notifier_kicks = 0          # writes caught as doorbells (QEMU's event notifier)
+        self.notifier_kicks = 0  # writes caught as doorbells (QEMU's event notifier)
         self._doorbell: DoorbellSpec | None = None
         self._lock = threading.RLock()
 
@@ -126,8 +145,9 @@ class PciTestDev(PciFunction):
         test = self.tests[number]
         test.count = 0
         if test.has_notifier:
-            self._doorbell = self.add_doorbell(test.type, test.offset, 1, self.notified,
-                                               datamatch=test.data if test.match_data else None)
+            self._doorbell = self.add_doorbell(
+                test.type, test.offset, 1, self.notified, datamatch=test.data if test.match_data else None
+            )
         self.current = number
 
     def notified(self, kicks: int) -> None:
@@ -141,14 +161,19 @@ class PciTestDev(PciFunction):
             if self.current < 0:
                 return 0
             header = self.tests[self.current].header()
-        chunk = header[offset:offset + size] if offset < len(header) else b""
+        chunk = header[offset : offset + size] if offset < len(header) else b""
         return int.from_bytes(chunk.ljust(size, b"\0"), "little")
 
     def window_write(self, test_type: int, offset: int, size: int, value: int) -> None:
         with self._lock:
             test = self.tests[self.current] if self.current >= 0 else None
-            if (test is not None and test.has_notifier and offset == test.offset and size == 1
-                    and (not test.match_data or value == test.data)):
+            if (
+                test is not None
+                and test.has_notifier
+                and offset == test.offset
+                and size == 1
+                and (not test.match_data or value == test.data)
+            ):
                 self.notified(1)
                 return
             for i in range(size):
