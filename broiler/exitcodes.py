@@ -10,6 +10,7 @@ NO_KVM = 4  # this host cannot run KVM guests
 GUEST_FATAL = 6  # triple fault, emulation failure, entry failure: register dump on stderr
 TIMEOUT = 8  # --timeout expired
 INTERNAL = 10  # a bug in broiler (traceback on stderr)
+USER_QUIT = 12  # the user ended the VM at the console (Ctrl-A x)
 INTERRUPTED = 130  # Ctrl-C, SIGTERM or `broiler stop`
 
 NAMES = {
@@ -19,6 +20,7 @@ NAMES = {
     GUEST_FATAL: "guest-fatal",
     TIMEOUT: "timeout",
     INTERNAL: "internal-error",
+    USER_QUIT: "user-quit",
     INTERRUPTED: "interrupted",
 }
 

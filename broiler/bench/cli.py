@@ -11,6 +11,7 @@ from .. import exitcodes
 from ..core.memory import parse_size
 from ..errors import ConfigError, KvmUnavailable
 from ..frontend.argtypes import positive
+from ..inputs import check_output
 from .guest import PATHS
 
 QUICK_HELP = "small N and 3 repetitions, for CI (seconds, not minutes; timings are rough)"
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from .plot import PlotUnavailable, check_available, plot
     from .runner import run_bench
     from .table import render
+
+    for path, what in ((args.json, "--json"), (args.plot, "--plot")):
+        if path is not None:
+            check_output(path, what)  # before minutes of measuring, not after
 
     try:
         opts = options(args)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from importlib import resources
 
 from .. import exitcodes
 from ..core.memory import MiB, format_size, parse_size
 from ..errors import ConfigError, KvmUnavailable
-from ..inputs import read_input
+from ..inputs import check_input, check_output, read_head, read_input
 from .argtypes import positive
 from .trace import Tracer, parse_kinds
 
@@ -151,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     demo = args.guest is None and args.kernel is None
     kind = None
     if args.kernel is not None:
-        kernel_head = _read_image(args.kernel, "kernel")[:8192]
+        kernel_head = read_head(args.kernel, "kernel", 8192)
         kind = "multiboot" if is_multiboot(kernel_head) else "linux"
         if kind == "linux" and not (kernel_head.startswith(b"\x7fELF") or kernel_head[0x202:0x206] == b"HdrS"):
             raise ConfigError(
@@ -163,20 +165,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if args.initrd or args.append is not None:
             raise ConfigError("--initrd and --append go with --kernel")
-        image = packaged_guest(DEMO_GUEST) if demo else _read_image(args.guest, "guest image")
         default_mem = 256 * MiB
     mem = parse_size(args.mem, what="--mem") if args.mem else default_mem
+    if kind is None:
+        image = packaged_guest(DEMO_GUEST) if demo else _read_image(args.guest, "guest image", limit=mem)
+    else:
+        check_input(args.kernel, "kernel", limit=mem)
+        for initrd in args.initrd:
+            check_input(initrd, "initrd", limit=mem)
     config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices, testdev=args.testdev)
     if args.async_delay is not None:
         if not 0 <= args.async_delay <= 3600:
             raise ConfigError("--async-delay must be between 0 and 3600 seconds")
         config.async_delay = args.async_delay
-    trace_kinds = parse_kinds(args.trace) if args.trace else None
+    trace_kinds = parse_kinds(args.trace) if args.trace is not None else None
     if trace_kinds is None and (args.trace_file or args.trace_json):
         raise ConfigError("--trace-file and --trace-json go with --trace")
     from .control import ControlServer
 
-    name = args.name or f"vm-{os.getpid()}"
+    name = f"vm-{os.getpid()}" if args.name is None else args.name
+    if args.stats_json is not None:
+        check_output(args.stats_json, "--stats-json")
+    if args.trace_file is not None:
+        check_output(args.trace_file, "--trace-file")
     with Machine(config) as machine, contextlib.ExitStack() as stack:
         stack.callback(ControlServer(machine, name).close)
         if trace_kinds is not None:
@@ -193,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .console import SerialConsole
 
             console = SerialConsole(
-                machine.serial, machine.loop, lambda: machine.request_exit(exitcodes.OK, "Ctrl-A x")
+                machine.serial, machine.loop, lambda: machine.request_exit(exitcodes.USER_QUIT, "Ctrl-A x")
             )
             console.start()
             stack.callback(console.restore)
@@ -229,6 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"broiler: {machine.exit_reason}", file=sys.stderr)
         elif demo or args.stats:
             print(f"VM ended: {machine.exit_reason} → exit status {status} ({exitcodes.describe(status)})")
+    if status == exitcodes.USER_QUIT:  # after the console gave the terminal back: on a line of its own
+        print(f"\nbroiler: you ended the VM (Ctrl-A x); exit status {status}", file=sys.stderr)
     return status
 
 
@@ -341,7 +354,13 @@ def cmd_host(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM before the VM runs (reading an image): status 130, as during the run
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

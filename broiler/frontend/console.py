@@ -2,7 +2,7 @@
 
 stdin is read on the event-loop thread and fed to the UART's receiver. On a terminal, stdin goes
 into raw mode (no echo, no line editing, Ctrl-C goes to the guest) and output keeps its newline
-translation. The escape key is Ctrl-A: Ctrl-A x ends the VM (exit status 0), Ctrl-A Ctrl-A sends a
+translation. The escape key is Ctrl-A: Ctrl-A x ends the VM (exit status 12, exitcodes.USER_QUIT), Ctrl-A Ctrl-A sends a
 literal Ctrl-A. The terminal is restored on every way out: a normal end, an exception, a signal
 (the machine's own handlers end the run through the same ``finally``) and, as a last resort, atexit.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from broiler import exitcodes
@@ -160,3 +162,36 @@ def test_compiled_and_python_exit_loops_agree(guest: str, monkeypatch: pytest.Mo
     assert passed(pure.status) and passed(default.status), pure.output + default.output
     assert io_counts(pure) == io_counts(default)
     assert pure.output == default.output
+
+
+def test_ctrl_a_x_ends_the_vm_with_its_own_status(tmp_path: Path) -> None:
+    """Ctrl-A x at the serial console: status 12 (not a guest power-off), and the message on its own line."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    image = tmp_path / "spin.bin"
+    image.write_bytes(bytes([0xEB, 0xFE]))  # jmp .
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broiler", "run", "--guest", str(image), "--console", "serial", "--timeout", "60"],
+        stdin=follower,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    os.close(follower)
+    try:
+        time.sleep(1.5)
+        os.write(leader, b"\x01x")
+        _, err = proc.communicate(timeout=20)
+    finally:
+        os.close(leader)
+    assert proc.returncode == exitcodes.USER_QUIT, err
+    assert err.startswith("\nbroiler: you ended the VM (Ctrl-A x)"), err
