@@ -15,15 +15,10 @@ import stat
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 
-# What /init runs: everything a broiler boot test looks at, between markers a test can find.
-PROBE_INIT = r"""#!/bin/sh
-# broiler probe init: report the platform as Linux sees it, then power off.
-# Shell builtins only (read, echo, [) after the mounts: where the kernel runs in an instruction
-# emulator every fork+exec costs seconds, a builtin nothing.
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-show() { while IFS= read -r line; do echo "$line"; done < "$1"; }
+# The platform report both probes print (this /init and the one on the virtio-blk root file system,
+# rootfs.py): everything a broiler boot test looks at, between markers a test can find. Shell builtins
+# only (read, echo, [): where the kernel runs in an instruction emulator every fork+exec costs seconds.
+PROBE_REPORT = r"""show() { while IFS= read -r line; do echo "$line"; done < "$1"; }
 echo "=== broiler: /proc/iomem"
 show /proc/iomem
 echo "=== broiler: /proc/ioports"
@@ -39,7 +34,9 @@ for d in /sys/bus/pci/devices/*; do
     read -r vendor < "$d/vendor"; read -r device < "$d/device"; read -r class < "$d/class"
     echo "${d##*/} $vendor $device $class"
 done
-echo "=== broiler: done"
+"""
+
+PROBE_DONE = r"""echo "=== broiler: done"
 read -r cmdline < /proc/cmdline
 case " $cmdline " in
     *" broiler.shell "*) exec setsid cttyhack sh ;;
@@ -47,6 +44,19 @@ esac
 poweroff -f
 """
 
+# What /init runs: the mounts, the report, then power off.
+PROBE_INIT = (
+    r"""#!/bin/sh
+# broiler probe init: report the platform as Linux sees it, then power off.
+# Shell builtins only (read, echo, [) after the mounts: where the kernel runs in an instruction
+# emulator every fork+exec costs seconds, a builtin nothing.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+"""
+    + PROBE_REPORT
+    + PROBE_DONE
+)
 # busybox applets /init uses, installed as symlinks so nothing has to run `busybox --install`.
 APPLETS = (
     "sh",
