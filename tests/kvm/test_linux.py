@@ -5,7 +5,10 @@ Needs the Debian 12 cloud kernel and busybox in the cache `tools/fetch-debian-ke
 and say how to get them. On this host (KVM-PVM) the kernel runs in KVM's instruction emulator: the
 first two tests stop the VM once the kernel has printed what they check; the third boots into user
 space (busybox /init, its system calls completed by broiler's syscall assist) and takes ~15 minutes
-here (docs/linux.md §8).
+here (docs/linux.md §8). Once broiler has `--rootfs` (virtio-blk), that third test boots from an ext4
+image instead: a virtio initramfs loads the Debian kernel's virtio modules and switch_roots into the probe
+on /dev/vda, which also writes a file on / (read back with debugfs after the VM ends), reads /dev/hwrng
+and writes to /dev/hvc0 (docs/linux.md, "A root file system on virtio-blk").
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from pathlib import Path
 import pytest
 
 from broiler import exitcodes
+from broiler.boot.linux import rootfs
 from broiler.boot.linux.initramfs import build_probe_initramfs
+from broiler.boot.linux.load import DEFAULT_CMDLINE
+from broiler.errors import ConfigError
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
@@ -117,19 +123,85 @@ def test_debian_kernel_brings_up_two_cpus(tmp_path: Path) -> None:
     assert status == exitcodes.INTERRUPTED, err
 
 
+def _broiler_has_rootfs() -> bool:
+    """Whether this broiler has virtio-blk root disks (`broiler run --help` mentions --rootfs)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "broiler", "run", "--help"]
+    return "--rootfs" in subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60).stdout
+
+
+def _root_disk(tmp_path: Path, kernel: Path, busybox: bytes) -> tuple[Path, Path]:
+    """Today's virtio initramfs (the kernel's own modules, from its .deb) and a fresh rootfs.ext4."""
+    version = kernel.name.removeprefix("vmlinuz-")
+    debs = sorted((CACHE / "debs").glob(f"linux-image-{version}_*.deb"))
+    if not debs:
+        pytest.skip(f"no linux-image-{version} .deb in {CACHE / 'debs'}: run tools/fetch-debian-kernel")
+    initramfs = tmp_path / "initramfs-virtio.cpio"
+    initramfs.write_bytes(rootfs.virtio_initramfs_from_deb(busybox, debs[-1].read_bytes())[1])
+    image = tmp_path / "rootfs.ext4"
+    try:
+        rootfs.build_rootfs_image(busybox, image)
+    except ConfigError as e:
+        pytest.skip(f"cannot build the root disk: {e}")
+    return initramfs, image
+
+
+def _check_root_disk(text: str, image: Path, err: str) -> None:
+    """What only the virtio-blk boot shows: the root mount, the virtio functions, hwrng, hvc0, the file."""
+    assert "=== broiler: root failed" not in text, text[-3000:]
+    assert "/dev/vda ext4 rw" in _section(text, "root"), (_section(text, "root"), err)
+    virtio = _section(text, "virtio")
+    pci = [line.split() for line in virtio if line.startswith("pci ")]
+    bound = {line.split()[3]: line.split()[2] for line in virtio if line.startswith("virtio ")}
+    assert any(f[3] in ("0x1001", "0x1042") and f[4] == "virtio-pci" for f in pci), virtio  # the disk
+    assert bound.get("virtio_blk") == "0x0002", virtio
+    # The rng and the console are checked when broiler offers them (virtio device ids 4 and 3).
+    if "virtio_rng" in bound:
+        hwrng = _section(text, "hwrng")
+        assert hwrng[0].startswith("current virtio_rng"), hwrng
+        count, hexbytes = hwrng[1].split()[1:3]
+        assert count == "64" and len(hexbytes) == 128 and hexbytes != "0" * 128, hwrng
+    if "virtio_console" in bound:
+        assert _section(text, "hvc0") == ["hvc0 write ok"], _section(text, "hvc0")
+    assert "synced" in _section(text, "sync")
+    # The file the guest wrote through virtio-blk, read from the image after the VM ended.
+    wrote = rootfs.read_image_file(image, rootfs.WROTE_PATH)
+    assert wrote == (rootfs.WROTE_LINE + "\n").encode(), wrote
+
+
 def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
-    """The probe /init runs in user mode and prints /proc/iomem, /proc/ioports and the PCI functions."""
+    """The probe runs in user mode and prints /proc/iomem, /proc/ioports and the PCI functions.
+
+    With --rootfs it is the probe on the virtio-blk root disk, which also uses the virtio devices."""
     busybox = CACHE / "busybox"
     kernel = _cloud_kernel()
     if not busybox.exists():
         pytest.skip(f"no busybox in {CACHE}: run tools/fetch-debian-kernel")
-    initramfs = tmp_path / "initramfs.cpio"  # always today's /init script, whatever the cache holds
-    initramfs.write_bytes(build_probe_initramfs(busybox.read_bytes()))
+    image: Path | None = None
+    limit = 2700
+    if _broiler_has_rootfs():
+        initramfs, image = _root_disk(tmp_path, kernel, busybox.read_bytes())
+        disk = ["--rootfs", str(image), "-p", f"{DEFAULT_CMDLINE} root=/dev/vda rw rootfstype=ext4"]
+        limit = 3600  # ~20 more fork+execs (insmod, mount, switch_root...) at 10-30 s each here
+    else:
+        initramfs = tmp_path / "initramfs.cpio"  # always today's /init script, whatever the cache holds
+        initramfs.write_bytes(build_probe_initramfs(busybox.read_bytes()))
+        disk = []
     stats = tmp_path / "stats.json"
     text, err, status = _boot_until(
-        tmp_path, ["=== broiler: done"], "-i", str(initramfs), "--stats-json", str(stats), limit=2700, kernel=kernel
+        tmp_path,
+        ["=== broiler: done"],
+        "-i",
+        str(initramfs),
+        *disk,
+        "--stats-json",
+        str(stats),
+        limit=limit,
+        kernel=kernel,
     )
     assert "=== broiler: done" in text, f"the probe did not finish; stderr: {err}"
+    if image is not None:
+        _check_root_disk(text, image, err)
 
     iomem = _section(text, "/proc/iomem")
     assert "00100000-bfffffff : System RAM" in iomem
@@ -145,7 +217,7 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     for port in ("6020-602f", "6040-604f", "6060-606f", "60a0-60af", "8900-8900"):  # the demo ports
         assert any(line.startswith(f"{port} : pnp 00:") for line in ioports), (port, ioports)
 
-    pci = _section(text, "pci devices")
+    pci = [line for line in _section(text, "pci devices") if line.split()[1] != "0x1af4"]  # virtio: above
     assert pci[0] == "0000:00:00.0 0x1b36 0x0008 0x060000" and len(pci) == 13, pci
     assert "=== broiler: cpus 1" in text
     final = json.loads(stats.read_text())

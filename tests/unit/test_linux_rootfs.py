@@ -97,7 +97,9 @@ def test_virtio_initramfs_from_deb() -> None:
     assert version == "6.1.0-99-cloud-amd64"
     entries = {n: (m, d) for n, m, d in parse_newc(archive)}
     init = entries["init"][1].decode()
-    want = "virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio virtio_pci virtio_blk virtio_rng virtio_console"
+    want = (
+        "virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio virtio_pci virtio_blk virtio_rng virtio_console"
+    )
     assert f"for m in {want}; do" in init and "{modules}" not in init
     for name in want.split():
         assert kmod.modinfo(entries[f"lib/modules/{name}.ko"][1])["name"] == name

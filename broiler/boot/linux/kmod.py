@@ -101,7 +101,9 @@ def load_order(wanted: Iterable[str], deps: dict[str, list[str]], builtin: froze
 
 def extract_modules(deb: bytes) -> KernelModules:
     """Every .ko and modules.builtin of a linux-image .deb (data.tar.xz or .zst), without dpkg."""
-    files = deb_files(deb, lambda p: p.startswith("lib/modules/") and (p.endswith(".ko") or p.endswith("/modules.builtin")))
+    files = deb_files(
+        deb, lambda p: p.startswith("lib/modules/") and (p.endswith(".ko") or p.endswith("/modules.builtin"))
+    )
     builtin_paths = [p for p in files if p.endswith("/modules.builtin")]
     if not builtin_paths:
         raise ConfigError("the kernel package has no lib/modules/<version>/modules.builtin")
