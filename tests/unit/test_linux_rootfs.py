@@ -16,7 +16,8 @@ from broiler.errors import ConfigError
 from tests.unit.test_linux_initramfs import FAKE_BUSYBOX, make_deb
 
 needs_e2fsprogs = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in ("mkfs.ext4", "debugfs", "dumpe2fs")), reason="e2fsprogs not installed"
+    any(shutil.which(t) is None and shutil.which(t, path="/usr/sbin:/sbin") is None for t in ("mkfs.ext4", "debugfs")),
+    reason="e2fsprogs not installed",
 )
 
 
@@ -136,7 +137,7 @@ def test_rootfs_image_round_trip(tmp_path: Path) -> None:
     assert image.stat().st_size == 8 << 20
     assert rootfs.read_image_file(image, "/sbin/init") == rootfs.ROOT_PROBE_INIT.encode()
     assert rootfs.read_image_file(image, "/bin/busybox") == FAKE_BUSYBOX
-    features = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
+    features = subprocess.run([rootfs._tool("dumpe2fs"), "-h", str(image)], capture_output=True, text=True).stdout
     assert "has_journal" in features and "extent" in features  # ext4, not ext2
     with pytest.raises(FileNotFoundError):
         rootfs.read_image_file(image, rootfs.WROTE_PATH)  # the guest writes it
@@ -146,6 +147,7 @@ def test_rootfs_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="not an ELF"):
         rootfs.build_rootfs_image(b"#!/bin/sh", tmp_path / "x.ext4")
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(rootfs, "SBIN_DIRS", ())
     with pytest.raises(ConfigError, match="mkfs.ext4 not found: apt-get install e2fsprogs"):
         rootfs.build_rootfs_image(FAKE_BUSYBOX, tmp_path / "x.ext4")
 

@@ -145,12 +145,20 @@ def virtio_initramfs_from_deb(busybox: bytes, kernel_deb: bytes, *, compress: bo
     return km.version, build_virtio_initramfs(busybox, [(m, km.files[m]) for m in order], compress=compress)
 
 
+# e2fsprogs installs into /sbin, which a non-root user's PATH often lacks on Debian.
+SBIN_DIRS: tuple[str, ...] = ("/usr/sbin", "/sbin")
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or next((p for d in SBIN_DIRS if (p := shutil.which(name, path=d))), None)
+    if found is None:
+        raise ConfigError(f"{name} not found: apt-get install e2fsprogs")
+    return found
+
+
 def _run(cmd: list[str], what: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
     """Run an e2fsprogs tool; a missing tool or a failure is one ConfigError line."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise ConfigError(f"{cmd[0]} not found: apt-get install e2fsprogs") from None
+    proc = subprocess.run([_tool(cmd[0]), *cmd[1:]], capture_output=True, stdin=subprocess.DEVNULL)
     if proc.returncode not in ok:
         last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [b"no output"]
         raise ConfigError(f"{what} failed (status {proc.returncode}): {last[0].decode(errors='replace')}")
