@@ -186,7 +186,9 @@ class Bench:
             runs = []
             for _ in range(self.opts.startup_reps):
                 res = floor.run_floor(self.floor_exe, self.image, self.opts.startup_mem, 1, [], [])
-                runs.append({k: v / 1e6 for k, v in res["startup_ns"].items()})  # type: ignore[union-attr]
+                startup_ns = res["startup_ns"]
+                assert isinstance(startup_ns, dict)  # the floor's JSON line: phase -> ns
+                runs.append({k: v / 1e6 for k, v in startup_ns.items()})
             out["floor"] = _startup_summary(runs, ("vm", "memory", "vcpus", "first_exit"))
         runs = [self.broiler_startup() for _ in range(self.opts.startup_reps)]
         out["broiler"] = _startup_summary(runs, ("machine", "load", "first_exit"))

@@ -112,7 +112,7 @@ def _program_headers(data: bytes, cls: int, phoff: int, phentsize: int, phnum: i
             f"truncated file (program headers past its end: {phnum} at {phoff:#x} end at {end:#x}, "
             f"the file has {len(data):#x} bytes)"
         )
-    out = []
+    out: list[tuple[int, ...]] = []
     for i in range(phnum):
         fields = phdr.unpack_from(data, phoff + i * phentsize)
         if cls == ELFCLASS32:  # type, offset, vaddr, paddr, filesz, memsz, flags, align
