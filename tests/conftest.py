@@ -39,6 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def guest_image() -> Iterator[object]:
-    from broiler.frontend.cli import packaged_guest
+    from broiler.guests import packaged_guest
 
     yield packaged_guest

@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench",
         help="cost per guest operation of every IO path, beside a C floor",
         description="One table: per IO path, µs per guest operation for a C KVM_RUN "
-        "loop (the floor), a bare Python loop and broiler, with ratios; plus start-up "
+        "loop (the floor), a bare Python loop and broiler (compiled and pure-Python loop), with ratios; plus start-up "
         "time and 1-vs-2-vCPU scaling. See docs/bench.md.",
     )
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
@@ -38,11 +38,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-vCPU run")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
     p.add_argument("--startup-mem", default="4G", metavar="SIZE", help="guest RAM of the start-up VM (4G)")
-    p.add_argument(
-        "--breakdown",
-        action="store_true",
-        help="also measure where broiler's sync exit time goes (loop variants, same VM)",
-    )
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")
     return p
 
@@ -92,22 +87,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"broiler: {exc}", file=sys.stderr)
                 plot_ok = False
         doc = run_bench(opts)
-        if args.breakdown:
-            from .ladder import run_ladder
-
-            doc["breakdown"] = run_ladder(opts)
     except ConfigError as exc:
         print(f"broiler: error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
     except KvmUnavailable as exc:
         print(f"broiler: {exc}", file=sys.stderr)
         return exitcodes.NO_KVM
-    lines = render(doc)
-    if "breakdown" in doc:
-        from .ladder import render_ladder
-
-        lines += render_ladder(doc["breakdown"])
-    print("\n".join(lines))
+    print("\n".join(render(doc)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)

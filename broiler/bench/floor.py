@@ -17,9 +17,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..boot.flat64 import LongModeState, load_flat64
+from ..boot.entry import EntryState
+from ..boot.flat64 import AP_STACK_STRIDE, load_flat64
 from ..core.memory import GuestMemory, MemoryMap
-from .guest import AP_STACK_STEP, BENCH_PARAMS, CTRL_PORT, PARAMS_STRIDE, Batch
+from .guest import BENCH_PARAMS, CTRL_PORT, PARAMS_STRIDE, Batch
 
 SOURCE = Path(__file__).resolve().with_name("floor.c")  # shipped as package data
 
@@ -68,8 +69,11 @@ def build(workdir: Path) -> Path:
 
 
 def config_text(
-    mem_fd: int, mem_size: int, state: LongModeState, cpus: int, batches: list[Batch], zones: list[str]
+    mem_fd: int, mem_size: int, state: EntryState, cpus: int, batches: list[Batch], zones: list[str]
 ) -> str:
+    """The floor's stdin: where guest RAM is, vCPU 0's entry state from the flat64 loader (the floor
+    gives vCPU k RSP - k * AP_STACK_STRIDE and RDI = k, as Machine.load_flat64 does), the batches."""
+    gdt_base, gdt_limit = state.gdt or (0, 0)
     lines = [
         f"mem_fd {mem_fd}",
         f"mem {mem_size:#x}",
@@ -84,11 +88,11 @@ def config_text(
                 state.cr3,
                 state.cr4,
                 state.efer,
-                state.gdt_base,
-                state.gdt_limit,
+                gdt_base,
+                gdt_limit,
                 state.rip,
-                state.rsp,
-                AP_STACK_STEP,
+                state.regs["rsp"],
+                AP_STACK_STRIDE,
             )
         ),
         *zones,

@@ -1,24 +1,21 @@
 """The bench guest's protocol and the paths it measures (guests/bench_io.c; broiler/bench/floor.c mirrors it).
 
-vCPU k owns a 64-byte parameter block at ``BENCH_PARAMS + 64 * k``: op (u32 at +0), n (u64 at +8),
-addr (u64 at +16), flag (u32 at +24). Before every batch the guest writes k to ``CTRL_PORT``; the host
-records the time, writes the next batch and resumes it. 0x90000 is RAM the flat64 loader never
-touches (above the stack top 0x80000, below the EBDA).
+vCPU k enters as the flat64 contract says (RDI = k, its own stack) and owns a 64-byte parameter
+block at ``BENCH_PARAMS + 64 * k``: op (u32 at +0), n (u64 at +8), addr (u64 at +16), flag (u32 at +24).
+Before every batch the guest writes k to ``CTRL_PORT``; the host records the time, writes the next
+batch and resumes it. 0x90000 is RAM the flat64 loader never touches (above the stack top 0x80000,
+below the EBDA).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..boot.flat64 import STACK_TOP
-
 GUEST_NAME = "bench_io"
 BENCH_PARAMS = 0x90000
 PARAMS_STRIDE = 64
 FLAG_OFFSET = 24
 CTRL_PORT = 0x6078
-AP_STACK_STEP = 0x8000  # vCPU k starts with RSP = STACK_TOP - k * AP_STACK_STEP
-AP_STACK_TOP = STACK_TOP
 
 OP_STOP, OP_NOP, OP_PIO_OUT, OP_PIO_IN, OP_MMIO_WRITE, OP_MMIO_READ, OP_PINGPONG = range(7)
 

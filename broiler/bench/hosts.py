@@ -1,25 +1,27 @@
-"""The two Python hosts of the bench guest: broiler's full path, and a bare loop on the same VM.
+"""The Python hosts of the bench guest: a bare loop, and broiler itself, on the same VM.
 
-Both build the VM with broiler's ``Machine`` (same memory, irqchip, CPUID, loader), so the only
-difference between columns (b) and (c) is what runs after KVM_RUN returns.
+All build the VM with broiler's ``Machine`` (same memory, irqchip, CPUID, loader), so the only
+difference between the columns is what runs after KVM_RUN returns. broiler's columns run
+``Machine.run`` unchanged: its own vCPU threads, event loop and doorbells. Column (c) is the loop
+broiler picks by itself (the compiled one where broiler/core/_fastexit.c was built); column (d)
+switches the same threads to their pure-Python loop (``VcpuThread.compiled = False``, what
+``BROILER_PURE_PYTHON=1`` does). Nothing here copies broiler's loop, so nothing can drift from it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..boot.flat64 import STACK_TOP, LongModeState
 from ..core.bus import Device
-from ..frontend.cli import packaged_guest
+from ..guests import packaged_guest
 from ..kvm import abi
 from ..vmm.machine import Machine, MachineConfig
 from .driver import BatchDriver
 from .guest import (
-    AP_STACK_STEP,
     BENCH_PARAMS,
     COALESCED,
     COALESCED_MMIO,
@@ -72,18 +74,17 @@ class ControlDevice(Device):
         self.driver.control(value)  # after the last batch the guest ends itself through port 0xF4
 
 
+def compiled_loop_built() -> bool:
+    """Whether broiler's compiled exit loop exists here (then columns (c) and (d) differ)."""
+    return importlib.util.find_spec("broiler.core._fastexit") is not None
+
+
 def new_machine(cpus: int, mem_size: int) -> Machine:
-    """A Machine with the bench guest loaded; vCPUs 1.. start at the same entry with RDI = their index."""
+    """A Machine with the bench guest loaded; every vCPU enters it at once (the flat64 contract:
+    RDI = its index, its own stack; no INIT/SIPI)."""
     m = Machine(MachineConfig(mem_size=mem_size, cpus=cpus, serial_output=lambda _b: None))
     try:
         m.load_flat64(packaged_guest(GUEST_NAME))
-        for k in range(1, cpus):
-            vcpu = m.vcpus[k]
-            m.set_long_mode(vcpu, LongModeState(rsp=STACK_TOP - k * AP_STACK_STEP))
-            regs = vcpu.get_regs()
-            regs.rdi = k
-            vcpu.set_regs(regs)
-            vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)  # no INIT/SIPI dance: the bench starts APs directly
     except BaseException:
         m.close()
         raise
@@ -100,10 +101,15 @@ class HostResult:
     exit_status: int | None = None
 
 
-# -- (c) broiler's full path -----------------------------------------------------------------------
-def run_broiler(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int) -> HostResult:
+# -- (c) and (d): broiler itself -------------------------------------------------------------------
+def run_broiler(
+    batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, *, pure_python: bool = False
+) -> HostResult:
     m = new_machine(cpus, mem_size)
     try:
+        if pure_python:
+            for thread in m.threads:
+                thread.compiled = False
         driver = BatchDriver(m.memory.view, batches, cpus)
         m.add_pio(CTRL_PORT, 4, ControlDevice(driver))
         kinds = {p.kind for p in paths}
@@ -158,15 +164,11 @@ class LoopContext:
                 v.release()
 
 
-Loop = Callable[[LoopContext], None]
-
-
 def bare_loop(ctx: LoopContext) -> None:
     """KVM_RUN and the least decoding that lets the guest go on: no bus, no device, no stats.
 
-    ``ioctl(fd, KVM_RUN)`` without a third argument on purpose: given ``0``, fcntl.ioctl first tries the
-    argument as a writable and then a read-only buffer, and each failed try builds and drops a
-    TypeError; that costs ~1.1 µs per call on this host, more than all of broiler's dispatch."""
+    ``ioctl(fd, KVM_RUN)`` without a third argument, as broiler's own loop calls it (core/vcpu.py says
+    why: an argument costs a failed buffer parse per call)."""
     import fcntl
 
     ioctl, run, fd, cpu = fcntl.ioctl, abi.KVM_RUN, ctx.fd, ctx.cpu
@@ -197,7 +199,7 @@ def bare_loop(ctx: LoopContext) -> None:
             raise RuntimeError(f"bare loop: unexpected exit reason {reason} on vCPU {cpu}")
 
 
-def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, loop: Loop = bare_loop) -> HostResult:
+def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int) -> HostResult:
     m = new_machine(cpus, mem_size)
     efds: list[int] = []
     contexts: list[LoopContext] = []
@@ -245,7 +247,7 @@ def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, 
 
         def main(ctx: LoopContext) -> None:
             try:
-                loop(ctx)
+                bare_loop(ctx)
             except BaseException as exc:  # reported by the caller, after the other vCPUs are released
                 errors.append(exc)
                 driver.release()

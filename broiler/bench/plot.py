@@ -33,13 +33,13 @@ def plot(doc: dict[str, Any], path: str) -> None:
     rtts = doc.get("doorbell_rtt_us") or []
     fig, axes = plt.subplots(1, 2 if rtts else 1, figsize=(14 if rtts else 10, 5), squeeze=False)
     ax = axes[0][0]
-    width = 0.27
+    width = 0.8 / len(IMPL_LABELS)
     for i, impl in enumerate(IMPL_LABELS):
         xs, ys, lo, hi = [], [], [], []
         for j, row in enumerate(rows):
             s = row.get(impl)
             if s:
-                xs.append(j + (i - 1) * width)
+                xs.append(j + (i - (len(IMPL_LABELS) - 1) / 2) * width)
                 ys.append(s["median_us"])
                 lo.append(s["median_us"] - s["min_us"])
                 hi.append(s["max_us"] - s["median_us"])

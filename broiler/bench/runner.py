@@ -1,8 +1,9 @@
 """Run the whole bench in one process and return one JSON-able document (see table.py for its shape).
 
-Each repetition is a *round*: the C floor, the bare loop and broiler each run one VM with every path
-(one warm-up batch, then N1 and N2 per path). Rounds interleave the three hosts, so a slow minute of
-the machine lands on all columns alike; only numbers from one invocation should be compared.
+Each repetition is a *round*: the C floor, the bare loop and broiler (its compiled loop, then its
+pure-Python loop) each run one VM with every path (one warm-up batch, then N1 and N2 per path).
+Rounds interleave the hosts, so a slow minute of the machine lands on all columns alike; only
+numbers from one invocation should be compared.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.memory import GiB, MiB
-from ..frontend.cli import packaged_guest
+from ..guests import packaged_guest
 from . import floor, hosts
 from .guest import COALESCED, CTRL_PORT, IOEVENTFD, NONE, PATHS, PINGPONG, SCALING_PATH, SYNC, Batch, schedule
 from .stats import per_op_us, summarize
 
-IMPLS = ("floor", "bare", "broiler")
+IMPLS = ("floor", "bare", "broiler", "broiler_py")
 SCHEMA = "broiler-bench/1"
 MAX_RTT_SAMPLES = 5000
 
@@ -87,6 +88,9 @@ class Bench:
         self.async_missing = broiler_async_missing()
         if self.async_missing:
             self.notes.append(f"broiler's asynchronous rows: {self.async_missing}")
+        self.python_missing = _why_no_python_column()
+        if self.python_missing:
+            self.notes.append(f"column (d): {self.python_missing}")
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -100,8 +104,10 @@ class Bench:
                 self.floor_exe, self.image, self.opts.mem_size, cpus, batches, _floor_zones({p.kind for p in paths})
             )
             return batches, out["batches_ns"], []  # type: ignore[return-value]
-        runner = hosts.run_bare if impl == "bare" else hosts.run_broiler
-        result = runner(batches, paths, cpus, self.opts.mem_size)
+        if impl == "bare":
+            result = hosts.run_bare(batches, paths, cpus, self.opts.mem_size)
+        else:
+            result = hosts.run_broiler(batches, paths, cpus, self.opts.mem_size, pure_python=impl == "broiler_py")
         stamps = result.doorbell_stamps_ns
         return batches, result.times_ns, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
@@ -109,9 +115,9 @@ class Bench:
         """Which paths each host runs this time."""
         out: dict[str, list] = {}
         for impl in IMPLS:
-            if impl == "floor" and self.floor_exe is None:
+            if (impl == "floor" and self.floor_exe is None) or (impl == "broiler_py" and self.python_missing):
                 continue
-            if impl == "broiler" and self.async_missing:
+            if impl.startswith("broiler") and self.async_missing:
                 out[impl] = [p for p in paths if p.kind in (SYNC, NONE)]
             else:
                 out[impl] = list(paths)
@@ -142,13 +148,16 @@ class Bench:
             row["missing"] = missing
             row["c_over_a"] = _ratio(row["broiler"], row["floor"])
             row["c_over_b"] = _ratio(row["broiler"], row["bare"])
+            row["d_over_a"] = _ratio(row["broiler_py"], row["floor"])
             rows.append(row)
         return rows, rtts[:MAX_RTT_SAMPLES]
 
     def _why_missing(self, impl: str) -> str:
         if impl == "floor" and self.floor_exe is None:
             return "n/a (no C floor)"
-        if impl == "broiler" and self.async_missing:
+        if impl == "broiler_py" and self.python_missing:
+            return "n/a (= column c)"
+        if impl.startswith("broiler") and self.async_missing:
             return self.async_missing
         return "n/a"
 
@@ -177,7 +186,9 @@ class Bench:
             runs = []
             for _ in range(self.opts.startup_reps):
                 res = floor.run_floor(self.floor_exe, self.image, self.opts.startup_mem, 1, [], [])
-                runs.append({k: v / 1e6 for k, v in res["startup_ns"].items()})  # type: ignore[union-attr]
+                startup_ns = res["startup_ns"]
+                assert isinstance(startup_ns, dict)  # the floor's JSON line: phase -> ns
+                runs.append({k: v / 1e6 for k, v in startup_ns.items()})
             out["floor"] = _startup_summary(runs, ("vm", "memory", "vcpus", "first_exit"))
         runs = [self.broiler_startup() for _ in range(self.opts.startup_reps)]
         out["broiler"] = _startup_summary(runs, ("machine", "load", "first_exit"))
@@ -228,6 +239,15 @@ class Bench:
         doc["notes"] = self.notes
         doc["seconds"] = round(time.monotonic() - started, 1)
         return doc
+
+
+def _why_no_python_column() -> str | None:
+    """Column (d) is broiler's pure-Python loop; it only differs from (c) when (c) runs compiled."""
+    if os.environ.get("BROILER_PURE_PYTHON") == "1":
+        return "not measured: BROILER_PURE_PYTHON=1 makes column (c) the pure-Python loop already"
+    if not hosts.compiled_loop_built():
+        return "not measured: broiler's compiled loop is not built here, so column (c) is the pure-Python loop"
+    return None
 
 
 def _ratio(c: object, a: object) -> float | None:

@@ -3,8 +3,8 @@
 The document (also what ``--json`` writes):
 
     schema, quick, n1, n2, reps, mem, host{...}, seconds, notes[str]
-    paths[]: key, label, floor|bare|broiler: {median_us, min_us, max_us, samples_us} or null,
-             missing{impl: why}, c_over_a, c_over_b
+    paths[]: key, label, floor|bare|broiler|broiler_py: {median_us, min_us, max_us, samples_us} or null,
+             missing{impl: why}, c_over_a, c_over_b, d_over_a
     scaling: {path, label, impls{impl: {"1": summary, "2": summary, speedup}}} or null
     startup: {mem, floor|broiler: {median_ms, min_ms, max_ms, phases_ms{}}} or null
     doorbell_rtt_us[]: broiler's kick-to-kick round trips (for the histogram)
@@ -16,8 +16,14 @@ from typing import Any
 
 from ..core.memory import format_size
 
-IMPL_LABELS = {"floor": "C floor (a)", "bare": "bare Python (b)", "broiler": "broiler (c)"}
-SCALING_LABELS = {"floor": "C floor", "bare": "bare Python", "broiler": "broiler"}
+IMPL_LABELS = {
+    "floor": "C floor (a)",
+    "bare": "bare Python (b)",
+    "broiler": "broiler (c)",
+    "broiler_py": "broiler, Python (d)",
+}
+SCALING_LABELS = {"floor": "C floor", "bare": "bare Python", "broiler": "broiler", "broiler_py": "broiler, Python"}
+RATIOS = (("c_over_a", "c/a"), ("c_over_b", "c/b"), ("d_over_a", "d/a"))
 TARGET = 1.10
 SYNC_KEYS = ("pio_out", "pio_in", "mmio_write", "mmio_read")
 
@@ -38,18 +44,19 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
         + (" [quick]" if doc.get("quick") else "")
     ]
-    widths = (30, 22, 22, 22, 6, 6)
-    header = ("path", *IMPL_LABELS.values(), "c/a", "c/b")
+    widths = (28, *(20,) * len(IMPL_LABELS), *(5,) * len(RATIOS))
+    header = ("path", *IMPL_LABELS.values(), *(label for _, label in RATIOS))
     lines.append(_row(header, widths))
     lines.append("-" * (sum(widths) + len(widths) - 1))
     for row in doc["paths"]:
         missing = row.get("missing", {})
         cells = [_cell(row.get(impl), missing.get(impl)) for impl in IMPL_LABELS]
-        lines.append(_row((row["label"], *cells, _ratio(row.get("c_over_a")), _ratio(row.get("c_over_b"))), widths))
-    sync = [r for r in doc["paths"] if r["key"] in SYNC_KEYS and r.get("c_over_a") is not None]
-    if sync:
-        verdict = ", ".join(f"{r['key']} {r['c_over_a']:.2f}{' ✓' if r['c_over_a'] <= TARGET else ''}" for r in sync)
-        lines.append(f"sync paths c/a (target ≤ {TARGET:.2f}): {verdict}")
+        lines.append(_row((row["label"], *cells, *(_ratio(row.get(key)) for key, _ in RATIOS)), widths))
+    for key, label in (("c_over_a", "c/a"), ("d_over_a", "d/a")):
+        sync = [r for r in doc["paths"] if r["key"] in SYNC_KEYS and r.get(key) is not None]
+        if sync:
+            verdict = ", ".join(f"{r['key']} {r[key]:.2f}{' ✓' if r[key] <= TARGET else ''}" for r in sync)
+            lines.append(f"sync paths {label} (target ≤ {TARGET:.2f}): {verdict}")
     lines += _latency(doc.get("doorbell_rtt_us") or [])
     lines += _scaling(doc.get("scaling"))
     lines += _startup(doc.get("startup"))
@@ -83,7 +90,7 @@ def _scaling(scaling: dict[str, Any] | None) -> list[str]:
         f"scaling of {scaling['label']}: µs per operation on each vCPU while all run "
         "(speed-up = total throughput with 2 vCPUs / with 1; ideal 2.00)",
     ]
-    widths = (30, 22, 22, 10)
+    widths = (28, 20, 20, 10)
     lines.append(_row(("host", "1 vCPU", "2 vCPUs", "speed-up"), widths))
     for impl, entry in scaling["impls"].items():
         lines.append(

@@ -6,25 +6,45 @@
   supervisor, cacheable (the PCI hole too: guests map their MMIO by address).
 - GDT at 0x500: 0x08 = 64-bit code, 0x10 = data, 0x18 = 32-bit code; all flat. No IDT (limit 0):
   guests that take interrupts install their own (guests/lib/idt.c).
-- RSP = 0x80000, growing down; the stack has 448 KiB before it meets the page tables.
+- RSP = 0x80000, growing down; the stack has 448 KiB before it meets the page tables. With -c N,
+  vCPU k starts with RDI = k and RSP = 0x80000 - k * AP_STACK_STRIDE (16 KiB each).
 - Page tables occupy [0x1000, 0x1000 + 4 KiB × (2 + number of GiB mapped)).
 
-Everything here is data written into guest memory plus register values; ``Machine`` applies them.
+Everything here is data written into guest memory plus an ``EntryState``; ``Machine`` applies it.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from ..core.memory import HIGH_MEMORY, HIGH_RAM_START, GiB, GuestMemory, MiB
 from ..errors import ConfigError
+from ..x86 import (
+    CR0_ET,
+    CR0_MP,
+    CR0_NE,
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    CR4_OSFXSR,
+    CR4_OSXMMEXCPT,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    EFER_SCE,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    RFLAGS_RESET,
+)
+from .entry import EntryState, flat_code, flat_data
 
 GDT_ADDR = 0x500
 PML4_ADDR = 0x1000
 PDPT_ADDR = 0x2000
 PD_ADDR = 0x3000
 STACK_TOP = 0x80000
+AP_STACK_STRIDE = 0x4000  # vCPU k's stack top is STACK_TOP - k * AP_STACK_STRIDE
 PAGE_TABLE_LIMIT = 0x70000  # page tables must end below the stack's floor
 
 SEL_CODE64, SEL_DATA, SEL_CODE32 = 0x08, 0x10, 0x18
@@ -35,24 +55,26 @@ GDT_ENTRIES = (
     0x00CF9B000000FFFF,  # 0x18: code, 32-bit (D), present, DPL0
 )
 
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-EFER_SCE, EFER_LME, EFER_LMA = 1 << 0, 1 << 8, 1 << 10
-PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
+FLAT64_CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
+FLAT64_CR4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT  # SSE allowed: guests are built by an ordinary gcc
+FLAT64_EFER = EFER_LME | EFER_LMA | EFER_SCE
 
 
-@dataclass(frozen=True, slots=True)
-class LongModeState:
-    """What a vCPU needs to start in the flat64 environment."""
-
-    cr0: int = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
-    cr3: int = PML4_ADDR
-    cr4: int = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
-    efer: int = EFER_LME | EFER_LMA | EFER_SCE
-    gdt_base: int = GDT_ADDR
-    gdt_limit: int = len(GDT_ENTRIES) * 8 - 1
-    rip: int = HIGH_MEMORY
-    rsp: int = STACK_TOP
+def flat64_entry_state(cpu: int = 0) -> EntryState:
+    """How vCPU ``cpu`` enters a flat64 image: at its first byte, RDI = ``cpu``, its own stack."""
+    return EntryState(
+        mode="long64",
+        rip=HIGH_MEMORY,
+        regs={"rsp": STACK_TOP - cpu * AP_STACK_STRIDE, "rdi": cpu, "rflags": RFLAGS_RESET},
+        cr0=FLAT64_CR0,
+        cr3=PML4_ADDR,
+        cr4=FLAT64_CR4,
+        efer=FLAT64_EFER,
+        cs=flat_code(SEL_CODE64, long_mode=True),
+        data=flat_data(SEL_DATA),
+        gdt=(GDT_ADDR, len(GDT_ENTRIES) * 8 - 1),
+        idt=(0, 0),
+    )
 
 
 def write_gdt(memory: GuestMemory) -> None:
@@ -76,8 +98,8 @@ def write_identity_map(memory: GuestMemory, ram_end: int) -> int:
     return PML4_ADDR
 
 
-def load_flat64(memory: GuestMemory, image: bytes) -> LongModeState:
-    """Copy the image to 1 MiB and build the long-mode environment; returns the entry state."""
+def load_flat64(memory: GuestMemory, image: bytes) -> EntryState:
+    """Copy the image to 1 MiB and build the long-mode environment; returns vCPU 0's entry state."""
     if not image:
         raise ConfigError("the guest image is empty")
     low_end = memory.map.ram[0].end
@@ -89,4 +111,4 @@ def load_flat64(memory: GuestMemory, image: bytes) -> LongModeState:
     memory.write(HIGH_MEMORY, image)
     write_gdt(memory)
     write_identity_map(memory, max(memory.map.ram_end, HIGH_RAM_START))
-    return LongModeState()
+    return flat64_entry_state(0)

@@ -39,6 +39,8 @@ from pathlib import Path
 from ..core.memory import E820_RAM, EBDA_START, HIGH_MEMORY, GuestMemory, MapRange, MiB
 from ..errors import ConfigError
 from ..inputs import read_input
+from .elf import EM_386, EM_X86_64, parse_elf
+from .entry import EntryState, protected_mode_state
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002  # EAX at entry
@@ -69,7 +71,6 @@ FIRMWARE_AREA = MapRange(EBDA_START, HIGH_MEMORY, "EBDA, VGA and BIOS area")
 
 DEFAULT_RAM = 128 * MiB  # RAM for test kernels when --memory is not given (QEMU's default)
 
-_EM_386, _EM_X86_64, _PT_LOAD, _PF_X = 3, 62, 1, 1
 _FOUR_GIB = 1 << 32
 
 
@@ -118,6 +119,11 @@ class MultibootImage:
     placements: tuple[Placement, ...]
     eax: int = BOOTLOADER_MAGIC
 
+    @property
+    def entry_state(self) -> EntryState:
+        """The Multiboot machine state (spec §3.2): protected mode, EAX = magic, EBX = the info block."""
+        return protected_mode_state(self.entry, regs={"rax": self.eax, "rbx": self.info_addr})
+
 
 @dataclass(frozen=True, slots=True)
 class _Segment:
@@ -161,52 +167,16 @@ def _check_flags(flags: int) -> None:
 
 def _elf_segments(image: bytes) -> tuple[str, int, list[_Segment]]:
     """(format, entry, PT_LOAD segments at their physical addresses) of an x86 ELF32/ELF64 file."""
-    if len(image) < 52 or image[:4] != b"\x7fELF":
+    if not image.startswith(b"\x7fELF"):
         raise ConfigError("Multiboot kernel is neither ELF nor marked with the a.out kludge (flag bit 16)")
-    cls, data = image[4], image[5]
-    if cls not in (1, 2) or data != 1:
-        raise ConfigError("Multiboot kernel: not a little-endian ELF32/ELF64 file")
-    elf64 = cls == 2
-    if elf64 and len(image) < 64:
-        raise ConfigError("Multiboot kernel: truncated ELF header")
-    (machine,) = struct.unpack_from("<H", image, 18)
-    if machine not in (_EM_386, _EM_X86_64):
-        raise ConfigError(f"Multiboot kernel: ELF machine {machine} is not x86")
-    if elf64:
-        entry, phoff = struct.unpack_from("<QQ", image, 24)
-        phentsize, phnum = struct.unpack_from("<HH", image, 54)
-        fmt, want = "<IIQQQQQQ", 56
-    else:
-        entry, phoff = struct.unpack_from("<II", image, 24)
-        phentsize, phnum = struct.unpack_from("<HH", image, 42)
-        fmt, want = "<IIIIIIII", 32
-    if phnum == 0 or phentsize < want:
-        raise ConfigError("Multiboot kernel: ELF file has no usable program headers")
-    if phoff + phnum * phentsize > len(image):
-        raise ConfigError("Multiboot kernel: truncated file (program headers past its end)")
-    segments = []
-    for i in range(phnum):
-        f = struct.unpack_from(fmt, image, phoff + i * phentsize)
-        if elf64:
-            p_type, flags, offset, vaddr, paddr, filesz, memsz, _align = f
-        else:
-            p_type, offset, vaddr, paddr, filesz, memsz, flags, _align = f
-        if p_type != _PT_LOAD or memsz == 0:
-            continue
-        # e_entry is virtual: like QEMU's ELF loader, move it into the code segment's physical copy.
-        if vaddr != paddr and flags & _PF_X and vaddr <= entry < vaddr + filesz:
-            entry += paddr - vaddr
-        if filesz > memsz:
-            raise ConfigError(f"Multiboot kernel: ELF segment {i} has FileSiz {filesz:#x} > MemSiz {memsz:#x}")
-        if offset + filesz > len(image):
-            raise ConfigError(
-                f"Multiboot kernel: truncated file (segment {i} needs bytes up to "
-                f"{offset + filesz:#x}, the file has {len(image):#x})"
-            )
-        segments.append(_Segment(paddr, image[offset : offset + filesz], memsz))
-    if not segments:
+    elf = parse_elf(image, "Multiboot kernel", notes=False)
+    if elf.machine not in (EM_386, EM_X86_64):
+        raise ConfigError(f"Multiboot kernel: ELF machine {elf.machine} is not x86")
+    if not elf.segments:
         raise ConfigError("Multiboot kernel: ELF file has no PT_LOAD segment")
-    return ("elf64" if elf64 else "elf32"), entry, segments
+    # e_entry is virtual: like QEMU's ELF loader, move it into the code segment's physical copy.
+    segments = [_Segment(s.paddr, elf.segment_bytes(s), s.memsz) for s in elf.segments]
+    return f"elf{elf.bits}", elf.physical_entry(), segments
 
 
 def _aout_segments(image: bytes, h: MultibootHeader) -> list[_Segment]:

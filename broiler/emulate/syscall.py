@@ -32,22 +32,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+# syscall_assist imports the MSR numbers and CR4_LA57 from here: the ``as`` keeps them exported.
+from ..x86 import CR4_LA57 as CR4_LA57
+from ..x86 import MSR_LSTAR as MSR_LSTAR
+from ..x86 import MSR_SFMASK as MSR_SFMASK
+from ..x86 import MSR_STAR as MSR_STAR
+from ..x86 import PAGE_SIZE, PTE_ADDR, PTE_P, PTE_PS, PTE_RW, PTE_US, RFLAGS_FIXED, RFLAGS_RF
+
 # Linux's x86-64 layout leaves [0xfffffe8000000000, 0xffffff0000000000) unused (4- and 5-level):
 # a top-level slot of its own (PML4 index 509), far from anything the kernel maps.
 TRAMPOLINE_VA = 0xFFFF_FE80_0000_0000
 
-MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC000_0081, 0xC000_0082, 0xC000_0084
+PAGE = PAGE_SIZE  # the name syscall_assist imports from here
 
-PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
-PTE_ADDR = 0x000F_FFFF_FFFF_F000
-PAGE = 0x1000
-
-RFLAGS_FIXED = 1 << 1
-RFLAGS_RF = 1 << 16
 # What user mode cannot set in RFLAGS (popf at CPL3 leaves them alone): IOPL, VM, VIF, VIP.
 RFLAGS_NOT_USER = (3 << 12) | (1 << 17) | (1 << 19) | (1 << 20)
-
-CR4_LA57 = 1 << 12
 
 
 class TrampolineConflict(Exception):

@@ -8,21 +8,17 @@ import os
 import signal
 import sys
 import threading
-from importlib import resources
 
 from .. import exitcodes
 from ..core.memory import MiB, format_size, parse_size
 from ..errors import ConfigError, KvmUnavailable
+from ..guests import packaged_guest
 from ..inputs import check_input, check_output, read_head, read_input
 from .argtypes import positive
 from .trace import Tracer, parse_kinds
 
 DEMO_GUEST = "demo"
 LINUX_RAM = 1024 * MiB
-
-
-def packaged_guest(name: str) -> bytes:
-    return resources.files("broiler.guests").joinpath(f"{name}.bin").read_bytes()
 
 
 _read_image = read_input

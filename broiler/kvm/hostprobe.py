@@ -30,18 +30,40 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 from ..errors import KvmError
+from ..x86 import (
+    CR0_AM,
+    CR0_ET,
+    CR0_MP,
+    CR0_NE,
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    EFER_SCE,
+    MSR_LSTAR,
+    MSR_SFMASK,
+    MSR_STAR,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    PTE_US,
+    RFLAGS_RESET,
+    SEG_CODE_XR,
+    SEG_DATA_RW,
+)
 from . import abi
 from .ioctls import Kvm, Vcpu
 
-MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 RAM_SIZE = 0x10000
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
 USER_CODE, LSTAR_CODE, WRMSR_CODE, STACK = 0x4000, 0x5000, 0x6000, 0x8000
 REPORT_SYSCALL, REPORT_WRMSR = 0x100000, 0x100008  # no memory there: a store is an MMIO exit
 KERNEL_CS, USER_CS = 0x08, 0x2B
 NON_CANONICAL = 0x0000_8000_0000_0000
-_PTE = 0b111  # present, writable, user
-_PS = 1 << 7
+_PTE = PTE_P | PTE_RW | PTE_US
+_PS = PTE_PS
 _T = TypeVar("_T")
 
 # 0f 05: syscall; 0f 0b: ud2 (never reached on a sane host; with no IDT it shuts the VM down)
@@ -90,7 +112,7 @@ def _segment(selector: int, *, code: bool, dpl: int) -> abi.kvm_segment:
         base=0,
         limit=0xFFFFFFFF,
         selector=selector,
-        type=11 if code else 3,
+        type=SEG_CODE_XR if code else SEG_DATA_RW,
         present=1,
         dpl=dpl,
         db=0 if code else 1,
@@ -104,11 +126,12 @@ def _long_mode(vcpu: Vcpu, *, rip: int, cpl: int) -> None:
     sregs = vcpu.get_sregs()
     sregs.cs = _segment(USER_CS if cpl else KERNEL_CS, code=True, dpl=cpl)
     sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = _segment(0x23 if cpl else 0x10, code=False, dpl=cpl)
-    sregs.cr0, sregs.cr3, sregs.cr4 = 0x80050033, PML4, 0x20  # PG|WP|NE|ET|MP|PE; PAE
-    sregs.efer = 0x501  # LMA|LME|SCE
+    sregs.cr0 = CR0_PG | CR0_AM | CR0_WP | CR0_NE | CR0_ET | CR0_MP | CR0_PE
+    sregs.cr3, sregs.cr4 = PML4, CR4_PAE
+    sregs.efer = EFER_LMA | EFER_LME | EFER_SCE
     vcpu.set_sregs(sregs)
     regs = abi.kvm_regs()
-    regs.rip, regs.rsp, regs.rflags = rip, STACK - 0x100 * (1 + vcpu.id), 0x2
+    regs.rip, regs.rsp, regs.rflags = rip, STACK - 0x100 * (1 + vcpu.id), RFLAGS_RESET
     vcpu.set_regs(regs)
     vcpu.set_msrs({MSR_STAR: (0x1B << 48) | (KERNEL_CS << 32), MSR_LSTAR: LSTAR_CODE, MSR_SFMASK: 0x47700})
 

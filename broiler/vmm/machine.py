@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import exitcodes
-from ..boot.flat64 import SEL_CODE64, SEL_DATA, LongModeState, load_flat64
+from ..boot.entry import EntryState, SegmentState, protected_mode_state
+from ..boot.flat64 import flat64_entry_state, load_flat64
 from ..core.bus import Device, MmioBus, PioBus, Region
 from ..core.eventloop import EventLoop
 from ..core.ioeventfd import Doorbells
@@ -46,7 +47,6 @@ IRQCHIP_CAPS = [
     (abi.KVM_CAP_PIT2, "KVM_CAP_PIT2"),
 ]
 MAX_VCPUS = 16
-FLAT64_AP_STACK = 0x4000
 
 
 @dataclass
@@ -237,39 +237,42 @@ class Machine:
         vcpu.set_lapic(state)
 
     @staticmethod
-    def enter(
-        vcpu: Vcpu,
-        *,
-        rip: int,
-        regs: dict[str, int],
-        cs: abi.kvm_segment,
-        data: abi.kvm_segment,
-        cr0: int,
-        cr3: int,
-        cr4: int,
-        efer: int,
-        gdt: tuple[int, int] | None = None,
-        idt: tuple[int, int] | None = None,
-        tr: abi.kvm_segment | None = None,
-    ) -> None:
+    def enter(vcpu: Vcpu, state: EntryState) -> None:
         """Set a vCPU's entry state: the one place every loader's CPU state goes through. GDT, IDT and
-        TR left as None keep what KVM has; general registers not named in ``regs`` are 0."""
+        TR left as None keep what KVM has; general registers not named in ``state.regs`` are 0."""
         sregs = vcpu.get_sregs()
-        sregs.cs = cs
-        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
-        if tr is not None:
-            sregs.tr = tr
-        if gdt is not None:
-            sregs.gdt.base, sregs.gdt.limit = gdt
-        if idt is not None:
-            sregs.idt.base, sregs.idt.limit = idt
-        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = cr0, cr3, cr4, efer
+        sregs.cs = Machine._segment(state.cs)
+        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = Machine._segment(state.data)
+        if state.tr is not None:
+            sregs.tr = Machine._segment(state.tr)
+        if state.gdt is not None:
+            sregs.gdt.base, sregs.gdt.limit = state.gdt
+        if state.idt is not None:
+            sregs.idt.base, sregs.idt.limit = state.idt
+        sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = state.cr0, state.cr3, state.cr4, state.efer
         vcpu.set_sregs(sregs)
         kregs = abi.kvm_regs()
-        kregs.rip = rip
-        for name, value in regs.items():
+        kregs.rip = state.rip
+        for name, value in state.regs.items():
             setattr(kregs, name, value)
         vcpu.set_regs(kregs)
+
+    @staticmethod
+    def _segment(s: SegmentState) -> abi.kvm_segment:
+        return abi.kvm_segment(
+            base=s.base,
+            limit=s.limit,
+            selector=s.selector,
+            type=s.type,
+            present=s.present,
+            dpl=s.dpl,
+            db=s.db,
+            s=s.s,
+            l=s.l,
+            g=s.g,
+            avl=s.avl,
+            unusable=s.unusable,
+        )
 
     @staticmethod
     def flat_segment(selector: int, *, code: bool, long_mode: bool = False) -> abi.kvm_segment:
@@ -287,34 +290,13 @@ class Machine:
             g=1,
         )
 
-    def set_long_mode(self, vcpu: Vcpu, state: LongModeState, *, rsp: int | None = None, rdi: int = 0) -> None:
-        self.enter(
-            vcpu,
-            rip=state.rip,
-            regs={"rsp": state.rsp if rsp is None else rsp, "rflags": 0x2, "rdi": rdi},
-            cs=self.flat_segment(SEL_CODE64, code=True, long_mode=True),
-            data=self.flat_segment(SEL_DATA, code=False),
-            cr0=state.cr0,
-            cr3=state.cr3,
-            cr4=state.cr4,
-            efer=state.efer,
-            gdt=(state.gdt_base, state.gdt_limit),
-            idt=(0, 0),
-        )
+    def set_long_mode(self, vcpu: Vcpu, state: EntryState | None = None) -> None:
+        """Enter ``state``, by default the flat64 one for this vCPU (its index in RDI, its own stack)."""
+        self.enter(vcpu, flat64_entry_state(vcpu.id) if state is None else state)
 
     def set_protected_mode(self, vcpu: Vcpu, *, entry: int, eax: int, ebx: int) -> None:
         """32-bit protected mode, paging off, flat segments, interrupts off (the Multiboot state)."""
-        self.enter(
-            vcpu,
-            rip=entry,
-            regs={"rax": eax, "rbx": ebx, "rflags": 0x2},
-            cs=self.flat_segment(0x08, code=True),
-            data=self.flat_segment(0x10, code=False),
-            cr0=0x11,
-            cr3=0,
-            cr4=0,
-            efer=0,
-        )  # CR0 = PE | ET
+        self.enter(vcpu, protected_mode_state(entry, regs={"rax": eax, "rbx": ebx}))
 
     # -- loaders ------------------------------------------------------------------------------
     def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:
@@ -337,10 +319,10 @@ class Machine:
     def load_flat64(self, image: bytes) -> None:
         """Load a flat64 image. Every vCPU enters at its first byte together, with RDI = its index
         and its own 16 KiB stack below 0x80000 (the flat64 contract; no INIT/SIPI dance needed)."""
-        state = load_flat64(self.memory, image)
+        load_flat64(self.memory, image)
         self.guest_name = f"flat64 image ({len(image)} bytes)"
         for vcpu in self.vcpus:
-            self.set_long_mode(vcpu, state, rsp=state.rsp - vcpu.id * FLAT64_AP_STACK, rdi=vcpu.id)
+            self.set_long_mode(vcpu)
             if vcpu.id and self.config.irqchip:
                 vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)  # APs would otherwise wait for SIPI
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from broiler.core.memory import MiB
-from broiler.frontend.cli import packaged_guest
+from broiler.guests import packaged_guest
 from broiler.vmm.machine import Machine, MachineConfig
 from tests.conftest import ROOT
 

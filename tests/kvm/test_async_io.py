@@ -6,7 +6,7 @@ import pytest
 
 from broiler.core.bus import Device
 from broiler.core.memory import MiB
-from broiler.frontend.cli import packaged_guest
+from broiler.guests import packaged_guest
 from broiler.vmm.machine import Machine, MachineConfig
 from tests.kvm.helpers import passed, run_guest
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from broiler.bench import cli, floor, guest
+from broiler.bench import cli, floor, guest, hosts
 from broiler.bench.runner import BenchOptions, run_bench
 from broiler.bench.table import render
 
@@ -29,6 +30,10 @@ def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert set(row) >= {"key", "label", "floor", "bare", "broiler", "c_over_a", "c_over_b", "missing"}
         assert row["bare"] is not None and len(row["bare"]["samples_us"]) == doc["reps"]
         assert row["broiler"] is not None or "broiler" in row["missing"]
+        assert row["broiler_py"] is not None or "broiler_py" in row["missing"]
+        if hosts.compiled_loop_built() and os.environ.get("BROILER_PURE_PYTHON") != "1":
+            assert row["broiler_py"] is not None and len(row["broiler_py"]["samples_us"]) == doc["reps"]
+            assert (row["d_over_a"] is not None) == (row["floor"] is not None)
         if floor.compiler() is not None:
             assert row["floor"] is not None and row["c_over_a"] is not None
     assert set(doc["scaling"]["impls"]["broiler"]) == {"1", "2", "speedup"}

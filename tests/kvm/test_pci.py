@@ -17,7 +17,7 @@ from broiler.core.bus import Device
 from broiler.core.memory import MiB
 from broiler.devices.demo.pci_demos import DoorbellDemo, IrqKind
 from broiler.devices.demo.pci_dma import BROILER_DMA_TEXT, DmaDemo
-from broiler.frontend.cli import packaged_guest
+from broiler.guests import packaged_guest
 from broiler.pci import BarKind, PciFunction
 from broiler.vmm.machine import Machine, MachineConfig
 from tests.kvm.helpers import GuestRun, passed, run_guest

@@ -50,7 +50,7 @@ def test_hostile_guest_leaves_vmm_running_and_read_only_registers_intact() -> No
 
 
 def test_debug_exit_status_is_the_process_status(tmp_path) -> None:  # noqa: ANN001
-    from broiler.frontend.cli import packaged_guest
+    from broiler.guests import packaged_guest
 
     image = tmp_path / "exit.bin"
     # mov eax, 0x21; out 0xf4, eax  →  status (0x21 << 1) | 1 = 0x43

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from broiler.bench import floor, guest, ladder, table
+from broiler.bench import floor, guest, table
 from broiler.bench.stats import per_op_us, summarize
-from broiler.boot.flat64 import LongModeState
+from broiler.boot.flat64 import AP_STACK_STRIDE, STACK_TOP, flat64_entry_state
 
 
 def _summary(median: float, low: float | None = None, high: float | None = None) -> dict[str, object]:
@@ -24,14 +24,16 @@ def fake_doc() -> dict[str, object]:
             "floor": _summary(8.0, 7.9, 8.1),
             "bare": _summary(8.4),
             "broiler": _summary(8.8, 8.6, 9.0),
+            "broiler_py": _summary(9.6, 9.2, 9.8),
             "missing": {},
             "c_over_a": 1.1,
             "c_over_b": round(8.8 / 8.4, 3),
+            "d_over_a": 1.2,
         }
         rows.append(row)
-    rows[-1]["broiler"] = None
-    rows[-1]["missing"] = {"broiler": "n/a (not yet): no broiler.core.ioeventfd"}
-    rows[-1]["c_over_a"] = rows[-1]["c_over_b"] = None
+    rows[-1]["broiler"] = rows[-1]["broiler_py"] = None
+    rows[-1]["missing"] = {"broiler": "n/a (not yet): no broiler.core.ioeventfd", "broiler_py": "n/a (= column c)"}
+    rows[-1]["c_over_a"] = rows[-1]["c_over_b"] = rows[-1]["d_over_a"] = None
     return {
         "schema": "broiler-bench/1",
         "quick": True,
@@ -64,11 +66,13 @@ def fake_doc() -> dict[str, object]:
 def test_table_has_one_row_per_path_with_every_column() -> None:
     lines = table.render(fake_doc())
     assert "C floor (a)" in lines[1] and "bare Python (b)" in lines[1] and "broiler (c)" in lines[1]
-    assert "c/a" in lines[1] and "c/b" in lines[1]
+    assert "broiler, Python (d)" in lines[1]
+    assert "c/a" in lines[1] and "c/b" in lines[1] and "d/a" in lines[1]
     for p in guest.PATHS:
         assert sum(line.startswith(p.label) for line in lines) == 1, p.label
     pio = next(line for line in lines if line.startswith("sync PIO out"))
-    assert "8.00 ±0.10" in pio and "8.80 ±0.20" in pio and "1.10" in pio and "1.05" in pio
+    assert "8.00 ±0.10" in pio and "8.80 ±0.20" in pio and "9.60 ±0.30" in pio
+    assert pio.split()[-3:] == ["1.10", "1.05", "1.20"]
 
 
 def test_missing_cells_say_why_and_notes_are_printed() -> None:
@@ -80,7 +84,8 @@ def test_missing_cells_say_why_and_notes_are_printed() -> None:
 
 def test_target_line_scaling_and_startup_sections() -> None:
     text = "\n".join(table.render(fake_doc()))
-    assert "target ≤ 1.10" in text and "pio_out 1.10 ✓" in text
+    assert "sync paths c/a (target ≤ 1.10): pio_out 1.10 ✓" in text
+    assert "sync paths d/a (target ≤ 1.10): pio_out 1.20," in text
     assert "scaling of sync PIO out" in text and "1.78×" in text
     assert "start-up of a 4G VM" in text and "machine 22.00" in text
 
@@ -89,7 +94,7 @@ def test_the_document_is_plain_json() -> None:
     doc = fake_doc()
     again = json.loads(json.dumps(doc))
     assert again == doc
-    assert set(again["paths"][0]) >= {"key", "label", "floor", "bare", "broiler", "c_over_a", "c_over_b"}
+    assert set(again["paths"][0]) >= {"key", "label", "floor", "bare", "broiler", "broiler_py", "c_over_a", "d_over_a"}
 
 
 def test_delta_n_cancels_fixed_costs() -> None:
@@ -113,10 +118,17 @@ def test_summary_median_and_spread() -> None:
 
 def test_floor_config_carries_the_loader_state_and_every_batch() -> None:
     batches = guest.schedule([guest.PATH_BY_KEY["mmio_read"]], 10, 20, 1)
-    text = floor.config_text(7, 256 << 20, LongModeState(), 2, batches, ["coalesced 0xd0000300 0x100"])
+    state = flat64_entry_state(0)
+    text = floor.config_text(7, 256 << 20, state, 2, batches, ["coalesced 0xd0000300 0x100"])
     lines = text.splitlines()
     assert "mem_fd 7" in lines and "cpus 2" in lines and f"ctrl {guest.CTRL_PORT:#x}" in lines
-    assert any(line.startswith("state ") and "0x100000" in line for line in lines)
+    # the loader's own numbers, and the flat64 stack stride Machine.load_flat64 gives vCPU k
+    cr0, cr3, cr4, efer, gdt_base, gdt_limit, rip, rsp, stride = (
+        int(v, 16) for v in next(line for line in lines if line.startswith("state ")).split()[1:]
+    )
+    assert (cr0, cr3, cr4, efer, rip, rsp) == (state.cr0, state.cr3, state.cr4, state.efer, 0x100000, STACK_TOP)
+    assert (gdt_base, gdt_limit) == state.gdt and stride == AP_STACK_STRIDE
+    assert flat64_entry_state(1).regs["rsp"] == rsp - stride
     assert sum(line.startswith("batch ") for line in lines) == len(batches)
     assert f"batch {guest.OP_MMIO_READ} {guest.SYNC_MMIO:#x} 20" in lines
 
@@ -125,16 +137,3 @@ def test_paths_have_distinct_keys_and_the_guest_protocol_constants_fit() -> None
     assert len({p.key for p in guest.PATHS}) == len(guest.PATHS)
     # the parameter blocks sit between the stack top and the EBDA, clear of the flat64 loader
     assert guest.BENCH_PARAMS >= 0x80000 and guest.BENCH_PARAMS + 8 * guest.PARAMS_STRIDE <= 0x9FC00
-
-
-def test_ladder_table_shows_steps_and_deltas() -> None:
-    data = {
-        "paths": ["pio_out"],
-        "steps": [
-            {"step": "bare", "what": "w", "pio_out": _summary(7.0, 6.9, 7.2)},
-            {"step": "+arg 0", "what": "w", "pio_out": _summary(8.2, 8.1, 8.4)},
-        ],
-    }
-    lines = ladder.render_ladder(data)
-    assert any(line.startswith("bare") and "6.90" in line for line in lines)
-    assert any(line.startswith("+arg 0") and "(+1.20)" in line for line in lines)

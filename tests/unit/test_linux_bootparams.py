@@ -9,20 +9,11 @@ import pytest
 from broiler.boot.linux import layout
 from broiler.boot.linux.bootparams import build_zero_page, encode_cmdline, synthetic_setup_header
 from broiler.boot.linux.bzimage import CAN_USE_HEAP, KEEP_SEGMENTS, parse_bzimage
-from broiler.boot.linux.entry import (
-    CR0_PE,
-    CR0_PG,
-    CR4_PAE,
-    EFER_LMA,
-    EFER_LME,
-    build_gdt,
-    build_identity_page_tables,
-    long_mode_entry_state,
-    pvh_entry_state,
-)
+from broiler.boot.linux.entry import build_gdt, build_identity_page_tables, long_mode_entry_state, pvh_entry_state
 from broiler.boot.linux.pvh import HVM_START_MAGIC, build_start_info
 from broiler.core.memory import E820_RAM, E820_RESERVED, E820Entry, MemoryMap
 from broiler.errors import ConfigError
+from broiler.x86 import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
 from tests.unit.test_linux_bzimage import compress, make_bzimage, make_elf
 
 GiB = 1 << 30

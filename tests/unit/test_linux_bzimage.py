@@ -14,7 +14,7 @@ import pytest
 
 from broiler.boot.linux import bzimage
 from broiler.boot.linux.bzimage import detect_compression, extract_vmlinux, parse_bzimage
-from broiler.boot.linux.elf import XEN_ELFNOTE_PHYS32_ENTRY, parse_elf
+from broiler.boot.linux.elf import XEN_ELFNOTE_PHYS32_ENTRY, parse_elf, pvh_entry
 from broiler.errors import ConfigError
 
 PVH_ENTRY = 0x1000850
@@ -129,7 +129,7 @@ def test_extract_every_compression(kind: str) -> None:
     bz = parse_bzimage(make_bzimage(compress(kind, elf)))
     assert detect_compression(bz.payload) == kind
     assert extract_vmlinux(bz) == elf
-    assert parse_elf(extract_vmlinux(bz)).pvh_entry == PVH_ENTRY
+    assert pvh_entry(parse_elf(extract_vmlinux(bz))) == PVH_ENTRY
 
 
 def test_lz4_multiple_blocks() -> None:
@@ -216,4 +216,4 @@ def test_real_debian_kernel(path: Path) -> None:
     assert bz.protocol >= 0x020F and bz.kernel_64 and bz.relocatable
     elf = parse_elf(extract_vmlinux(bz))
     assert elf.entry == bz.pref_address == 0x1000000
-    assert elf.pvh_entry is not None and elf.load_start == 0x1000000
+    assert pvh_entry(elf) is not None and elf.load_start == 0x1000000

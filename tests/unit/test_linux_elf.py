@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.boot.linux.elf import load_segments, parse_elf
+from broiler.boot.linux.elf import load_segments, parse_elf, pvh_entry
 from broiler.core.memory import GuestMemory, MemoryMap
 from broiler.errors import ConfigError
 from tests.unit.test_linux_bzimage import PVH_ENTRY, make_elf
@@ -17,12 +17,12 @@ def test_parse_segments_entry_and_pvh_note() -> None:
     assert elf.entry == 0x1000000
     assert [(s.paddr, s.filesz, s.memsz) for s in elf.segments] == [(0x1000000, 70, 0x2000), (0x1200000, 4, 0x100)]
     assert elf.segments[0].vaddr == 0xFFFFFFFF81000000
-    assert elf.pvh_entry == PVH_ENTRY
+    assert pvh_entry(elf) == PVH_ENTRY
     assert elf.load_start == 0x1000000 and elf.load_end == 0x1200100
 
 
 def test_no_pvh_note() -> None:
-    assert parse_elf(make_elf(pvh=None)).pvh_entry is None
+    assert pvh_entry(parse_elf(make_elf(pvh=None))) is None
 
 
 def test_pvh_note_32_bit_descriptor() -> None:
@@ -33,7 +33,7 @@ def test_pvh_note_32_bit_descriptor() -> None:
     i = raw.rfind(b"Xen\0")
     struct.pack_into("<I", raw, i - 8, 4)
     raw[i + 4 : i + 12] = struct.pack("<I", 0x123456) + b"\0\0\0\0"
-    assert parse_elf(bytes(raw)).pvh_entry == 0x123456
+    assert pvh_entry(parse_elf(bytes(raw))) == 0x123456
 
 
 @pytest.mark.parametrize(

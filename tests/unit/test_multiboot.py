@@ -270,3 +270,14 @@ def test_load_from_files_names_modules_by_path(tmp_path, mem: GuestMemory) -> No
         mb.load_multiboot_files(mem, kernel, initrds=[tmp_path / "missing"])
     with pytest.raises(ConfigError, match="kernel .* does not exist"):
         mb.load_multiboot_files(mem, tmp_path / "missing")
+
+
+def test_entry_state_is_the_multiboot_machine_state(mem: GuestMemory) -> None:
+    from broiler.x86 import CR0_PE, CR0_PG
+
+    img = mb.load_multiboot(mem, elf(K, KERNEL), kernel_name="k")
+    s = img.entry_state
+    assert (s.rip, s.regs["rax"], s.regs["rbx"], s.regs["rflags"]) == (KERNEL, 0x2BADB002, 0x9500, 0x2)
+    assert s.cr0 & CR0_PE and not s.cr0 & CR0_PG and (s.cr3, s.cr4, s.efer) == (0, 0, 0)
+    assert (s.cs.db, s.cs.l, s.cs.base, s.cs.limit, s.data.base, s.data.limit) == (1, 0, 0, 0xFFFFFFFF, 0, 0xFFFFFFFF)
+    assert s.gdt is None and s.idt is None  # undefined for Multiboot: KVM's stay

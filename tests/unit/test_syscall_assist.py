@@ -5,17 +5,13 @@ from __future__ import annotations
 import pytest
 
 from broiler.emulate.syscall import (
-    PTE_P,
-    PTE_PS,
-    PTE_RW,
-    PTE_US,
-    RFLAGS_RF,
     TRAMPOLINE_VA,
     TrampolineConflict,
     complete_syscall,
     install_trampoline,
     table_indices,
 )
+from broiler.x86 import PTE_P, PTE_PS, PTE_RW, PTE_US, RFLAGS_RF
 
 GPA = 0xFEBFF000
 CR3 = 0x1000

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 from ...core.memory import GuestMemory
 from ...errors import ConfigError
+from ..elf import ElfFile
 from . import layout
 from .acpi import build_acpi
 from .bootparams import build_zero_page, encode_cmdline, synthetic_setup_header
 from .bzimage import BzImage, detect_compression, extract_vmlinux, is_bzimage, parse_bzimage
-from .elf import ElfImage, load_segments, parse_elf
+from .elf import load_segments, parse_elf, pvh_entry
 from .entry import EntryState, long_mode_entry_state, pvh_entry_state
 from .firmware import PciIrq, cpus
 from .mptable import build_mptable
@@ -53,7 +54,7 @@ def _write(mem: GuestMemory, gpa: int, data: bytes, what: str) -> None:
     mem.write(gpa, data)
 
 
-def _kernel_images(kernel: bytes, name: str) -> tuple[BzImage | None, ElfImage | None, str]:
+def _kernel_images(kernel: bytes, name: str) -> tuple[BzImage | None, ElfFile | None, str]:
     """(bzImage or None, vmlinux or None, description) without extracting anything yet."""
     if kernel.startswith(b"\x7fELF"):
         return None, parse_elf(kernel, name), "ELF vmlinux"
@@ -89,8 +90,8 @@ def prepare_linux_boot(
         elf = parse_elf(extract_vmlinux(bz, name), name + " (extracted vmlinux)")
         desc += ", vmlinux extracted"
     if method == "auto":
-        method = "pvh" if elf is not None and elf.pvh_entry is not None else "vmlinux64"
-    if method == "pvh" and (elf is None or elf.pvh_entry is None):
+        method = "pvh" if elf is not None and pvh_entry(elf) is not None else "vmlinux64"
+    if method == "pvh" and (elf is None or pvh_entry(elf) is None):
         raise ConfigError(f"{name}: the kernel has no PVH entry note (CONFIG_PVH); use another boot method")
 
     header = bz.setup_header if bz else synthetic_setup_header()
@@ -114,7 +115,7 @@ def prepare_linux_boot(
         kernel_range = load_segments(elf, mem, name)
         if bz is not None:  # the decompressed kernel still needs init_size from its start
             kernel_range = (kernel_range[0], max(kernel_range[1], kernel_range[0] + bz.init_size))
-        rip = elf.pvh_entry if method == "pvh" else elf.entry
+        rip = pvh_entry(elf) if method == "pvh" else elf.entry
         assert rip is not None
 
     initrd_range = None

@@ -10,14 +10,29 @@ Two contracts:
   CS (execute/read) and DS/ES/SS (read/write), TR a 32-bit busy TSS, CR0.PE = 1, CR4 = 0, EFER = 0,
   EBX = hvm_start_info. Entry: the ELF note XEN_ELFNOTE_PHYS32_ENTRY.
 
-``memory`` lists the bytes (GDT, page tables) the machine must write before entering.
+``EntryState.memory`` lists the bytes (GDT, page tables) the loader writes before entering.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...x86 import (
+    CR0_ET,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    RFLAGS_RESET,
+    SEG_CODE_XR,
+    SEG_DATA_RW,
+    SEG_TSS_BUSY,
+)
+from ..entry import EntryState, SegmentState, flat_code, flat_data
 from .layout import (
     BOOT_CS,
     BOOT_DS,
@@ -29,53 +44,8 @@ from .layout import (
     PML4_ADDR,
 )
 
-CR0_PE, CR0_ET, CR0_PG = 1 << 0, 1 << 4, 1 << 31
-CR4_PAE = 1 << 5
-EFER_LME, EFER_LMA = 1 << 8, 1 << 10
-RFLAGS_RESERVED = 0x2  # bit 1 always set; IF clear
-PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
 BOOT_TSS = 0x20  # GDT slot 4: a 32-bit busy TSS for TR (VMX wants TR usable)
-
-SEG_CODE_XR = 0xB  # execute/read, accessed
-SEG_DATA_RW = 0x3  # read/write, accessed
-SEG_TSS_BUSY = 0xB
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentState:
-    """Field for field the kvm_segment the machine fills in (padding aside)."""
-
-    selector: int
-    base: int = 0
-    limit: int = 0xFFFF_FFFF
-    type: int = SEG_DATA_RW
-    present: int = 1
-    dpl: int = 0
-    db: int = 1
-    s: int = 1
-    l: int = 0
-    g: int = 1
-    avl: int = 0
-    unusable: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class EntryState:
-    """Everything the boot vCPU needs; general registers not named here are 0."""
-
-    mode: str  # "long64" or "pvh32"
-    rip: int
-    regs: dict[str, int]  # kvm_regs field name -> value (rsi/rbx, rsp, rflags)
-    cr0: int
-    cr3: int
-    cr4: int
-    efer: int
-    cs: SegmentState
-    data: SegmentState  # for ds, es, fs, gs and ss
-    tr: SegmentState
-    gdt: tuple[int, int]  # (base, limit)
-    idt: tuple[int, int] = (0, 0)
-    memory: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+_BOOT_TR = SegmentState(BOOT_TSS, limit=0x67, type=SEG_TSS_BUSY, s=0, db=0, g=0)
 
 
 def _descriptor(base: int, limit: int, access: int, flags: int) -> int:
@@ -122,15 +92,16 @@ def long_mode_entry_state(entry: int, zero_page: int) -> EntryState:
     return EntryState(
         mode="long64",
         rip=entry,
-        regs={"rsi": zero_page, "rsp": BOOT_STACK_TOP, "rflags": RFLAGS_RESERVED},
+        regs={"rsi": zero_page, "rsp": BOOT_STACK_TOP, "rflags": RFLAGS_RESET},
         cr0=CR0_PE | CR0_ET | CR0_PG,
         cr3=PML4_ADDR,
         cr4=CR4_PAE,
         efer=EFER_LME | EFER_LMA,
-        cs=SegmentState(BOOT_CS, type=SEG_CODE_XR, db=0, l=1),
-        data=SegmentState(BOOT_DS),
-        tr=SegmentState(BOOT_TSS, limit=0x67, type=SEG_TSS_BUSY, s=0, db=0, g=0),
+        cs=flat_code(BOOT_CS, long_mode=True),
+        data=flat_data(BOOT_DS),
+        tr=_BOOT_TR,
         gdt=(GDT_ADDR, len(build_gdt(True)) - 1),
+        idt=(0, 0),
         memory=((GDT_ADDR, build_gdt(True)), *build_identity_page_tables()),
     )
 
@@ -140,14 +111,15 @@ def pvh_entry_state(entry: int, start_info: int) -> EntryState:
     return EntryState(
         mode="pvh32",
         rip=entry,
-        regs={"rbx": start_info, "rsp": BOOT_STACK_TOP, "rflags": RFLAGS_RESERVED},
+        regs={"rbx": start_info, "rsp": BOOT_STACK_TOP, "rflags": RFLAGS_RESET},
         cr0=CR0_PE | CR0_ET,
         cr3=0,
         cr4=0,
         efer=0,
-        cs=SegmentState(BOOT_CS, type=SEG_CODE_XR),
-        data=SegmentState(BOOT_DS),
-        tr=SegmentState(BOOT_TSS, limit=0x67, type=SEG_TSS_BUSY, s=0, db=0, g=0),
+        cs=flat_code(BOOT_CS, long_mode=False),
+        data=flat_data(BOOT_DS),
+        tr=_BOOT_TR,
         gdt=(GDT_ADDR, len(build_gdt(False)) - 1),
+        idt=(0, 0),
         memory=((GDT_ADDR, build_gdt(False)),),
     )

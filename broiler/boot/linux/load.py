@@ -14,10 +14,10 @@ from ...inputs import read_input
 from ...kvm import abi
 from ...kvm.hostprobe import host_behaviour
 from ...vmm.platform import firmware_declared_ports
+from ..entry import EntryState
 from . import layout
 from .boot import LinuxBoot, prepare_linux_boot
 from .cpuid import CpuidEntry, apply_profile, profile_cmdline
-from .entry import EntryState, SegmentState
 from .firmware import PciIrq
 
 if TYPE_CHECKING:
@@ -61,40 +61,10 @@ def set_cpuid_profile(machine: Machine, profile: str) -> None:
         vcpu.set_cpuid(entries)
 
 
-def _segment(s: SegmentState) -> abi.kvm_segment:
-    return abi.kvm_segment(
-        base=s.base,
-        limit=s.limit,
-        selector=s.selector,
-        type=s.type,
-        present=s.present,
-        dpl=s.dpl,
-        db=s.db,
-        s=s.s,
-        l=s.l,
-        g=s.g,
-        avl=s.avl,
-        unusable=s.unusable,
-    )
-
-
 def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
     from ...vmm.machine import Machine
 
-    Machine.enter(
-        vcpu,
-        rip=entry.rip,
-        regs=entry.regs,
-        cs=_segment(entry.cs),
-        data=_segment(entry.data),
-        cr0=entry.cr0,
-        cr3=entry.cr3,
-        cr4=entry.cr4,
-        efer=entry.efer,
-        gdt=entry.gdt,
-        idt=entry.idt,
-        tr=_segment(entry.tr),
-    )
+    Machine.enter(vcpu, entry)
 
 
 def pci_irqs(machine: Machine) -> list[PciIrq]:
