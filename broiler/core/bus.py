@@ -36,6 +36,7 @@ TIME_EVERY = 16  # Region: time one handler call in this many (the first access 
 
 
 def all_ones(size: int) -> int:
+    """What a ``size``-byte read of nothing returns (0xFF for a byte...); also the mask of a ``size``-byte value."""
     return (1 << (8 * size)) - 1
 
 

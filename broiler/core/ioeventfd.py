@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..kvm import Vm
+from .bus import all_ones
 from .eventloop import EventLoop
 
 
@@ -78,7 +79,7 @@ class Doorbells:
         limit = 1 << 16 if pio else 1 << 64
         if not 0 <= addr < limit or addr + length > limit:
             raise ConfigError(f"doorbell at {addr:#x} is outside the {'port' if pio else 'MMIO'} space")
-        if datamatch is not None and not 0 <= datamatch < (1 << (8 * length)):
+        if datamatch is not None and not 0 <= datamatch <= all_ones(length):
             raise ConfigError(f"doorbell at {addr:#x}: datamatch {datamatch:#x} does not fit in {length} bytes")
         bell = Doorbell(pio, addr, length, datamatch, callback, owner)
         with self._lock:

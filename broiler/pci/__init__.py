@@ -1,7 +1,8 @@
 """PCI for broiler: configuration space, BARs that follow the guest, INTx/MSI/MSI-X, the host bridge.
 
-Pure device models (sans-IO): interrupts, doorbells and timers come in through the protocols in
-``broiler.pci.interfaces``. See docs/pci.md for the guest-visible rules.
+Pure device models (sans-IO): interrupts and timers come in as ``broiler.core.irq.IrqLine`` /
+``MsiSink`` and ``broiler.core.eventloop.Schedule``, doorbells through
+``broiler.pci.interfaces.Doorbells``. See docs/pci.md for the guest-visible rules.
 
 Typical wiring::
 
@@ -16,7 +17,7 @@ from .bar import Bar, BarKind, IoAllocator, MmioAllocator
 from .config import ConfigSpace
 from .function import BarWindow, DoorbellSpec, PciFunction
 from .host import ConfigMechanism1, Ecam, HostBridge, PciHost
-from .interfaces import DoorbellCallback, Doorbells, IrqLine, MsiSink, Schedule
+from .interfaces import DoorbellCallback, Doorbells
 from .msi import MsiCapability, MsixCapability
 
 __all__ = [
@@ -31,12 +32,9 @@ __all__ = [
     "Ecam",
     "HostBridge",
     "IoAllocator",
-    "IrqLine",
     "MmioAllocator",
     "MsiCapability",
-    "MsiSink",
     "MsixCapability",
     "PciFunction",
     "PciHost",
-    "Schedule",
 ]

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.bus import Device, all_ones
+from ..core.irq import IrqLine, MsiSink
 from ..errors import BroilerError, ConfigError, OverlapError
 from .bar import Bar, BarKind, check_bar
 from .config import (
@@ -57,7 +58,7 @@ from .config import (
     VENDOR_ID,
     ConfigSpace,
 )
-from .interfaces import DoorbellCallback, IrqLine, MsiSink
+from .interfaces import DoorbellCallback
 from .msi import MsiCapability, MsixCapability
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class PciFunction(Device):
         self.lock: threading.RLock = threading.RLock()  # replaced by the host's lock on add
         self.intx: IrqLine | None = None
         self._intx_request = False
-        self._intx_level = 0
+        self._intx_level = False
         self.msi: MsiCapability | None = None
         self.msix: MsixCapability | None = None
         self._hooks: list[MsiCapability | MsixCapability] = []
@@ -250,7 +251,7 @@ class PciFunction(Device):
             self._drive_intx()
 
     def _drive_intx(self) -> None:
-        level = int(self._intx_request and not self.command & CMD_INTX_DISABLE)
+        level = self._intx_request and not self.command & CMD_INTX_DISABLE
         if self.intx is not None and level != self._intx_level:
             self._intx_level = level
             self.intx.set_level(level)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broiler.core.bus import MmioBus, PioBus
-from broiler.devices.testdev.pc_testdev import IOMEM_BASE, IOMEM_SIZE, PcTestdev, register_pc_testdev
+from broiler.devices.testdev.pc_testdev import IOMEM_BASE, IOMEM_SIZE, IRQ_LINES, PcTestdev, register_pc_testdev
+from tests.unit.fakes import fake_lines
 
 
 class Rig:
@@ -16,7 +17,7 @@ class Rig:
         self.dev: PcTestdev = register_pc_testdev(
             self.pio,
             self.mmio,
-            set_irq=lambda gsi, level: self.irqs.append((gsi, level)),
+            lines=fake_lines(IRQ_LINES, self.irqs),
             flush_page=self.flushed.append,
         )
 
