@@ -73,7 +73,10 @@ class EventLoop:
         return timer
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self.call_soon(lambda: self._selector.register(fd, selectors.EVENT_READ, callback))
+        def register() -> None:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+        self.call_soon(register)
 
     def remove_reader(self, fd: int, then: Callable[[], None] | None = None) -> None:
         """Stop watching ``fd``; ``then`` runs on the loop thread afterwards (e.g. to close it)."""

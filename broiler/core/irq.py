@@ -156,7 +156,9 @@ class KvmIrqLine:
         self.tracer: Any = None
 
     def set_level(self, level: bool) -> None:
-        level = 1 if level else 0
+        self._drive(1 if level else 0)
+
+    def _drive(self, level: int) -> None:
         if self._is_stopped():
             return
         if level and not self.level:

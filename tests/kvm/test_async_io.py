@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from broiler.core.bus import Device
@@ -105,7 +107,7 @@ def test_two_vcpus_ringing_concurrently_lose_nothing() -> None:
     # while a run was busy coalesced into the next run; the log keeps the last runs only).
     runs = list(dev.completion_log)
     assert dev.completions == 400 and runs[-1].last == 400
-    assert all(b.first == a.last + 1 for a, b in zip(runs, runs[1:]))
+    assert all(b.first == a.last + 1 for a, b in itertools.pairwise(runs))
     assert dev.engine.runs == dev.engine.runs_completed and len(runs) == min(dev.engine.runs, LOG_SIZE)
     assert sum(r.kicks for r in runs) + (runs[0].first - 1) == 400
 
