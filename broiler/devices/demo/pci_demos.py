@@ -61,7 +61,7 @@ import threading
 from ...core.bus import Device, all_ones
 from ...core.eventloop import Schedule
 from ...core.irq import IrqLine, MsiSink
-from ...pci import BarKind, PciFunction
+from ...pci import BarDoorbell, BarKind, PciFunction
 from ...pci.config import CMD_IO, CMD_MEMORY
 from ..doorbell_engine import DoorbellEngine, Run
 from .sync_demo import SyncRegisters
@@ -174,7 +174,8 @@ class DoorbellDemo(PciFunction):
         self.engine = DoorbellEngine(schedule, delay, on_start=self._start_run, on_complete=self._complete_run)
         self.irq_kind = irq_kind
         self.registers = DemoRegisters(self)
-        self.add_bar(0, bar_kind, DEMO_BAR_SIZE, self.registers)
+        self.doorbell = BarDoorbell(REG_DOORBELL, doorbell_length, None, self.ring)
+        self.add_bar(0, bar_kind, DEMO_BAR_SIZE, self.registers, doorbells=[self.doorbell])
         if irq_kind is IrqKind.INTX:
             if irq is None:
                 raise ValueError(f"{name}: an INTx device needs an IrqLine")
@@ -187,7 +188,6 @@ class DoorbellDemo(PciFunction):
             else:
                 self.add_bar(1, BarKind.MEM32, DEMO_BAR_SIZE, UnusedRegisters(f"{name} BAR1"))
                 self.add_msix(msi_sink, bar=1, vectors=msix_vectors, table_offset=0, pba_offset=0x80)
-        self.doorbell = self.add_doorbell(0, REG_DOORBELL, doorbell_length, self.ring)
         self._state = threading.Lock()
         self.status = 0  # DONE and ERROR; BUSY is the engine's
         self.error_code = 0
