@@ -121,7 +121,10 @@ class Doorbells:
         bell.callback(kicks)
         bell.handler_ns += time.perf_counter_ns() - t0
 
-    def remove(self, bell: Doorbell) -> None:
+    def remove(self, bell: object) -> None:
+        """Stop catching writes for a doorbell ``add`` returned (anything else is ignored)."""
+        if not isinstance(bell, Doorbell):
+            return
         with self._lock:
             if bell not in self.active:
                 return
@@ -134,8 +137,13 @@ class Doorbells:
             except Exception:
                 pass  # the VM is going away with it
         fd = bell.fd
-        # Read what is left so a kick that raced the removal still reaches the handler, then close.
-        self.loop.remove_reader(fd, then=lambda: (self._ready(bell), os.close(fd)))
+
+        def drain_and_close() -> None:
+            # Read what is left so a kick that raced the removal still reaches the handler, then close.
+            self._ready(bell)
+            os.close(fd)
+
+        self.loop.remove_reader(fd, then=drain_and_close)
 
     def remove_owner(self, owner: Hashable) -> int:
         mine = [b for b in self.active if b.owner == owner]

@@ -290,10 +290,11 @@ class PciHost:
                     continue
                 refusal, refused_at = reason, fn.bar_value(bar.index)
             else:
-                refusal, refused_at = self._place(fn, bar, want), want
-                if refusal is None:
+                placed = self._place(fn, bar, want)
+                if placed is None:
                     bar.rejected = None
                     continue
+                refusal, refused_at = placed, want
             if bar.rejected != refused_at:  # each refusal of an address counts once
                 bar.rejected = refused_at
                 if count_errors:

@@ -96,14 +96,14 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
                 owner=spec.name,
             )
         m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
-    m.pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
+    m.pci = pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
     if config.demo_devices:
-        add_pci_demo_devices(m, config)
+        add_pci_demo_devices(m, pci, config)
     if config.testdev:
-        add_qemu_test_devices(m, config)
+        add_qemu_test_devices(m, pci, config)
 
 
-def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+def add_pci_demo_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
     """The seed's PCI demos (spec §6.3), in this fixed order: slots 1-12, whatever gets imported when.
 
     INTx devices get IOAPIC-only lines (16 and up, level-triggered, active high); MSI/MSI-X devices
@@ -133,10 +133,10 @@ def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
         DmaBufPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=0.0),
     ]
     for device in pci_devices:
-        m.pci.add(device)
+        pci.add(device)
 
 
-def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+def add_qemu_test_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
     """QEMU's test devices, for kernels written against them (kvm-unit-tests style; issue 5)."""
     m.add_pio(FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg(ram_size=config.mem_size, cpus=config.cpus))
     # pc-testdev's "flush page" is a documented no-op: KVM shares broiler's pages, so there is
@@ -144,7 +144,7 @@ def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) ->
     testdev = PcTestdev.create(lines=[m.fixed_line(n) for n in range(IRQ_LINES)], flush_page=lambda gpa: None)
     for kind, base, size, device, name in testdev.regions():
         (m.add_pio if kind == "pio" else m.add_mmio)(base, size, device, name=name)
-    m.pci.add(PciTestDev())
+    pci.add(PciTestDev())
 
 
 class PlatformSketch:

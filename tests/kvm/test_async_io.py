@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from broiler.core.bus import Device
+from broiler.core.bus import Device, all_ones
 from broiler.core.memory import MiB
 from broiler.devices.doorbell_engine import LOG_SIZE
 from broiler.frontend.cli import packaged_guest
@@ -72,7 +72,7 @@ class Recorder(Device):
         self.writes.append((offset, size, value))
 
     def read(self, offset: int, size: int) -> int:
-        return 0x1234 & ((1 << (8 * size)) - 1)
+        return 0x1234 & all_ones(size)
 
 
 def test_datamatch_doorbells_reach_their_own_handlers_and_misses_reach_the_bus() -> None:

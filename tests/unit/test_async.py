@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from broiler.core.bus import all_ones
 from broiler.core.eventloop import EventLoop
 from broiler.core.ioeventfd import Doorbells
 from broiler.core.irq import FIXED_LINES, IrqAllocator, default_routing
@@ -83,7 +84,7 @@ def test_completion_log_is_bounded_but_the_counters_are_not() -> None:
 @pytest.mark.parametrize("offset, size", [(0x4, 2), (0x6, 4), (0x10, 4), (0xC, 1)])
 def test_async_device_hostile_reads(offset: int, size: int) -> None:
     dev = AsyncDemo(ASYNC_PIO, FakeIrqLine(), immediate)
-    assert dev.read(offset, size) == (1 << (8 * size)) - 1
+    assert dev.read(offset, size) == all_ones(size)
     assert dev.guest_errors == 1
 
 
@@ -188,3 +189,30 @@ def test_default_routing_table() -> None:
     ioapic = {g: p for g, c, p in entries if c == 2}
     assert (2, 0, 2) not in pic and len(pic) == 15
     assert ioapic[0] == 2 and ioapic[1] == 1 and ioapic[23] == 23 and 2 not in ioapic
+
+
+def test_a_doorbell_flood_on_the_real_event_loop_holds_one_timer_at_a_time() -> None:
+    loop = EventLoop()
+    loop.start()
+    scheduled: list[float] = []
+    done = threading.Event()
+
+    def schedule(delay: float, fn):  # noqa: ANN001, ANN202
+        scheduled.append(delay)
+        return loop.call_later(delay, fn)
+
+    line = FakeIrqLine()
+    dev = AsyncDemo(ASYNC_PIO, line, schedule, delay=0.01)
+    for _ in range(50_000):  # `1: out %ax,%dx; jmp 1b`, as fast as Python can ring
+        dev.ring()
+    # Whatever the timing, a run is scheduled only when the previous one completed.
+    assert len(scheduled) <= dev.engine.runs_completed + 1 <= 50_000
+    loop.call_soon(lambda: None)
+    for _ in range(500):
+        if dev.completions == 50_000:
+            done.set()
+            break
+        done.wait(0.01)
+    loop.close()
+    assert dev.completions == 50_000 and dev.engine.runs == dev.engine.runs_completed
+    assert len(scheduled) == dev.engine.runs and len(dev.completion_log) <= 64
