@@ -11,6 +11,8 @@ Rules decided here, once, for every device:
   treated exactly like an unmapped access (all ones / dropped) and counted in ``Bus.straddled``.
   This is Broiler's rule (spec §2.3) and vm-device's ``check_access``; it never reaches the device.
 - **Overlap**: registering a range that overlaps another raises ``OverlapError`` naming both owners.
+- **Move**: ``move(region, new_base)`` puts a region's device at a new base (a PCI BAR the guest
+  reprogrammed) as one step: the same checks as ``register``, and on refusal the region stays put.
 
 Lookup is a dict hit on the exact address for addresses seen before, else a bisect over the sorted
 region starts (O(log n)); the cache is dropped whenever the map changes.
@@ -36,6 +38,7 @@ TIME_EVERY = 16  # Region: time one handler call in this many (the first access 
 
 
 def all_ones(size: int) -> int:
+    """What a ``size``-byte read of nothing returns (0xFF for a byte...); also the mask of a ``size``-byte value."""
     return (1 << (8 * size)) - 1
 
 
@@ -206,28 +209,67 @@ class Bus:
     def register(
         self, base: int, size: int, device: Device, *, owner: Hashable | None = None, name: str | None = None
     ) -> Region:
-        if size <= 0:
-            raise ConfigError(f"{self.name}: {name or device.name}: empty range at {base:#x}")
-        if base < 0 or base + size > self.limit:
-            raise ConfigError(
-                f"{self.name}: {name or device.name}: range [{base:#x}, {base + size:#x}) "
-                f"is outside the bus (limit {self.limit:#x})"
-            )
+        self._check_range(base, size, name or device.name)
         shown = device if self.wrap_device is None else self.wrap_device(device, base, name or device.name)
         region = Region(self, base, size, shown, owner if owner is not None else device, name or device.name)
         with self._lock:
+            neighbour = self._overlapping(base, region.end)
+            if neighbour is not None:
+                raise OverlapError(
+                    f"{self.name}: {region.name} [{base:#x}, {region.end:#x}) overlaps "
+                    f"{neighbour.name} [{neighbour.base:#x}, {neighbour.end:#x})"
+                )
             i = bisect.bisect_right(self._starts, base)
-            for neighbour in self._regions[max(0, i - 1) : i + 1]:
-                if neighbour.base < region.end and base < neighbour.end:
-                    raise OverlapError(
-                        f"{self.name}: {region.name} [{base:#x}, {region.end:#x}) overlaps "
-                        f"{neighbour.name} [{neighbour.base:#x}, {neighbour.end:#x})"
-                    )
             self._starts.insert(i, base)
             self._regions.insert(i, region)
             self.cache = {}
         self._changed()
         return region
+
+    def _check_range(self, base: int, size: int, name: str) -> None:
+        if size <= 0:
+            raise ConfigError(f"{self.name}: {name}: empty range at {base:#x}")
+        if base < 0 or base + size > self.limit:
+            raise ConfigError(
+                f"{self.name}: {name}: range [{base:#x}, {base + size:#x}) is outside the bus (limit {self.limit:#x})"
+            )
+
+    def _overlapping(self, base: int, end: int, ignore: Region | None = None) -> Region | None:
+        """A region [base, end) would overlap (``ignore`` aside), else None. The map is sorted and
+        disjoint, so only the neighbours of the insertion point can overlap; two on each side cover
+        the one ``ignore`` may hide."""
+        i = bisect.bisect_right(self._starts, base)
+        for neighbour in self._regions[max(0, i - 2) : i + 2]:
+            if neighbour is not ignore and neighbour.base < end and base < neighbour.end:
+                return neighbour
+        return None
+
+    def move(self, region: Region, new_base: int) -> Region:
+        """Put ``region``'s device at ``new_base``; returns the region now in the map.
+
+        A new ``Region`` replaces the old one (same device, owner, name and statistics) rather than
+        editing it in place: a vCPU thread that looked the old one up a moment ago still computes
+        offsets from the base it found. Raises ``OverlapError``/``ConfigError`` and leaves ``region``
+        where it was if the new range is refused.
+        """
+        self._check_range(new_base, region.size, region.name)
+        moved = Region(self, new_base, region.size, region.device, region.owner, region.name, region.stats)
+        with self._lock:
+            other = self._overlapping(new_base, moved.end, ignore=region)
+            if other is not None:
+                raise OverlapError(
+                    f"{self.name}: {region.name} [{new_base:#x}, {moved.end:#x}) overlaps "
+                    f"{other.name} [{other.base:#x}, {other.end:#x})"
+                )
+            i = self._regions.index(region)
+            del self._starts[i]
+            del self._regions[i]
+            j = bisect.bisect_right(self._starts, new_base)
+            self._starts.insert(j, new_base)
+            self._regions.insert(j, moved)
+            self.cache = {}
+        self._changed()
+        return moved
 
     def unregister(self, region: Region) -> None:
         with self._lock:

@@ -7,6 +7,11 @@ at a time, so device code needs no locking against other async callbacks (only a
 
 Everything may be called from any thread: requests are queued and a wakeup eventfd gets the loop to
 apply them. A callback that raises is logged with its traceback and counted; the loop goes on.
+
+**The one way to schedule device work** is a ``Schedule``: ``schedule(delay_seconds, fn)`` runs
+``fn()`` once, later, on the loop thread, and returns a handle with ``cancel()`` that the caller may
+ignore. ``EventLoop.call_later`` is one; the machine hands it to devices, and unit tests hand
+``tests/unit/fakes.py::FakeScheduler``. Devices never sleep and never start threads.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger("broiler.core.eventloop")
+
+Schedule = Callable[[float, Callable[[], None]], object]
+"""``schedule(delay_seconds, fn)``: call ``fn()`` once after the delay; returns an opaque handle."""
 
 
 class Timer:
@@ -65,7 +73,10 @@ class EventLoop:
         return timer
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self.call_soon(lambda: self._selector.register(fd, selectors.EVENT_READ, callback))
+        def register() -> None:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+        self.call_soon(register)
 
     def remove_reader(self, fd: int, then: Callable[[], None] | None = None) -> None:
         """Stop watching ``fd``; ``then`` runs on the loop thread afterwards (e.g. to close it)."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..kvm import Vm
+from .bus import all_ones
 from .eventloop import EventLoop
 
 
@@ -78,7 +79,7 @@ class Doorbells:
         limit = 1 << 16 if pio else 1 << 64
         if not 0 <= addr < limit or addr + length > limit:
             raise ConfigError(f"doorbell at {addr:#x} is outside the {'port' if pio else 'MMIO'} space")
-        if datamatch is not None and not 0 <= datamatch < (1 << (8 * length)):
+        if datamatch is not None and not 0 <= datamatch <= all_ones(length):
             raise ConfigError(f"doorbell at {addr:#x}: datamatch {datamatch:#x} does not fit in {length} bytes")
         bell = Doorbell(pio, addr, length, datamatch, callback, owner)
         with self._lock:
@@ -120,7 +121,10 @@ class Doorbells:
         bell.callback(kicks)
         bell.handler_ns += time.perf_counter_ns() - t0
 
-    def remove(self, bell: Doorbell) -> None:
+    def remove(self, bell: object) -> None:
+        """Stop catching writes for a doorbell ``add`` returned (anything else is ignored)."""
+        if not isinstance(bell, Doorbell):
+            return
         with self._lock:
             if bell not in self.active:
                 return
@@ -133,8 +137,13 @@ class Doorbells:
             except Exception:
                 pass  # the VM is going away with it
         fd = bell.fd
-        # Read what is left so a kick that raced the removal still reaches the handler, then close.
-        self.loop.remove_reader(fd, then=lambda: (self._ready(bell), os.close(fd)))
+
+        def drain_and_close() -> None:
+            # Read what is left so a kick that raced the removal still reaches the handler, then close.
+            self._ready(bell)
+            os.close(fd)
+
+        self.loop.remove_reader(fd, then=drain_and_close)
 
     def remove_owner(self, owner: Hashable) -> int:
         mine = [b for b in self.active if b.owner == owner]

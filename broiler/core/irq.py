@@ -16,8 +16,14 @@
 The seed's first values differ (Broiler hands out 3 and 5 for ISA demos, 8 for PCI) because its
 allocators ignore the fixed lines; ours never collide with them.
 
-Devices hold an ``IrqLine``: ``set_level``, ``raise_``, ``lower``, ``pulse`` from any thread. After
-the VM has stopped these are documented no-ops (a late timer must not crash the VMM).
+**The one interrupt type.** Every device -- legacy, demo, test device, PCI INTx -- holds an
+``IrqLine`` (the protocol below: ``gsi``, ``set_level(bool)``, ``pulse()``) handed to it by
+``broiler/vmm/platform.py``; it never sees a GSI number it must turn into an ioctl itself. Level
+devices call ``set_level``, edge devices ``pulse``. ``KvmIrqLine`` (KVM_IRQ_LINE) and ``IrqFd``
+(KVM_IRQFD) implement it; unit tests use ``tests/unit/fakes.py::FakeIrqLine``. MSI and MSI-X
+messages are ``MsiMessage(address, data)``, delivered through an ``MsiSink`` callable. All of these
+may be called from any thread; after the VM has stopped they are documented no-ops (a late timer
+must not crash the VMM).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..kvm import Vm, abi
@@ -78,6 +84,33 @@ def msi_entry(gsi: int, address: int, data: int) -> abi.kvm_irq_routing_entry:
     return e
 
 
+@runtime_checkable
+class IrqLine(Protocol):
+    """One interrupt line (a GSI), as a device sees it."""
+
+    @property
+    def gsi(self) -> int: ...
+
+    def set_level(self, level: bool) -> None:
+        """Drive a level-triggered line; implementations act only on a change."""
+        ...
+
+    def pulse(self) -> None:
+        """One edge: high, then low."""
+        ...
+
+
+class MsiMessage(NamedTuple):
+    """One MSI/MSI-X message: a dword ``data`` written to ``address`` (0xFEExxxxx reaches a LAPIC)."""
+
+    address: int
+    data: int
+
+
+MsiSink = Callable[[MsiMessage], None]
+"""``sink(message)``: deliver one MSI/MSI-X message (KVM_SIGNAL_MSI, a route or an irqfd)."""
+
+
 class IrqAllocator:
     def __init__(self) -> None:
         self.owners: dict[int, str] = dict(FIXED_LINES)
@@ -109,8 +142,8 @@ class IrqAllocator:
                 self.owners.pop(gsi, None)
 
 
-class IrqLine:
-    """One GSI driven through KVM_IRQ_LINE. Level-triggered users call raise_/lower; edge users pulse."""
+class KvmIrqLine:
+    """One GSI driven through KVM_IRQ_LINE: ``set_level`` for level-triggered devices, ``pulse`` for edges."""
 
     def __init__(self, vm: Vm, gsi: int, is_stopped: Callable[[], bool]) -> None:
         if not 0 <= gsi < MAX_GSI:
@@ -122,8 +155,10 @@ class IrqLine:
         self.raised = 0  # how many times the line went (or was pulsed) high
         self.tracer: Any = None
 
-    def set_level(self, level: int) -> None:
-        level = 1 if level else 0
+    def set_level(self, level: bool) -> None:
+        self._drive(1 if level else 0)
+
+    def _drive(self, level: int) -> None:
         if self._is_stopped():
             return
         if level and not self.level:
@@ -132,12 +167,6 @@ class IrqLine:
             self.tracer.emit("irq", "w", self.gsi, 0, level, "line raised" if level else "line lowered")
         self.level = level
         self.vm.irq_line(self.gsi, level)
-
-    def raise_(self) -> None:
-        self.set_level(1)
-
-    def lower(self) -> None:
-        self.set_level(0)
 
     def pulse(self) -> None:
         if self._is_stopped():
@@ -152,10 +181,10 @@ class IrqLine:
 
 class IrqFd:
     """An eventfd bound to a GSI with KVM_IRQFD: one eventfd write injects an edge (the kernel raises
-    and lowers the GSI) with no ioctl from us. It offers the edge half of ``IrqLine``'s interface
-    (``pulse``; ``raise_`` and ``set_level(1)`` also pulse; lowering is a no-op), so an edge device
-    takes either. With ``resample`` the GSI stays asserted until the guest's EOI, which KVM reports on
-    ``resample_fd`` (level semantics for devices that re-check their state then)."""
+    and lowers the GSI) with no ioctl from us. It is an ``IrqLine`` for edge devices: ``pulse`` (and
+    ``set_level(True)``) inject an edge; lowering is a no-op. With ``resample`` the GSI stays asserted
+    until the guest's EOI, which KVM reports on ``resample_fd`` (level semantics for devices that
+    re-check their state then)."""
 
     def __init__(
         self, vm: Vm, gsi: int, *, resample: bool = False, is_stopped: Callable[[], bool] = lambda: False
@@ -183,12 +212,8 @@ class IrqFd:
         os.eventfd_write(self.fd, 1)
 
     pulse = trigger
-    raise_ = trigger
 
-    def lower(self) -> None:
-        return None
-
-    def set_level(self, level: int) -> None:
+    def set_level(self, level: bool) -> None:
         if level:
             self.trigger()
 
@@ -246,15 +271,15 @@ class Interrupts:
         if routing:  # needs the in-kernel irqchip
             self.routes.push()
         self._is_stopped = is_stopped
-        self._lines: dict[int, IrqLine] = {}
+        self._lines: dict[int, KvmIrqLine] = {}
         self.msis_sent = 0
         self.msis_dropped = 0
         self.tracer: Any = None
         self.irqfds: list[IrqFd] = []
 
-    def line(self, gsi: int) -> IrqLine:
+    def line(self, gsi: int) -> KvmIrqLine:
         if gsi not in self._lines:
-            self._lines[gsi] = IrqLine(self.vm, gsi, self._is_stopped)
+            self._lines[gsi] = KvmIrqLine(self.vm, gsi, self._is_stopped)
             self._lines[gsi].tracer = self.tracer
         return self._lines[gsi]
 
@@ -265,10 +290,10 @@ class Interrupts:
         for irqfd in self.irqfds:
             irqfd.tracer = tracer
 
-    def alloc_line(self, owner: Hashable, kind: str = "isa") -> IrqLine:
+    def alloc_line(self, owner: Hashable, kind: str = "isa") -> KvmIrqLine:
         return self.line(self.allocator.alloc(str(owner), kind))
 
-    def alloc_edge_line(self, owner: Hashable, kind: str = "isa") -> IrqLine | IrqFd:
+    def alloc_edge_line(self, owner: Hashable, kind: str = "isa") -> KvmIrqLine | IrqFd:
         """A line for an edge-triggered device: an irqfd where KVM has them, else KVM_IRQ_LINE pulses."""
         gsi = self.allocator.alloc(str(owner), kind)
         if self.vm.check_extension(abi.KVM_CAP_IRQFD) <= 0:
@@ -282,6 +307,10 @@ class Interrupts:
         for irqfd in self.irqfds:
             irqfd.close()
         self.irqfds.clear()
+
+    def send_msi(self, message: MsiMessage) -> None:
+        """``signal_msi`` for an ``MsiMessage``: what PCI devices get as their ``MsiSink``."""
+        self.signal_msi(message.address, message.data)
 
     def signal_msi(self, address: int, data: int) -> None:
         """Deliver an MSI. Only writes to the LAPIC window 0xFEExxxxx are interrupts; any other

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError, GuestMemoryError
+from .bus import all_ones
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
@@ -217,4 +218,4 @@ class GuestMemory:
         return int.from_bytes(self.read(gpa, size), "little")
 
     def write_int(self, gpa: int, size: int, value: int) -> None:
-        self.write(gpa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.write(gpa, (value & all_ones(size)).to_bytes(size, "little"))

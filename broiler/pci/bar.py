@@ -12,6 +12,7 @@ functions are added, which the host's registry makes explicit.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.bus import Device, Region
@@ -38,10 +39,25 @@ class BarKind(enum.Enum):
 
 
 @dataclass(eq=False)
-class Bar:
-    """One BAR: what it decodes (``device``, seeing offsets from the BAR base) and where it is mapped.
+class BarDoorbell:
+    """A doorbell a device wants inside a BAR: KVM catches ``length``-byte writes at BAR base +
+    ``offset`` (only of value ``datamatch``, if given) and ``callback(kicks)`` runs on the event loop.
+    ``handle`` and ``address`` are the host's record of where it is registered now."""
 
-    ``overlays`` are (offset, length, device) windows that take precedence over ``device`` inside
+    offset: int
+    length: int
+    datamatch: int | None
+    callback: Callable[[int], None]
+    handle: object | None = None
+    address: int | None = None
+
+
+@dataclass(eq=False)
+class Bar:
+    """One BAR: its register handler (``device``, seeing offsets from the BAR base), its doorbells,
+    and where the host has mapped it.
+
+    ``overlays`` are (offset, length, handler) windows that take precedence over ``device`` inside
     the BAR (the MSI-X table and PBA live there).
     """
 
@@ -52,7 +68,8 @@ class Bar:
     prefetchable: bool = False
     name: str = ""
     overlays: list[tuple[int, int, Device]] = field(default_factory=list)
-    # Live state, owned by PciFunction under the host lock.
+    doorbells: list[BarDoorbell] = field(default_factory=list)
+    # Live state, owned by the PciHost under its lock.
     region: Region | None = None
     mapped: int | None = None  # the base currently decoded, or None
     rejected: int | None = None  # last address refused (to count each refusal once)
@@ -75,6 +92,30 @@ class Bar:
         low = 0x3 if self.kind is BarKind.IO else 0xF
         width = 64 if self.kind is BarKind.MEM64 else 32
         return ~(self.size - 1) & ~low & ((1 << width) - 1)
+
+
+class BarWindow(Device):
+    """What the host puts on the bus for a BAR with overlays: each access goes to the overlay that
+    contains it (at an offset relative to the overlay), else to the BAR's own handler."""
+
+    def __init__(self, bar: Bar) -> None:
+        super().__init__()
+        self.bar = bar
+        self.name = bar.device.name
+
+    def _route(self, offset: int) -> tuple[Device, int]:
+        for start, length, device in self.bar.overlays:
+            if start <= offset < start + length:
+                return device, offset - start
+        return self.bar.device, offset
+
+    def read(self, offset: int, size: int) -> int:
+        device, off = self._route(offset)
+        return device.read(off, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        device, off = self._route(offset)
+        device.write(off, size, value)
 
 
 def check_bar(kind: BarKind, size: int) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import threading
 
+from ..core.bus import all_ones
+
 CONFIG_SPACE_SIZE = 0x100
 
 # Type-0 header registers.
@@ -69,7 +71,7 @@ BAR_MEM_PREFETCH = 0x8
 
 
 def _bytes(value: int, size: int) -> bytes:
-    return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+    return (value & all_ones(size)).to_bytes(size, "little")
 
 
 class ConfigSpace:

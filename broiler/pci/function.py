@@ -17,10 +17,18 @@ BAR decode rule (applied after every write to COMMAND or a BAR, and whenever the
 4. A BAR that would overlap another region on its bus (another BAR, or any other device) is not
    decoded either ("blocked") and counts one guest error. Blocked BARs are retried whenever any BAR
    of the host is unmapped, so they come alive once the conflict goes away.
-5. When a BAR is decoded its regions are registered on the bus (owner = the function) and its
-   doorbells are registered through ``Doorbells``; when it stops decoding or moves, both are removed
-   first. The old address then reads all ones. A 64-bit BAR is written one dword at a time, so it
-   may pass through (and be refused at) an intermediate address; Linux turns decode off meanwhile.
+5. Mapping is the host's job (``PciHost.update_decode``, pci/host.py): this module only says *where*
+   each BAR should decode (``decode_target``). When a BAR is decoded its region is on the bus (owner =
+   the function) and its doorbells are registered through ``Doorbells``; when it stops decoding or
+   moves, the doorbells go first and the region moves or leaves, so the old address reads all ones. A
+   64-bit BAR is written one dword at a time, so it may pass through (and be refused at) an
+   intermediate address; Linux turns decode off meanwhile.
+
+A device declares each BAR with ``add_bar(index, kind, size, handler, doorbells=[BarDoorbell(...)])``:
+``handler`` is the one way to expose BAR registers (a ``Device`` whose ``read``/``write`` see
+BAR-relative offsets), and each ``BarDoorbell(offset, length, datamatch, callback)`` is an ioeventfd
+the host keeps at BAR base + offset. MSI-X adds its table and PBA as two more handlers at their
+offsets inside their BAR (``Bar.overlays``).
 
 INTx: ``set_intx(line)`` sets Interrupt Pin = INTA and Interrupt Line = the line's GSI. The device
 calls ``raise_intx()``/``lower_intx()`` (level-triggered). Status bit 3 shows the device's request;
@@ -29,14 +37,14 @@ COMMAND bit 10 (Interrupt Disable) holds the line low while set, as in PCI 2.3.
 
 from __future__ import annotations
 
-import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..core.bus import Device, all_ones
-from ..errors import BroilerError, ConfigError, OverlapError
-from .bar import Bar, BarKind, check_bar
+from ..core.irq import IrqLine, MsiSink
+from ..errors import ConfigError
+from .bar import Bar, BarDoorbell, BarKind, check_bar
 from .config import (
     BAR0,
     BAR_COUNT,
@@ -57,51 +65,13 @@ from .config import (
     VENDOR_ID,
     ConfigSpace,
 )
-from .interfaces import DoorbellCallback, IrqLine, MsiSink
+from .interfaces import DoorbellCallback
 from .msi import MsiCapability, MsixCapability
 
 if TYPE_CHECKING:
     from .host import PciHost
 
-log = logging.getLogger("broiler.pci")
-
 FUNCTION_CONFIG_SIZE = 0x1000  # what ECAM gives each function; only the first 256 bytes exist
-
-
-@dataclass(eq=False)
-class DoorbellSpec:
-    """A doorbell at ``offset`` in BAR ``bar``; ``handle`` is set while it is registered."""
-
-    bar: int
-    offset: int
-    length: int
-    datamatch: int | None
-    callback: DoorbellCallback
-    handle: object | None = None
-    address: int | None = None
-
-
-class BarWindow(Device):
-    """What a BAR with overlays registers on the bus: overlays first, then the BAR's own device."""
-
-    def __init__(self, bar: Bar) -> None:
-        super().__init__()
-        self.bar = bar
-        self.name = bar.device.name
-
-    def _route(self, offset: int) -> tuple[Device, int]:
-        for start, length, device in self.bar.overlays:
-            if start <= offset < start + length:
-                return device, offset - start
-        return self.bar.device, offset
-
-    def read(self, offset: int, size: int) -> int:
-        device, off = self._route(offset)
-        return device.read(off, size)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        device, off = self._route(offset)
-        device.write(off, size, value)
 
 
 class PciFunction(Device):
@@ -138,11 +108,10 @@ class PciFunction(Device):
         self.lock: threading.RLock = threading.RLock()  # replaced by the host's lock on add
         self.intx: IrqLine | None = None
         self._intx_request = False
-        self._intx_level = 0
+        self._intx_level = False
         self.msi: MsiCapability | None = None
         self.msix: MsixCapability | None = None
         self._hooks: list[MsiCapability | MsixCapability] = []
-        self.doorbells: list[DoorbellSpec] = []
 
     # -- building ---------------------------------------------------------------------------
     @property
@@ -153,11 +122,25 @@ class PciFunction(Device):
     def device_id(self) -> int:
         return self.config.get(DEVICE_ID, 2)
 
-    def add_bar(self, index: int, kind: BarKind, size: int, device: Device, *, prefetchable: bool = False) -> Bar:
+    def add_bar(
+        self,
+        index: int,
+        kind: BarKind,
+        size: int,
+        handler: Device,
+        *,
+        prefetchable: bool = False,
+        doorbells: Sequence[BarDoorbell] = (),
+    ) -> Bar:
+        """Declare BAR ``index``: ``handler`` answers its registers (BAR-relative offsets), and the
+        host keeps each of ``doorbells`` registered at BAR base + its offset while the BAR decodes."""
         if self.host is not None:
             raise ConfigError(f"{self.name}: BARs must be added before the function joins a host")
         check_bar(kind, size)
-        bar = Bar(index, kind, size, device, prefetchable and kind is not BarKind.IO, name=f"{self.name} BAR{index}")
+        bar = Bar(index, kind, size, handler, prefetchable and kind is not BarKind.IO, name=f"{self.name} BAR{index}")
+        for bell in doorbells:
+            self._check_doorbell(bar, bell)
+        bar.doorbells.extend(doorbells)
         if not 0 <= index <= BAR_COUNT - bar.slots:
             raise ConfigError(f"{self.name}: bad BAR index {index} for a {kind.value} BAR")
         taken = {b.index + i for b in self.bars.values() for i in range(b.slots)}
@@ -250,7 +233,7 @@ class PciFunction(Device):
             self._drive_intx()
 
     def _drive_intx(self) -> None:
-        level = int(self._intx_request and not self.command & CMD_INTX_DISABLE)
+        level = self._intx_request and not self.command & CMD_INTX_DISABLE
         if self.intx is not None and level != self._intx_level:
             self._intx_level = level
             self.intx.set_level(level)
@@ -264,14 +247,15 @@ class PciFunction(Device):
             value |= self.config.get(BAR0 + 4 * index + 4, 4) << 32
         return value & bar.address_mask
 
-    def _wanted(self, bar: Bar, host: PciHost) -> tuple[int | None, str | None]:
-        """(address to decode or None, why it is refused or None)."""
+    def decode_target(self, bar: Bar, window: tuple[int, int]) -> tuple[int | None, str | None]:
+        """Where ``bar`` should decode now, from COMMAND and the BAR value alone: (base or None, why
+        it is refused or None). ``window`` is the host's [lo, hi) for the BAR's kind."""
         if not self.command & (CMD_IO if bar.kind is BarKind.IO else CMD_MEMORY):
             return None, None
         addr = self.bar_value(bar.index)
         if addr == 0 or addr == bar.address_mask:
             return None, None
-        lo, hi = host.io_window if bar.kind is BarKind.IO else host.mmio_window
+        lo, hi = window
         if not (lo <= addr and addr + bar.size <= hi):
             return None, (
                 f"BAR{bar.index} moved to {addr:#x}+{bar.size:#x}, outside the "
@@ -279,107 +263,33 @@ class PciFunction(Device):
             )
         return addr, None
 
-    def apply_decode(self, host: PciHost, *, count_errors: bool) -> bool:
-        """Bring every BAR's registration in line with config space; True if any was unmapped."""
-        freed = False
-        for bar in self.bars.values():
-            want, reason = self._wanted(bar, host)
-            if want is not None and want == bar.mapped:
-                continue
-            if bar.mapped is not None:
-                self._unmap(bar, host)
-                freed = True
-            if want is None:
-                if reason is not None and bar.rejected != self.bar_value(bar.index):
-                    bar.rejected = self.bar_value(bar.index)
-                    if count_errors:
-                        self.guest_error(reason)
-                continue
-            try:
-                self._map(bar, want, host)
-            except OverlapError as err:
-                if bar.rejected != want:
-                    bar.rejected = want
-                    if count_errors:
-                        self.guest_error(f"BAR{bar.index} not decoded: {err}")
-            else:
-                bar.rejected = None
-        return freed
+    # -- doorbells declared or changed at run time (pci-testdev selects them by test) ------
+    def _check_doorbell(self, bar: Bar, bell: BarDoorbell) -> None:
+        if bell.offset < 0 or bell.offset + bell.length > bar.size or bell.length not in (1, 2, 4, 8):
+            raise ConfigError(f"{self.name}: bad doorbell BAR{bar.index}+{bell.offset:#x} length {bell.length}")
 
-    def _map(self, bar: Bar, base: int, host: PciHost) -> None:
-        bus = host.pio if bar.kind is BarKind.IO else host.mmio
-        device = BarWindow(bar) if bar.overlays else bar.device
-        bar.region = bus.register(base, bar.size, device, owner=self, name=bar.name)
-        bar.mapped = base
-        for spec in self.doorbells:
-            if spec.bar == bar.index:
-                self._doorbell_on(spec, host)
-
-    def _unmap(self, bar: Bar, host: PciHost) -> None:
-        for spec in self.doorbells:
-            if spec.bar == bar.index:
-                self._doorbell_off(spec, host)
-        if bar.region is not None:
-            bar.region.bus.unregister(bar.region)
-        bar.region = None
-        bar.mapped = None
-
-    def unmap_all(self) -> None:
-        """Stop decoding every BAR (used when the function leaves the host)."""
-        with self.lock:
-            if self.host is not None:
-                for bar in self.bars.values():
-                    if bar.mapped is not None:
-                        self._unmap(bar, self.host)
-
-    # -- doorbells -------------------------------------------------------------------------
     def add_doorbell(
         self, bar: int, offset: int, length: int, callback: DoorbellCallback, *, datamatch: int | None = None
-    ) -> DoorbellSpec:
+    ) -> BarDoorbell:
         """A doorbell at ``offset`` of BAR ``bar``, registered while (and where) the BAR decodes."""
         target = self.bars.get(bar)
-        if target is None or offset < 0 or offset + length > target.size or length not in (1, 2, 4, 8):
+        bell = BarDoorbell(offset, length, datamatch, callback)
+        if target is None:
             raise ConfigError(f"{self.name}: bad doorbell BAR{bar}+{offset:#x} length {length}")
-        spec = DoorbellSpec(bar, offset, length, datamatch, callback)
+        self._check_doorbell(target, bell)
         with self.lock:
-            self.doorbells.append(spec)
-            if self.host is not None and target.mapped is not None:
-                self._doorbell_on(spec, self.host)
-        return spec
+            target.doorbells.append(bell)
+            if self.host is not None:
+                self.host.doorbell_added(self, target, bell)
+        return bell
 
-    def remove_doorbell(self, spec: DoorbellSpec) -> None:
+    def remove_doorbell(self, bell: BarDoorbell) -> None:
         with self.lock:
-            if spec in self.doorbells:
-                self.doorbells.remove(spec)
-                if self.host is not None:
-                    self._doorbell_off(spec, self.host)
-
-    def _doorbell_on(self, spec: DoorbellSpec, host: PciHost) -> None:
-        bar = self.bars[spec.bar]
-        if host.doorbells is None or bar.mapped is None:
-            return
-        addr = bar.mapped + spec.offset
-        try:
-            spec.handle = host.doorbells.add(
-                pio=bar.kind is BarKind.IO,
-                addr=addr,
-                length=spec.length,
-                datamatch=spec.datamatch,
-                callback=spec.callback,
-                owner=self,
-            )
-        except BroilerError as err:
-            log.warning(
-                "%s: doorbell at %#x not registered (%s); writes reach the device instead", self.name, addr, err
-            )
-            return
-        spec.address = addr
-
-    def _doorbell_off(self, spec: DoorbellSpec, host: PciHost) -> None:
-        if spec.handle is not None and host.doorbells is not None:
-            host.doorbells.remove(spec.handle)
-        spec.handle = None
-        spec.address = None
+            for bar in self.bars.values():
+                if bell in bar.doorbells:
+                    bar.doorbells.remove(bell)
+                    if self.host is not None:
+                        self.host.doorbell_removed(bell)
 
     # -- reporting -------------------------------------------------------------------------
     def describe(self) -> str:

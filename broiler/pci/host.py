@@ -1,4 +1,17 @@
-"""The PCI host: bus 0, a slot registry, configuration mechanism #1 and ECAM, a host bridge at 00:00.0.
+"""The PCI host: bus 0, a slot registry, configuration mechanism #1 and ECAM, a host bridge at 00:00.0,
+and the one place that maps BARs and their doorbells.
+
+A BAR move, in five hops (the guest writes a BAR or COMMAND through CF8/CFC or ECAM):
+
+1. ``ConfigMechanism1.write`` / ``Ecam.write`` (pci/host.py) -> ``PciHost.config_write``: find the function.
+2. ``PciFunction.write`` (pci/function.py): merge the value into config space through the masks; a
+   write that touches a BAR or COMMAND calls ``PciHost.update_decode(function)``.
+3. ``PciHost.update_decode`` (pci/host.py): for each BAR, ``PciFunction.decode_target`` says where it
+   should decode now (COMMAND bits, BAR value, window), and ``PciHost._place`` makes it so.
+4. ``PciHost._place`` -> ``Bus.move`` / ``Bus.register`` / ``Bus.unregister`` (core/bus.py): the BAR's
+   one region (its handler, or a ``BarWindow`` over handler + MSI-X table/PBA) follows the guest.
+5. ``PciHost._doorbells_off`` / ``_doorbells_on`` -> ``Doorbells.remove`` / ``Doorbells.add``
+   (core/ioeventfd.py): every ``BarDoorbell`` the device declared moves with its BAR.
 
 Configuration mechanism #1 (ports 0xCF8-0xCFF, one region on the PioBus)
     0xCF8 is a 32-bit address latch: only a dword access at 0xCF8 reads or writes it (stored
@@ -28,15 +41,18 @@ shared by all functions), so vCPU threads see one consistent latch and map.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from ..core.bus import Bus, Device, all_ones
 from ..core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START
-from ..errors import ConfigError
-from .bar import BarKind, IoAllocator, MmioAllocator
+from ..errors import BroilerError, ConfigError, OverlapError
+from .bar import Bar, BarDoorbell, BarKind, BarWindow, IoAllocator, MmioAllocator
 from .config import BAR0, CMD_IO, CMD_MEMORY, COMMAND
 from .function import PciFunction
 from .interfaces import Doorbells
+
+log = logging.getLogger("broiler.pci")
 
 CONF1_PORT = 0xCF8
 CONF1_SIZE = 8
@@ -200,7 +216,7 @@ class PciHost:
             function.host = self
             function.slot = slot
             self._slots[slot] = function
-            function.apply_decode(self, count_errors=True)
+            self._apply(function, count_errors=True)
             stuck = [b for b in function.bars.values() if b.rejected is not None]
             if stuck:
                 self.remove(function)
@@ -215,7 +231,9 @@ class PciHost:
         with self.lock:
             if function.host is not self:
                 return
-            function.unmap_all()
+            for bar in function.bars.values():
+                if bar.mapped is not None:
+                    self._unmap(bar)
             del self._slots[function.slot if function.slot is not None else -1]
             function.host = None
             function.slot = None
@@ -243,18 +261,107 @@ class PciHost:
             if fn is not None:
                 fn.write(register, size, value)
 
-    # -- BAR decode ------------------------------------------------------------------------
+    # -- BAR decode: where each BAR is, and its region and doorbells with it --------------------
     def update_decode(self, function: PciFunction) -> None:
         """Re-map ``function``'s BARs after a COMMAND or BAR write; retry blocked BARs if space freed."""
         with self.lock:
-            if function.apply_decode(self, count_errors=True):
+            if self._apply(function, count_errors=True):
                 self.retry_blocked()
 
     def retry_blocked(self) -> None:
         """Try again to decode BARs that were refused because of an overlap."""
         with self.lock:
             for fn in list(self._slots.values()):
-                fn.apply_decode(self, count_errors=False)
+                self._apply(fn, count_errors=False)
+
+    def _apply(self, fn: PciFunction, *, count_errors: bool) -> bool:
+        """Bring every BAR of ``fn`` in line with its config space; True if any address was freed."""
+        freed = False
+        for bar in fn.bars.values():
+            window = self.io_window if bar.kind is BarKind.IO else self.mmio_window
+            want, reason = fn.decode_target(bar, window)
+            if want is not None and want == bar.mapped:
+                continue
+            freed |= bar.mapped is not None
+            if want is None:
+                if bar.mapped is not None:
+                    self._unmap(bar)
+                if reason is None:  # decode off or not programmed: not an error
+                    continue
+                refusal, refused_at = reason, fn.bar_value(bar.index)
+            else:
+                placed = self._place(fn, bar, want)
+                if placed is None:
+                    bar.rejected = None
+                    continue
+                refusal, refused_at = placed, want
+            if bar.rejected != refused_at:  # each refusal of an address counts once
+                bar.rejected = refused_at
+                if count_errors:
+                    fn.guest_error(refusal)
+        return freed
+
+    def _place(self, fn: PciFunction, bar: Bar, base: int) -> str | None:
+        """Decode ``bar`` at ``base`` (moving it if it decodes elsewhere); why not, if refused."""
+        self._doorbells_off(bar)
+        bus = self.pio if bar.kind is BarKind.IO else self.mmio
+        try:
+            if bar.region is not None:
+                bar.region = bus.move(bar.region, base)
+            else:
+                handler = BarWindow(bar) if bar.overlays else bar.device
+                bar.region = bus.register(base, bar.size, handler, owner=fn, name=bar.name)
+        except OverlapError as err:
+            self._unmap(bar)
+            return f"BAR{bar.index} not decoded: {err}"
+        bar.mapped = base
+        self._doorbells_on(fn, bar)
+        return None
+
+    def _unmap(self, bar: Bar) -> None:
+        self._doorbells_off(bar)
+        if bar.region is not None:
+            bar.region.bus.unregister(bar.region)
+        bar.region = None
+        bar.mapped = None
+
+    def _doorbells_on(self, fn: PciFunction, bar: Bar) -> None:
+        for bell in bar.doorbells:
+            self._doorbell_on(fn, bar, bell)
+
+    def _doorbells_off(self, bar: Bar) -> None:
+        for bell in bar.doorbells:
+            self.doorbell_removed(bell)
+
+    def _doorbell_on(self, fn: PciFunction, bar: Bar, bell: BarDoorbell) -> None:
+        if self.doorbells is None or bar.mapped is None or bell.handle is not None:
+            return
+        addr = bar.mapped + bell.offset
+        try:
+            bell.handle = self.doorbells.add(
+                pio=bar.kind is BarKind.IO,
+                addr=addr,
+                length=bell.length,
+                datamatch=bell.datamatch,
+                callback=bell.callback,
+                owner=fn,
+            )
+        except BroilerError as err:
+            log.warning("%s: doorbell at %#x not registered (%s); writes reach the device instead", fn.name, addr, err)
+            return
+        bell.address = addr
+
+    def doorbell_added(self, fn: PciFunction, bar: Bar, bell: BarDoorbell) -> None:
+        """A device declared ``bell`` at run time: register it now if its BAR decodes."""
+        with self.lock:
+            self._doorbell_on(fn, bar, bell)
+
+    def doorbell_removed(self, bell: BarDoorbell) -> None:
+        """Stop catching ``bell`` (its BAR moved or stopped decoding, or the device dropped it)."""
+        if bell.handle is not None and self.doorbells is not None:
+            self.doorbells.remove(bell.handle)
+        bell.handle = None
+        bell.address = None
 
     def describe(self) -> list[str]:
         """One line per function, for ``broiler layout``."""

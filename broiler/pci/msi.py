@@ -29,8 +29,8 @@ from __future__ import annotations
 import threading
 
 from ..core.bus import Device, all_ones
+from ..core.irq import MsiMessage, MsiSink
 from .config import CAP_ID_MSI, CAP_ID_MSIX, ConfigSpace
-from .interfaces import MsiSink
 
 MSI_CTRL_ENABLE = 0x0001
 MSI_CTRL_64BIT = 0x0080
@@ -109,9 +109,9 @@ class MsiCapability:
     def pending(self) -> int:
         return self.config.get(self.pending_offset, 4) if self.per_vector_mask else 0
 
-    def message(self, vector: int) -> tuple[int, int]:
+    def message(self, vector: int) -> MsiMessage:
         n = self.enabled_vectors
-        return self.address, (self.data & ~(n - 1)) | vector
+        return MsiMessage(self.address, (self.data & ~(n - 1)) | vector)
 
     # -- delivery --------------------------------------------------------------------------
     def notify(self, vector: int = 0) -> bool:
@@ -124,13 +124,13 @@ class MsiCapability:
                 self.config.update_bits(self.pending_offset, 4, 1 << vector, True)
                 return False
             msg = self.message(vector)
-        self.sink(*msg)
+        self.sink(msg)
         self.sent += 1
         return True
 
     def config_written(self) -> None:
         """The guest wrote inside the capability: send what an unmask released."""
-        out: list[tuple[int, int]] = []
+        out: list[MsiMessage] = []
         with self._lock:
             if not (self.per_vector_mask and self.enabled):
                 return
@@ -140,7 +140,7 @@ class MsiCapability:
                     self.config.update_bits(self.pending_offset, 4, 1 << v, False)
                     out.append(self.message(v))
         for msg in out:
-            self.sink(*msg)
+            self.sink(msg)
             self.sent += 1
 
 
@@ -224,13 +224,13 @@ class MsixCapability:
                 self._set_pending(vector, True)
                 return False
             addr, data, _ = self.entry(vector)
-        self.sink(addr, data)
+        self.sink(MsiMessage(addr, data))
         self.sent += 1
         return True
 
     def deliver_pending(self) -> int:
         """Send every pending vector that is no longer masked; returns how many went."""
-        out: list[tuple[int, int]] = []
+        out: list[MsiMessage] = []
         with self._lock:
             if not self.enabled or self.function_masked:
                 return 0
@@ -242,9 +242,9 @@ class MsixCapability:
                     if byte & (1 << bit) and v < self.vectors and not self.vector_masked(v):
                         self._set_pending(v, False)
                         addr, data, _ = self.entry(v)
-                        out.append((addr, data))
+                        out.append(MsiMessage(addr, data))
         for msg in out:
-            self.sink(*msg)
+            self.sink(msg)
             self.sent += 1
         return len(out)
 

@@ -197,13 +197,9 @@ class Machine:
 
         add_platform_devices(self, self.config)
 
-    def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
-        if not self.config.irqchip:
-            return None
-        return lambda level: self.irq_line(gsi, level)
-
-    def irq_line(self, gsi: int, level: int) -> None:
-        self.irqs.line(gsi).set_level(level)
+    def fixed_line(self, gsi: int) -> IrqLine | None:
+        """A PC-numbered line (COM1's 4, the keyboard's 1...); None without the in-kernel irqchip."""
+        return self.irqs.line(gsi) if self.config.irqchip else None
 
     # -- CPUs ---------------------------------------------------------------------------------
     def _setup_cpus(self) -> None:

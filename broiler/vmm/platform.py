@@ -16,7 +16,7 @@ from .. import exitcodes
 from ..core.bus import Device, MmioBus, PioBus, Region
 from ..core.eventloop import EventLoop
 from ..core.ioeventfd import Doorbells
-from ..core.irq import IrqAllocator
+from ..core.irq import IrqAllocator, IrqLine, MsiMessage
 from ..core.memory import GuestMemory, MemoryMap
 from ..devices.demo.async_demo import ASYNC_DEVICES, AsyncDemo
 from ..devices.demo.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
@@ -37,14 +37,13 @@ from ..devices.legacy.acpi_pm import PM1A_EVT, PM_BLOCK_SIZE, AcpiPm
 from ..devices.legacy.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
 from ..devices.legacy.cmos import CMOS_INDEX, CMOS_SIZE, Cmos
 from ..devices.legacy.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
-from ..devices.legacy.i8042 import I8042, I8042_COMMAND, I8042_DATA
+from ..devices.legacy.i8042 import AUX_IRQ, I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ
 from ..devices.legacy.ports import register_legacy_ports
 from ..devices.legacy.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
 from ..devices.testdev.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
-from ..devices.testdev.pc_testdev import PcTestdev
+from ..devices.testdev.pc_testdev import IRQ_LINES, PcTestdev
 from ..devices.testdev.pci_testdev import PciTestDev
 from ..pci import PciFunction, PciHost
-from ..pci.interfaces import IrqLine
 
 if TYPE_CHECKING:
     from .machine import Machine, MachineConfig
@@ -71,13 +70,15 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
     register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
     m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
     m.add_pio(SHUTDOWN_PORT, 1, BochsShutdown(lambda status: m.request_exit(status, "guest powered off")))
-    kbc = I8042(lambda: m.request_exit(exitcodes.OK, "reset via the i8042"), m.irq_line)
+    kbc = I8042(
+        lambda: m.request_exit(exitcodes.OK, "reset via the i8042"), m.fixed_line(KBD_IRQ), m.fixed_line(AUX_IRQ)
+    )
     m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
     m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
     output = config.serial_output or _stdout_writer
-    m.serial = Serial8250(output, m.irq_setter(COM1_IRQ), name="ttyS0")
+    m.serial = Serial8250(output, m.fixed_line(COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)
     if config.demo_devices:
         m.add_pio(SYNC_PIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-pio"))
@@ -95,21 +96,24 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
                 owner=spec.name,
             )
         m.add_mmio(LOG_BASE, LOG_SIZE, CoalescedLog(), coalesced=True)
-    m.pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
+    m.pci = pci = PciHost(m.pio_bus, m.mmio_bus, doorbells=m.doorbells)
     if config.demo_devices:
-        add_pci_demo_devices(m, config)
+        add_pci_demo_devices(m, pci, config)
     if config.testdev:
-        add_qemu_test_devices(m, config)
+        add_qemu_test_devices(m, pci, config)
 
 
-def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+def add_pci_demo_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
     """The seed's PCI demos (spec §6.3), in this fixed order: slots 1-12, whatever gets imported when.
 
     INTx devices get IOAPIC-only lines (16 and up, level-triggered, active high); MSI/MSI-X devices
     deliver through KVM_SIGNAL_MSI. The async "work" takes ``config.async_delay`` seconds (Broiler:
     2 s, or 5 s for the INTx and DMA demos).
     """
-    delay, schedule, msi = config.async_delay, m.schedule, m.signal_msi
+    delay, schedule = config.async_delay, m.schedule
+
+    def msi(message: MsiMessage) -> None:
+        m.signal_msi(message.address, message.data)
 
     def intx(name: str) -> IrqLine:
         return m.alloc_line(name, "ioapic")
@@ -129,18 +133,18 @@ def add_pci_demo_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
         DmaBufPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=0.0),
     ]
     for device in pci_devices:
-        m.pci.add(device)
+        pci.add(device)
 
 
-def add_qemu_test_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+def add_qemu_test_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
     """QEMU's test devices, for kernels written against them (kvm-unit-tests style; issue 5)."""
     m.add_pio(FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg(ram_size=config.mem_size, cpus=config.cpus))
     # pc-testdev's "flush page" is a documented no-op: KVM shares broiler's pages, so there is
     # nothing stale to re-fault (QEMU mprotects the page to force a re-fault of its own mapping).
-    testdev = PcTestdev.create(set_irq=m.irq_line, flush_page=lambda gpa: None)
+    testdev = PcTestdev.create(lines=[m.fixed_line(n) for n in range(IRQ_LINES)], flush_page=lambda gpa: None)
     for kind, base, size, device, name in testdev.regions():
         (m.add_pio if kind == "pio" else m.add_mmio)(base, size, device, name=name)
-    m.pci.add(PciTestDev())
+    pci.add(PciTestDev())
 
 
 class PlatformSketch:
@@ -202,21 +206,14 @@ class PlatformSketch:
     def debug_exit(self, status: int) -> None:
         return None
 
-    def irq_setter(self, gsi: int) -> Callable[[int], None] | None:
-        return None
-
-    def irq_line(self, gsi: int, level: int) -> None:
-        return None
+    def fixed_line(self, gsi: int) -> IrqLine | None:
+        return _SketchLine(gsi)
 
 
 @dataclass
 class _SketchLine:
     gsi: int
 
-    def set_level(self, level: int) -> None: ...
-
-    def raise_(self) -> None: ...
-
-    def lower(self) -> None: ...
+    def set_level(self, level: bool) -> None: ...
 
     def pulse(self) -> None: ...

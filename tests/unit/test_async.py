@@ -5,30 +5,14 @@ import time
 
 import pytest
 
+from broiler.core.bus import all_ones
 from broiler.core.eventloop import EventLoop
 from broiler.core.ioeventfd import Doorbells
 from broiler.core.irq import FIXED_LINES, IrqAllocator, default_routing
 from broiler.devices.demo.async_demo import ASYNC_PIO, VIOAPIC, AsyncDemo
 from broiler.devices.demo.coalesced_log import CoalescedLog, checksum
 from broiler.errors import ConfigError
-
-
-class FakeLine:
-    def __init__(self, gsi: int = 5) -> None:
-        self.gsi = gsi
-        self.level = 0
-        self.raised = 0
-        self.pulses = 0
-
-    def raise_(self) -> None:
-        self.raised += 1
-        self.level = 1
-
-    def lower(self) -> None:
-        self.level = 0
-
-    def pulse(self) -> None:
-        self.pulses += 1
+from tests.unit.fakes import FakeIrqLine, FakeScheduler
 
 
 def immediate(delay: float, fn) -> None:  # noqa: ANN001
@@ -36,43 +20,71 @@ def immediate(delay: float, fn) -> None:  # noqa: ANN001
 
 
 def test_async_device_completes_each_kick_and_acknowledge_lowers_the_line() -> None:
-    line = FakeLine(6)
+    line = FakeIrqLine(6)
     dev = AsyncDemo(ASYNC_PIO, line, immediate)
     assert dev.read(0x4, 4) == 6
-    dev.ring(3)
+    dev.ring(3)  # one eventfd read carrying 3 kicks: one run completes all three requests
     assert dev.completions == 3 and dev.read(0xC, 4) == 3
-    assert dev.read(0x8, 4) == 1 and line.level == 1
+    assert dev.read(0x8, 4) == 1 and line.level == 1 and line.raises == 1
     dev.write(0x8, 4, 1)
     assert dev.read(0x8, 4) == 0 and line.level == 0
-    assert dev.completion_log == [1, 2, 3]
+    assert [(r.first, r.last) for r in dev.completion_log] == [(1, 3)]
 
 
 def test_trapped_doorbell_write_rings_the_same_handler() -> None:
-    dev = AsyncDemo(ASYNC_PIO, FakeLine(), immediate)
+    dev = AsyncDemo(ASYNC_PIO, FakeIrqLine(), immediate)
     dev.write(0x0, 1, 1)  # a byte write: KVM only catches 2-byte ones, so this one exits
     assert dev.trapped_kicks == 1 and dev.completions == 1
 
 
 def test_edge_device_pulses() -> None:
-    line = FakeLine(16)
+    line = FakeIrqLine(16)
     dev = AsyncDemo(VIOAPIC, line, immediate)
     dev.ring(2)
-    assert line.pulses == 2 and line.raised == 0
+    dev.ring(1)
+    assert line.pulses == 2 and line.raises == 0 and dev.completions == 3
 
 
 def test_busy_while_in_flight() -> None:
-    pending: list = []
-    dev = AsyncDemo(ASYNC_PIO, FakeLine(), lambda d, fn: pending.append(fn))
+    sched = FakeScheduler()
+    dev = AsyncDemo(ASYNC_PIO, FakeIrqLine(), sched)
     dev.ring()
     assert dev.read(0x8, 4) == 2  # BUSY
-    pending.pop()()
+    sched.run()
     assert dev.read(0x8, 4) == 1  # DONE
+
+
+def test_kicks_while_busy_coalesce_into_one_more_run() -> None:
+    sched, line = FakeScheduler(), FakeIrqLine()
+    dev = AsyncDemo(ASYNC_PIO, line, sched)
+    dev.ring()
+    for _ in range(10_000):  # a guest flooding the doorbell while the first request works
+        dev.ring()
+    assert len(sched.pending) == 1 and dev.engine.busy_kicks == 10_000  # one timer, not 10001
+    assert dev.read(0x8, 4) == 2 and dev.completions == 0
+    sched.pending.pop(0)[1]()  # the first run completes and starts exactly one more
+    assert dev.completions == 1 and len(sched.pending) == 1 and line.raises == 1
+    assert dev.read(0x8, 4) == 3  # DONE and still BUSY
+    sched.run()
+    assert dev.completions == 10_001 and dev.read(0xC, 4) == 10_001 and dev.read(0x8, 4) == 1
+    assert [(r.first, r.last) for r in dev.completion_log] == [(1, 1), (2, 10_001)]
+    assert len(sched.delays) == 2 and dev.engine.runs == dev.engine.runs_completed == 2
+
+
+def test_completion_log_is_bounded_but_the_counters_are_not() -> None:
+    from broiler.devices.doorbell_engine import LOG_SIZE
+
+    dev = AsyncDemo(ASYNC_PIO, FakeIrqLine(), immediate)
+    for _ in range(LOG_SIZE * 3):
+        dev.ring()
+    assert len(dev.completion_log) == LOG_SIZE and dev.completions == LOG_SIZE * 3
+    assert dev.completion_log[-1].last == LOG_SIZE * 3 and dev.engine.runs_completed == LOG_SIZE * 3
 
 
 @pytest.mark.parametrize("offset, size", [(0x4, 2), (0x6, 4), (0x10, 4), (0xC, 1)])
 def test_async_device_hostile_reads(offset: int, size: int) -> None:
-    dev = AsyncDemo(ASYNC_PIO, FakeLine(), immediate)
-    assert dev.read(offset, size) == (1 << (8 * size)) - 1
+    dev = AsyncDemo(ASYNC_PIO, FakeIrqLine(), immediate)
+    assert dev.read(offset, size) == all_ones(size)
     assert dev.guest_errors == 1
 
 
@@ -177,3 +189,30 @@ def test_default_routing_table() -> None:
     ioapic = {g: p for g, c, p in entries if c == 2}
     assert (2, 0, 2) not in pic and len(pic) == 15
     assert ioapic[0] == 2 and ioapic[1] == 1 and ioapic[23] == 23 and 2 not in ioapic
+
+
+def test_a_doorbell_flood_on_the_real_event_loop_holds_one_timer_at_a_time() -> None:
+    loop = EventLoop()
+    loop.start()
+    scheduled: list[float] = []
+    done = threading.Event()
+
+    def schedule(delay: float, fn):  # noqa: ANN001, ANN202
+        scheduled.append(delay)
+        return loop.call_later(delay, fn)
+
+    line = FakeIrqLine()
+    dev = AsyncDemo(ASYNC_PIO, line, schedule, delay=0.01)
+    for _ in range(50_000):  # `1: out %ax,%dx; jmp 1b`, as fast as Python can ring
+        dev.ring()
+    # Whatever the timing, a run is scheduled only when the previous one completed.
+    assert len(scheduled) <= dev.engine.runs_completed + 1 <= 50_000
+    loop.call_soon(lambda: None)
+    for _ in range(500):
+        if dev.completions == 50_000:
+            done.set()
+            break
+        done.wait(0.01)
+    loop.close()
+    assert dev.completions == 50_000 and dev.engine.runs == dev.engine.runs_completed
+    assert len(scheduled) == dev.engine.runs and len(dev.completion_log) <= 64

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.core.bus import Bus, Device, MmioBus, PioBus
+from broiler.core.bus import Bus, Device, MmioBus, PioBus, all_ones
 from broiler.errors import ConfigError, OverlapError
 
 
@@ -15,7 +15,7 @@ class Recorder(Device):
 
     def read(self, offset: int, size: int) -> int:
         self.log.append(("r", offset, size))
-        return 0x1122334455667788 & ((1 << (8 * size)) - 1)
+        return 0x1122334455667788 & all_ones(size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.log.append(("w", offset, size, value))
@@ -105,3 +105,33 @@ def test_stats_count_reads_writes_and_time() -> None:
     bus.write(0x101, 1, 0)
     assert (region.stats.reads, region.stats.writes) == (1, 2)
     assert region.stats.ns > 0
+
+
+def test_move_keeps_device_name_and_counters_and_frees_the_old_range() -> None:
+    bus = PioBus()
+    dev = Recorder()
+    region = bus.register(0x6200, 0x10, dev, name="bar")
+    bus.read(0x6204, 4)
+    moved = bus.move(region, 0x9000)
+    assert moved is not region and moved.device is region.device and moved.stats is region.stats
+    assert (moved.base, moved.end, moved.name) == (0x9000, 0x9010, "bar")
+    assert bus.find(0x6204) is None and bus.find(0x900F) is moved
+    bus.read(0x6204, 4)
+    assert bus.unmapped[(0x6204, False)] == 1 and moved.stats.reads == 1
+    bus.read(0x9004, 4)
+    assert moved.stats.reads == 2 and dev.log[-1] == ("r", 4, 4)  # offsets from the new base
+    assert bus.move(moved, 0x9008).base == 0x9008  # overlapping only its own old range is fine
+
+
+def test_move_onto_another_region_is_refused_and_leaves_the_region_in_place() -> None:
+    bus = PioBus()
+    a = bus.register(0x6200, 0x10, Device(), name="a")
+    bus.register(0x6300, 0x10, Device(), name="b")
+    bus.register(0x6400, 0x10, Device(), name="c")
+    with pytest.raises(OverlapError, match="overlaps b"):
+        bus.move(a, 0x62F8)
+    with pytest.raises(OverlapError, match="overlaps c"):
+        bus.move(a, 0x6408)
+    with pytest.raises(ConfigError, match="outside the bus"):
+        bus.move(a, 0xFFF8)
+    assert bus.find(0x6200) is a and [r.name for r in bus.regions()] == ["a", "b", "c"]

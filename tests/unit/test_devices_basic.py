@@ -5,6 +5,7 @@ from broiler.devices.demo.sync_demo import SyncRegisters
 from broiler.devices.legacy.debug_exit import DebugExit
 from broiler.devices.legacy.ports import SystemControlPortA
 from broiler.devices.legacy.serial import Serial8250
+from tests.unit.fakes import FakeIrqLine
 
 
 def test_sync_registers_driver_flow() -> None:
@@ -50,8 +51,9 @@ def test_serial_transmit_lsr_and_scratch() -> None:
 
 
 def test_serial_receive_interrupt_and_dlab() -> None:
-    levels: list[int] = []
-    uart = Serial8250(lambda b: None, levels.append)
+    line = FakeIrqLine(gsi=4)
+    levels = line.history
+    uart = Serial8250(lambda b: None, line)
     uart.write(3, 1, 0x80)  # DLAB on: offsets 0/1 are the divisor
     uart.write(0, 1, 0x01)
     uart.write(1, 1, 0x00)
@@ -67,8 +69,9 @@ def test_serial_receive_interrupt_and_dlab() -> None:
 
 
 def test_serial_thr_empty_interrupt_acknowledged_by_iir_read() -> None:
-    levels: list[int] = []
-    uart = Serial8250(lambda b: None, levels.append)
+    line = FakeIrqLine(gsi=4)
+    levels = line.history
+    uart = Serial8250(lambda b: None, line)
     uart.write(1, 1, 0x02)  # IER.THRI with an empty transmitter: interrupt now
     assert levels == [1]
     assert uart.read(2, 1) & 0x0F == 0x02

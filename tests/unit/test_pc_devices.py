@@ -5,12 +5,13 @@ import time
 from broiler.core.bus import PioBus
 from broiler.devices.legacy.cmos import Cmos
 from broiler.devices.legacy.i8042 import I8042
+from tests.unit.fakes import FakeIrqLine
 
 
 def _kbc() -> tuple[I8042, PioBus, list[int], list[tuple[int, int]]]:
     resets: list[int] = []
     irqs: list[tuple[int, int]] = []
-    kbc = I8042(lambda: resets.append(1), lambda irq, level: irqs.append((irq, level)))
+    kbc = I8042(lambda: resets.append(1), FakeIrqLine(gsi=1, journal=irqs), FakeIrqLine(gsi=12, journal=irqs))
     bus = PioBus()
     bus.register(0x60, 1, kbc.data_port())
     bus.register(0x64, 1, kbc.command_port())

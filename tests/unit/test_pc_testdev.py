@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.core.bus import MmioBus, PioBus
-from broiler.devices.testdev.pc_testdev import IOMEM_BASE, IOMEM_SIZE, PcTestdev, register_pc_testdev
+from broiler.core.bus import MmioBus, PioBus, all_ones
+from broiler.devices.testdev.pc_testdev import IOMEM_BASE, IOMEM_SIZE, IRQ_LINES, PcTestdev, register_pc_testdev
+from tests.unit.fakes import fake_lines
 
 
 class Rig:
@@ -16,7 +17,7 @@ class Rig:
         self.dev: PcTestdev = register_pc_testdev(
             self.pio,
             self.mmio,
-            set_irq=lambda gsi, level: self.irqs.append((gsi, level)),
+            lines=fake_lines(IRQ_LINES, self.irqs),
             flush_page=self.flushed.append,
         )
 
@@ -91,7 +92,7 @@ def test_irq_lines(rig: Rig) -> None:
 
 @pytest.mark.parametrize("size", [1, 2, 4, 8])
 def test_iomem_reads_back_every_width(rig: Rig, size: int) -> None:
-    value = 0x0123456789ABCDEF & ((1 << (8 * size)) - 1)
+    value = 0x0123456789ABCDEF & all_ones(size)
     for off in (0, 0x10, IOMEM_SIZE - size):
         rig.mmio.write(IOMEM_BASE + off, size, value)
         assert rig.mmio.read(IOMEM_BASE + off, size) == value

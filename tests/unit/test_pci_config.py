@@ -18,7 +18,8 @@ from broiler.pci.config import (
     STATUS_CAP_LIST,
     STATUS_INTERRUPT,
 )
-from tests.unit.pci_fakes import FakeIrqLine, FakeMsiSink, Rig
+from tests.unit.fakes import FakeIrqLine, FakeMsiSink
+from tests.unit.pci_fakes import Rig
 
 
 class Regs(Device):

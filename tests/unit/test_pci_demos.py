@@ -10,7 +10,8 @@ from broiler.core.memory import GuestMemory, MemoryMap, MiB
 from broiler.devices.demo import pci_demos as demos
 from broiler.devices.demo import pci_dma as dma
 from broiler.pci import PciFunction
-from tests.unit.pci_fakes import FakeIrqLine, FakeMsiSink, FakeScheduler, Rig
+from tests.unit.fakes import FakeIrqLine, FakeMsiSink, FakeScheduler
+from tests.unit.pci_fakes import Rig
 
 RAM = 4 * MiB
 
@@ -148,10 +149,14 @@ def test_async_mmio_doorbell_and_busy_ring() -> None:
     assert base == 0xC200_0000
     assert rig.doorbells is not None and rig.doorbells.at(False, base + 0x10)[0].length == 4
     rig.guest_write(False, base + 0x10, 4, 0)
-    rig.guest_write(False, base + 0x10, 4, 0)  # while busy: ignored
-    assert fn.busy_rings == 1 and len(sched.pending) == 1
+    for _ in range(3):
+        rig.guest_write(False, base + 0x10, 4, 0)  # while busy: coalesced, nothing scheduled
+    assert fn.busy_rings == 3 and len(sched.pending) == 1
+    sched.pending.pop(0)[1]()
+    assert fn.completions == 1 and line.level == 1 and len(sched.pending) == 1  # one more job, not three
+    assert rig.mmio.read(base + 0x14, 4) == demos.STATUS_DONE | demos.STATUS_BUSY
     sched.run()
-    assert fn.completions == 1 and line.level == 1
+    assert fn.completions == 2 and fn.rings == 4 and sched.delays == [2.0, 2.0]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ from broiler.core.bus import Device, MmioBus, PioBus
 from broiler.core.memory import PCI_ECAM_BASE
 from broiler.errors import ConfigError, KvmError
 from broiler.pci import BarKind, IoAllocator, MmioAllocator, PciFunction, PciHost
-from tests.unit.pci_fakes import FakeDoorbells, Rig, conf1_address
+from tests.unit.fakes import FakeDoorbells
+from tests.unit.pci_fakes import Rig, conf1_address
 
 
 class Regs(Device):

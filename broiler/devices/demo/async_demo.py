@@ -1,23 +1,31 @@
 """The seed's asynchronous demo devices (spec §6.1, §6.2): a doorbell, delayed work, an interrupt.
 
 The guest rings the doorbell; KVM catches the write (ioeventfd), so the vCPU never leaves KVM_RUN.
-The event loop gets the kick, the device "works" for ``delay`` seconds (a timer, not a sleeping
-thread), then completes: it counts the completion, latches STATUS.DONE and interrupts.
+The event loop gets the kick and hands it to the device's ``DoorbellEngine``
+(``broiler/devices/doorbell_engine.py``): the device "works" for ``delay`` seconds (a timer, not a
+sleeping thread), then completes: it counts the completed requests, latches STATUS.DONE and
+interrupts.
+
+**Kicks that arrive while busy coalesce** (the engine's one rule): they are counted and marked
+pending, and when the current run completes one more run covers all of them. A run completes every
+request accepted before it started, so COMPLETIONS still counts requests (a guest that rings 400 times
+reads 400), but a flood of kicks costs one timer and one interrupt per *run*, never per kick.
 
 Register map (every device below; offsets from its base)::
 
-    +0x0 DOORBELL     write: start one request. KVM catches writes of the doorbell's width; any
-                      other write here is trapped and rings the same doorbell (counted apart as
+    +0x0 DOORBELL     write: a request. KVM catches writes of the doorbell's width; any other write
+                      here is trapped and rings the same doorbell (counted apart as
                       ``trapped_kicks``). Reads return 0.
     +0x4 IRQ_NUM      read (4 bytes): the interrupt line (GSI) this device raises.
-    +0x8 STATUS       read: bit 0 DONE (a completion not yet acknowledged), bit 1 BUSY (requests in
-                      flight). write 1 to bit 0: acknowledge — clears DONE and lowers a level line.
+    +0x8 STATUS       read: bit 0 DONE (a completion not yet acknowledged), bit 1 BUSY (requests not
+                      yet completed). write 1 to bit 0: acknowledge -- clears DONE and lowers a level
+                      line.
     +0xC COMPLETIONS  read (4 bytes): requests completed since reset.
 
 Broiler raises its INTx line and never lowers it; the STATUS acknowledge is our addition. Each
-completion raises the line again, so a guest that acknowledges in its handler takes one interrupt
-per completion; completions that land before the acknowledge share one interrupt (level
-semantics) but are all counted in COMPLETIONS.
+completed run raises the line again, so a guest that acknowledges in its handler takes one interrupt
+per run; requests that complete before the acknowledge share one interrupt (level semantics) but are
+all counted in COMPLETIONS.
 
 Devices (Broiler's addresses and doorbell widths):
 
@@ -30,29 +38,18 @@ Devices (Broiler's addresses and doorbell widths):
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
 
 from ...core.bus import Device, all_ones
+from ...core.eventloop import Schedule
+from ...core.irq import IrqLine
+from ..doorbell_engine import DoorbellEngine, Run
 
 DOORBELL, IRQ_NUM, STATUS, COMPLETIONS = 0x0, 0x4, 0x8, 0xC
 STATUS_DONE, STATUS_BUSY = 0x1, 0x2
 BLOCK_SIZE = 0x10
 DEFAULT_DELAY = 0.05  # seconds; Broiler sleeps 2 s (5 s for vIOAPIC): `--async-delay 2` reproduces it
-
-
-class Line(Protocol):
-    gsi: int
-
-    def raise_(self) -> None: ...
-
-    def lower(self) -> None: ...
-
-    def pulse(self) -> None: ...
-
-
-Schedule = Callable[[float, Callable[[], None]], object]
 
 
 @dataclass(frozen=True)
@@ -73,40 +70,47 @@ ASYNC_DEVICES = (VPIC, VIOAPIC, ASYNC_PIO, ASYNC_MMIO)
 
 
 class AsyncDemo(Device):
-    def __init__(self, spec: AsyncSpec, line: Line, schedule: Schedule, delay: float = DEFAULT_DELAY) -> None:
+    def __init__(self, spec: AsyncSpec, line: IrqLine, schedule: Schedule, delay: float = DEFAULT_DELAY) -> None:
         super().__init__()
         self.spec = spec
         self.name = spec.name
         self.line = line
-        self._schedule = schedule
-        self.delay = delay
+        self.engine = DoorbellEngine(schedule, delay, on_complete=self._complete)
         self._lock = threading.Lock()
-        self.requests = 0  # kicks accepted (both paths)
         self.trapped_kicks = 0  # kicks that came through a trapped (sync) write
-        self.in_flight = 0
-        self.completions = 0
         self.done = False
-        self.completion_log: list[int] = []  # request sequence numbers, in completion order
+
+    # -- what the engine counts, under the names the reports use -----------------------------------
+    @property
+    def requests(self) -> int:
+        """Kicks accepted (both paths)."""
+        return self.engine.kicks
+
+    @property
+    def completions(self) -> int:
+        """Requests completed (every kick a finished run covered)."""
+        return self.engine.kicks_completed
+
+    @property
+    def in_flight(self) -> int:
+        return self.engine.kicks - self.engine.kicks_completed
+
+    @property
+    def completion_log(self) -> deque[Run]:
+        """The last runs, oldest first (bounded: see ``doorbell_engine.LOG_SIZE``)."""
+        return self.engine.log
 
     # -- doorbell (event-loop thread, or a vCPU thread for trapped writes) ------------------------
     def ring(self, kicks: int = 1) -> None:
-        with self._lock:
-            first = self.requests + 1
-            self.requests += kicks
-            self.in_flight += kicks
-        for seq in range(first, first + kicks):
-            self._schedule(self.delay, lambda seq=seq: self._complete(seq))
+        self.engine.kick(kicks)
 
-    def _complete(self, seq: int) -> None:
+    def _complete(self, run: Run, result: int) -> None:
         with self._lock:
-            self.in_flight -= 1
-            self.completions += 1
-            self.completion_log.append(seq)
             self.done = True
         if self.spec.edge:
             self.line.pulse()
         else:
-            self.line.raise_()
+            self.line.set_level(True)
 
     # -- registers (vCPU threads) -------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -131,6 +135,6 @@ class AsyncDemo(Device):
                 with self._lock:
                     self.done = False
                 if not self.spec.edge:
-                    self.line.lower()
+                    self.line.set_level(False)
         else:
             self.guest_error(f"{size}-byte write at +{offset:#x} ignored")

@@ -36,8 +36,13 @@ Register block of the doorbell devices (BAR0; the DMA devices add +0x0-+0xC, see
     +0x1C ERROR_CODE   R   DMA only: why the last job failed (0 = it did not)
 
 STATUS, COMPLETIONS and ERROR_CODE take 4-byte accesses; other offsets and sizes read all ones and
-count a guest error. A doorbell that rings while a job is in flight is ignored (counted in
-``busy_rings``; Broiler's eventfd merged such kicks into the running job).
+count a guest error.
+
+Jobs run on the shared ``DoorbellEngine`` (``broiler/devices/doorbell_engine.py``), whose one rule
+is: **a doorbell that rings while a job is in flight coalesces** -- it is counted in ``busy_rings``
+and marks the device pending, and when the job completes exactly one more job runs (reading the
+registers as they are then), however many rings arrived. No timer or log entry per ring, so a guest
+flooding the doorbell cannot grow host memory. (Broiler's eventfd merged such kicks too.)
 
 Differences from Broiler, on purpose: INTx is level-triggered and *lowered by the ACK* (Broiler
 raised it and never lowered it); MSI and MSI-X are only sent when the guest enabled them (Broiler
@@ -54,8 +59,11 @@ import enum
 import threading
 
 from ...core.bus import Device, all_ones
-from ...pci import BarKind, IrqLine, MsiSink, PciFunction, Schedule
+from ...core.eventloop import Schedule
+from ...core.irq import IrqLine, MsiSink
+from ...pci import BarDoorbell, BarKind, PciFunction
 from ...pci.config import CMD_IO, CMD_MEMORY
+from ..doorbell_engine import DoorbellEngine, Run
 from .sync_demo import SyncRegisters
 
 BROILER_DEVICE = 0x1991
@@ -163,11 +171,11 @@ class DoorbellDemo(PciFunction):
         msix_vectors: int = 1,
     ) -> None:
         super().__init__(vendor_id=vendor_id, device_id=device_id, name=name, command=CMD_IO | CMD_MEMORY)
-        self.schedule = schedule
-        self.delay = delay
+        self.engine = DoorbellEngine(schedule, delay, on_start=self._start_run, on_complete=self._complete_run)
         self.irq_kind = irq_kind
         self.registers = DemoRegisters(self)
-        self.add_bar(0, bar_kind, DEMO_BAR_SIZE, self.registers)
+        self.doorbell = BarDoorbell(REG_DOORBELL, doorbell_length, None, self.ring)
+        self.add_bar(0, bar_kind, DEMO_BAR_SIZE, self.registers, doorbells=[self.doorbell])
         if irq_kind is IrqKind.INTX:
             if irq is None:
                 raise ValueError(f"{name}: an INTx device needs an IrqLine")
@@ -180,42 +188,47 @@ class DoorbellDemo(PciFunction):
             else:
                 self.add_bar(1, BarKind.MEM32, DEMO_BAR_SIZE, UnusedRegisters(f"{name} BAR1"))
                 self.add_msix(msi_sink, bar=1, vectors=msix_vectors, table_offset=0, pba_offset=0x80)
-        self.doorbell = self.add_doorbell(0, REG_DOORBELL, doorbell_length, self.ring)
         self._state = threading.Lock()
-        self.status = 0
+        self.status = 0  # DONE and ERROR; BUSY is the engine's
         self.error_code = 0
-        self.completions = 0
-        self.rings = 0
-        self.busy_rings = 0
-        self._result = 0
+
+    # -- what the engine counts ------------------------------------------------------------
+    @property
+    def delay(self) -> float:
+        return self.engine.delay
+
+    @property
+    def rings(self) -> int:
+        return self.engine.kicks
+
+    @property
+    def busy_rings(self) -> int:
+        """Rings that arrived while a job was in flight (coalesced into one more job)."""
+        return self.engine.busy_kicks
+
+    @property
+    def completions(self) -> int:
+        return self.engine.runs_completed & 0xFFFF_FFFF
 
     # -- the job ---------------------------------------------------------------------------
     def ring(self, kicks: int = 1) -> None:
-        """The doorbell rang (ioeventfd callback, or a write that reached the device)."""
-        with self._state:
-            self.rings += 1
-            if self.status & STATUS_BUSY:
-                self.busy_rings += 1
-                return
-            self.status |= STATUS_BUSY
-        result = self.start_job()
-        with self._state:
-            self._result = result
-        self.schedule(self.delay, self.complete)
+        """The doorbell rang (ioeventfd callback with its count, or a write that reached the device)."""
+        self.engine.kick(kicks)
 
     def start_job(self) -> int:
-        """Do the work of a job at ring time; return an error code (0 = success)."""
+        """Do the work of a job when it starts; return an error code (0 = success)."""
         return 0
 
-    def complete(self) -> None:
+    def _start_run(self, run: Run) -> int:
+        return self.start_job()
+
+    def _complete_run(self, run: Run, result: int) -> None:
         """The job's delay is over: publish the result and interrupt."""
         with self._state:
-            self.status &= ~STATUS_BUSY
             self.status |= STATUS_DONE
-            self.error_code = self._result
-            if self._result:
+            self.error_code = result
+            if result:
                 self.status |= STATUS_ERROR
-            self.completions = (self.completions + 1) & 0xFFFF_FFFF
         self.interrupt()
 
     def interrupt(self) -> None:
@@ -240,9 +253,8 @@ class DoorbellDemo(PciFunction):
             return 0
         if size == 4 and offset in (REG_STATUS, REG_COMPLETIONS, REG_ERROR_CODE):
             with self._state:
-                return {REG_STATUS: self.status, REG_COMPLETIONS: self.completions, REG_ERROR_CODE: self.error_code}[
-                    offset
-                ]
+                status = self.status | (STATUS_BUSY if self.engine.busy else 0)
+                return {REG_STATUS: status, REG_COMPLETIONS: self.completions, REG_ERROR_CODE: self.error_code}[offset]
         value = self.extra_read(offset, size)
         if value is None:
             regs.guest_error(f"{size}-byte read at +{offset:#x}")

@@ -36,9 +36,11 @@ directions (Broiler only for DIR 0) so a driver can wait for either.
 
 from __future__ import annotations
 
+from ...core.eventloop import Schedule
+from ...core.irq import IrqLine, MsiSink
 from ...core.memory import GuestMemory
 from ...errors import GuestMemoryError
-from ...pci import BarKind, IrqLine, MsiSink, Schedule
+from ...pci import BarKind
 from .pci_demos import BROILER_DEVICE, DoorbellDemo, IrqKind
 
 REG_SRC = 0x00

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ...core.bus import Device
+from ...core.bus import Device, all_ones
 
 PM1A_EVT = 0x600  # status (2 bytes) + enable (2 bytes)
 PM1A_CNT = 0x604  # control (2 bytes)
@@ -31,7 +31,7 @@ class AcpiPm(Device):
         return int.from_bytes(self.regs[offset : offset + size].ljust(size, b"\xff"), "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
-        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        data = (value & all_ones(size)).to_bytes(size, "little")
         if offset < 4:  # PM1a_STS is write-1-to-clear
             for i, byte in enumerate(data):
                 if offset + i < 2:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ...core.bus import Device
+from ...core.bus import Device, all_ones
 
 DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_SIZE = 4
@@ -21,7 +21,7 @@ class DebugExit(Device):
         self._request_exit = request_exit
 
     def read(self, offset: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         self._request_exit(((value << 1) | 1) & 0xFF)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ...core.bus import Device
+from ...core.irq import IrqLine
 
 I8042_DATA = 0x60
 I8042_COMMAND = 0x64
@@ -37,10 +38,12 @@ class I8042(Device):
 
     name = "i8042"
 
-    def __init__(self, reset: Callable[[], None], set_irq: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self, reset: Callable[[], None], kbd_irq: IrqLine | None = None, aux_irq: IrqLine | None = None
+    ) -> None:
         super().__init__()
         self._reset = reset
-        self._set_irq = set_irq
+        self._lines = {KBD_IRQ: kbd_irq, AUX_IRQ: aux_irq}
         self.config = CONFIG_KBD_INT | CONFIG_SYS | CONFIG_XLATE
         self.pending: int | None = None  # controller command waiting for its data byte
         self.kbd_arg_pending = False  # keyboard command waiting for its argument
@@ -67,8 +70,9 @@ class I8042(Device):
         for irq, level in want.items():
             if level != self.levels[irq]:
                 self.levels[irq] = level
-                if self._set_irq is not None:
-                    self._set_irq(irq, level)
+                line = self._lines[irq]
+                if line is not None:
+                    line.set_level(bool(level))
 
     def status(self) -> int:
         value = STATUS_SYS if self.config & CONFIG_SYS else 0

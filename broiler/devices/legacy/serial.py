@@ -1,7 +1,7 @@
 """A 16550A-compatible UART (8250 family) as a sans-IO register model.
 
 Output bytes go to an injected ``output(bytes)`` callable; input arrives through ``feed(bytes)``
-from whatever owns the terminal; the interrupt line is an injected ``set_irq(level)`` callable.
+from whatever owns the terminal; the interrupt line is an injected ``IrqLine`` (level-triggered; None = not wired).
 Transmission is instantaneous, so LSR always shows THRE|TEMT (test kernels poll for it).
 
 Registers (offset from the base, DLAB = LCR bit 7)::
@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ...core.bus import Device
+from ...core.irq import IrqLine
 
 COM1_BASE, COM1_IRQ = 0x3F8, 4
 COM2_BASE, COM2_IRQ = 0x2F8, 3
@@ -35,13 +36,11 @@ RX_FIFO_LIMIT = 4096
 
 
 class Serial8250(Device):
-    def __init__(
-        self, output: Callable[[bytes], None], set_irq: Callable[[int], None] | None = None, name: str = "ttyS0"
-    ) -> None:
+    def __init__(self, output: Callable[[bytes], None], irq: IrqLine | None = None, name: str = "ttyS0") -> None:
         super().__init__()
         self.name = name
         self._output = output
-        self._set_irq = set_irq
+        self._irq = irq
         self.rx: deque[int] = deque()
         self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
         self.ier = 0
@@ -150,5 +149,5 @@ class Serial8250(Device):
         level = 0 if self._pending_iir() == IIR_NO_INT else 1
         if level != self._irq_level:
             self._irq_level = level
-            if self._set_irq is not None:
-                self._set_irq(level)
+            if self._irq is not None:
+                self._irq.set_level(bool(level))

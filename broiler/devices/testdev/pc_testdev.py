@@ -9,8 +9,8 @@ Four register blocks, each its own Device because they sit on unrelated ranges:
                                               bytes there; the result is identical)
 0xE4-0xE7 (ports)         ``PcTestdevFlush``  32-bit write of a guest-physical address:
                                               ``flush_page(addr & ~0xFFF)``; reads 0
-0x2000-0x2017 (ports)     ``PcTestdevIrq``    byte write v at 0x2000+n: ``set_irq(n, 1 if v
-                                              else 0)``; reads 0
+0x2000-0x2017 (ports)     ``PcTestdevIrq``    byte write v at 0x2000+n: line n's
+                                              ``set_level(v != 0)``; reads 0
 0xFF000000 + 64 KiB       ``PcTestdevIomem``  RAM-like MMIO (trapped, not a memslot): reads
                                               return what was written, widths 1/2/4/8
 ========================  ==================  ==============================================
@@ -27,10 +27,11 @@ QEMU maps 0x2000+n to ISA IRQ n and aborts on an assertion for n >= 16 (isa_get_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ...core.bus import Device, MmioBus, PioBus
+from ...core.bus import Device, MmioBus, PioBus, all_ones
+from ...core.irq import IrqLine
 
 LATCH_PORT = 0xE0
 FLUSH_PORT = 0xE4
@@ -51,10 +52,10 @@ class PcTestdevLatch(Device):
         self.value = 0
 
     def read(self, offset: int, size: int) -> int:
-        return (self.value >> (8 * offset)) & ((1 << (8 * size)) - 1)
+        return (self.value >> (8 * offset)) & all_ones(size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        mask = ((1 << (8 * size)) - 1) << (8 * offset)
+        mask = all_ones(size) << (8 * offset)
         self.value = (self.value & ~mask) | ((value << (8 * offset)) & mask)
 
 
@@ -82,9 +83,9 @@ class PcTestdevFlush(Device):
 class PcTestdevIrq(Device):
     name = "pc-testdev-irq-line"
 
-    def __init__(self, set_irq: Callable[[int, int], None]) -> None:
+    def __init__(self, lines: Sequence[IrqLine | None]) -> None:
         super().__init__()
-        self._set_irq = set_irq
+        self._lines = list(lines)
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -93,7 +94,9 @@ class PcTestdevIrq(Device):
         if size != 1:
             self.guest_error(f"{size}-byte write (IRQ lines take byte writes)")
             return
-        self._set_irq(offset, 1 if value else 0)
+        line = self._lines[offset] if offset < len(self._lines) else None
+        if line is not None:
+            line.set_level(bool(value))
 
 
 class PcTestdevIomem(Device):
@@ -107,7 +110,7 @@ class PcTestdevIomem(Device):
         return int.from_bytes(self.buf[offset : offset + size], "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.buf[offset : offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self.buf[offset : offset + size] = (value & all_ones(size)).to_bytes(size, "little")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,9 @@ class PcTestdev:
     iomem: PcTestdevIomem
 
     @classmethod
-    def create(cls, *, set_irq: Callable[[int, int], None], flush_page: Callable[[int], None]) -> PcTestdev:
-        return cls(PcTestdevLatch(), PcTestdevFlush(flush_page), PcTestdevIrq(set_irq), PcTestdevIomem())
+    def create(cls, *, lines: Sequence[IrqLine | None], flush_page: Callable[[int], None]) -> PcTestdev:
+        """``lines[n]`` is what a write to 0x2000+n drives (None: not wired)."""
+        return cls(PcTestdevLatch(), PcTestdevFlush(flush_page), PcTestdevIrq(lines), PcTestdevIomem())
 
     def regions(self) -> list[tuple[str, int, int, Device, str]]:
         """(bus "pio"/"mmio", base, size, device, region name) for each of the five regions."""
@@ -133,10 +137,10 @@ class PcTestdev:
 
 
 def register_pc_testdev(
-    pio: PioBus, mmio: MmioBus, *, set_irq: Callable[[int, int], None], flush_page: Callable[[int], None]
+    pio: PioBus, mmio: MmioBus, *, lines: Sequence[IrqLine | None], flush_page: Callable[[int], None]
 ) -> PcTestdev:
     """Create the device and put its five regions on the buses (owner "pc-testdev")."""
-    dev = PcTestdev.create(set_irq=set_irq, flush_page=flush_page)
+    dev = PcTestdev.create(lines=lines, flush_page=flush_page)
     for kind, base, size, device, name in dev.regions():
         (pio if kind == "pio" else mmio).register(base, size, device, owner="pc-testdev", name=name)
     return dev

@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass
 
 from ...core.bus import Device
-from ...pci import BarKind, DoorbellSpec, PciFunction
+from ...pci import BarDoorbell, BarKind, PciFunction
 from ...pci.config import CMD_IO, CMD_MEMORY
 
 TESTDEV_VENDOR = 0x1B36
@@ -131,7 +131,7 @@ class PciTestDev(PciFunction):
         self.tests = make_tests()
         self.current = -1
         self.notifier_kicks = 0  # writes caught as doorbells (QEMU's event notifier)
-        self._doorbell: DoorbellSpec | None = None
+        self._doorbell: BarDoorbell | None = None
         self._lock = threading.RLock()
 
     # -- test selection --------------------------------------------------------------------
