@@ -185,6 +185,15 @@ class _Unmapped:
 
 
 _CACHE_LIMIT = 1 << 16
+ADDRESS_LIMIT = 256  # distinct addresses counted (and logged once) per bus and kind of bad access
+
+
+def _count_at(counts: Counter[tuple[int, bool]], key: tuple[int, bool]) -> bool:
+    """Count one access at ``key`` if it is already known or there is room; False when it was not."""
+    if key in counts or len(counts) < ADDRESS_LIMIT:
+        counts[key] += 1
+        return True
+    return False
 
 
 class Bus:
@@ -199,8 +208,12 @@ class Bus:
         self._unmapped: _Unmapped | Any = _Unmapped(self)
         # addr -> Region or the unmapped sentinel; read lock-free by vCPU threads.
         self.cache: dict[int, Region | _Unmapped] = {}
+        # Per (address, is_write) counts for the first ADDRESS_LIMIT addresses seen, plus totals: a guest
+        # sweeping unmapped space must not grow broiler's memory (issue 13).
         self.unmapped: Counter[tuple[int, bool]] = Counter()
         self.straddled: Counter[tuple[int, bool]] = Counter()
+        self.unmapped_total = 0
+        self.straddled_total = 0
         self.listeners: list[Callable[[], None]] = []
         # Set by tracing: wraps every device registered from then on (see broiler/frontend/trace.py).
         self.wrap_device: Callable[[Device, int, str], Device] | None = None
@@ -322,9 +335,10 @@ class Bus:
 
     # -- bookkeeping for bad accesses ------------------------------------------------------
     def note_unmapped(self, addr: int, size: int, is_write: bool) -> None:
-        key = (addr, is_write)
-        self.unmapped[key] += 1
-        if self.unmapped[key] == 1:
+        self.unmapped_total += 1
+        if not _count_at(self.unmapped, (addr, is_write)):
+            return
+        if self.unmapped[(addr, is_write)] == 1:
             log.info(
                 "%s: unmapped %s of %d bytes at %#x (%s)",
                 self.name,
@@ -335,9 +349,10 @@ class Bus:
             )
 
     def straddle(self, addr: int, size: int, is_write: bool) -> int:
-        key = (addr, is_write)
-        self.straddled[key] += 1
-        if self.straddled[key] == 1:
+        self.straddled_total += 1
+        if not _count_at(self.straddled, (addr, is_write)):
+            return all_ones(size)
+        if self.straddled[(addr, is_write)] == 1:
             log.info(
                 "%s: %d-byte %s at %#x crosses the end of its region: treated as unmapped",
                 self.name,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from ..errors import ConfigError
 from ..kvm import Vm
 from .bus import all_ones
 from .eventloop import EventLoop
+
+HISTORY_LIMIT = 1024  # doorbells remembered for the statistics (a guest moving BARs adds entries)
 
 
 @dataclass(eq=False)
@@ -59,7 +62,12 @@ class Doorbells:
         self.loop = loop
         self._lock = threading.Lock()
         self.active: list[Doorbell] = []
-        self.history: list[Doorbell] = []  # every doorbell ever added, for the final statistics
+        # One entry per doorbell (owner, bus, address, length, datamatch) for the final statistics: a
+        # guest toggling a BAR's decode re-adds the same doorbell and its counts carry on; a guest moving
+        # a BAR around adds entries, so the oldest inactive ones go beyond HISTORY_LIMIT (bounded memory).
+        self._history: OrderedDict[tuple[object, ...], Doorbell] = OrderedDict()
+        self.history_dropped = 0
+        self.kicks_by_owner: Counter[Hashable] = Counter()  # totals survive history eviction
         self.tracer: Any = None
 
     def add(
@@ -97,9 +105,27 @@ class Doorbells:
                     os.close(bell.fd)
                     raise
             self.active.append(bell)
-            self.history.append(bell)
+            self._remember(bell)
         self.loop.add_reader(bell.fd, lambda: self._ready(bell))
         return bell
+
+    @property
+    def history(self) -> list[Doorbell]:
+        """Every doorbell added (one per owner, bus, address, length, datamatch), oldest first."""
+        return list(self._history.values())
+
+    def _remember(self, bell: Doorbell) -> None:
+        key = (bell.owner, bell.pio, bell.addr, bell.length, bell.datamatch)
+        before = self._history.pop(key, None)
+        if before is not None:  # the same doorbell again (decode toggled): keep counting where it stopped
+            bell.kicks, bell.wakeups, bell.handler_ns = before.kicks, before.wakeups, before.handler_ns
+        self._history[key] = bell
+        while len(self._history) > HISTORY_LIMIT:
+            oldest = next((k for k, b in self._history.items() if b not in self.active), None)
+            if oldest is None:
+                break
+            del self._history[oldest]
+            self.history_dropped += 1
 
     def _ready(self, bell: Doorbell) -> None:
         try:
@@ -108,6 +134,7 @@ class Doorbells:
             return
         bell.kicks += kicks
         bell.wakeups += 1
+        self.kicks_by_owner[bell.owner] += kicks
         if self.tracer is not None:
             self.tracer.emit(
                 "doorbell",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..core.bus import ADDRESS_LIMIT
 from ..kvm import abi
 
 if TYPE_CHECKING:
@@ -16,11 +17,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)]
 
 
+def owner_name(owner: object) -> str:
+    """A doorbell's owner as `broiler layout` names it (a PCI function's name, a demo's string)."""
+    name = getattr(owner, "name", None)
+    return name if isinstance(name, str) else str(owner)
+
+
 def device_rows(machine: Machine) -> list[dict[str, object]]:
     """One record per registered region that saw any traffic: the numbers behind `io_table`."""
-    kicks: dict[object, int] = {}
-    for bell in machine.doorbells.history:
-        kicks[bell.owner] = kicks.get(bell.owner, 0) + bell.kicks
+    kicks = machine.doorbells.kicks_by_owner
     rows = []
     for bus in (machine.pio_bus, machine.mmio_bus):
         for r in bus.regions():
@@ -91,11 +96,12 @@ def io_table(machine: Machine) -> list[str]:
         rows,
     )
     for bus in (machine.pio_bus, machine.mmio_bus):
-        unmapped = sum(bus.unmapped.values())
-        straddled = sum(bus.straddled.values())
+        unmapped = bus.unmapped_total
+        straddled = bus.straddled_total
         if unmapped or straddled:
             lines.append(
-                f"{bus.name}: {unmapped} unmapped accesses at {len(bus.unmapped)} addresses, "
+                f"{bus.name}: {unmapped} unmapped accesses at {len(bus.unmapped)}"
+                f"{'+' if len(bus.unmapped) >= ADDRESS_LIMIT else ''} addresses, "
                 f"{straddled} straddling accesses"
             )
     return lines
@@ -116,11 +122,11 @@ def snapshot_stats(machine: Machine) -> dict[str, object]:
         exits[str(t.vcpu.id)] = {abi.EXIT_REASON_NAMES.get(i, str(i)): n for i, n in enumerate(t.exit_counts) if n}
     return {
         "exits": exits,
-        "unmapped": {"pio": sum(machine.pio_bus.unmapped.values()), "mmio": sum(machine.mmio_bus.unmapped.values())},
-        "straddled": {"pio": sum(machine.pio_bus.straddled.values()), "mmio": sum(machine.mmio_bus.straddled.values())},
+        "unmapped": {"pio": machine.pio_bus.unmapped_total, "mmio": machine.mmio_bus.unmapped_total},
+        "straddled": {"pio": machine.pio_bus.straddled_total, "mmio": machine.mmio_bus.straddled_total},
         "doorbells": [
             {
-                "owner": str(b.owner),
+                "owner": owner_name(b.owner),
                 "bus": "pio" if b.pio else "mmio",
                 "addr": b.addr,
                 "length": b.length,

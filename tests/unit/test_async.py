@@ -216,3 +216,26 @@ def test_a_doorbell_flood_on_the_real_event_loop_holds_one_timer_at_a_time() -> 
     loop.close()
     assert dev.completions == 50_000 and dev.engine.runs == dev.engine.runs_completed
     assert len(scheduled) == dev.engine.runs and len(dev.completion_log) <= 64
+
+
+def test_doorbell_history_is_one_entry_per_doorbell_and_bounded() -> None:
+    """Toggling a BAR's decode re-adds the same doorbell: one entry, counts carried on. Moving it to
+    thousands of addresses keeps the history at HISTORY_LIMIT and the per-owner total intact."""
+    from broiler.core.ioeventfd import HISTORY_LIMIT
+
+    loop = EventLoop()
+    bells = Doorbells(None, loop)
+    for _ in range(50):
+        bell = bells.add(pio=True, addr=0x6410, length=4, datamatch=None, callback=lambda n: None, owner="fn")
+        bell.kicks += 2  # as _ready would count two guest writes
+        bells.remove(bell)
+    entries = [b for b in bells.history if b.owner == "fn"]
+    assert len(entries) == 1 and entries[0].kicks == 100
+    for i in range(HISTORY_LIMIT + 100):
+        bell = bells.add(
+            pio=False, addr=0xC200_0000 + 16 * i, length=4, datamatch=None, callback=lambda n: None, owner="m"
+        )
+        bells.remove(bell)
+    assert len(bells.history) <= HISTORY_LIMIT and bells.history_dropped > 0
+    bells.close()
+    loop.close()

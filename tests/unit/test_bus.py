@@ -135,3 +135,17 @@ def test_move_onto_another_region_is_refused_and_leaves_the_region_in_place() ->
     with pytest.raises(ConfigError, match="outside the bus"):
         bus.move(a, 0xFFF8)
     assert bus.find(0x6200) is a and [r.name for r in bus.regions()] == ["a", "b", "c"]
+
+
+def test_a_sweep_of_unmapped_space_keeps_bounded_counters() -> None:
+    """A guest reading every address of a hole keeps a total, but per-address counts only up to a bound."""
+    from broiler.core.bus import ADDRESS_LIMIT
+
+    bus = MmioBus()
+    for addr in range(0xE000_0000, 0xE000_0000 + 10 * ADDRESS_LIMIT):
+        assert bus.read(addr, 1) == 0xFF
+    assert bus.unmapped_total == 10 * ADDRESS_LIMIT
+    assert len(bus.unmapped) == ADDRESS_LIMIT
+    assert bus.unmapped[(0xE000_0000, False)] == 1  # the first ones are still counted per address
+    assert bus.read(0xE000_0000, 1) == 0xFF and bus.unmapped[(0xE000_0000, False)] == 2
+    assert len(bus.cache) <= 1 << 16
