@@ -15,6 +15,9 @@ Rules kept here:
   enabled are ignored and counted.
 - **Interrupts.** With MSI-X enabled, a queue's or the config vector's message (none for
   NO_VECTOR); otherwise the ISR bit and INTx, lowered when the guest reads the ISR.
+- **Locks.** ``lock`` guards what the driver configures (vCPU threads); ``_irq_lock`` guards the ISR,
+  interrupt delivery and the DEVICE_NEEDS_RESET bit, which device threads touch. A reset holds
+  ``lock`` while it waits for the device's IO thread, so that thread must never need ``lock``.
 - **Reset** stops the device (the block worker finishes its in-flight request and exits), then
   forgets queues, features, vectors and the ISR.
 """
@@ -69,6 +72,7 @@ class VirtioTransport:
             self.offered &= ~bit(F_VERSION_1)
         self.queues = [Virtqueue(size) for size in device.queue_max_sizes]
         self.lock = threading.RLock()
+        self._irq_lock = threading.Lock()
         self.guest_errors = 0
         self.ignored_kicks = 0
         self.resets = 0
@@ -138,7 +142,8 @@ class VirtioTransport:
                 if problem is not None:
                     self.guest_error(f"FEATURES_OK refused: {problem}")
                     new &= ~STATUS_FEATURES_OK
-            self.status = new
+            with self._irq_lock:  # a device thread may have set NEEDS_RESET meanwhile
+                self.status = new | (self.status & STATUS_DEVICE_NEEDS_RESET)
             if new & STATUS_DRIVER_OK and not old & STATUS_DRIVER_OK:
                 self._driver_ok()
             if new & STATUS_FAILED and not old & STATUS_FAILED:
@@ -170,14 +175,15 @@ class VirtioTransport:
         """Device reset (status 0): the device stops and drops every reference to guest memory."""
         with self.lock:
             self.device.reset()
-            self._reset_state()
-            self.needs_reset_reason = None
-            self.resets += 1
-            self.pins.set_intx(False)
+            with self._irq_lock:
+                self._reset_state()
+                self.needs_reset_reason = None
+                self.resets += 1
+                self.pins.set_intx(False)
 
     # -- the device's notifier ----------------------------------------------------------------
     def set_needs_reset(self, reason: str) -> None:
-        with self.lock:
+        with self._irq_lock:
             if self.status & STATUS_DEVICE_NEEDS_RESET:
                 return
             self.needs_reset_reason = reason
@@ -189,12 +195,12 @@ class VirtioTransport:
     needs_reset = set_needs_reset
 
     def queue_used(self, queue_index: int) -> None:
-        with self.lock:
+        with self._irq_lock:
             if 0 <= queue_index < len(self.queues):
                 self._interrupt(ISR_QUEUE, self.queues[queue_index].vector)
 
     def config_changed(self) -> None:
-        with self.lock:
+        with self._irq_lock:
             self.config_generation = (self.config_generation + 1) & 0xFF
             self._interrupt(ISR_CONFIG, self.config_vector)
 
@@ -208,7 +214,7 @@ class VirtioTransport:
 
     def read_isr(self) -> int:
         """Reading the ISR returns it and clears it, which lowers INTx (§4.1.4.5)."""
-        with self.lock:
+        with self._irq_lock:
             value, self.isr = self.isr, 0
             self.pins.set_intx(False)
             return value
