@@ -40,7 +40,7 @@ class FakePins:
     def msix_notify(self, vector: int) -> None:
         self.sent.append(vector)
 
-    def set_intx(self, level: bool) -> None:
+    def set_intx_level(self, level: bool) -> None:
         self.intx_raised += int(level and not self.intx)
         self.intx = level
 

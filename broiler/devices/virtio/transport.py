@@ -57,7 +57,7 @@ class InterruptPins(Protocol):
 
     def msix_notify(self, vector: int) -> None: ...
 
-    def set_intx(self, level: bool) -> None: ...
+    def set_intx_level(self, level: bool) -> None: ...
 
 
 class VirtioTransport:
@@ -179,7 +179,7 @@ class VirtioTransport:
                 self._reset_state()
                 self.needs_reset_reason = None
                 self.resets += 1
-                self.pins.set_intx(False)
+                self.pins.set_intx_level(False)
 
     # -- the device's notifier ----------------------------------------------------------------
     def set_needs_reset(self, reason: str) -> None:
@@ -210,13 +210,13 @@ class VirtioTransport:
                 self.pins.msix_notify(vector)
             return
         self.isr |= isr_bit
-        self.pins.set_intx(True)
+        self.pins.set_intx_level(True)
 
     def read_isr(self) -> int:
         """Reading the ISR returns it and clears it, which lowers INTx (§4.1.4.5)."""
         with self._irq_lock:
             value, self.isr = self.isr, 0
-            self.pins.set_intx(False)
+            self.pins.set_intx_level(False)
             return value
 
     # -- queues ---------------------------------------------------------------------------------
