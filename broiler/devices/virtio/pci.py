@@ -117,6 +117,9 @@ class VirtioPci(PciFunction):
         if cap.notify_multiplier is not None:
             cfg.set(at + 16, 4, cap.notify_multiplier)
 
+    def __repr__(self) -> str:  # doorbell owners and stats print this
+        return self.name
+
     # -- InterruptPins (what the transport calls, from any thread) ------------------------------
     def msix_enabled(self) -> bool:
         return self.msix is not None and self.msix.enabled
