@@ -8,14 +8,19 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from .. import exitcodes
 from ..core.memory import MiB, format_size, parse_size
 from ..errors import ConfigError, KvmUnavailable
 from ..guests import packaged_guest
 from ..inputs import check_input, check_output, read_head, read_input
+from ..vmm.virtio import parse_disk, parse_transport
 from .argtypes import positive
 from .trace import Tracer, parse_kinds
+
+if TYPE_CHECKING:
+    from ..vmm.machine import MachineConfig
 
 DEMO_GUEST = "demo"
 LINUX_RAM = 1024 * MiB
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stop the guest after this long (exit status {exitcodes.TIMEOUT})",
     )
     run.add_argument("--no-demo-devices", action="store_true", help="leave out the seed's demo devices")
+    _add_virtio_options(run)
     run.add_argument(
         "--async-delay",
         type=float,
@@ -135,7 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
     layout = sub.add_parser("layout", help="print the guest-physical map and the port map")
     layout.add_argument("-m", "--mem", default="4G", metavar="SIZE", help="guest RAM (default 4G)")
     layout.add_argument("--no-demo-devices", action="store_true")
+    _add_virtio_options(layout)
     return parser
+
+
+def _add_virtio_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--disk",
+        "-r",
+        "--rootfs",
+        dest="disks",
+        action="append",
+        default=[],
+        metavar="FILE[,ro=on][,serial=ID]",
+        help="a raw image as a virtio-blk disk (repeatable; -r/--rootfs is Broiler's spelling)",
+    )
+    parser.add_argument("--rng", action="store_true", help="add a virtio-rng device (host os.urandom)")
+    parser.add_argument(
+        "--virtio-transport",
+        default="transitional",
+        metavar="KIND",
+        help="modern, legacy or transitional (default: transitional, both register files)",
+    )
+
+
+def _virtio_config(config: MachineConfig, args: argparse.Namespace) -> None:
+    config.disks = [parse_disk(text) for text in args.disks]
+    config.virtio_rng = args.rng
+    config.virtio_transport = parse_transport(args.virtio_transport)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -170,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for initrd in args.initrd:
             check_input(initrd, "initrd", limit=mem)
     config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices, testdev=args.testdev)
+    _virtio_config(config, args)
     if args.async_delay is not None:
         if not 0 <= args.async_delay <= 3600:
             raise ConfigError("--async-delay must be between 0 and 3600 seconds")
@@ -317,7 +351,9 @@ def cmd_layout(args: argparse.Namespace) -> int:
     from .layout import iomem, ioports
 
     config = MachineConfig(mem_size=parse_size(args.mem, what="--mem"), demo_devices=not args.no_demo_devices)
+    _virtio_config(config, args)
     sketch = PlatformSketch(config)
+    sketch.close()  # releases the disks; the map is what we print
     print(f"# guest-physical memory ({format_size(config.mem_size)} of RAM), /proc/iomem style")
     print("\n".join(iomem(sketch.map, sketch.mmio_bus)))
     print("\n# IO ports, /proc/ioports style")

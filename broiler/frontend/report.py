@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..core.bus import ADDRESS_LIMIT
 from ..kvm import abi
+from ..vmm.virtio import virtio_stats
 
 if TYPE_CHECKING:
     from ..vmm.machine import Machine
@@ -137,6 +138,7 @@ def snapshot_stats(machine: Machine) -> dict[str, object]:
             for b in machine.doorbells.history
         ],
         "msis_sent": machine.irqs.msis_sent,
+        "virtio": virtio_stats(machine.pci),
         "emulated_in_userspace": {str(t.vcpu.id): dict(t.emulated) for t in machine.threads},
         "decisions": machine.decisions,
         "exit_status": machine.exit_status,

@@ -30,10 +30,12 @@ from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, Memo
 from ..core.vcpu import VcpuThread
 from ..devices.demo.async_demo import DEFAULT_DELAY
 from ..devices.legacy.serial import Serial8250
+from ..devices.virtio.pci import TransportKind
 from ..errors import ConfigError
 from ..kvm import Kvm, Vcpu, abi
 from ..kvm.abi import buffer_address
 from ..pci import PciHost
+from .virtio import DiskSpec
 
 if TYPE_CHECKING:
     from ..emulate.syscall_assist import SyscallAssist
@@ -59,6 +61,9 @@ class MachineConfig:
     async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
     testdev: bool = False  # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
     kvm_path: str = "/dev/kvm"
+    disks: list[DiskSpec] = field(default_factory=list)  # virtio-blk, in order (--disk / -r)
+    virtio_rng: bool = False  # --rng
+    virtio_transport: TransportKind = TransportKind.TRANSITIONAL
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -44,6 +44,7 @@ from ..devices.testdev.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
 from ..devices.testdev.pc_testdev import IRQ_LINES, PcTestdev
 from ..devices.testdev.pci_testdev import PciTestDev
 from ..pci import PciFunction, PciHost
+from .virtio import add_virtio_devices
 
 if TYPE_CHECKING:
     from .machine import Machine, MachineConfig
@@ -101,6 +102,8 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
         add_pci_demo_devices(m, pci, config)
     if config.testdev:
         add_qemu_test_devices(m, pci, config)
+    if config.disks or config.virtio_rng:
+        add_virtio_devices(m, config.disks, rng=config.virtio_rng, transport=config.virtio_transport)
 
 
 def add_pci_demo_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
@@ -161,7 +164,13 @@ class PlatformSketch:
         self.doorbells = Doorbells(None, EventLoop())
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
         self.pci: PciHost | None = None
+        self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)
         add_platform_devices(self, config)
+
+    def close(self) -> None:
+        for hook in self.on_stop:
+            hook()
+        self.on_stop.clear()
 
     def add_pio(
         self,
