@@ -1,4 +1,4 @@
-/* broiler's optional compiled exit loop (see broiler/vcpu.py, "The compiled fast path").
+/* broiler's optional compiled exit loop (see broiler/core/vcpu.py, "The compiled fast path").
  *
  * run(fd, run_addr, ring_addr, zones, pio_bus, mmio_bus, counts) -> int
  *
@@ -13,11 +13,16 @@
  *   < 0   -errno of a failed KVM_RUN (EINTR: a kick; the Python loop looks at why).
  * A coalesced ring with entries (``zones`` non-empty and first != last) also returns, as reason.
  * ``counts`` (a list of ints indexed by exit reason) is updated for the exits handled here.
+ *
+ * The fields are read through linux/kvm.h's struct kvm_run; the Python loop reads the same fields at
+ * broiler/kvm/abi.py's RUN_* offsets. run_offsets() returns this build's offsets so a unit test can
+ * check that both agree (tests/unit/test_vcpu_dispatch.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
 #include <linux/kvm.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -130,8 +135,24 @@ static PyObject *run(PyObject *self, PyObject *args)
     }
 }
 
+static PyObject *run_offsets(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}",
+                         "RUN_EXIT_REASON", offsetof(struct kvm_run, exit_reason),
+                         "RUN_IO_DIRECTION", offsetof(struct kvm_run, io.direction),
+                         "RUN_IO_SIZE", offsetof(struct kvm_run, io.size),
+                         "RUN_IO_PORT", offsetof(struct kvm_run, io.port),
+                         "RUN_IO_COUNT", offsetof(struct kvm_run, io.count),
+                         "RUN_IO_DATA_OFFSET", offsetof(struct kvm_run, io.data_offset),
+                         "RUN_MMIO_PHYS_ADDR", offsetof(struct kvm_run, mmio.phys_addr),
+                         "RUN_MMIO_DATA", offsetof(struct kvm_run, mmio.data),
+                         "RUN_MMIO_LEN", offsetof(struct kvm_run, mmio.len),
+                         "RUN_MMIO_IS_WRITE", offsetof(struct kvm_run, mmio.is_write));
+}
+
 static PyMethodDef methods[] = {
     {"run", run, METH_VARARGS, "Run KVM_RUN, handling plain PIO and MMIO exits in C (see the file's comment)."},
+    {"run_offsets", run_offsets, METH_NOARGS, "The struct kvm_run offsets this build reads, by abi.RUN_* name."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "broiler._fastexit",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import BroilerError
 from ..kvm import abi
-
-if TYPE_CHECKING:
-    from .vcpu import VcpuThread
+from .exits import ExitContext
+from .memory import GuestMemory
 
 
 def decode_instruction(code: bytes, rip: int, bitness: int = 64) -> str:
@@ -24,12 +21,14 @@ def decode_instruction(code: bytes, rip: int, bitness: int = 64) -> str:
     return f"{iced_x86.Formatter(iced_x86.FormatterSyntax.GAS).format(instr)}"
 
 
-def _guest_bytes(thread: VcpuThread, linear: int, size: int) -> bytes | None:
+def _guest_bytes(thread: ExitContext, memory: GuestMemory | None, linear: int, size: int) -> bytes | None:
+    if memory is None:
+        return None
     try:
         phys, valid = thread.vcpu.translate(linear)
         if not valid:
             return None
-        return thread.machine.memory.read(phys, size)
+        return memory.read(phys, size)
     except (BroilerError, OSError):
         return None
 
@@ -42,7 +41,8 @@ def cpu_bitness(sregs: abi.kvm_sregs) -> int:
     return 16
 
 
-def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> str:
+def register_dump(thread: ExitContext, why: str, *, memory: GuestMemory | None, snapshot: bool = False) -> str:
+    """Registers, segments, the instruction at RIP and the top of the stack (read from ``memory``)."""
     vcpu = thread.vcpu
     lines = [f"vCPU {vcpu.id} ({why})" if snapshot else f"\nbroiler: vCPU {vcpu.id} stopped: {why}"]
     internal = thread.internal_error_data() if thread.last_exit_reason() == abi.KVM_EXIT_INTERNAL_ERROR else []
@@ -51,7 +51,7 @@ def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> st
         s = vcpu.get_sregs()
     except BroilerError as exc:
         return "\n".join([*lines, f"  (registers unavailable: {exc})", ""])
-    names = [n for n, _ in abi.kvm_regs._fields_]
+    names = [field[0] for field in abi.kvm_regs._fields_]
     for i in range(0, len(names), 4):
         lines.append("  " + "  ".join(f"{n:>6}={getattr(r, n):016x}" for n in names[i : i + 4]))
     lines.append(
@@ -66,7 +66,7 @@ def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> st
     lines.append(f"  gdt={s.gdt.base:#x}/{s.gdt.limit:#x} idt={s.idt.base:#x}/{s.idt.limit:#x}")
     bitness = cpu_bitness(s)
     rip_linear = r.rip + (s.cs.base if bitness != 64 else 0)
-    code = _guest_bytes(thread, rip_linear, 16)
+    code = _guest_bytes(thread, memory, rip_linear, 16)
     if code is None and len(internal) > 2:
         code = b"".join(w.to_bytes(8, "little") for w in internal[1:3])
     if code:
@@ -74,7 +74,7 @@ def register_dump(thread: VcpuThread, why: str, *, snapshot: bool = False) -> st
         lines.append(f"  instruction: {decode_instruction(code, r.rip, bitness)}")
     else:
         lines.append("  code at rip: (not readable)")
-    stack = _guest_bytes(thread, r.rsp + (s.ss.base if bitness != 64 else 0), 32)
+    stack = _guest_bytes(thread, memory, r.rsp + (s.ss.base if bitness != 64 else 0), 32)
     if stack:
         words = [int.from_bytes(stack[i : i + 8], "little") for i in range(0, len(stack), 8)]
         lines.append("  stack: " + " ".join(f"{w:016x}" for w in words))

@@ -1,24 +1,36 @@
-"""The vCPU thread: KVM_RUN, decode the exit from the shared kvm_run page, dispatch to the buses.
+"""The vCPU thread: KVM_RUN, decode the exit from the shared kvm_run page, dispatch it.
 
 This is broiler's hot path. It reads ``kvm_run`` through memoryviews cast to u8/u16/u32/u64 that
-are created once per vCPU, looks devices up in the bus's per-address cache (a dict hit after the
-first access), and neither allocates nor logs per exit unless tracing is on. KVM_RUN goes through
-``fcntl.ioctl``, which releases the GIL while the guest runs. KVM_RUN is issued as ``ioctl(fd, KVM_RUN)``,
-never ``ioctl(fd, KVM_RUN, 0)``: given an argument, fcntl.ioctl first tries it as a writable and then
-a read-only buffer, and each failed try raises and clears a TypeError (~1.1 µs per exit measured by
-``broiler bench --breakdown``); left out, the argument is 0 with no parsing at all.
+are created once per vCPU, at indices derived once from the ``abi.RUN_*`` offsets, looks devices up
+in the bus's per-address cache (a dict hit after the first access), and neither allocates nor logs
+per exit unless tracing is on. KVM_RUN goes through ``fcntl.ioctl``, which releases the GIL while the
+guest runs. KVM_RUN is issued as ``ioctl(fd, KVM_RUN)``, never ``ioctl(fd, KVM_RUN, 0)``: given an
+argument, fcntl.ioctl first tries it as a writable and then a read-only buffer, and each failed try
+raises and clears a TypeError (~1.1 µs per exit measured by ``broiler bench --breakdown``); left out,
+the argument is 0 with no parsing at all.
+
+What a vCPU thread is given, and all it knows: the two buses, the VM's ``ExitTable``
+(core/exits.py), the ``CoalescedRing`` (core/coalesced.py), a ``VmControl`` (is the VM stopping,
+ask it to stop, say this vCPU stopped) and, for the register dump only, guest memory.
 
 Exit handling:
 
 =====================  ====================================================================
 IO                     port bus; string IO (count > 1) walks the data page ``size`` bytes at a time
 MMIO                   MMIO bus; the coalesced ring is drained first
+INTR (EINTR)           a kick: run queued calls (``call_on_vcpu``); the loop checks ``stopping``
+any other reason       the ``ExitTable`` handler for it; none registered: fatal, register dump
+=====================  ====================================================================
+
+The ``ExitTable`` starts with these; others register theirs (the syscall assist: X86_RDMSR/WRMSR):
+
+=====================  ====================================================================
 HLT                    this vCPU stops (only seen without the in-kernel irqchip)
 SHUTDOWN               triple fault: fatal, register dump
 SYSTEM_EVENT           shutdown/reset end the VM with status 0; crash is fatal
-INTERNAL_ERROR         the userspace emulator gets a chance (``Machine.emulate``), else fatal
-FAIL_ENTRY, others     fatal, register dump
-INTR (EINTR)           a kick: check whether the VM is stopping
+FAIL_ENTRY             fatal, register dump
+INTERNAL_ERROR         emulation failures go through the chain in ``EmulationStage`` order: the
+                       syscall trampoline, then the instruction completer; unclaimed: fatal
 =====================  ====================================================================
 
 The compiled fast path: where ``broiler/core/_fastexit.c`` was built (setup.py builds it whenever a C
@@ -34,36 +46,91 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .. import exitcodes
+from ..errors import ConfigError
 from ..kvm import abi
 from ..kvm.abi import buffer_address
 from ..kvm.ioctls import Vcpu
+from .bus import MmioBus, PioBus
+from .coalesced import CoalescedRing
+from .dump import register_dump
+from .exits import ExitTable, VmControl
+from .memory import GuestMemory
 
 try:  # the optional compiled exit loop (setup.py builds it where a C compiler is available)
-    from . import _fastexit
+    from . import _fastexit  # type: ignore[attr-defined, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the build
     _fastexit = None
-
-if TYPE_CHECKING:
-    from ..vmm.machine import Machine
 
 _EXIT_IO = abi.KVM_EXIT_IO
 _EXIT_MMIO = abi.KVM_EXIT_MMIO
 _KVM_RUN = abi.KVM_RUN
+KICK_SIGNAL = signal.SIGUSR1
+PAGE_SIZE = 4096
+_NO_VIEW = memoryview(b"")  # stands in for the item widths KVM never reports (3, 5, 6, 7)
+
+
+def _index(offset: int, width: int) -> int:
+    """The index of kvm_run field ``offset`` in the view of ``width``-byte items."""
+    if offset % width:
+        raise ValueError(f"kvm_run offset {offset} is not {width}-byte aligned")
+    return offset // width
+
+
+# kvm_run fields as indices into the u8/u16/u32/u64 views (computed once; the exit path reads them).
+_EXIT_REASON = _index(abi.RUN_EXIT_REASON, 4)
+_IO_DIRECTION = abi.RUN_IO_DIRECTION
+_IO_SIZE = abi.RUN_IO_SIZE
+_IO_PORT = _index(abi.RUN_IO_PORT, 2)
+_IO_COUNT = _index(abi.RUN_IO_COUNT, 4)
+_IO_DATA_OFFSET = _index(abi.RUN_IO_DATA_OFFSET, 8)
+_MMIO_PHYS_ADDR = _index(abi.RUN_MMIO_PHYS_ADDR, 8)
+_MMIO_LEN = _index(abi.RUN_MMIO_LEN, 4)
+_MMIO_IS_WRITE = abi.RUN_MMIO_IS_WRITE
+_MMIO_DATA = abi.RUN_MMIO_DATA  # a byte offset: divided by the access size, it indexes that view
+_MMIO_DATA_END = abi.RUN_MMIO_DATA + 8
+
+
+def _ignore_kick(signum: int, frame: object) -> None:
+    return None
+
+
+def install_kick_handler() -> None:
+    """KICK_SIGNAL interrupts KVM_RUN in a vCPU thread (``VcpuThread.kick``). Its handler does nothing
+    and stays installed for the life of the process, so a late kick can never kill it."""
+    if signal.getsignal(KICK_SIGNAL) is not _ignore_kick:
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError("create the first Machine on the main thread (it installs a signal handler)")
+        signal.signal(KICK_SIGNAL, _ignore_kick)
 
 
 class VcpuThread:
-    """Runs one vCPU until the machine stops; counts exits by reason."""
+    """Runs one vCPU until the VM stops; counts exits by reason."""
 
-    def __init__(self, machine: Machine, vcpu: Vcpu) -> None:
-        self.machine = machine
+    def __init__(
+        self,
+        vcpu: Vcpu,
+        *,
+        pio_bus: PioBus,
+        mmio_bus: MmioBus,
+        exits: ExitTable,
+        coalesced: CoalescedRing,
+        control: VmControl,
+        memory: GuestMemory | None = None,
+    ) -> None:
         self.vcpu = vcpu
+        self.pio_bus = pio_bus
+        self.mmio_bus = mmio_bus
+        self.control = control
+        self.coalesced = coalesced
+        self.memory = memory  # read by the register dump only (code at RIP, top of the stack)
+        self._handlers = exits.handlers  # shared and changed in place: see ExitTable
         self.exit_counts = [0] * 64
         self.thread = threading.Thread(target=self._thread_main, name=f"broiler-vcpu{vcpu.id}", daemon=True)
         page = memoryview(vcpu.run_page)
@@ -71,15 +138,15 @@ class VcpuThread:
         self._u16 = page.cast("H")
         self._u32 = page.cast("I")
         self._u64 = page.cast("Q")
-        self._views = (None, self._u8, self._u16, None, self._u32, None, None, None, self._u64)
+        nil = _NO_VIEW
+        self._views = (nil, self._u8, self._u16, nil, self._u32, nil, nil, nil, self._u64)
         self.compiled = _fastexit is not None and os.environ.get("BROILER_PURE_PYTHON") != "1"
-        ring_off = vcpu.coalesced_page * 4096
-        self._ring = page[ring_off : ring_off + 4096] if vcpu.coalesced_page > 0 else None
+        ring_off = vcpu.coalesced_page * PAGE_SIZE
+        self._ring = page[ring_off : ring_off + PAGE_SIZE] if vcpu.coalesced_page > 0 else None
         self._ring32 = self._ring.cast("I") if self._ring is not None else None
         self.stopped = threading.Event()
         self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
-        self.emulated: dict[str, int] = {}  # instructions completed in userspace (Machine.emulate)
-        self.code_changed_retries = 0  # consecutive re-runs because the code changed (boot/linux.py)
+        self.emulated: dict[str, int] = {}  # exits completed in userspace by handlers, by what
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -89,17 +156,26 @@ class VcpuThread:
         """Make the next (or current, after a signal) KVM_RUN return at once."""
         self._u8[abi.RUN_IMMEDIATE_EXIT] = 1
 
+    def kick(self) -> None:
+        """Interrupt KVM_RUN on this vCPU's thread (KICK_SIGNAL; its Python handler does nothing)."""
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive() and ident != threading.get_ident():
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except (ProcessLookupError, OSError):
+                pass
+
     # -- the loop ----------------------------------------------------------------------------
     def _thread_main(self) -> None:
         try:
             self._loop()
         except Exception:
             sys.stderr.write(f"broiler: internal error on vCPU {self.vcpu.id}:\n{traceback.format_exc()}")
-            self.machine.request_exit(exitcodes.INTERNAL, "internal error")
+            self.control.request_exit(exitcodes.INTERNAL, "internal error")
         finally:
             self.drain_coalesced()
             self.stopped.set()
-            self.machine.vcpu_stopped(self)
+            self.control.vcpu_stopped()
 
     def _loop(self) -> None:
         if self.compiled:
@@ -115,14 +191,14 @@ class VcpuThread:
             self._run_calls()
 
     def _loop_python(self) -> None:
-        machine = self.machine
+        control = self.control
         ioctl = fcntl.ioctl
         fd = self.vcpu.fd
         ring32 = self._ring32
-        zones = machine.coalesced_zones  # appended to in place: a zone added later is seen at once
+        zones = self.coalesced.zones  # appended to in place: a zone added later is seen at once
         drain = self.drain_coalesced
         dispatch = self._dispatch
-        while not machine.stopping:
+        while not control.stopping:
             try:
                 ioctl(fd, _KVM_RUN)  # no third argument: see the module docstring
             except OSError as exc:
@@ -138,26 +214,28 @@ class VcpuThread:
     def _loop_compiled(self) -> None:
         """The same loop with the plain PIO/MMIO exits decoded in C (broiler/core/_fastexit.c); every
         other exit comes back here and goes through ``_dispatch`` like in the Python loop."""
-        machine = self.machine
+        control = self.control
         run = _fastexit.run  # type: ignore[union-attr]
+        run_addr = buffer_address(self.vcpu.run_page)
+        zones = self.coalesced.zones
         args = (
             self.vcpu.fd,
-            buffer_address(self.vcpu.run_page),
-            buffer_address(self.vcpu.run_page) + self.vcpu.coalesced_page * 4096 if self._ring32 else 0,
-            machine.coalesced_zones,
-            machine.pio_bus,
-            machine.mmio_bus,
+            run_addr,
+            run_addr + self.vcpu.coalesced_page * PAGE_SIZE if self._ring32 else 0,
+            zones,
+            self.pio_bus,
+            self.mmio_bus,
             self.exit_counts,
         )
         ring32 = self._ring32
-        while not machine.stopping:
+        while not control.stopping:
             rc = run(*args)
             if rc < 0:
                 if -rc in (errno.EINTR, errno.EAGAIN):
                     self._kicked()
                     continue
                 raise OSError(-rc, os.strerror(-rc))
-            if machine.coalesced_zones and ring32 is not None and ring32[0] != ring32[1]:
+            if zones and ring32 is not None and ring32[0] != ring32[1]:
                 self.drain_coalesced()
             if not self._dispatch():
                 return
@@ -165,16 +243,17 @@ class VcpuThread:
     def _dispatch(self) -> bool:
         """Handle the exit in the kvm_run page; False when this vCPU must stop."""
         u8, u32, u64 = self._u8, self._u32, self._u64
-        reason = u32[2]
+        reason = u32[_EXIT_REASON]
         self.exit_counts[reason] += 1
         if reason == _EXIT_IO:
-            port = self._u16[17]
-            size = u8[33]
-            count = u32[9]
+            port = self._u16[_IO_PORT]
+            size = u8[_IO_SIZE]
+            count = u32[_IO_COUNT]
             view = self._views[size]
-            index = u64[5] // size
-            target = self.machine.pio_bus.cache.get(port) or self.machine.pio_bus.resolve(port)
-            if u8[32]:
+            index = u64[_IO_DATA_OFFSET] // size
+            pio = self.pio_bus
+            target = pio.cache.get(port) or pio.resolve(port)
+            if u8[_IO_DIRECTION]:
                 for i in range(index, index + count):  # count > 1: string IO (rep outs/ins)
                     target.write(port, size, view[i])
             else:
@@ -182,56 +261,27 @@ class VcpuThread:
                     view[i] = target.read(port, size)
             return True
         if reason == _EXIT_MMIO:
-            addr = u64[4]
-            size = u32[12]
-            bus = self.machine.mmio_bus
-            target = bus.cache.get(addr) or bus.resolve(addr)
+            addr = u64[_MMIO_PHYS_ADDR]
+            size = u32[_MMIO_LEN]
+            mmio = self.mmio_bus
+            target = mmio.cache.get(addr) or mmio.resolve(addr)
             if size in (1, 2, 4, 8):
                 view = self._views[size]
-                if u8[52]:
-                    target.write(addr, size, view[40 // size])
+                if u8[_MMIO_IS_WRITE]:
+                    target.write(addr, size, view[_MMIO_DATA // size])
                 else:
-                    view[40 // size] = target.read(addr, size)
+                    view[_MMIO_DATA // size] = target.read(addr, size)
             elif 0 < size <= 8:  # a fragment of a page-crossing access
-                if u8[52]:
-                    target.write(addr, size, int.from_bytes(u8[40 : 40 + size], "little"))
+                if u8[_MMIO_IS_WRITE]:
+                    target.write(addr, size, int.from_bytes(u8[_MMIO_DATA : _MMIO_DATA + size], "little"))
                 else:
-                    u8[40 : 40 + size] = target.read(addr, size).to_bytes(size, "little")
+                    u8[_MMIO_DATA : _MMIO_DATA + size] = target.read(addr, size).to_bytes(size, "little")
             return True
-        return self._slow_exit(reason)
+        return self._other_exit(reason)
 
-    def _slow_exit(self, reason: int) -> bool:
-        """Exits that are not IO; returns False when this vCPU must stop."""
-        machine = self.machine
-        if reason == abi.KVM_EXIT_HLT:
-            return False
-        if reason == abi.KVM_EXIT_SYSTEM_EVENT:
-            kind = self._u32[abi.RUN_SYSTEM_EVENT_TYPE // 4]
-            if kind in (abi.KVM_SYSTEM_EVENT_SHUTDOWN, abi.KVM_SYSTEM_EVENT_RESET):
-                machine.request_exit(exitcodes.OK, "guest shutdown" if kind == 1 else "guest reset")
-                return False
-            self.fatal(f"system event {kind} (crash)")
-            return False
-        if reason == abi.KVM_EXIT_INTERNAL_ERROR:
-            suberror = self._u32[abi.RUN_INTERNAL_SUBERROR // 4]
-            assist = machine.syscall_assist
-            if suberror == abi.KVM_INTERNAL_ERROR_EMULATION and assist is not None and assist.at_trampoline(self):
-                return True
-            if suberror == abi.KVM_INTERNAL_ERROR_EMULATION and machine.emulate is not None:
-                problem = machine.emulate(self)
-                if problem is None:
-                    return True
-                self.fatal(f"emulation failure: {problem}")
-                return False
-            self.fatal(f"internal error, suberror {suberror}")
-            return False
-        if reason == abi.KVM_EXIT_SHUTDOWN:
-            self.fatal("triple fault (KVM_EXIT_SHUTDOWN)")
-            return False
-        if reason == abi.KVM_EXIT_FAIL_ENTRY:
-            self.fatal(f"entry failed, hardware reason {self._u64[abi.RUN_FAIL_ENTRY_REASON // 8]:#x}")
-            return False
-        handler = machine.exit_handlers.get(reason)
+    def _other_exit(self, reason: int) -> bool:
+        """Every exit that is not PIO or MMIO goes to the ExitTable; False when this vCPU must stop."""
+        handler = self._handlers.get(reason)
         if handler is not None:
             return handler(self)
         self.fatal(f"unhandled exit reason {reason} ({abi.EXIT_REASON_NAMES.get(reason, '?')})")
@@ -253,7 +303,7 @@ class VcpuThread:
 
         self._calls.append(call)
         self.request_immediate_exit()
-        self.machine.kick(self)
+        self.kick()
         return done.wait(timeout)
 
     def _run_calls(self) -> None:
@@ -262,47 +312,40 @@ class VcpuThread:
             call()
 
     def fatal(self, why: str) -> None:
-        from .dump import register_dump  # the dump is cold code; keep it out of this module
+        """The guest cannot go on: print the register dump and end the VM with GUEST_FATAL."""
+        sys.stderr.write(register_dump(self, why, memory=self.memory))
+        self.control.request_exit(exitcodes.GUEST_FATAL, why)
 
-        sys.stderr.write(register_dump(self, why))
-        self.machine.request_exit(exitcodes.GUEST_FATAL, why)
-
+    # -- the exit's fields, for handlers (core/exits.py ExitContext) --------------------------
     def last_exit_reason(self) -> int:
-        return self._u32[abi.RUN_EXIT_REASON // 4]
+        return self._u32[_EXIT_REASON]
 
     def msr_exit(self) -> tuple[int, int]:
         """(MSR index, data) of a KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR exit."""
-        return self._u32[abi.RUN_MSR_INDEX // 4], self._u64[abi.RUN_MSR_DATA // 8]
+        return self._u32[_index(abi.RUN_MSR_INDEX, 4)], self._u64[_index(abi.RUN_MSR_DATA, 8)]
 
     def answer_msr(self, data: int = 0, *, fault: bool = False) -> None:
         """Complete an MSR exit: the value RDMSR returns, or ``fault`` to make the guest take #GP."""
-        self._u64[abi.RUN_MSR_DATA // 8] = data & 0xFFFF_FFFF_FFFF_FFFF
+        self._u64[_index(abi.RUN_MSR_DATA, 8)] = data & 0xFFFF_FFFF_FFFF_FFFF
         self._u8[abi.RUN_MSR_ERROR] = int(fault)
 
+    def internal_suberror(self) -> int:
+        return self._u32[_index(abi.RUN_INTERNAL_SUBERROR, 4)]
+
     def internal_error_data(self) -> list[int]:
-        n = min(self._u32[abi.RUN_INTERNAL_NDATA // 4], 16)
-        return [self._u64[abi.RUN_INTERNAL_DATA // 8 + i] for i in range(n)]
+        n = min(self._u32[_index(abi.RUN_INTERNAL_NDATA, 4)], 16)
+        first = _index(abi.RUN_INTERNAL_DATA, 8)
+        return [self._u64[first + i] for i in range(n)]
+
+    def system_event_type(self) -> int:
+        return self._u32[_index(abi.RUN_SYSTEM_EVENT_TYPE, 4)]
+
+    def fail_entry_reason(self) -> int:
+        return self._u64[_index(abi.RUN_FAIL_ENTRY_REASON, 8)]
 
     # -- coalesced MMIO ----------------------------------------------------------------------
     def drain_coalesced(self) -> int:
         """Replay the coalesced ring, oldest first, as writes on the owning bus."""
-        ring32 = self._ring32
-        if ring32 is None:
+        if self._ring is None or self._ring32 is None:
             return 0
-        ring = self._ring
-        machine = self.machine
-        n = 0
-        # The ring is per VM (every vCPU maps the same page): one drainer at a time.
-        with machine.coalesced_lock:
-            first, last = ring32[0], ring32[1]
-            while first != last:
-                base = 8 + first * 24
-                phys = int.from_bytes(ring[base : base + 8], "little")
-                length = int.from_bytes(ring[base + 8 : base + 12], "little")
-                pio = int.from_bytes(ring[base + 12 : base + 16], "little")
-                value = int.from_bytes(ring[base + 16 : base + 16 + min(length, 8)], "little")
-                (machine.pio_bus if pio else machine.mmio_bus).replay(phys, length, value)
-                first = (first + 1) % abi.KVM_COALESCED_MMIO_MAX
-                ring32[0] = first
-                n += 1
-        return n
+        return self.coalesced.drain(self._ring, self._ring32)

@@ -1,19 +1,21 @@
 """Completing, in broiler, the instructions KVM's emulator cannot run: the bridge between a stopped vCPU
 (KVM_GET/SET_REGS, SREGS, KVM_TRANSLATE, vCPU events) and the KVM-free emulator in this package.
 
-See docs/linux.md §7 for which instructions and why.
+See docs/linux.md §7 for which instructions and why. ``InstructionCompleter`` is the
+INSTRUCTION_COMPLETER stage of the VM's emulation-failure chain (core/exits.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..core.dump import cpu_bitness
+from ..core.exits import EmulationStage, ExitContext, ExitTable
+from ..core.memory import GuestMemory
 from ..errors import BroilerError, GuestMemoryError
+from ..kvm.ioctls import Vcpu
 from .emulator import emulate
 from .state import GuestFault
 
-if TYPE_CHECKING:
-    from ..core.vcpu import VcpuThread
+MAX_CODE_CHANGED_RETRIES = 3  # consecutive re-runs of one vCPU because the code at RIP changed
 
 
 class KvmGuestCpu:
@@ -22,17 +24,14 @@ class KvmGuestCpu:
 
     SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
 
-    def __init__(self, thread: VcpuThread) -> None:
-        self.thread = thread
-        self.vcpu = thread.vcpu
-        self.memory = thread.machine.memory
+    def __init__(self, vcpu: Vcpu, memory: GuestMemory) -> None:
+        self.vcpu = vcpu
+        self.memory = memory
         self.regs = self.vcpu.get_regs()
         self.sregs = self.vcpu.get_sregs()
         self.dirty = False
 
     def bitness(self) -> int:
-        from ..core.dump import cpu_bitness
-
         return cpu_bitness(self.sregs)
 
     def get_reg(self, name: str) -> int:
@@ -100,7 +99,7 @@ def reported_instruction(data: list[int]) -> bytes | None:
     return raw[1 : 1 + min(raw[0], 15)] or None
 
 
-def _code_changed(thread: VcpuThread, cpu: KvmGuestCpu) -> bool:
+def _code_changed(thread: ExitContext, cpu: KvmGuestCpu) -> bool:
     """True when the bytes at RIP are no longer what KVM's emulator fetched: another vCPU rewrote the
     code in between (Linux's text_poke_bp puts an int3 there while it patches). Measured with -c 2:
     KVM reported `cc 90 …`, memory already held the finished `66 90`. Running KVM_RUN again executes
@@ -117,20 +116,40 @@ def _code_changed(thread: VcpuThread, cpu: KvmGuestCpu) -> bool:
     return now != reported[:length]
 
 
-def emulate_exit(thread: VcpuThread) -> str | None:
-    """Machine.emulate hook: None when the instruction was completed, else why not (for the dump)."""
-    try:
-        cpu = KvmGuestCpu(thread)
-        if cpu.bitness() == 64 and _code_changed(thread, cpu) and thread.code_changed_retries < 3:
-            thread.code_changed_retries += 1
-            thread.emulated["retried: code changed"] = thread.emulated.get("retried: code changed", 0) + 1
-            return None
-        thread.code_changed_retries = 0
-        result = emulate(cpu)
-    except (BroilerError, OSError) as exc:
-        return f"userspace emulation failed: {exc}"
-    if not result.handled:
-        return str(result)
-    cpu.commit()
-    thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
-    return None
+class InstructionCompleter:
+    """Completes in Python the instruction an emulation failure stopped at (the last stage of the chain:
+    it claims every failure it is asked about, and a failure it cannot complete is fatal)."""
+
+    def __init__(self, memory: GuestMemory) -> None:
+        self.memory = memory
+        self._code_changed_retries: dict[int, int] = {}  # vCPU id -> consecutive re-runs (see _code_changed)
+
+    def register(self, exits: ExitTable) -> None:
+        exits.add_emulation_handler(EmulationStage.INSTRUCTION_COMPLETER, self)
+
+    def __call__(self, thread: ExitContext) -> bool:
+        problem = self.complete(thread)
+        if problem is None:
+            return True
+        thread.fatal(f"emulation failure: {problem}")
+        return False
+
+    def complete(self, thread: ExitContext) -> str | None:
+        """None when the instruction was completed (or the vCPU should just run again), else why not."""
+        vcpu_id = thread.vcpu.id
+        try:
+            cpu = KvmGuestCpu(thread.vcpu, self.memory)
+            retries = self._code_changed_retries.get(vcpu_id, 0)
+            if cpu.bitness() == 64 and _code_changed(thread, cpu) and retries < MAX_CODE_CHANGED_RETRIES:
+                self._code_changed_retries[vcpu_id] = retries + 1
+                thread.emulated["retried: code changed"] = thread.emulated.get("retried: code changed", 0) + 1
+                return None
+            self._code_changed_retries[vcpu_id] = 0
+            result = emulate(cpu)
+        except (BroilerError, OSError) as exc:
+            return f"userspace emulation failed: {exc}"
+        if not result.handled:
+            return str(result)
+        cpu.commit()
+        thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
+        return None

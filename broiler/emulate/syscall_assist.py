@@ -1,7 +1,9 @@
-"""Wiring broiler.emulate.syscall into a running Machine: MSR filter, LSTAR exits, trampoline exits.
+"""Wiring broiler.emulate.syscall into a running VM: MSR filter, LSTAR exits, trampoline exits.
 
 Why and how: broiler/emulate/syscall.py and docs/linux.md §7. This file only touches the VM through
-the kvm/ layer (KVM_ENABLE_CAP, KVM_X86_SET_MSR_FILTER, KVM_GET/SET_REGS, SREGS, MSRS).
+the kvm/ layer (KVM_ENABLE_CAP, KVM_X86_SET_MSR_FILTER, KVM_GET/SET_REGS, SREGS, MSRS) and reaches the
+vCPU loop only through the VM's ExitTable (core/exits.py): the LSTAR exits are handlers for
+X86_RDMSR/X86_WRMSR, the trampoline check is the SYSCALL_TRAMPOLINE stage of the emulation-failure chain.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from ..core.memory import SYSCALL_TRAMPOLINE_GPA
+from ..core.exits import EmulationStage, ExitContext, ExitTable
+from ..core.memory import SYSCALL_TRAMPOLINE_GPA, GuestMemory
 from ..errors import GuestMemoryError
 from ..kvm import abi
+from ..kvm.ioctls import Vm
 from .syscall import (
     CR4_LA57,
     MSR_LSTAR,
@@ -26,10 +29,6 @@ from .syscall import (
     install_trampoline,
 )
 
-if TYPE_CHECKING:
-    from ..core.vcpu import VcpuThread
-    from ..vmm.machine import Machine
-
 MODES = ("auto", "on", "off")
 _CANONICAL_LIMIT = 1 << 47
 
@@ -38,30 +37,47 @@ def _canonical(addr: int) -> bool:
     return addr < _CANONICAL_LIMIT or addr >= (1 << 64) - _CANONICAL_LIMIT
 
 
-class SyscallAssist:
-    """Per machine: the guest's real LSTAR per vCPU, and the trampoline mapping."""
+def _segment_loaded_by_syscall(selector: int, *, code: bool) -> abi.kvm_segment:
+    """The fixed descriptor SYSCALL loads (SDM: base 0, 4 GiB, DPL 0): CS a 64-bit execute/read code
+    segment, SS a read/write data segment with B set. SYSCALL never reads the GDT."""
+    return abi.kvm_segment(
+        base=0,
+        limit=0xFFFFFFFF,
+        selector=selector,
+        type=11 if code else 3,
+        present=1,
+        dpl=0,
+        db=0 if code else 1,
+        s=1,
+        l=int(code),
+        g=1,
+    )
 
-    def __init__(self, machine: Machine, spare_pages: Sequence[int]) -> None:
-        self.machine = machine
+
+class SyscallAssist:
+    """Per VM: the guest's real LSTAR per vCPU, and the trampoline mapping."""
+
+    def __init__(self, vm: Vm, memory: GuestMemory, exits: ExitTable, spare_pages: Sequence[int]) -> None:
+        self.memory = memory
         self.spare_pages = list(spare_pages)
         self.lstar: dict[int, int] = {}  # vCPU id -> the value the guest wrote
         self.syscalls = 0  # completed at the trampoline (for the stats line)
         self.problem: str | None = None  # set when the mapping could not be made
         self._lock = threading.Lock()  # APs may write LSTAR while another vCPU runs
         self._used = 0
-        vm = machine.vm
         vm.enable_cap(abi.KVM_CAP_X86_USER_SPACE_MSR, abi.KVM_MSR_EXIT_REASON_FILTER)
         vm.set_msr_filter([(abi.KVM_MSR_FILTER_READ | abi.KVM_MSR_FILTER_WRITE, MSR_LSTAR, 1, b"\x00")])
-        machine.exit_handlers[abi.KVM_EXIT_X86_WRMSR] = self._wrmsr
-        machine.exit_handlers[abi.KVM_EXIT_X86_RDMSR] = self._rdmsr
+        exits.register(abi.KVM_EXIT_X86_WRMSR, self._wrmsr)
+        exits.register(abi.KVM_EXIT_X86_RDMSR, self._rdmsr)
+        exits.add_emulation_handler(EmulationStage.SYSCALL_TRAMPOLINE, self.at_trampoline)
 
     # -- LSTAR ------------------------------------------------------------------------------
-    def _rdmsr(self, thread: VcpuThread) -> bool:
+    def _rdmsr(self, thread: ExitContext) -> bool:
         index, _ = thread.msr_exit()
         thread.answer_msr(self.lstar.get(thread.vcpu.id, 0), fault=index != MSR_LSTAR)
         return True
 
-    def _wrmsr(self, thread: VcpuThread) -> bool:
+    def _wrmsr(self, thread: ExitContext) -> bool:
         index, value = thread.msr_exit()
         if index != MSR_LSTAR or not _canonical(value):
             thread.answer_msr(fault=True)  # what the CPU does for a non-canonical LSTAR: #GP
@@ -74,9 +90,9 @@ class SyscallAssist:
             thread.vcpu.set_msrs({MSR_LSTAR: value})
         return True
 
-    def _map_trampoline(self, thread: VcpuThread) -> bool:
+    def _map_trampoline(self, thread: ExitContext) -> bool:
         sregs = thread.vcpu.get_sregs()
-        memory = self.machine.memory
+        memory = self.memory
         with self._lock:
             if self.problem is not None:
                 return False
@@ -97,13 +113,13 @@ class SyscallAssist:
         return True
 
     # -- the trampoline exit ----------------------------------------------------------------
-    def at_trampoline(self, thread: VcpuThread) -> bool:
-        """Emulation-failure hook: True when this exit was a ``syscall`` reaching the trampoline
-        (and it has been completed); False when it is someone else's business."""
+    def at_trampoline(self, thread: ExitContext) -> bool | None:
+        """Emulation-failure stage: True when this exit was a ``syscall`` reaching the trampoline
+        (and it has been completed); None when it is someone else's business."""
         vcpu = thread.vcpu
         regs = vcpu.get_regs()
         if regs.rip != TRAMPOLINE_VA or vcpu.id not in self.lstar:
-            return False
+            return None
         sregs = vcpu.get_sregs()
         msrs = vcpu.get_msrs([MSR_STAR, MSR_SFMASK])
         entry = complete_syscall(
@@ -117,10 +133,8 @@ class SyscallAssist:
         if entry.switch_privilege:
             regs.rflags = entry.rflags
             regs.r11 = entry.r11
-            from ..vmm.machine import Machine
-
-            sregs.cs = Machine.flat_segment(entry.cs_selector, code=True, long_mode=True)
-            sregs.ss = Machine.flat_segment(entry.ss_selector, code=False)
+            sregs.cs = _segment_loaded_by_syscall(entry.cs_selector, code=True)
+            sregs.ss = _segment_loaded_by_syscall(entry.ss_selector, code=False)
             vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
         self.syscalls += 1

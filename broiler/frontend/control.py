@@ -17,10 +17,14 @@ import re
 import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import exitcodes
+from ..core.dump import register_dump
+from ..core.memory import GuestMemory
+from ..core.vcpu import VcpuThread
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -132,16 +136,18 @@ class ControlServer:
 
 def vcpu_snapshots(machine: Machine) -> list[str]:
     """Each vCPU's register dump, taken between two KVM_RUNs on its own thread."""
-    from ..core.dump import register_dump
-
     out = []
     for t in machine.threads:
         box: list[str] = []
-        if t.call_on_vcpu(lambda t=t, box=box: box.append(register_dump(t, "running", snapshot=True))):
+        if t.call_on_vcpu(partial(_snapshot, t, machine.memory, box)):
             out.append(box[0] if box else f"vCPU {t.vcpu.id}: no snapshot")
         else:
             out.append(f"vCPU {t.vcpu.id}: did not answer within 2 s")
     return out
+
+
+def _snapshot(thread: VcpuThread, memory: GuestMemory, box: list[str]) -> None:
+    box.append(register_dump(thread, "running", memory=memory, snapshot=True))
 
 
 def _recv_line(conn: socket.socket, limit: int = 1 << 24) -> str:

@@ -23,11 +23,13 @@ from .. import exitcodes
 from ..boot.entry import EntryState, SegmentState, protected_mode_state
 from ..boot.flat64 import flat64_entry_state, load_flat64
 from ..core.bus import Device, MmioBus, PioBus, Region
+from ..core.coalesced import CoalescedRing
 from ..core.eventloop import EventLoop
+from ..core.exits import ExitTable
 from ..core.ioeventfd import Doorbells
-from ..core.irq import Interrupts, IrqFd, IrqLine
+from ..core.irq import Interrupts
 from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
-from ..core.vcpu import VcpuThread
+from ..core.vcpu import VcpuThread, install_kick_handler
 from ..devices.demo.async_demo import DEFAULT_DELAY
 from ..devices.legacy.serial import Serial8250
 from ..devices.virtio.pci import TransportKind
@@ -67,19 +69,6 @@ class MachineConfig:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _noop_signal(signum: int, frame: object) -> None:
-    return None
-
-
-def _install_kick_handler() -> None:
-    """SIGUSR1 interrupts KVM_RUN in a vCPU thread (``Machine.kick``). Its handler does nothing and
-    stays installed for the life of the process, so a late kick can never kill it."""
-    if signal.getsignal(signal.SIGUSR1) is not _noop_signal:
-        if threading.current_thread() is not threading.main_thread():
-            raise ConfigError("create the first Machine on the main thread (it installs a signal handler)")
-        signal.signal(signal.SIGUSR1, _noop_signal)
-
-
 class Machine:
     def __init__(self, config: MachineConfig) -> None:
         if not 1 <= config.cpus <= MAX_VCPUS:
@@ -89,15 +78,13 @@ class Machine:
         self.kvm = Kvm(config.kvm_path)
         self.kvm.require(REQUIRED_CAPS + (IRQCHIP_CAPS if config.irqchip else []))
         self.vm = self.kvm.create_vm()
-        _install_kick_handler()
+        install_kick_handler()
         self.stopping = False
         self.exit_status: int | None = None
         self.exit_reason = ""
         self._exit_lock = threading.Lock()
         self._done = threading.Event()
-        self.coalesced_lock = threading.Lock()
-        self.emulate: Callable[[VcpuThread], str | None] | None = None
-        self.exit_handlers: dict[int, Callable[[VcpuThread], bool]] = {}
+        self.exits = ExitTable(self)  # every exit but PIO/MMIO; handlers register here (core/exits.py)
         self.decisions: dict[str, dict[str, object]] = {}  # what a loader chose from the host, and why
         self.syscall_assist: SyscallAssist | None = None  # Linux on KVM-PVM (broiler/emulate/syscall_assist.py)
         self.on_stop: list[Callable[[], None]] = []
@@ -124,13 +111,13 @@ class Machine:
         self.pio_bus = PioBus()
         self.mmio_bus = MmioBus()
         self.devices: list[Device] = []
-        self.coalesced_zones: list[tuple[int, int, bool]] = []
+        self.coalesced = CoalescedRing(self.pio_bus, self.mmio_bus)
         self.serial: Serial8250 | None = None
         self.pci: PciHost | None = None
         self._add_platform_devices()
 
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.cpus)]
-        self.threads = [VcpuThread(self, v) for v in self.vcpus]
+        self.threads = [self._vcpu_thread(v) for v in self.vcpus]
         self._setup_cpus()
 
     # -- devices ----------------------------------------------------------------------------
@@ -180,33 +167,29 @@ class Machine:
             except Exception:
                 bus.unregister(region)
                 raise
-            self.coalesced_zones.append((base, size, pio))
+            self.coalesced.zones.append((base, size, pio))
         if device not in self.devices:
             self.devices.append(device)
         return region
-
-    def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine:
-        return self.irqs.alloc_line(owner, kind)
-
-    def alloc_edge_line(self, owner: str, kind: str = "isa") -> IrqLine | IrqFd:
-        return self.irqs.alloc_edge_line(owner, kind)
-
-    def schedule(self, delay: float, fn: Callable[[], None]) -> object:
-        return self.loop.call_later(delay, fn)
-
-    def signal_msi(self, address: int, data: int) -> None:
-        self.irqs.signal_msi(address, data)
 
     def _add_platform_devices(self) -> None:
         from .platform import add_platform_devices
 
         add_platform_devices(self, self.config)
 
-    def fixed_line(self, gsi: int) -> IrqLine | None:
-        """A PC-numbered line (COM1's 4, the keyboard's 1...); None without the in-kernel irqchip."""
-        return self.irqs.line(gsi) if self.config.irqchip else None
-
     # -- CPUs ---------------------------------------------------------------------------------
+    def _vcpu_thread(self, vcpu: Vcpu) -> VcpuThread:
+        """A vCPU thread is handed exactly what its loop uses (core/vcpu.py): never the Machine itself."""
+        return VcpuThread(
+            vcpu,
+            pio_bus=self.pio_bus,
+            mmio_bus=self.mmio_bus,
+            exits=self.exits,
+            coalesced=self.coalesced,
+            control=self,
+            memory=self.memory,
+        )
+
     def _setup_cpus(self) -> None:
         supported = self.kvm.supported_cpuid()
         for vcpu in self.vcpus:
@@ -314,7 +297,7 @@ class Machine:
         ``spare_pages``: guest-physical pages the guest never uses, for the trampoline's page tables."""
         from ..emulate.syscall_assist import SyscallAssist
 
-        self.syscall_assist = SyscallAssist(self, spare_pages)
+        self.syscall_assist = SyscallAssist(self.vm, self.memory, self.exits, spare_pages)
         return self.syscall_assist
 
     def load_flat64(self, image: bytes) -> None:
@@ -360,24 +343,15 @@ class Machine:
     def debug_exit(self, status: int) -> None:
         self.request_exit(status, f"debug exit {status >> 1:#x}")
 
-    def vcpu_stopped(self, thread: VcpuThread) -> None:
+    def vcpu_stopped(self) -> None:
+        """Called by each vCPU thread as it ends: the VM is done when none is left."""
         if all(t.stopped.is_set() for t in self.threads):
             self._done.set()
 
     def _kick_vcpus(self) -> None:
         for t in self.threads:
             t.request_immediate_exit()
-            self.kick(t)
-
-    @staticmethod
-    def kick(t: VcpuThread) -> None:
-        """Interrupt KVM_RUN on that vCPU's thread (SIGUSR1; its Python handler does nothing)."""
-        ident = t.thread.ident
-        if ident is not None and t.thread.is_alive() and ident != threading.get_ident():
-            try:
-                signal.pthread_kill(ident, signal.SIGUSR1)
-            except (ProcessLookupError, OSError):
-                pass
+            t.kick()
 
     def stop(self) -> None:
         if not self.stopping:

@@ -8,7 +8,7 @@ explicit order, never import order). It works on anything that offers the small 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,27 +66,34 @@ def firmware_declared_ports(bus: PioBus) -> list[tuple[int, int]]:
     return [(r.base, r.size) for r in bus.regions() if r.name in FIRMWARE_DECLARED_PORTS]
 
 
+def _fixed_line(m: Machine | PlatformSketch, config: MachineConfig, gsi: int) -> IrqLine | None:
+    """A PC-numbered line (COM1's 4, the keyboard's 1...); None without the in-kernel irqchip."""
+    return m.irqs.line(gsi) if config.irqchip else None
+
+
 def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
     """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
     register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
     m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
     m.add_pio(SHUTDOWN_PORT, 1, BochsShutdown(lambda status: m.request_exit(status, "guest powered off")))
     kbc = I8042(
-        lambda: m.request_exit(exitcodes.OK, "reset via the i8042"), m.fixed_line(KBD_IRQ), m.fixed_line(AUX_IRQ)
+        lambda: m.request_exit(exitcodes.OK, "reset via the i8042"),
+        _fixed_line(m, config, KBD_IRQ),
+        _fixed_line(m, config, AUX_IRQ),
     )
     m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
     m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
     output = config.serial_output or _stdout_writer
-    m.serial = Serial8250(output, m.fixed_line(COM1_IRQ), name="ttyS0")
+    m.serial = Serial8250(output, _fixed_line(m, config, COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)
     if config.demo_devices:
         m.add_pio(SYNC_PIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-pio"))
         m.add_mmio(SYNC_MMIO_BASE, SYNC_BLOCK_SIZE, SyncRegisters("sync-mmio"))
         for spec in ASYNC_DEVICES:
-            line = (m.alloc_edge_line if spec.edge else m.alloc_line)(spec.name, spec.irq_kind)
-            device = AsyncDemo(spec, line, m.schedule, config.async_delay)
+            line = (m.irqs.alloc_edge_line if spec.edge else m.irqs.alloc_line)(spec.name, spec.irq_kind)
+            device = AsyncDemo(spec, line, m.loop.call_later, config.async_delay)
             (m.add_pio if spec.pio else m.add_mmio)(spec.base, ASYNC_BLOCK_SIZE, device)
             m.doorbells.add(
                 pio=spec.pio,
@@ -113,13 +120,10 @@ def add_pci_demo_devices(m: Machine | PlatformSketch, pci: PciHost, config: Mach
     deliver through KVM_SIGNAL_MSI. The async "work" takes ``config.async_delay`` seconds (Broiler:
     2 s, or 5 s for the INTx and DMA demos).
     """
-    delay, schedule = config.async_delay, m.schedule
-
-    def msi(message: MsiMessage) -> None:
-        m.signal_msi(message.address, message.data)
+    delay, schedule, msi = config.async_delay, m.loop.call_later, m.irqs.send_msi
 
     def intx(name: str) -> IrqLine:
-        return m.alloc_line(name, "ioapic")
+        return m.irqs.alloc_line(name, "ioapic")
 
     pci_devices: list[PciFunction] = [
         SyncPioPci(),
@@ -144,7 +148,7 @@ def add_qemu_test_devices(m: Machine | PlatformSketch, pci: PciHost, config: Mac
     m.add_pio(FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg(ram_size=config.mem_size, cpus=config.cpus))
     # pc-testdev's "flush page" is a documented no-op: KVM shares broiler's pages, so there is
     # nothing stale to re-fault (QEMU mprotects the page to force a re-fault of its own mapping).
-    testdev = PcTestdev.create(lines=[m.fixed_line(n) for n in range(IRQ_LINES)], flush_page=lambda gpa: None)
+    testdev = PcTestdev.create(lines=[_fixed_line(m, config, n) for n in range(IRQ_LINES)], flush_page=lambda gpa: None)
     for kind, base, size, device, name in testdev.regions():
         (m.add_pio if kind == "pio" else m.add_mmio)(base, size, device, name=name)
     pci.add(PciTestDev())
@@ -160,8 +164,9 @@ class PlatformSketch:
         self.mmio_bus = MmioBus()
         self.devices: list[Device] = []
         self.serial: Serial8250 | None = None
-        self.allocator = IrqAllocator()
-        self.doorbells = Doorbells(None, EventLoop())
+        self.irqs = _SketchInterrupts()
+        self.loop = EventLoop()  # never started: nothing is scheduled without a guest
+        self.doorbells = Doorbells(None, self.loop)
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
         self.pci: PciHost | None = None
         self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)
@@ -198,25 +203,29 @@ class PlatformSketch:
         self.devices.append(device)
         return self.mmio_bus.register(base, size, device, owner=owner, name=name)
 
-    def alloc_line(self, owner: str, kind: str = "isa") -> _SketchLine:
-        return _SketchLine(self.allocator.alloc(owner, kind))
-
-    alloc_edge_line = alloc_line
-
-    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
-        return None
-
-    def signal_msi(self, address: int, data: int) -> None:
-        return None
-
     def request_exit(self, status: int, reason: str) -> None:
         return None
 
     def debug_exit(self, status: int) -> None:
         return None
 
-    def fixed_line(self, gsi: int) -> IrqLine | None:
+
+class _SketchInterrupts:
+    """Machine.irqs without a VM: GSIs are allocated as on a machine, lines do nothing."""
+
+    def __init__(self) -> None:
+        self.allocator = IrqAllocator()
+
+    def line(self, gsi: int) -> _SketchLine:
         return _SketchLine(gsi)
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> _SketchLine:
+        return _SketchLine(self.allocator.alloc(owner, kind))
+
+    alloc_edge_line = alloc_line
+
+    def send_msi(self, message: MsiMessage) -> None:
+        return None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ...emulate.kvm_cpu import emulate_exit
+from ...emulate.kvm_cpu import InstructionCompleter
 from ...inputs import read_input
 from ...kvm import abi
 from ...kvm.hostprobe import host_behaviour
@@ -134,6 +134,6 @@ def load_linux(
     apply_entry(machine.vcpus[0], boot.entry)
     if assist:
         machine.enable_syscall_assist(layout.SYSCALL_TABLES)
-    machine.emulate = emulate_exit
+    InstructionCompleter(machine.memory).register(machine.exits)  # the chain's last stage (core/exits.py)
     machine.guest_name = f"linux {kernel} ({boot.method}, cpu profile {profile})"
     return boot
