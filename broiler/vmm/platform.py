@@ -8,7 +8,7 @@ explicit order, never import order). It works on anything that offers the small 
 from __future__ import annotations
 
 import sys
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ..core.irq import MsiMessage, MsiSink
+from ..core.irq import MsiMessage
 from ..devices.virtio.block import DiskImage, VirtioBlock
 from ..devices.virtio.block.request import ID_BYTES
 from ..devices.virtio.pci import TransportKind, VirtioPci
@@ -61,6 +61,14 @@ def parse_transport(text: str) -> TransportKind:
         raise ConfigError(f"--virtio-transport {text!r}: use modern, legacy or transitional") from None
 
 
+class VirtioInterrupts(Protocol):
+    """What of Machine.irqs (or the layout sketch's stand-in) the virtio wiring uses."""
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine: ...
+
+    def send_msi(self, message: MsiMessage) -> None: ...
+
+
 class VirtioHost(Protocol):
     """What of a Machine (or the layout sketch) the virtio wiring uses."""
 
@@ -68,16 +76,8 @@ class VirtioHost(Protocol):
     pci: PciHost | None
     on_stop: list[Callable[[], None]]
 
-    def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine: ...
-
-    def signal_msi(self, address: int, data: int) -> None: ...
-
-
-def _msi_sink(m: VirtioHost) -> MsiSink:
-    def deliver(message: MsiMessage) -> None:
-        m.signal_msi(message.address, message.data)
-
-    return deliver
+    @property
+    def irqs(self) -> VirtioInterrupts: ...
 
 
 def add_virtio_devices(
@@ -107,8 +107,8 @@ def add_virtio_devices(
         fn = VirtioPci(
             device,
             memory=m.memory,
-            msi_sink=_msi_sink(m),
-            intx=m.alloc_line(device.name, "ioapic"),
+            msi_sink=m.irqs.send_msi,
+            intx=m.irqs.alloc_line(device.name, "ioapic"),
             kind=transport,
         )
         m.pci.add(fn)
