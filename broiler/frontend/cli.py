@@ -241,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if kind == "multiboot":
             machine.load_multiboot(args.kernel, cmdline=args.append or "", initrds=tuple(args.initrd))
         elif kind == "linux":
-            from ..boot.linux.load import DEFAULT_CMDLINE, default_profile, load_linux
+            from ..vmm.linux import DEFAULT_CMDLINE, default_profile, load_linux
 
             boot = load_linux(
                 machine,
@@ -368,8 +368,8 @@ def cmd_host(args: argparse.Namespace) -> int:
     import json
     import os.path
 
-    from ..boot.linux.load import decide_syscall_assist, default_profile
     from ..kvm.hostprobe import host_behaviour
+    from ..vmm.linux import decide_syscall_assist, default_profile
 
     probe = host_behaviour()
     assist, reason = decide_syscall_assist("auto")

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..core.bus import Device, all_ones
 from ..core.irq import IrqLine, MsiSink
@@ -68,8 +68,17 @@ from .config import (
 from .interfaces import DoorbellCallback
 from .msi import MsiCapability, MsixCapability
 
-if TYPE_CHECKING:
-    from .host import PciHost
+
+class DecodeHost(Protocol):
+    """What a function tells the PCI host that maps it (pci/host.PciHost; a protocol so this module
+    does not import the host that imports it)."""
+
+    def update_decode(self, function: PciFunction) -> None: ...
+
+    def doorbell_added(self, fn: PciFunction, bar: Bar, bell: BarDoorbell) -> None: ...
+
+    def doorbell_removed(self, bell: BarDoorbell) -> None: ...
+
 
 FUNCTION_CONFIG_SIZE = 0x1000  # what ECAM gives each function; only the first 256 bytes exist
 
@@ -103,7 +112,7 @@ class PciFunction(Device):
         cfg.set(SUBSYSTEM_ID, 2, subsystem_id)
         self.initial_command = command
         self.bars: dict[int, Bar] = {}
-        self.host: PciHost | None = None
+        self.host: DecodeHost | None = None
         self.slot: int | None = None
         self.lock: threading.RLock = threading.RLock()  # replaced by the host's lock on add
         self.intx: IrqLine | None = None

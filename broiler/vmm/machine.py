@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import exitcodes
@@ -28,16 +27,15 @@ from ..core.eventloop import EventLoop
 from ..core.exits import ExitTable
 from ..core.ioeventfd import Doorbells
 from ..core.irq import Interrupts
-from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap, MiB
+from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap
 from ..core.vcpu import VcpuThread, install_kick_handler
-from ..devices.demo.async_demo import DEFAULT_DELAY
 from ..devices.legacy.serial import Serial8250
-from ..devices.virtio.pci import TransportKind
 from ..errors import ConfigError
 from ..kvm import Kvm, Vcpu, abi
 from ..kvm.abi import buffer_address
 from ..pci import PciHost
-from .virtio import DiskSpec
+from .config import MachineConfig
+from .platform import add_platform_devices
 
 if TYPE_CHECKING:
     from ..emulate.syscall_assist import SyscallAssist
@@ -51,22 +49,6 @@ IRQCHIP_CAPS = [
     (abi.KVM_CAP_PIT2, "KVM_CAP_PIT2"),
 ]
 MAX_VCPUS = 16
-
-
-@dataclass
-class MachineConfig:
-    mem_size: int = 256 * MiB
-    cpus: int = 1
-    demo_devices: bool = True  # the seed's demo devices (off: --no-demo-devices)
-    irqchip: bool = True  # in-kernel PIC/IOAPIC/LAPIC and PIT
-    serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
-    async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
-    testdev: bool = False  # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
-    kvm_path: str = "/dev/kvm"
-    disks: list[DiskSpec] = field(default_factory=list)  # virtio-blk, in order (--disk / -r)
-    virtio_rng: bool = False  # --rng
-    virtio_transport: TransportKind = TransportKind.TRANSITIONAL
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Machine:
@@ -173,8 +155,6 @@ class Machine:
         return region
 
     def _add_platform_devices(self) -> None:
-        from .platform import add_platform_devices
-
         add_platform_devices(self, self.config)
 
     # -- CPUs ---------------------------------------------------------------------------------

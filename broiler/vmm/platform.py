@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .. import exitcodes
 from ..core.bus import Device, MmioBus, PioBus, Region
@@ -44,10 +44,63 @@ from ..devices.testdev.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
 from ..devices.testdev.pc_testdev import IRQ_LINES, PcTestdev
 from ..devices.testdev.pci_testdev import PciTestDev
 from ..pci import PciFunction, PciHost
+from .config import MachineConfig
 from .virtio import add_virtio_devices
 
-if TYPE_CHECKING:
-    from .machine import Machine, MachineConfig
+
+class PlatformInterrupts(Protocol):
+    """What the platform wiring needs of ``Machine.irqs`` (core/irq.Interrupts) or the sketch's stand-in."""
+
+    def line(self, gsi: int) -> IrqLine: ...
+
+    def alloc_line(self, owner: str, kind: str = "isa") -> IrqLine: ...
+
+    def alloc_edge_line(self, owner: str, kind: str = "isa") -> IrqLine: ...
+
+    def send_msi(self, message: MsiMessage) -> None: ...
+
+
+class PlatformHost(Protocol):
+    """What ``add_platform_devices`` needs: a ``Machine`` (vmm/machine.py) or a ``PlatformSketch`` (below).
+    A protocol, so this module never imports the machine that imports it."""
+
+    pio_bus: PioBus
+    mmio_bus: MmioBus
+    doorbells: Doorbells
+    memory: GuestMemory
+    loop: EventLoop
+    serial: Serial8250 | None
+    pci: PciHost | None
+    on_stop: list[Callable[[], None]]
+
+    @property
+    def irqs(self) -> PlatformInterrupts: ...
+
+    def add_pio(
+        self,
+        base: int,
+        size: int,
+        device: Device,
+        *,
+        owner: Hashable | None = None,
+        name: str | None = None,
+        coalesced: bool = False,
+    ) -> Region: ...
+
+    def add_mmio(
+        self,
+        base: int,
+        size: int,
+        device: Device,
+        *,
+        owner: Hashable | None = None,
+        name: str | None = None,
+        coalesced: bool = False,
+    ) -> Region: ...
+
+    def request_exit(self, status: int, reason: str) -> None: ...
+
+    def debug_exit(self, status: int) -> None: ...
 
 
 def _stdout_writer(data: bytes) -> None:
@@ -66,12 +119,12 @@ def firmware_declared_ports(bus: PioBus) -> list[tuple[int, int]]:
     return [(r.base, r.size) for r in bus.regions() if r.name in FIRMWARE_DECLARED_PORTS]
 
 
-def _fixed_line(m: Machine | PlatformSketch, config: MachineConfig, gsi: int) -> IrqLine | None:
+def _fixed_line(m: PlatformHost, config: MachineConfig, gsi: int) -> IrqLine | None:
     """A PC-numbered line (COM1's 4, the keyboard's 1...); None without the in-kernel irqchip."""
     return m.irqs.line(gsi) if config.irqchip else None
 
 
-def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> None:
+def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
     register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
     m.add_pio(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit(m.debug_exit))
@@ -113,7 +166,7 @@ def add_platform_devices(m: Machine | PlatformSketch, config: MachineConfig) -> 
         add_virtio_devices(m, config.disks, rng=config.virtio_rng, transport=config.virtio_transport)
 
 
-def add_pci_demo_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
+def add_pci_demo_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -> None:
     """The seed's PCI demos (spec §6.3), in this fixed order: slots 1-12, whatever gets imported when.
 
     INTx devices get IOAPIC-only lines (16 and up, level-triggered, active high); MSI/MSI-X devices
@@ -143,7 +196,7 @@ def add_pci_demo_devices(m: Machine | PlatformSketch, pci: PciHost, config: Mach
         pci.add(device)
 
 
-def add_qemu_test_devices(m: Machine | PlatformSketch, pci: PciHost, config: MachineConfig) -> None:
+def add_qemu_test_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -> None:
     """QEMU's test devices, for kernels written against them (kvm-unit-tests style; issue 5)."""
     m.add_pio(FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg(ram_size=config.mem_size, cpus=config.cpus))
     # pc-testdev's "flush page" is a documented no-op: KVM shares broiler's pages, so there is

@@ -27,8 +27,8 @@ import pytest
 from broiler import exitcodes
 from broiler.boot.linux import rootfs
 from broiler.boot.linux.initramfs import build_probe_initramfs
-from broiler.boot.linux.load import DEFAULT_CMDLINE
 from broiler.errors import ConfigError
+from broiler.vmm.linux import DEFAULT_CMDLINE
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from broiler.boot.linux.load import decide_syscall_assist
 from broiler.core.memory import MiB
 from broiler.emulate.syscall import TRAMPOLINE_VA
 from broiler.emulate.syscall_assist import SyscallAssist
 from broiler.guests import packaged_guest
 from broiler.kvm.hostprobe import HostBehaviour, host_behaviour
+from broiler.vmm.linux import decide_syscall_assist
 from broiler.vmm.machine import Machine, MachineConfig
 from tests.kvm.helpers import broiler_cli, passed
 

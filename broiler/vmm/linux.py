@@ -9,20 +9,20 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ...emulate.kvm_cpu import InstructionCompleter
-from ...inputs import read_input
-from ...kvm import abi
-from ...kvm.hostprobe import host_behaviour
-from ...vmm.platform import firmware_declared_ports
-from ..entry import EntryState
-from . import layout
-from .boot import LinuxBoot, prepare_linux_boot
-from .cpuid import CpuidEntry, apply_profile, profile_cmdline
-from .firmware import PciIrq
+from ..boot.entry import EntryState
+from ..boot.linux import layout
+from ..boot.linux.boot import LinuxBoot, prepare_linux_boot
+from ..boot.linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
+from ..boot.linux.firmware import PciIrq
+from ..emulate.kvm_cpu import InstructionCompleter
+from ..inputs import read_input
+from ..kvm import abi
+from ..kvm.hostprobe import host_behaviour
+from .platform import firmware_declared_ports
 
 if TYPE_CHECKING:
-    from ...kvm.ioctls import Vcpu
-    from ...vmm.machine import Machine
+    from ..kvm.ioctls import Vcpu
+    from .machine import Machine
 
 DEFAULT_CMDLINE = (
     "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr loglevel=8 nowatchdog "
@@ -62,7 +62,7 @@ def set_cpuid_profile(machine: Machine, profile: str) -> None:
 
 
 def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
-    from ...vmm.machine import Machine
+    from .machine import Machine
 
     Machine.enter(vcpu, entry)
 

@@ -1,0 +1,27 @@
+"""What a machine is made of: the options ``broiler run`` turns into a ``Machine``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core.memory import MiB
+from ..devices.demo.async_demo import DEFAULT_DELAY
+from ..devices.virtio.pci import TransportKind
+from .virtio import DiskSpec
+
+
+@dataclass
+class MachineConfig:
+    mem_size: int = 256 * MiB
+    cpus: int = 1
+    demo_devices: bool = True  # the seed's demo devices (off: --no-demo-devices)
+    irqchip: bool = True  # in-kernel PIC/IOAPIC/LAPIC and PIT
+    serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
+    async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
+    testdev: bool = False  # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
+    kvm_path: str = "/dev/kvm"
+    disks: list[DiskSpec] = field(default_factory=list)  # virtio-blk, in order (--disk / -r)
+    virtio_rng: bool = False  # --rng
+    virtio_transport: TransportKind = TransportKind.TRANSITIONAL
+    extra: dict[str, object] = field(default_factory=dict)
