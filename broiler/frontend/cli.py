@@ -378,7 +378,7 @@ def cmd_host(args: argparse.Namespace) -> int:
         return 0
     print(f"host kernel: {probe.release}" + (" (kvm_pvm loaded)" if os.path.exists("/sys/module/kvm_pvm") else ""))
     print(f"probe VM: {probe.seconds * 1000:.1f} ms; {probe.detail}")
-    where = {0: "at CPL0 (as on hardware)", 3: "still at CPL3"}.get(probe.syscall_cpl, "nowhere (see above)")
+    where = {0: "at CPL0 (as on hardware)", 3: "still at CPL3", None: "nowhere (see above)"}[probe.syscall_cpl]
     print(f"user-mode syscall reaches LSTAR: {where}")
     print(f"non-canonical WRMSR to LSTAR: {probe.noncanonical_lstar}")
     print(f"--syscall-assist auto: {'on' if assist else 'off'} ({reason})")

@@ -69,7 +69,7 @@ def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
 
 def pci_irqs(machine: Machine) -> list[PciIrq]:
     """INTx wiring of the PCI functions, for the MP table and ACPI."""
-    out = []
+    out: list[PciIrq] = []
     if machine.pci is None:
         return out
     for slot, fn in sorted(machine.pci.functions.items()):

@@ -115,8 +115,9 @@ def prepare_linux_boot(
         kernel_range = load_segments(elf, mem, name)
         if bz is not None:  # the decompressed kernel still needs init_size from its start
             kernel_range = (kernel_range[0], max(kernel_range[1], kernel_range[0] + bz.init_size))
-        rip = pvh_entry(elf) if method == "pvh" else elf.entry
-        assert rip is not None
+        entry_addr = pvh_entry(elf) if method == "pvh" else elf.entry
+        assert entry_addr is not None
+        rip = entry_addr
 
     initrd_range = None
     if initrd is not None:
