@@ -57,6 +57,17 @@ static void must(int ok, const char *what, u64 got)
     printf("FAIL %d %s: got %lx\n", check_no + 1, what, got);
     exit((u32)check_no + 1);
 }
+/* A step that reports an error string (0 = done). */
+static void check_ok(const char *err, const char *what)
+{
+    ++check_no;
+    if (!err) {
+        printf("ok %d %s\n", check_no, what);
+        return;
+    }
+    printf("FAIL %d %s: %s\n", check_no, what, err);
+    exit((u32)check_no);
+}
 #define EXPECT(what, got, want)                                                                   \
     do {                                                                                            \
         u64 g_ = (u64)(got), w_ = (u64)(want);                                                      \
@@ -248,20 +259,14 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
            dev.device_id, transports[dev.transport], dev.has_modern, dev.has_legacy);
     const char *err = virtio_start(&dev, VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_RO |
                                              VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SIZE_MAX);
-    if (err)
-        printf("virtio-blk: start: %s\n", err);
-    check(!err, "reset and feature negotiation", 0, 0);
+    check_ok(err, "reset and feature negotiation");
     printf("virtio-blk: features offered=%lx negotiated=%lx\n", dev.offered, dev.features);
     if (dev.transport == VIRTIO_MODERN)
         EXPECT("VERSION_1 negotiated", dev.features & VIRTIO_F_VERSION_1, VIRTIO_F_VERSION_1);
     err = virtio_irq_setup(&dev, irq, VECTOR_BASE);
-    if (err)
-        printf("virtio-blk: irq: %s\n", err);
-    check(!err, "interrupt setup", 0, 0);
+    check_ok(err, "interrupt setup");
     err = virtq_setup(&dev, 0, 256);
-    if (err)
-        printf("virtio-blk: queue 0: %s\n", err);
-    check(!err, "queue 0 set up", 0, 0);
+    check_ok(err, "queue 0 set up");
     vq = &dev.vq[0];
     virtio_driver_ok(&dev);
     EXPECT("status after DRIVER_OK", virtio_status(&dev),
