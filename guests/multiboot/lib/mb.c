@@ -75,9 +75,9 @@ u64 mb_arg_num(const char *name, u64 dflt)
 u64 tsc_hz = 3000000000UL; /* until calibrated: a guess, good enough for time-outs */
 
 #define PIT_HZ 1193182
-#define PIT_LATCH (PIT_HZ / 100) /* 10 ms */
+#define PIT_LATCH (PIT_HZ / 20) /* 50 ms: the longest window a 16-bit count allows is 54.9 ms */
 
-u64 tsc_calibrate(void)
+static u64 pit_window_ticks(void)
 {
     /* PIT channel 2 in mode 0, gate on, speaker off: OUT2 (port 0x61 bit 5) rises after the count. */
     outb(0x61, (u8)((inb(0x61) & ~0x02) | 0x01));
@@ -88,8 +88,23 @@ u64 tsc_calibrate(void)
     for (u32 i = 0; i < 10000000 && !(inb(0x61) & 0x20); i++)
         ;
     u64 ticks = rdtsc() - start;
-    if (inb(0x61) & 0x20 && ticks > 1000)
-        tsc_hz = ticks * 100;
+    return inb(0x61) & 0x20 ? ticks : 0;
+}
+
+/* The median of three 50 ms windows: a vCPU preempted at either edge of one window (shared host cores)
+ * skews that window only. */
+u64 tsc_calibrate(void)
+{
+    u64 t[3];
+    for (int i = 0; i < 3; i++) {
+        u64 v = pit_window_ticks();
+        int j = i;
+        for (; j > 0 && t[j - 1] > v; j--)
+            t[j] = t[j - 1];
+        t[j] = v;
+    }
+    if (t[1] > 1000)
+        tsc_hz = t[1] * 20;
     return tsc_hz;
 }
 

@@ -22,7 +22,7 @@ const char *mb_arg(const char *name);           /* the text after "name=" (or af
 int mb_arg_is(const char *name, const char *value); /* name=value present */
 u64 mb_arg_num(const char *name, u64 dflt);     /* decimal, K/M/G suffixes */
 
-/* Time. tsc_hz is measured against PIT channel 2 (10 ms gate) by tsc_calibrate. */
+/* Time. tsc_hz is measured against PIT channel 2 by tsc_calibrate (median of three 50 ms windows). */
 static inline u64 rdtsc(void)
 {
     u32 lo, hi;
