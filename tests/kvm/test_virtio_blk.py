@@ -1,11 +1,10 @@
 """Issue 14: broiler's virtio-blk, driven by the same guest kernel that tests/kvm/test_virtio_guest_qemu.py
 validates against QEMU.
 
-WRITTEN AHEAD OF THE DEVICE. Until `broiler run` has `--disk` (broiler/devices/virtio/, landing separately),
-every test here skips with that reason; it runs the moment `broiler run --help` mentions --disk. The interface
-it assumes:
+Written ahead of the device: on a tree whose `broiler run --help` does not mention --disk and
+--virtio-transport (broiler/devices/virtio/), every test here skips with that reason. The interface it uses:
 
-    broiler run -k broiler/guests/virtio_blk_test.elf --disk IMG[,ro=on] \\
+    broiler run -k broiler/guests/virtio_blk_test.elf --disk IMG,serial=ID[,ro=on] \\
                 --virtio-transport modern|legacy|transitional -p '<guest words>'
 
 and it checks what the QEMU test checks: the guest passes (status 1), the image holds exactly the pattern
@@ -21,7 +20,11 @@ import pytest
 
 from tests.kvm.helpers import broiler_cli
 from tests.kvm.virtio_blk_disk import (
+    BENCH_DISK_SECTORS,
+    BENCH_KERNEL,
     KERNEL,
+    SERIAL,
+    assert_bench_passed,
     assert_guest_passed,
     expected_image,
     guest_cmdline,
@@ -49,7 +52,7 @@ def run_broiler(disk: Path, device: str, cmdline: str, *, ro: bool = False) -> t
     proc = broiler_cli(
         "run",
         *("-k", str(KERNEL), "--timeout", "120"),
-        *("--disk", f"{disk}{',ro=on' if ro else ''}", "--virtio-transport", device),
+        *("--disk", f"{disk},serial={SERIAL}{',ro=on' if ro else ''}", "--virtio-transport", device),
         *("-p", cmdline),
         timeout=180,
     )
@@ -94,3 +97,15 @@ def test_read_only_disk_reads_and_refuses_writes(tmp_path: Path, device: str, tr
     assert_guest_passed(output, status, transport=transport, irq=irq)
     assert "write-ro: sector=0 len=512 status=1" in output, output[-4000:]
     assert sha256(disk) == before
+
+
+def test_bench_kernel_prints_every_test_under_broiler(tmp_path: Path) -> None:
+    disk = tmp_path / "scratch.img"
+    disk.write_bytes(bytes(BENCH_DISK_SECTORS * 512))
+    proc = broiler_cli(
+        "run",
+        *("-k", str(BENCH_KERNEL), "--timeout", "120", "--disk", str(disk), "--virtio-transport", "modern"),
+        *("-p", "requests=64 ms=20000"),
+        timeout=180,
+    )
+    assert_bench_passed(proc.stdout + proc.stderr, proc.returncode, disk)

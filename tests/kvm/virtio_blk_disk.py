@@ -14,6 +14,13 @@ KERNEL = ROOT / "broiler" / "guests" / "virtio_blk_test.elf"
 SECTOR = 512
 DISK_SECTORS = 2048  # 1 MiB
 SERIAL = "broiler-vblk-1"
+BENCH_KERNEL = ROOT / "broiler" / "guests" / "virtio_blk_bench.elf"
+BENCH_LINE = re.compile(
+    r"^bench: (?P<test>randread|randwrite|seqread) bs=(?P<bs>\d+) qd=(?P<qd>\d+) requests=(?P<requests>\d+) "
+    r"errors=(?P<errors>\d+) ns=(?P<ns>\d+) iops=(?P<iops>\d+) mbps=(?P<mbps>\d+\.\d)$",
+    re.M,
+)
+BENCH_DISK_SECTORS = 8192  # 4 MiB
 
 
 def pattern_sector(sector: int) -> bytes:
@@ -61,3 +68,27 @@ def assert_guest_passed(stdout: str, returncode: int, *, transport: str, irq: st
     counts = re.search(r"^virtio-blk: kicks=(\d+) queue_interrupts=(\d+)", stdout, re.M)
     assert counts, detail
     assert (int(counts.group(2)) == 0) == (irq == "poll"), detail
+
+
+def assert_bench_passed(stdout: str, returncode: int, disk: Path) -> None:
+    """virtio_blk_bench.elf run with requests=64 on a zeroed 4 MiB disk: five parseable result lines, every
+    request OK, status 1, and every block randwrite wrote carries its own sector number and the tag."""
+    assert returncode == 1 and "bench: done" in stdout, stdout[-4000:]
+    assert re.search(rf"^bench: setup transport=modern irq=msix capacity={BENCH_DISK_SECTORS} ", stdout, re.M), stdout
+    rows = [m.groupdict() for m in BENCH_LINE.finditer(stdout)]
+    assert [(r["test"], r["bs"], r["qd"]) for r in rows] == [
+        ("randread", "4096", "1"),
+        ("randread", "4096", "32"),
+        ("randwrite", "4096", "1"),
+        ("randwrite", "4096", "32"),
+        ("seqread", "131072", "1"),
+    ], stdout
+    for row in rows:
+        assert row["requests"] == "64" and row["errors"] == "0", row
+        assert int(row["ns"]) > 0 and int(row["iops"]) > 0, row
+    image = disk.read_bytes()
+    stamped = [off for off in range(0, len(image), 4096) if any(image[off : off + 4096])]
+    assert stamped, "randwrite should have written the scratch disk"
+    for off in stamped:
+        assert image[off : off + 16] == struct.pack("<Q", off // 512) + b"bench!!\0", off
+        assert not any(image[off + 16 : off + 4096]), off
