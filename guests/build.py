@@ -7,7 +7,10 @@ toolkit in ``guests/lib`` (start.S, lib.c, and any other lib/*.c / lib/*.S).
 Each ``guests/multiboot/<name>.c`` becomes a Multiboot test kernel ``broiler/guests/<name>.elf``: linked
 with ``guests/multiboot/boot.S`` (Multiboot header, 32-bit entry, switch to long mode, AP trampoline) and
 the toolkit's interrupt stubs ``guests/lib/isr.S`` (which call the kernel's ``isr_dispatch``), and written as
-ELF32 so QEMU's ``-kernel`` loads the same file (it refuses ELF64 Multiboot images). The images are committed
+ELF32 so QEMU's ``-kernel`` loads the same file (it refuses ELF64 Multiboot images). A kernel that wants more
+names it in its header comment with a line ``build-with: lib/lib.c lib/pci.c multiboot/lib/virtio.c ...``
+(paths under ``guests/``): only those are compiled (with ``guests/multiboot/lib`` on the include path) and
+linked into it, so a kernel pays for what it uses. The images are committed
 so ``broiler run`` needs no compiler; ``tests/unit/test_guest_images.py`` rebuilds them into a temporary
 folder and checks they match byte for byte.
 
@@ -18,6 +21,7 @@ folder and checks they match byte for byte.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +65,8 @@ LDFLAGS = [
     "--no-warn-rwx-segments",
 ]
 MULTIBOOT = HERE / "multiboot"
+# "build-with: a.c b.S" in a Multiboot kernel's source: the toolkit files (under guests/) it links.
+BUILD_WITH = re.compile(r"^\W*build-with:\s*(.+?)\s*(?:\*/)?$", re.M)
 
 
 def guest_sources() -> list[Path]:
@@ -83,10 +89,19 @@ def _build_multiboot(tmp: Path, out: Path) -> list[Path]:
     _compile(MULTIBOOT / "boot.S", common[0])
     _compile(LIB / "isr.S", common[1])
     built = []
+    toolkit: dict[str, Path] = {}
+    include = (f"-I{MULTIBOOT / 'lib'}",)
     for src in sorted(MULTIBOOT.glob("*.c")):
         obj = tmp / f"mb_{src.stem}.o"
         elf = tmp / f"mb_{src.stem}.elf"
-        _compile(src, obj)
+        extra = []
+        for match in BUILD_WITH.finditer(src.read_text()):
+            for name in match.group(1).split():
+                if name not in toolkit:
+                    toolkit[name] = tmp / f"mbkit_{len(toolkit)}_{Path(name).stem}.o"
+                    _compile(HERE / name, toolkit[name], include)
+                extra.append(toolkit[name])
+        _compile(src, obj, include)
         subprocess.run(
             [
                 "ld",
@@ -99,6 +114,7 @@ def _build_multiboot(tmp: Path, out: Path) -> list[Path]:
                 str(elf),
                 *map(str, common),
                 str(obj),
+                *map(str, extra),
             ],
             check=True,
         )
