@@ -271,11 +271,13 @@ class Interrupts:
         if routing:  # needs the in-kernel irqchip
             self.routes.push()
         self._is_stopped = is_stopped
+        self.routing = routing
         self._lines: dict[int, KvmIrqLine] = {}
         self.msis_sent = 0
         self.msis_dropped = 0
         self.tracer: Any = None
         self.irqfds: list[IrqFd] = []
+        self._msi_sinks: list[IrqfdMsiSink] = []
 
     def line(self, gsi: int) -> KvmIrqLine:
         if gsi not in self._lines:
@@ -307,23 +309,85 @@ class Interrupts:
         for irqfd in self.irqfds:
             irqfd.close()
         self.irqfds.clear()
+        for sink in self._msi_sinks:
+            sink.close()
+        self._msi_sinks.clear()
 
     def send_msi(self, message: MsiMessage) -> None:
         """``signal_msi`` for an ``MsiMessage``: what PCI devices get as their ``MsiSink``."""
         self.signal_msi(message.address, message.data)
 
+    def msi_irqfd_sink(self, slots: int) -> MsiSink:
+        """An ``MsiSink`` that injects through irqfds (no ioctl per interrupt), for a device with
+        ``slots`` MSI/MSI-X vectors; ``send_msi`` (KVM_SIGNAL_MSI) where KVM has no irqfd or routing."""
+        if not self.routing or self.vm.check_extension(abi.KVM_CAP_IRQFD) <= 0:
+            return self.send_msi
+        sink = IrqfdMsiSink(self, slots)
+        self._msi_sinks.append(sink)
+        return sink
+
+    def lapic_message(self, address: int) -> bool:
+        """Only writes to the LAPIC window 0xFEExxxxx are interrupts; any other address would be a DMA
+        write to memory on real hardware, so it is dropped and counted (``msis_dropped``) rather than
+        handed to KVM, which would turn it into an interrupt anyway."""
+        if address >> 20 == 0xFEE:
+            return True
+        self.msis_dropped += 1
+        if self.msis_dropped == 1:
+            log.info("MSI to %#x (not the LAPIC window 0xFEExxxxx) dropped; further ones counted", address)
+        return False
+
     def signal_msi(self, address: int, data: int) -> None:
         """Deliver an MSI. Only writes to the LAPIC window 0xFEExxxxx are interrupts; any other
         address would be a DMA write to memory on real hardware, so it is dropped and counted
         (``msis_dropped``) rather than handed to KVM, which would turn it into an interrupt anyway."""
-        if self._is_stopped():
-            return
-        if address >> 20 != 0xFEE:
-            self.msis_dropped += 1
-            if self.msis_dropped == 1:
-                log.info("MSI to %#x (not the LAPIC window 0xFEExxxxx) dropped; further ones counted", address)
+        if self._is_stopped() or not self.lapic_message(address):
             return
         self.msis_sent += 1
         if self.tracer is not None:
             self.tracer.emit("irq", "w", address, 4, data, "MSI")
         self.vm.signal_msi(address, data)
+
+
+class IrqfdMsiSink:
+    """MSI through irqfd: each distinct message gets an MSI route (a GSI from 24 up, KVM_SET_GSI_ROUTING)
+    and an irqfd bound to it, so delivering it is one eventfd write from the device's thread. At most
+    ``slots`` messages are kept (a device's vector count); a new one takes over the least recently used
+    slot and rewrites its route, so a guest reprogramming its MSI-X table forever costs route updates,
+    never memory or GSIs."""
+
+    def __init__(self, interrupts: Interrupts, slots: int) -> None:
+        self._irqs = interrupts
+        self._slots = max(1, slots)
+        self._lock = threading.Lock()
+        self._by_message: dict[tuple[int, int], IrqFd] = {}  # insertion order = least recently used first
+
+    def __call__(self, message: MsiMessage) -> None:
+        irqs = self._irqs
+        if irqs._is_stopped() or not irqs.lapic_message(message.address):
+            return
+        key = (message.address, message.data)
+        with self._lock:  # held while triggering: a slot must not be re-pointed between lookup and write
+            irqfd = self._by_message.pop(key, None)
+            if irqfd is None:
+                irqfd = self._slot_for(key)
+            self._by_message[key] = irqfd
+            irqs.msis_sent += 1
+            if irqs.tracer is not None:
+                irqs.tracer.emit("irq", "w", message.address, 4, message.data, f"MSI via irqfd (GSI {irqfd.gsi})")
+            irqfd.trigger()
+
+    def _slot_for(self, key: tuple[int, int]) -> IrqFd:
+        if len(self._by_message) < self._slots:
+            gsi = self._irqs.routes.add(*key)
+            return IrqFd(self._irqs.vm, gsi, is_stopped=self._irqs._is_stopped)
+        oldest = next(iter(self._by_message))
+        irqfd = self._by_message.pop(oldest)
+        self._irqs.routes.update(irqfd.gsi, *key)
+        return irqfd
+
+    def close(self) -> None:
+        with self._lock:
+            for irqfd in self._by_message.values():
+                irqfd.close()
+            self._by_message.clear()

@@ -16,7 +16,7 @@ from .. import exitcodes
 from ..core.bus import Device, MmioBus, PioBus, Region
 from ..core.eventloop import EventLoop
 from ..core.ioeventfd import Doorbells
-from ..core.irq import IrqAllocator, IrqLine, MsiMessage
+from ..core.irq import IrqAllocator, IrqLine, MsiMessage, MsiSink
 from ..core.memory import GuestMemory, MemoryMap
 from ..devices.demo.async_demo import ASYNC_DEVICES, AsyncDemo
 from ..devices.demo.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
@@ -58,6 +58,8 @@ class PlatformInterrupts(Protocol):
     def alloc_edge_line(self, owner: str, kind: str = "isa") -> IrqLine: ...
 
     def send_msi(self, message: MsiMessage) -> None: ...
+
+    def msi_irqfd_sink(self, slots: int) -> MsiSink: ...
 
 
 class PlatformHost(Protocol):
@@ -279,6 +281,9 @@ class _SketchInterrupts:
 
     def send_msi(self, message: MsiMessage) -> None:
         return None
+
+    def msi_irqfd_sink(self, slots: int) -> MsiSink:
+        return self.send_msi
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ..core.irq import MsiMessage
+from ..core.irq import MsiMessage, MsiSink
 from ..devices.virtio.block import DiskImage, VirtioBlock
 from ..devices.virtio.block.request import ID_BYTES
 from ..devices.virtio.pci import TransportKind, VirtioPci
@@ -68,6 +68,8 @@ class VirtioInterrupts(Protocol):
 
     def send_msi(self, message: MsiMessage) -> None: ...
 
+    def msi_irqfd_sink(self, slots: int) -> MsiSink: ...
+
 
 class VirtioHost(Protocol):
     """What of a Machine (or the layout sketch) the virtio wiring uses."""
@@ -107,7 +109,7 @@ def add_virtio_devices(
         fn = VirtioPci(
             device,
             memory=m.memory,
-            msi_sink=m.irqs.send_msi,
+            msi_sink=m.irqs.msi_irqfd_sink(slots=len(device.queue_max_sizes) + 1),
             intx=m.irqs.alloc_line(device.name, "ioapic"),
             kind=transport,
         )
