@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the device modules sit next to this script
@@ -23,7 +25,7 @@ from pci_doubler import PciDoubler  # noqa: E402
 from broiler.api import Machine, MachineConfig, device_stats  # noqa: E402
 
 # name: (how to make the device, where it goes for add_device, the same as a --device option)
-EXAMPLES = {
+EXAMPLES: dict[str, tuple[Callable[[], Any], dict[str, Any], str]] = {
     "counter": (lambda: Counter(), {"pio": 0x700, "size": 4}, "counter.py:Counter,pio=0x700,size=4"),
     "pci_doubler": (lambda: PciDoubler(), {}, "pci_doubler.py:PciDoubler,pci"),
     "async_checksum": (lambda: AsyncChecksum(), {"pio": 0x720}, "async_checksum.py:AsyncChecksum,pio=0x720"),
