@@ -11,7 +11,6 @@ This module sits at the top layer (it re-exports from ``broiler.vmm`` and ``broi
 from __future__ import annotations
 
 from . import exitcodes
-from .boot.linux.load import load_linux
 from .core.bus import Device, all_ones
 from .core.irq import IrqLine, MsiMessage
 from .core.memory import GuestMemory
@@ -20,6 +19,7 @@ from .errors import BroilerError, ConfigError, GuestMemoryError, KvmUnavailable
 from .frontend.report import device_rows as device_stats
 from .guests import packaged_guest
 from .pci import BarDoorbell, BarKind, PciFunction
+from .vmm.linux import load_linux
 from .vmm.machine import Machine, MachineConfig
 from .vmm.userdev import DeviceContext
 
