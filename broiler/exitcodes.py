@@ -11,6 +11,7 @@ GUEST_FATAL = 6  # triple fault, emulation failure, entry failure: register dump
 TIMEOUT = 8  # --timeout expired
 INTERNAL = 10  # a bug in broiler (traceback on stderr)
 USER_QUIT = 12  # the user ended the VM at the console (Ctrl-A x)
+DEVICE_FAULT = 14  # a user's device raised or answered a read with a non-int / too large a value
 INTERRUPTED = 130  # Ctrl-C, SIGTERM or `broiler stop`
 
 NAMES = {
@@ -21,6 +22,7 @@ NAMES = {
     TIMEOUT: "timeout",
     INTERNAL: "internal-error",
     USER_QUIT: "user-quit",
+    DEVICE_FAULT: "device-fault",
     INTERRUPTED: "interrupted",
 }
 

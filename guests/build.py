@@ -16,6 +16,8 @@ folder and checks they match byte for byte.
 
     python guests/build.py            # rebuild in place
     python guests/build.py --out DIR  # build elsewhere
+
+Each ``examples/<name>.c`` becomes ``examples/<name>.bin`` the same way (the API examples' guests, docs/api.md).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ LDFLAGS = [
 MULTIBOOT = HERE / "multiboot"
 # "build-with: a.c b.S" in a Multiboot kernel's source: the toolkit files (under guests/) it links.
 BUILD_WITH = re.compile(r"^\W*build-with:\s*(.+?)\s*(?:\*/)?$", re.M)
+EXAMPLES = HERE.parent / "examples"  # examples/*.c: the guests of the API examples (docs/api.md)
 
 
 def guest_sources() -> list[Path]:
@@ -124,39 +127,59 @@ def _build_multiboot(tmp: Path, out: Path) -> list[Path]:
     return built
 
 
-def build(out: Path) -> list[Path]:
+def _compile_lib(tmp: Path) -> list[Path]:
+    lib_objs = []
+    # start.S must come first so _start is the image's first byte (the linker script also
+    # places .text.start first; both keep the contract obvious).
+    for src in sorted(lib_sources(), key=lambda p: (p.name != "start.S", p.name)):
+        obj = tmp / f"lib_{src.stem}_{src.suffix[1:]}.o"
+        _compile(src, obj)
+        lib_objs.append(obj)
+    return lib_objs
+
+
+def _link_flat64(src: Path, tmp: Path, lib_objs: list[Path], out: Path) -> Path:
+    obj = tmp / f"{src.stem}.o"
+    elf = tmp / f"{src.stem}.elf"
+    _compile(src, obj)
+    subprocess.run(["ld", *LDFLAGS, "-T", str(LIB / "flat64.ld"), "-o", str(elf), *lib_objs, str(obj)], check=True)
+    image = out / f"{src.stem}.bin"
+    subprocess.run(["objcopy", "-O", "binary", str(elf), str(image)], check=True)
+    return image
+
+
+def _need_toolchain() -> None:
     if shutil.which("gcc") is None or shutil.which("ld") is None:
         raise SystemExit("building guests needs gcc and binutils (ld, objcopy)")
+
+
+def build(out: Path) -> list[Path]:
+    _need_toolchain()
     out.mkdir(parents=True, exist_ok=True)
-    built = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        lib_objs = []
-        # start.S must come first so _start is the image's first byte (the linker script also
-        # places .text.start first; both keep the contract obvious).
-        for src in sorted(lib_sources(), key=lambda p: (p.name != "start.S", p.name)):
-            obj = tmp / f"lib_{src.stem}_{src.suffix[1:]}.o"
-            _compile(src, obj)
-            lib_objs.append(obj)
-        for src in guest_sources():
-            obj = tmp / f"{src.stem}.o"
-            elf = tmp / f"{src.stem}.elf"
-            _compile(src, obj)
-            subprocess.run(
-                ["ld", *LDFLAGS, "-T", str(LIB / "flat64.ld"), "-o", str(elf), *lib_objs, str(obj)], check=True
-            )
-            image = out / f"{src.stem}.bin"
-            subprocess.run(["objcopy", "-O", "binary", str(elf), str(image)], check=True)
-            built.append(image)
+        lib_objs = _compile_lib(tmp)
+        built = [_link_flat64(src, tmp, lib_objs, out) for src in guest_sources()]
         built += _build_multiboot(tmp, out)
     return built
+
+
+def build_examples(out: Path = EXAMPLES) -> list[Path]:
+    """``examples/<name>.c`` -> ``<out>/<name>.bin``: the examples' flat64 guests, same toolkit."""
+    _need_toolchain()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        lib_objs = _compile_lib(tmp)
+        return [_link_flat64(src, tmp, lib_objs, out) for src in sorted(EXAMPLES.glob("*.c"))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--examples-out", type=Path, default=EXAMPLES, help="where examples/*.c images go")
     args = parser.parse_args(argv)
-    for image in build(args.out):
+    for image in build(args.out) + build_examples(args.examples_out):
         print(f"{image}  {image.stat().st_size} bytes")
     return 0
 

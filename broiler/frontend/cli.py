@@ -15,6 +15,7 @@ from ..core.memory import MiB, format_size, parse_size
 from ..errors import ConfigError, KvmUnavailable
 from ..guests import packaged_guest
 from ..inputs import check_input, check_output, read_head, read_input
+from ..vmm.userdev import parse_device_spec
 from ..vmm.virtio import parse_disk, parse_transport
 from .argtypes import positive
 from .trace import Tracer, parse_kinds
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stop the guest after this long (exit status {exitcodes.TIMEOUT})",
     )
     run.add_argument("--no-demo-devices", action="store_true", help="leave out the seed's demo devices")
-    _add_virtio_options(run)
+    _add_device_options(run)
     run.add_argument(
         "--async-delay",
         type=float,
@@ -141,11 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     layout = sub.add_parser("layout", help="print the guest-physical map and the port map")
     layout.add_argument("-m", "--mem", default="4G", metavar="SIZE", help="guest RAM (default 4G)")
     layout.add_argument("--no-demo-devices", action="store_true")
-    _add_virtio_options(layout)
+    _add_device_options(layout)
     return parser
 
 
-def _add_virtio_options(parser: argparse.ArgumentParser) -> None:
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        dest="user_devices",
+        action="append",
+        default=[],
+        metavar="FILE.py:CLASS,pio=PORT|mmio=ADDR|pci[,size=N][,KEY=VALUE]",
+        help="your device class (or MODULE:CLASS) on the machine; KEY=VALUE go to its constructor (docs/api.md)",
+    )
     parser.add_argument(
         "--disk",
         "-r",
@@ -165,10 +174,11 @@ def _add_virtio_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _virtio_config(config: MachineConfig, args: argparse.Namespace) -> None:
+def _device_config(config: MachineConfig, args: argparse.Namespace) -> None:
     config.disks = [parse_disk(text) for text in args.disks]
     config.virtio_rng = args.rng
     config.virtio_transport = parse_transport(args.virtio_transport)
+    config.devices = [parse_device_spec(text) for text in args.user_devices]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -203,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for initrd in args.initrd:
             check_input(initrd, "initrd", limit=mem)
     config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices, testdev=args.testdev)
-    _virtio_config(config, args)
+    _device_config(config, args)
     if args.async_delay is not None:
         if not 0 <= args.async_delay <= 3600:
             raise ConfigError("--async-delay must be between 0 and 3600 seconds")
@@ -351,7 +361,7 @@ def cmd_layout(args: argparse.Namespace) -> int:
     from .layout import iomem, ioports
 
     config = MachineConfig(mem_size=parse_size(args.mem, what="--mem"), demo_devices=not args.no_demo_devices)
-    _virtio_config(config, args)
+    _device_config(config, args)
     sketch = PlatformSketch(config)
     sketch.close()  # releases the disks; the map is what we print
     print(f"# guest-physical memory ({format_size(config.mem_size)} of RAM), /proc/iomem style")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..core.memory import MiB
 from ..devices.demo.async_demo import DEFAULT_DELAY
 from ..devices.virtio.pci import TransportKind
+from .userdev import DeviceSpec
 from .virtio import DiskSpec
 
 
@@ -24,4 +25,5 @@ class MachineConfig:
     disks: list[DiskSpec] = field(default_factory=list)  # virtio-blk, in order (--disk / -r)
     virtio_rng: bool = False  # --rng
     virtio_transport: TransportKind = TransportKind.TRANSITIONAL
+    devices: list[DeviceSpec] = field(default_factory=list)  # users' devices (--device), placed last
     extra: dict[str, object] = field(default_factory=dict)

@@ -36,6 +36,7 @@ from ..kvm.abi import buffer_address
 from ..pci import PciHost
 from .config import MachineConfig
 from .platform import add_platform_devices
+from .userdev import add_device
 
 if TYPE_CHECKING:
     from ..emulate.syscall_assist import SyscallAssist
@@ -72,6 +73,7 @@ class Machine:
         self.on_stop: list[Callable[[], None]] = []
         self.tracer: object | None = None  # set by broiler.frontend.trace.Tracer.attach
         self.guest_name = "(nothing loaded)"
+        self.device_faults: list[str] = []  # reports of users' devices that misbehaved (vmm/userdev.py)
 
         # VMX needs these two private regions in the 32-bit space; other backends ignore them.
         if self.kvm.check_extension(abi.KVM_CAP_SET_TSS_ADDR) > 0:
@@ -103,6 +105,8 @@ class Machine:
         self._setup_cpus()
 
     # -- devices ----------------------------------------------------------------------------
+    add_device = add_device  # a user's device, guarded (vmm/userdev.py; the public way, docs/api.md)
+
     def add_pio(
         self,
         base: int,

@@ -45,6 +45,7 @@ from ..devices.testdev.pc_testdev import IRQ_LINES, PcTestdev
 from ..devices.testdev.pci_testdev import PciTestDev
 from ..pci import PciFunction, PciHost
 from .config import MachineConfig
+from .userdev import add_device_spec
 from .virtio import add_virtio_devices
 
 
@@ -74,6 +75,7 @@ class PlatformHost(Protocol):
     serial: Serial8250 | None
     pci: PciHost | None
     on_stop: list[Callable[[], None]]
+    device_faults: list[str]  # reports of users' devices that misbehaved (vmm/userdev.py)
 
     @property
     def irqs(self) -> PlatformInterrupts: ...
@@ -166,6 +168,8 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
         add_qemu_test_devices(m, pci, config)
     if config.disks or config.virtio_rng:
         add_virtio_devices(m, config.disks, rng=config.virtio_rng, transport=config.virtio_transport)
+    for user_spec in config.devices:  # last: a user's device never moves a built-in one
+        add_device_spec(m, user_spec)
 
 
 def add_pci_demo_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -> None:
@@ -224,6 +228,7 @@ class PlatformSketch:
         self.doorbells = Doorbells(None, self.loop)
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
         self.pci: PciHost | None = None
+        self.device_faults: list[str] = []
         self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)
         add_platform_devices(self, config)
 

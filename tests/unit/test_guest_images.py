@@ -33,3 +33,11 @@ def test_shipped_images_match_a_fresh_build(tmp_path: Path) -> None:
     shipped_images = [*shipped_dir.glob("*.bin"), *shipped_dir.glob("*.elf")]
     extra = {p.name for p in shipped_images} - {p.name for p in built}
     assert not extra, f"shipped images without sources: {extra}"
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None, reason="needs gcc and ld")
+def test_example_images_match_a_fresh_build(tmp_path: Path) -> None:
+    built = _builder().build_examples(tmp_path)
+    assert {p.name for p in built} == {p.name for p in (ROOT / "examples").glob("*.bin")}
+    for image in built:
+        assert (ROOT / "examples" / image.name).read_bytes() == image.read_bytes(), f"{image.name} is stale"

@@ -27,6 +27,7 @@ LAYERS = {
     "broiler.frontend": 8,
     "broiler.bench": 8,
     "broiler.__main__": 9,
+    "broiler.api": 9,  # the public names (docs/api.md): re-exports from every layer, imported by none
 }
 
 
