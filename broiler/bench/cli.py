@@ -39,6 +39,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
     p.add_argument("--startup-mem", default="4G", metavar="SIZE", help="guest RAM of the start-up VM (4G)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")
+    p.add_argument(
+        "--virtio",
+        action="store_true",
+        help="instead: virtio-blk IOPS and MB/s of the bench kernel under broiler and, where installed, QEMU",
+    )
+    p.add_argument("--virtio-requests", type=_positive_int, metavar="N", help="requests per test (default 5000)")
+    p.add_argument("--virtio-ms", type=_positive_int, metavar="MS", help="time bound per test (default 10000)")
+    p.add_argument("--no-qemu", action="store_true", help="--virtio: run broiler only")
     return p
 
 
@@ -76,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path is not None:
             check_output(path, what)  # before minutes of measuring, not after
+    if args.virtio:
+        return run_virtio(args)
 
     try:
         opts = options(args)
@@ -113,3 +123,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_virtio(args: argparse.Namespace) -> int:
+    from .virtio import render_virtio, run_virtio_bench
+
+    requests = args.virtio_requests or (200 if args.quick else 5000)
+    ms = args.virtio_ms or (2000 if args.quick else 10000)
+    try:
+        runs = run_virtio_bench(requests=requests, ms=ms, with_qemu=not args.no_qemu)
+    except KvmUnavailable as exc:
+        print(f"broiler: {exc}", file=sys.stderr)
+        return exitcodes.NO_KVM
+    print(f"virtio-blk bench kernel, modern transport, MSI-X; {requests} requests or {ms} ms per test")
+    print("\n".join(render_virtio(runs)))
+    if args.json:
+        doc = [{"vmm": r.vmm, "problem": r.problem,
+                "results": [{"test": t, "qd": q, "iops": v[0], "mbps": v[1]} for (t, q), v in r.results.items()]}
+               for r in runs]  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    return exitcodes.OK if runs[0].problem is None else exitcodes.GUEST_FATAL
