@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..core.bus import Device
 from ..guests import packaged_guest
-from ..kvm import abi
+from ..kvm import Vcpu, abi
 from ..vmm.machine import Machine, MachineConfig
 from .driver import BatchDriver
 from .guest import (
@@ -208,57 +208,9 @@ def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int) 
         driver = BatchDriver(m.memory.view, batches, cpus)
         m.add_pio(CTRL_PORT, 4, ControlDevice(driver))  # only loops that dispatch through the bus use it
         kinds = {p.kind for p in paths}
-        if IOEVENTFD in kinds:
-            for pio, addr in ((True, IOEVENTFD_PORT), (False, IOEVENTFD_MMIO)):
-                efds.append(os.eventfd(0, os.EFD_CLOEXEC))
-                m.vm.ioeventfd(efds[-1], addr, 4, pio=pio, datamatch=None)
-        coalesced = COALESCED in kinds
-        if coalesced:
-            m.vm.register_coalesced(COALESCED_MMIO, COALESCED_SIZE)
-        doorbell_thread = None
-        if PINGPONG in kinds:
-            efds.append(os.eventfd(0, os.EFD_CLOEXEC))
-            m.vm.ioeventfd(efds[-1], DOORBELL_PORT, 4, pio=True, datamatch=None)
-            doorbell_thread = threading.Thread(
-                target=_doorbell_reader,
-                name="bench-doorbell",
-                daemon=True,
-                args=(efds[-1], m.memory.view(BENCH_PARAMS + FLAG_OFFSET, 4), stop_doorbell),
-            )
-            doorbell_thread.start()
-        for k, vcpu in enumerate(m.vcpus):
-            page = memoryview(vcpu.run_page)
-            ring = page[vcpu.coalesced_page * 4096 : (vcpu.coalesced_page + 1) * 4096] if coalesced else None
-            contexts.append(
-                LoopContext(
-                    m,
-                    k,
-                    vcpu.fd,
-                    driver,
-                    page.cast("B"),
-                    page.cast("H"),
-                    page.cast("I"),
-                    page.cast("Q"),
-                    ring.cast("I") if ring else None,
-                    ring.cast("Q") if ring else None,
-                )
-            )
-        errors: list[BaseException] = []
-
-        def main(ctx: LoopContext) -> None:
-            try:
-                bare_loop(ctx)
-            except BaseException as exc:  # reported by the caller, after the other vCPUs are released
-                errors.append(exc)
-                driver.release()
-
-        threads = [threading.Thread(target=main, args=(c,), name=f"bench-vcpu{c.cpu}") for c in contexts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        doorbell_thread = _bare_doorbells(m, kinds, efds, stop_doorbell)
+        contexts = [_loop_context(m, k, vcpu, driver, COALESCED in kinds) for k, vcpu in enumerate(m.vcpus)]
+        _run_bare_loops(contexts, driver)
         if doorbell_thread is not None:
             stop_doorbell.set()
             os.eventfd_write(efds[-1], 1)
@@ -271,6 +223,61 @@ def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int) 
         m.close()
         for fd in efds:
             os.close(fd)
+
+
+def _bare_doorbells(m: Machine, kinds: set[str], efds: list[int], stop: threading.Event) -> threading.Thread | None:
+    """The ioeventfds, coalesced zone and ping-pong reader thread the bare loop's paths need."""
+    if IOEVENTFD in kinds:
+        for pio, addr in ((True, IOEVENTFD_PORT), (False, IOEVENTFD_MMIO)):
+            efds.append(os.eventfd(0, os.EFD_CLOEXEC))
+            m.vm.ioeventfd(efds[-1], addr, 4, pio=pio, datamatch=None)
+    if COALESCED in kinds:
+        m.vm.register_coalesced(COALESCED_MMIO, COALESCED_SIZE)
+    if PINGPONG not in kinds:
+        return None
+    efds.append(os.eventfd(0, os.EFD_CLOEXEC))
+    m.vm.ioeventfd(efds[-1], DOORBELL_PORT, 4, pio=True, datamatch=None)
+    flag = m.memory.view(BENCH_PARAMS + FLAG_OFFSET, 4)
+    thread = threading.Thread(target=_doorbell_reader, name="bench-doorbell", daemon=True, args=(efds[-1], flag, stop))
+    thread.start()
+    return thread
+
+
+def _loop_context(m: Machine, k: int, vcpu: Vcpu, driver: BatchDriver, coalesced: bool) -> LoopContext:
+    page = memoryview(vcpu.run_page)
+    ring = page[vcpu.coalesced_page * 4096 : (vcpu.coalesced_page + 1) * 4096] if coalesced else None
+    return LoopContext(
+        m,
+        k,
+        vcpu.fd,
+        driver,
+        page.cast("B"),
+        page.cast("H"),
+        page.cast("I"),
+        page.cast("Q"),
+        ring.cast("I") if ring else None,
+        ring.cast("Q") if ring else None,
+    )
+
+
+def _run_bare_loops(contexts: list[LoopContext], driver: BatchDriver) -> None:
+    """One thread per vCPU running bare_loop; the first error is raised after every thread ended."""
+    errors: list[BaseException] = []
+
+    def main(ctx: LoopContext) -> None:
+        try:
+            bare_loop(ctx)
+        except BaseException as exc:  # reported by the caller, after the other vCPUs are released
+            errors.append(exc)
+            driver.release()
+
+    threads = [threading.Thread(target=main, args=(c,), name=f"bench-vcpu{c.cpu}") for c in contexts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _doorbell_reader(efd: int, flag_bytes: memoryview, stop: threading.Event) -> None:
