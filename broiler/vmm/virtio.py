@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.irq import MsiMessage, MsiSink
 from ..devices.virtio.block import DiskImage, VirtioBlock
@@ -139,7 +139,7 @@ def virtio_console(pci: PciHost | None) -> VirtioConsole | None:
     return next((fn.device for fn in virtio_functions(pci) if isinstance(fn.device, VirtioConsole)), None)
 
 
-def virtio_stats(pci: PciHost | None) -> dict[str, dict[str, object]]:
+def virtio_stats(pci: PciHost | None) -> dict[str, dict[str, Any]]:
     """Per virtio device: its slot, transport, status, queues, then kicks, requests, bytes read/written,
     errors, ignored kicks, resets and device-specific counters."""
     if pci is None:
