@@ -72,6 +72,7 @@ class VirtioPci(PciFunction):
         )
         self.kind = kind
         self.device = device
+        self._final_state: dict[str, object] | None = None
         self.transport = VirtioTransport(device, memory, self, modern=has_modern)
         queues = len(self.transport.queues)
         if has_legacy:
@@ -138,7 +139,10 @@ class VirtioPci(PciFunction):
             self.lower_intx()
 
     def describe_state(self) -> dict[str, object]:
-        """Transport kind, device status and each queue's ring state (for stats and `broiler stat`)."""
+        """Transport kind, device status and each queue's ring state (for stats and `broiler stat`);
+        after ``close`` the state the guest left, not the reset one."""
+        if self._final_state is not None:
+            return self._final_state
         t = self.transport
         queues = [
             {"size": q.size, "enabled": q.enabled, "active": q.active, "avail": q.last_avail, "used": q.used_idx}
@@ -172,5 +176,6 @@ class VirtioPci(PciFunction):
         }
 
     def close(self) -> None:
+        self._final_state = self.describe_state()  # --stats and --stats-json are written after this
         self.transport.reset()
         self.device.close()
