@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import exitcodes
 from ..core.memory import MiB, format_size, parse_size
@@ -16,9 +16,10 @@ from ..errors import ConfigError, KvmUnavailable
 from ..guests import packaged_guest
 from ..inputs import check_input, check_output, read_head, read_input
 from ..vmm.userdev import parse_device_spec
-from ..vmm.virtio import parse_disk, parse_transport
+from ..vmm.virtio import virtio_functions
 from .argtypes import positive
 from .trace import Tracer, parse_kinds
+from .virtio_options import add_virtio_options, discard, open_console_log, start_console, virtio_config
 
 if TYPE_CHECKING:
     from ..vmm.machine import MachineConfig
@@ -111,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
     run.add_argument(
         "--console",
-        choices=("serial", "none"),
+        choices=("serial", "virtio", "none"),
         default=None,
-        help="serial: stdin feeds the guest's UART (raw mode on a terminal; Ctrl-A x quits). "
-        "Default: serial for Linux, none otherwise",
+        help="serial: stdin feeds the guest's UART (raw mode on a terminal; Ctrl-A x quits); virtio: the same "
+        "with a virtio-console (the guest's hvc0), its output on stdout. Default: serial for Linux, none otherwise",
+    )
+    run.add_argument(
+        "--virtio-console-log",
+        metavar="FILE",
+        help="send the virtio-console's output (hvc0) to FILE instead of stdout; adds the device if "
+        "--console is not virtio",
     )
     run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs` (default vm-PID)")
     run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("-m", "--mem", default="4G", metavar="SIZE", help="guest RAM (default 4G)")
     layout.add_argument("--no-demo-devices", action="store_true")
     _add_device_options(layout)
+    layout.add_argument("--console", choices=("serial", "virtio", "none"), default=None, help="virtio: add hvc0")
     return parser
 
 
@@ -155,29 +163,11 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.py:CLASS,pio=PORT|mmio=ADDR|pci[,size=N][,KEY=VALUE]",
         help="your device class (or MODULE:CLASS) on the machine; KEY=VALUE go to its constructor (docs/api.md)",
     )
-    parser.add_argument(
-        "--disk",
-        "-r",
-        "--rootfs",
-        dest="disks",
-        action="append",
-        default=[],
-        metavar="FILE[,ro=on][,serial=ID]",
-        help="a raw image as a virtio-blk disk (repeatable; -r/--rootfs is Broiler's spelling)",
-    )
-    parser.add_argument("--rng", action="store_true", help="add a virtio-rng device (host os.urandom)")
-    parser.add_argument(
-        "--virtio-transport",
-        default="transitional",
-        metavar="KIND",
-        help="modern, legacy or transitional (default: transitional, both register files)",
-    )
+    add_virtio_options(parser)
 
 
-def _device_config(config: MachineConfig, args: argparse.Namespace) -> None:
-    config.disks = [parse_disk(text) for text in args.disks]
-    config.virtio_rng = args.rng
-    config.virtio_transport = parse_transport(args.virtio_transport)
+def _device_config(config: MachineConfig, args: argparse.Namespace, console_log: BinaryIO | None = None) -> None:
+    virtio_config(config, args, console_log)
     config.devices = [parse_device_spec(text) for text in args.user_devices]
 
 
@@ -213,7 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for initrd in args.initrd:
             check_input(initrd, "initrd", limit=mem)
     config = MachineConfig(mem_size=mem, cpus=args.cpus, demo_devices=not args.no_demo_devices, testdev=args.testdev)
-    _device_config(config, args)
+    console_log = open_console_log(args.virtio_console_log)
+    _device_config(config, args, console_log)
     if args.async_delay is not None:
         if not 0 <= args.async_delay <= 3600:
             raise ConfigError("--async-delay must be between 0 and 3600 seconds")
@@ -228,7 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_output(args.stats_json, "--stats-json")
     if args.trace_file is not None:
         check_output(args.trace_file, "--trace-file")
-    with Machine(config) as machine, contextlib.ExitStack() as stack:
+    # The log is closed last: the machine's stop hooks flush the console's output into it first.
+    with console_log or contextlib.nullcontext(), Machine(config) as machine, contextlib.ExitStack() as stack:
         stack.callback(ControlServer(machine, name).close)
         if trace_kinds is not None:
             out = sys.stderr
@@ -240,14 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracer = Tracer(trace_kinds, out, as_json=args.trace_json)
             tracer.attach(machine)
             stack.callback(tracer.flush)
-        if (args.console or ("serial" if kind == "linux" else "none")) == "serial" and machine.serial is not None:
-            from .console import SerialConsole
-
-            console = SerialConsole(
-                machine.serial, machine.loop, lambda: machine.request_exit(exitcodes.USER_QUIT, "Ctrl-A x")
-            )
-            console.start()
-            stack.callback(console.restore)
+        start_console(args, kind, machine, stack)
         if kind == "multiboot":
             machine.load_multiboot(args.kernel, cmdline=args.append or "", initrds=tuple(args.initrd))
         elif kind == "linux":
@@ -362,6 +347,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
 
     config = MachineConfig(mem_size=parse_size(args.mem, what="--mem"), demo_devices=not args.no_demo_devices)
     _device_config(config, args)
+    if config.virtio_console is not None:
+        config.virtio_console = discard  # nothing runs: never write to stdout from the sketch
     sketch = PlatformSketch(config)
     sketch.close()  # releases the disks; the map is what we print
     print(f"# guest-physical memory ({format_size(config.mem_size)} of RAM), /proc/iomem style")
@@ -371,6 +358,10 @@ def cmd_layout(args: argparse.Namespace) -> int:
     if sketch.pci is not None:
         print("\n# PCI bus 0 (slot, vendor:device, class, BARs, interrupt)")
         print("\n".join(sketch.pci.describe()))
+        functions = virtio_functions(sketch.pci)
+        if functions:
+            print("\n# virtio functions (queues, MSI-X, doorbells: ioeventfds at these offsets of the BARs above)")
+            print("\n".join(line for fn in functions for line in fn.describe_layout()))
     return 0
 
 

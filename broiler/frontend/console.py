@@ -1,6 +1,8 @@
-"""`--console serial`: the terminal becomes the guest's serial console, as in QEMU's -nographic.
+"""`--console serial|virtio`: the terminal becomes the guest's console, as in QEMU's -nographic.
 
-stdin is read on the event-loop thread and fed to the UART's receiver. On a terminal, stdin goes
+stdin is read on the event-loop thread and fed to the console device (the UART's receiver, or the
+virtio-console's receive queue: ``TerminalConsole`` takes the device's ``feed``, so both consoles share
+the escape handling below). On a terminal, stdin goes
 into raw mode (no echo, no line editing, Ctrl-C goes to the guest) and output keeps its newline
 translation. The escape key is Ctrl-A: Ctrl-A x ends the VM (exit status 12, exitcodes.USER_QUIT), Ctrl-A Ctrl-A sends a
 literal Ctrl-A. The terminal is restored on every way out: a normal end, an exception, a signal
@@ -17,16 +19,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.eventloop import EventLoop
-from ..devices.legacy.serial import Serial8250
 
 CTRL_A = 0x01
 
 
-class SerialConsole:
+class TerminalConsole:
     def __init__(
-        self, serial: Serial8250, loop: EventLoop, quit_vm: Callable[[], None], stdin_fd: int | None = None
+        self, feed: Callable[[bytes], None], loop: EventLoop, quit_vm: Callable[[], None], stdin_fd: int | None = None
     ) -> None:
-        self.serial = serial
+        self.feed = feed
         self.loop = loop
         self.quit_vm = quit_vm
         self.fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
@@ -56,7 +57,7 @@ class SerialConsole:
         if not data:  # EOF: nothing more will come
             self._stop_reading()
             return
-        self.serial.feed(self.filter(data))
+        self.feed(self.filter(data))
 
     def filter(self, data: bytes) -> bytes:
         """Handle the Ctrl-A escape; returns what goes to the guest."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.bus import ADDRESS_LIMIT
 from ..kvm import abi
@@ -96,6 +96,7 @@ def io_table(machine: Machine) -> list[str]:
         ],
         rows,
     )
+    lines += virtio_table(virtio_stats(machine.pci))
     for bus in (machine.pio_bus, machine.mmio_bus):
         unmapped = bus.unmapped_total
         straddled = bus.straddled_total
@@ -106,6 +107,25 @@ def io_table(machine: Machine) -> list[str]:
                 f"{straddled} straddling accesses"
             )
     return lines
+
+
+def virtio_table(virtio: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per virtio function: where, transport, status, each queue's avail/used index, counters.
+    "bytes in" went into guest memory (disk reads, random bytes, console input), "bytes out" left it."""
+    rows = []
+    for name, v in virtio.items():
+        rings = " ".join(f"{q['avail']}/{q['used']}" if q["active"] else "-" for q in v["queues"])
+        rows.append(
+            [
+                name,
+                f"00:{v['slot']:02x}.0 {v['transport']}",
+                f"{v['status']:#04x}{' ok' if v['driver_ok'] else ''}",
+                rings,
+                *(str(v[key]) for key in ("kicks", "requests", "bytes_read", "bytes_written", "errors")),
+            ]
+        )
+    headers = ["virtio", "slot", "status", "queues avail/used", "kicks", "requests", "bytes in", "bytes out", "errors"]
+    return _table(headers, rows) if rows else []
 
 
 def exit_table(machine: Machine) -> list[str]:
@@ -138,7 +158,7 @@ def snapshot_stats(machine: Machine) -> dict[str, object]:
             for b in machine.doorbells.history
         ],
         "msis_sent": machine.irqs.msis_sent,
-        "virtio": virtio_stats(machine.pci),
+        "virtio": virtio_stats(machine.pci),  # per function: slot, transport, status, queues, counters
         "emulated_in_userspace": {str(t.vcpu.id): dict(t.emulated) for t in machine.threads},
         "decisions": machine.decisions,
         "exit_status": machine.exit_status,
@@ -189,6 +209,7 @@ def stat_table(snap: dict, previous: dict | None) -> list[str]:  # type: ignore[
         ],
         rows,
     )
+    lines += virtio_table(snap.get("virtio", {}))
     for vcpu, counts in snap["exits"].items():
         lines.append(f"vCPU {vcpu}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     lines.append(

@@ -24,6 +24,7 @@ class MachineConfig:
     kvm_path: str = "/dev/kvm"
     disks: list[DiskSpec] = field(default_factory=list)  # virtio-blk, in order (--disk / -r)
     virtio_rng: bool = False  # --rng
+    virtio_console: Callable[[bytes], None] | None = None  # where a virtio-console's output goes; None: no console
     virtio_transport: TransportKind = TransportKind.TRANSITIONAL
     devices: list[DeviceSpec] = field(default_factory=list)  # users' devices (--device), placed last
     extra: dict[str, object] = field(default_factory=dict)

@@ -107,7 +107,7 @@ class PlatformHost(Protocol):
     def debug_exit(self, status: int) -> None: ...
 
 
-def _stdout_writer(data: bytes) -> None:
+def stdout_writer(data: bytes) -> None:
     out = sys.stdout.buffer
     out.write(data)
     out.flush()
@@ -142,7 +142,7 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
     m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
-    output = config.serial_output or _stdout_writer
+    output = config.serial_output or stdout_writer
     m.serial = Serial8250(output, _fixed_line(m, config, COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)
     if config.demo_devices:
@@ -166,8 +166,10 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
         add_pci_demo_devices(m, pci, config)
     if config.testdev:
         add_qemu_test_devices(m, pci, config)
-    if config.disks or config.virtio_rng:
-        add_virtio_devices(m, config.disks, rng=config.virtio_rng, transport=config.virtio_transport)
+    if config.disks or config.virtio_rng or config.virtio_console:
+        add_virtio_devices(
+            m, config.disks, rng=config.virtio_rng, console=config.virtio_console, transport=config.virtio_transport
+        )
     for user_spec in config.devices:  # last: a user's device never moves a built-in one
         add_device_spec(m, user_spec)
 

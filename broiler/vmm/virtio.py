@@ -2,8 +2,10 @@
 
 ``--disk FILE[,ro=on|off][,serial=ID]`` (``-r/--rootfs FILE`` is Broiler's spelling) adds one
 virtio-blk function per use, in command-line order, after the other PCI devices; ``--rng`` adds a
-virtio-rng function. ``--virtio-transport`` picks modern, legacy or transitional (the default, which
-both old and new guest drivers bind to). Disks are opened and locked here, before the guest runs,
+virtio-rng function, and ``--console virtio`` (or ``--virtio-console-log FILE``) a virtio-console
+function, always in that order (disks, rng, console) so slots depend only on what was asked for.
+``--virtio-transport`` picks modern, legacy or transitional (the default, which both old and new guest
+drivers bind to). Disks are opened and locked here, before the guest runs,
 so a missing or busy file is one line and exit status 2.
 """
 
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.irq import MsiMessage, MsiSink
 from ..devices.virtio.block import DiskImage, VirtioBlock
 from ..devices.virtio.block.request import ID_BYTES
+from ..devices.virtio.console import VirtioConsole
 from ..devices.virtio.pci import TransportKind, VirtioPci
 from ..devices.virtio.rng import VirtioRng
 from ..errors import ConfigError
@@ -83,9 +86,15 @@ class VirtioHost(Protocol):
 
 
 def add_virtio_devices(
-    m: VirtioHost, disks: list[DiskSpec], *, rng: bool = False, transport: TransportKind = TransportKind.TRANSITIONAL
+    m: VirtioHost,
+    disks: list[DiskSpec],
+    *,
+    rng: bool = False,
+    console: Callable[[bytes], None] | None = None,
+    transport: TransportKind = TransportKind.TRANSITIONAL,
 ) -> list[VirtioPci]:
-    """Open every disk (all or none: a failure closes the ones already open), then add the functions."""
+    """Open every disk (all or none: a failure closes the ones already open), then add the functions.
+    ``console`` is where a virtio-console's output goes (None: no console)."""
     if len(disks) > MAX_DISKS:
         raise ConfigError(f"at most {MAX_DISKS} disks")
     if m.pci is None:
@@ -98,12 +107,14 @@ def add_virtio_devices(
         for image in images:
             image.close()
         raise
-    devices: list[VirtioBlock | VirtioRng] = [
+    devices: list[VirtioBlock | VirtioRng | VirtioConsole] = [
         VirtioBlock(image, serial=spec.serial, name=f"virtio-blk{i}")
         for i, (spec, image) in enumerate(zip(disks, images, strict=True))
     ]
     if rng:
         devices.append(VirtioRng())
+    if console is not None:
+        devices.append(VirtioConsole(console))
     functions = []
     for device in devices:
         fn = VirtioPci(
@@ -123,6 +134,18 @@ def virtio_functions(pci: PciHost | None) -> list[VirtioPci]:
     return [] if pci is None else [fn for fn in pci.functions.values() if isinstance(fn, VirtioPci)]
 
 
-def virtio_stats(pci: PciHost | None) -> dict[str, dict[str, int]]:
-    """Per virtio device: kicks, requests, bytes read/written, errors, ignored kicks, resets."""
-    return {fn.name: fn.stats() for fn in virtio_functions(pci)}
+def virtio_console(pci: PciHost | None) -> VirtioConsole | None:
+    """The machine's virtio-console device (where `--console virtio` sends stdin), if it has one."""
+    return next((fn.device for fn in virtio_functions(pci) if isinstance(fn.device, VirtioConsole)), None)
+
+
+def virtio_stats(pci: PciHost | None) -> dict[str, dict[str, Any]]:
+    """Per virtio device: its slot, transport, status, queues, then kicks, requests, bytes read/written,
+    errors, ignored kicks, resets and device-specific counters."""
+    if pci is None:
+        return {}
+    return {
+        fn.name: {"slot": slot, **fn.describe_state(), **fn.stats()}
+        for slot, fn in pci.functions.items()
+        if isinstance(fn, VirtioPci)
+    }

@@ -8,7 +8,9 @@ space (busybox /init, its system calls completed by broiler's syscall assist) an
 here (docs/linux.md §8). Once broiler has `--rootfs` (virtio-blk), that third test boots from an ext4
 image instead: a virtio initramfs loads the Debian kernel's virtio modules and switch_roots into the probe
 on /dev/vda, which also writes a file on / (read back with debugfs after the VM ends), reads /dev/hwrng
-and writes to /dev/hvc0 (docs/linux.md, "A root file system on virtio-blk").
+(--rng) and writes to /dev/hvc0 (docs/linux.md, "A root file system on virtio-blk"). hvc0 goes to a file
+(--virtio-console-log), not stdout: the probe's report and the kernel log are on ttyS0 (stdout), and a
+line on hvc0 could land in the middle of one of theirs; the file also shows exactly what reached hvc0.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def _root_disk(tmp_path: Path, kernel: Path, busybox: bytes) -> tuple[Path, Path
     return initramfs, image
 
 
-def _check_root_disk(text: str, image: Path, err: str) -> None:
+def _check_root_disk(text: str, image: Path, hvc0_log: Path, err: str) -> None:
     """What only the virtio-blk boot shows: the root mount, the virtio functions, hwrng, hvc0, the file."""
     assert "=== broiler: root failed" not in text, text[-3000:]
     assert "/dev/vda ext4 rw" in _section(text, "root"), (_section(text, "root"), err)
@@ -155,15 +157,17 @@ def _check_root_disk(text: str, image: Path, err: str) -> None:
     bound = {line.split()[3]: line.split()[2] for line in virtio if line.startswith("virtio ")}
     assert any(f[3] in ("0x1001", "0x1042") and f[4] == "virtio-pci" for f in pci), virtio  # the disk
     assert bound.get("virtio_blk") == "0x0002", virtio
-    # The rng and the console are checked when broiler offers them (virtio device ids 4 and 3).
-    # (kernel messages may interleave on the serial console, so lines are found by their prefix)
-    if "virtio_rng" in bound:
-        hwrng = _section(text, "hwrng")
-        assert any(line.startswith("current virtio_rng") for line in hwrng), hwrng
-        got = next((line.split() for line in hwrng if line.startswith("bytes ")), [])
-        assert got[1:2] == ["64"] and len(got[2]) == 128 and got[2] != "0" * 128, hwrng
-    if "virtio_console" in bound:
-        assert "hvc0 write ok" in _section(text, "hvc0"), _section(text, "hvc0")
+    # The rng and the console (virtio device ids 4 and 3; the test asks for both with --rng and
+    # --virtio-console-log). Kernel messages may interleave on the serial console, so lines are found
+    # by their prefix.
+    assert bound.get("virtio_rng") == "0x0004" and bound.get("virtio_console") == "0x0003", virtio
+    hwrng = _section(text, "hwrng")
+    assert any(line.startswith("current virtio_rng") for line in hwrng), hwrng
+    got = next((line.split() for line in hwrng if line.startswith("bytes ")), [])
+    assert got[1:2] == ["64"] and len(got[2]) == 128 and got[2] != "0" * 128, hwrng
+    assert "hvc0 write ok" in _section(text, "hvc0"), _section(text, "hvc0")
+    # Exactly the probe's line reached hvc0 (the tty's ONLCR turns its newline into CR LF).
+    assert hvc0_log.read_bytes().replace(b"\r\n", b"\n") == (rootfs.HVC0_LINE + "\n").encode(), hvc0_log.read_bytes()
     assert "synced" in _section(text, "sync")
     # The file the guest wrote through virtio-blk, read from the image after the VM ended.
     wrote = rootfs.read_image_file(image, rootfs.WROTE_PATH)
@@ -179,11 +183,13 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     if not busybox.exists():
         pytest.skip(f"no busybox in {CACHE}: run tools/fetch-debian-kernel")
     image: Path | None = None
+    hvc0_log = tmp_path / "hvc0.txt"
     args: list[str] = []
     limit = 2700
     if _broiler_has_rootfs():
         initramfs, image = _root_disk(tmp_path, kernel, busybox.read_bytes())
         args = ["--rootfs", str(image), "-p", f"{DEFAULT_CMDLINE} root=/dev/vda rw rootfstype=ext4"]
+        args += ["--rng", "--virtio-console-log", str(hvc0_log)]
         limit = 3600  # ~20 more fork+execs (insmod, mount, switch_root...) at 10-30 s each here
     else:
         initramfs = tmp_path / "initramfs.cpio"  # always today's /init script, whatever the cache holds
@@ -193,7 +199,7 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
     text, err, status = _boot_until(tmp_path, ["=== broiler: done"], *args, limit=limit, kernel=kernel)
     assert "=== broiler: done" in text, f"the probe did not finish; stderr: {err}"
     if image is not None:
-        _check_root_disk(text, image, err)
+        _check_root_disk(text, image, hvc0_log, err)
 
     iomem = _section(text, "/proc/iomem")
     assert "00100000-bfffffff : System RAM" in iomem

@@ -97,10 +97,10 @@ def test_port92() -> None:
 
 def test_console_escape_handling() -> None:
     from broiler.core.eventloop import EventLoop
-    from broiler.frontend.console import SerialConsole
+    from broiler.frontend.console import TerminalConsole
 
     quits: list[int] = []
-    console = SerialConsole(Serial8250(lambda b: None), EventLoop(), lambda: quits.append(1), stdin_fd=0)
+    console = TerminalConsole(Serial8250(lambda b: None).feed, EventLoop(), lambda: quits.append(1), stdin_fd=0)
     assert console.filter(b"ls\r") == b"ls\r"
     assert console.filter(b"a\x01\x01b") == b"a\x01b"  # Ctrl-A Ctrl-A: a literal Ctrl-A
     assert console.filter(b"\x01") == b"" and console.filter(b"zq") == b"q"  # escape spans reads

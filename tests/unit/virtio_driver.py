@@ -34,16 +34,20 @@ class Buf:
 class Driver:
     """Owns one queue's rings in guest RAM, like a guest driver."""
 
-    def __init__(self, memory: GuestMemory, queue: Virtqueue, size: int = 8) -> None:
+    def __init__(
+        self, memory: GuestMemory, queue: Virtqueue, size: int = 8, *, ring_offset: int = 0, data_at: int = DATA_AT
+    ) -> None:
+        """``ring_offset`` and ``data_at`` let a second queue of the same device live beside the first."""
         self.mem = memory
         self.queue = queue
         self.size = size
         self.next_desc = 0
         self.avail_idx = 0
         self.used_seen = 0
-        self.next_data = DATA_AT
+        self.next_data = data_at
+        self.desc_at, self.avail_at, self.used_at = DESC_AT + ring_offset, AVAIL_AT + ring_offset, USED_AT + ring_offset
         queue.size = size
-        queue.desc, queue.avail, queue.used = DESC_AT, AVAIL_AT, USED_AT
+        queue.desc, queue.avail, queue.used = self.desc_at, self.avail_at, self.used_at
 
     def alloc(self, length: int) -> int:
         addr = self.next_data
@@ -56,7 +60,7 @@ class Driver:
     def add(self, bufs: list[Buf], *, indirect: bool = False) -> tuple[int, list[int]]:
         """Make one chain available; returns (head, guest address of each buffer)."""
         addrs = []
-        table = INDIRECT_AT if indirect else DESC_AT
+        table = INDIRECT_AT if indirect else self.desc_at
         first = 0 if indirect else self.next_desc
         for i, buf in enumerate(bufs):
             length = buf.length if buf.writable else len(buf.data)
@@ -70,7 +74,7 @@ class Driver:
             self.write_desc(table, index, addr, length, flags, nxt)
         if indirect:
             head = self.next_desc
-            self.write_desc(DESC_AT, head, INDIRECT_AT, 16 * len(bufs), DESC_F_INDIRECT, 0)
+            self.write_desc(self.desc_at, head, INDIRECT_AT, 16 * len(bufs), DESC_F_INDIRECT, 0)
             self.next_desc = (self.next_desc + 1) % self.size
         else:
             head = first
@@ -79,22 +83,22 @@ class Driver:
         return head, addrs
 
     def publish(self, head: int) -> None:
-        self.mem.write_int(AVAIL_AT + 4 + 2 * (self.avail_idx % self.size), 2, head)
+        self.mem.write_int(self.avail_at + 4 + 2 * (self.avail_idx % self.size), 2, head)
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.mem.write_int(AVAIL_AT + 2, 2, self.avail_idx)
+        self.mem.write_int(self.avail_at + 2, 2, self.avail_idx)
 
     def used(self) -> list[tuple[int, int]]:
         """New used elements (id, len) since the last call."""
-        idx = self.mem.read_int(USED_AT + 2, 2)
+        idx = self.mem.read_int(self.used_at + 2, 2)
         out = []
         while self.used_seen != idx:
-            slot = USED_AT + 4 + 8 * (self.used_seen % self.size)
+            slot = self.used_at + 4 + 8 * (self.used_seen % self.size)
             out.append(struct.unpack("<II", self.mem.read(slot, 8)))
             self.used_seen = (self.used_seen + 1) & 0xFFFF
         return out
 
     def set_used_event(self, value: int) -> None:
-        self.mem.write_int(AVAIL_AT + 4 + 2 * self.size, 2, value)
+        self.mem.write_int(self.avail_at + 4 + 2 * self.size, 2, value)
 
     def avail_event(self) -> int:
-        return self.mem.read_int(USED_AT + 4 + 8 * self.size, 2)
+        return self.mem.read_int(self.used_at + 4 + 8 * self.size, 2)

@@ -63,6 +63,10 @@ class VirtioDevice:
         """The device configuration structure (little-endian, as the guest reads it)."""
         return b""
 
+    def extra_stats(self) -> dict[str, int]:
+        """Device-specific counters shown next to ``stats`` (a console's dropped bytes, say)."""
+        return {}
+
     def write_config(self, offset: int, data: bytes) -> bool:
         """A driver write into the configuration structure; False if that field is read-only."""
         return False

@@ -72,6 +72,7 @@ class VirtioPci(PciFunction):
         )
         self.kind = kind
         self.device = device
+        self._final_state: dict[str, object] | None = None
         self.transport = VirtioTransport(device, memory, self, modern=has_modern)
         queues = len(self.transport.queues)
         if has_legacy:
@@ -137,10 +138,44 @@ class VirtioPci(PciFunction):
         else:
             self.lower_intx()
 
+    def describe_state(self) -> dict[str, object]:
+        """Transport kind, device status and each queue's ring state (for stats and `broiler stat`);
+        after ``close`` the state the guest left, not the reset one."""
+        if self._final_state is not None:
+            return self._final_state
+        t = self.transport
+        queues = [
+            {"size": q.size, "enabled": q.enabled, "active": q.active, "avail": q.last_avail, "used": q.used_idx}
+            for q in t.queues
+        ]
+        return {"transport": self.kind.value, "status": t.status, "driver_ok": t.driver_ok, "queues": queues}
+
+    def describe_layout(self) -> list[str]:
+        """What `broiler layout` adds under the PCI bus: queues and where their doorbells are."""
+        n = len(self.transport.queues)
+        where = []
+        if self.kind is not TransportKind.MODERN:
+            where.append(f"BAR{LEGACY_BAR}+{legacy.QUEUE_NOTIFY:#x} (legacy, datamatch = queue)")
+        if self.kind is not TransportKind.LEGACY:
+            offsets = ", ".join(f"{modern.notify_offset(q):#x}" for q in range(n))
+            where.append(f"BAR{MODERN_BAR}+{offsets} (modern, one per queue)")
+        sizes = "/".join(str(q.max_size) for q in self.transport.queues)
+        return [
+            f"{self.name}: {self.kind.value}, {n} queue{'s' * (n != 1)} (max size {sizes}), "
+            f"MSI-X {n + 1} vectors in BAR{MSIX_BAR}",
+            f"  doorbells: {'; '.join(where)}",
+        ]
+
     def stats(self) -> dict[str, int]:
         t = self.transport
-        return {**self.device.stats.as_dict(), "ignored_kicks": t.ignored_kicks, "resets": t.resets}
+        return {
+            **self.device.stats.as_dict(),
+            **self.device.extra_stats(),
+            "ignored_kicks": t.ignored_kicks,
+            "resets": t.resets,
+        }
 
     def close(self) -> None:
+        self._final_state = self.describe_state()  # --stats and --stats-json are written after this
         self.transport.reset()
         self.device.close()
