@@ -9,6 +9,51 @@ from __future__ import annotations
 
 import ctypes as C
 
+from .structs import KVM_COALESCED_MMIO_MAX as KVM_COALESCED_MMIO_MAX
+from .structs import KVM_COALESCED_MMIO_MAX_BYTES as KVM_COALESCED_MMIO_MAX_BYTES
+from .structs import KVM_MSR_EXIT_REASON_FILTER as KVM_MSR_EXIT_REASON_FILTER
+from .structs import KVM_MSR_EXIT_REASON_INVAL as KVM_MSR_EXIT_REASON_INVAL
+from .structs import KVM_MSR_EXIT_REASON_UNKNOWN as KVM_MSR_EXIT_REASON_UNKNOWN
+from .structs import KVM_MSR_FILTER_DEFAULT_ALLOW as KVM_MSR_FILTER_DEFAULT_ALLOW
+from .structs import KVM_MSR_FILTER_MAX_RANGES as KVM_MSR_FILTER_MAX_RANGES
+from .structs import KVM_MSR_FILTER_READ as KVM_MSR_FILTER_READ
+from .structs import KVM_MSR_FILTER_WRITE as KVM_MSR_FILTER_WRITE
+from .structs import KVM_NR_INTERRUPTS as KVM_NR_INTERRUPTS
+from .structs import cpuid2_type as cpuid2_type
+from .structs import irq_routing_type as irq_routing_type
+from .structs import kvm_coalesced_mmio as kvm_coalesced_mmio
+from .structs import kvm_coalesced_mmio_ring as kvm_coalesced_mmio_ring
+from .structs import kvm_coalesced_mmio_zone as kvm_coalesced_mmio_zone
+from .structs import kvm_cpuid2 as kvm_cpuid2
+from .structs import kvm_cpuid_entry2 as kvm_cpuid_entry2
+from .structs import kvm_dtable as kvm_dtable
+from .structs import kvm_enable_cap as kvm_enable_cap
+from .structs import kvm_fpu as kvm_fpu
+from .structs import kvm_ioeventfd as kvm_ioeventfd
+from .structs import kvm_irq_level as kvm_irq_level
+from .structs import kvm_irq_routing as kvm_irq_routing
+from .structs import kvm_irq_routing_entry as kvm_irq_routing_entry
+from .structs import kvm_irq_routing_irqchip as kvm_irq_routing_irqchip
+from .structs import kvm_irq_routing_msi as kvm_irq_routing_msi
+from .structs import kvm_irqfd as kvm_irqfd
+from .structs import kvm_lapic_state as kvm_lapic_state
+from .structs import kvm_mp_state as kvm_mp_state
+from .structs import kvm_msi as kvm_msi
+from .structs import kvm_msr_entry as kvm_msr_entry
+from .structs import kvm_msr_filter as kvm_msr_filter
+from .structs import kvm_msr_filter_range as kvm_msr_filter_range
+from .structs import kvm_msrs as kvm_msrs
+from .structs import kvm_pit_config as kvm_pit_config
+from .structs import kvm_regs as kvm_regs
+from .structs import kvm_segment as kvm_segment
+from .structs import kvm_sregs as kvm_sregs
+from .structs import kvm_translation as kvm_translation
+
+# The structures live in structs.py; each name is re-exported so callers keep writing abi.<name>.
+from .structs import kvm_userspace_memory_region as kvm_userspace_memory_region
+from .structs import kvm_vcpu_events as kvm_vcpu_events
+from .structs import msrs_type as msrs_type
+
 # -- ioctl number encoding (asm-generic/ioctl.h) -------------------------------------------------
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 KVMIO = 0xAE
@@ -114,287 +159,6 @@ KVM_MP_STATE_SIPI_RECEIVED = 4
 KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
 KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
 KVM_VCPUEVENT_VALID_SHADOW = 0x4
-KVM_COALESCED_MMIO_MAX_BYTES = 4096  # the ring occupies one page
-
-
-# -- structures --------------------------------------------------------------------------------------
-class kvm_userspace_memory_region(C.Structure):
-    _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64), ("memory_size", u64), ("userspace_addr", u64)]
-
-
-class kvm_regs(C.Structure):
-    _fields_ = [
-        (n, u64)
-        for n in (
-            "rax",
-            "rbx",
-            "rcx",
-            "rdx",
-            "rsi",
-            "rdi",
-            "rsp",
-            "rbp",
-            "r8",
-            "r9",
-            "r10",
-            "r11",
-            "r12",
-            "r13",
-            "r14",
-            "r15",
-            "rip",
-            "rflags",
-        )
-    ]
-
-
-class kvm_segment(C.Structure):
-    _fields_ = [
-        ("base", u64),
-        ("limit", u32),
-        ("selector", u16),
-        ("type", u8),
-        ("present", u8),
-        ("dpl", u8),
-        ("db", u8),
-        ("s", u8),
-        ("l", u8),
-        ("g", u8),
-        ("avl", u8),
-        ("unusable", u8),
-        ("padding", u8),
-    ]
-
-
-class kvm_dtable(C.Structure):
-    _fields_ = [("base", u64), ("limit", u16), ("padding", u16 * 3)]
-
-
-KVM_NR_INTERRUPTS = 256
-
-
-class kvm_sregs(C.Structure):
-    _fields_ = [
-        ("cs", kvm_segment),
-        ("ds", kvm_segment),
-        ("es", kvm_segment),
-        ("fs", kvm_segment),
-        ("gs", kvm_segment),
-        ("ss", kvm_segment),
-        ("tr", kvm_segment),
-        ("ldt", kvm_segment),
-        ("gdt", kvm_dtable),
-        ("idt", kvm_dtable),
-        ("cr0", u64),
-        ("cr2", u64),
-        ("cr3", u64),
-        ("cr4", u64),
-        ("cr8", u64),
-        ("efer", u64),
-        ("apic_base", u64),
-        ("interrupt_bitmap", u64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
-    ]
-
-
-class kvm_cpuid_entry2(C.Structure):
-    _fields_ = [
-        ("function", u32),
-        ("index", u32),
-        ("flags", u32),
-        ("eax", u32),
-        ("ebx", u32),
-        ("ecx", u32),
-        ("edx", u32),
-        ("padding", u32 * 3),
-    ]
-
-
-class kvm_cpuid2(C.Structure):
-    _fields_ = [("nent", u32), ("padding", u32)]  # followed by nent kvm_cpuid_entry2
-
-
-def cpuid2_type(nent: int) -> type[C.Structure]:
-    """A kvm_cpuid2 with room for ``nent`` entries (the kernel's flexible array)."""
-
-    class kvm_cpuid2_n(C.Structure):
-        _fields_ = [("nent", u32), ("padding", u32), ("entries", kvm_cpuid_entry2 * nent)]
-
-    return kvm_cpuid2_n
-
-
-class kvm_ioeventfd(C.Structure):
-    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", s32), ("flags", u32), ("pad", u8 * 36)]
-
-
-class kvm_irqfd(C.Structure):
-    _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
-
-
-class kvm_irq_level(C.Structure):
-    _fields_ = [("irq", u32), ("level", u32)]
-
-
-class kvm_msi(C.Structure):
-    _fields_ = [
-        ("address_lo", u32),
-        ("address_hi", u32),
-        ("data", u32),
-        ("flags", u32),
-        ("devid", u32),
-        ("pad", u8 * 12),
-    ]
-
-
-class kvm_coalesced_mmio_zone(C.Structure):
-    # ``pad`` is ``pio`` in kernels with KVM_CAP_COALESCED_PIO (a union in the header).
-    _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
-
-
-class kvm_coalesced_mmio(C.Structure):
-    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
-
-
-class kvm_coalesced_mmio_ring(C.Structure):
-    _fields_ = [("first", u32), ("last", u32)]  # followed by the entries
-
-
-KVM_COALESCED_MMIO_MAX = (KVM_COALESCED_MMIO_MAX_BYTES - C.sizeof(kvm_coalesced_mmio_ring)) // C.sizeof(
-    kvm_coalesced_mmio
-)
-
-
-class kvm_pit_config(C.Structure):
-    _fields_ = [("flags", u32), ("pad", u32 * 15)]
-
-
-class kvm_irq_routing_irqchip(C.Structure):
-    _fields_ = [("irqchip", u32), ("pin", u32)]
-
-
-class kvm_irq_routing_msi(C.Structure):
-    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("devid", u32)]
-
-
-class _routing_union(C.Union):
-    _fields_ = [("irqchip", kvm_irq_routing_irqchip), ("msi", kvm_irq_routing_msi), ("pad", u32 * 8)]
-
-
-class kvm_irq_routing_entry(C.Structure):
-    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("u", _routing_union)]
-
-
-class kvm_irq_routing(C.Structure):
-    _fields_ = [("nr", u32), ("flags", u32)]  # followed by nr entries
-
-
-def irq_routing_type(nr: int) -> type[C.Structure]:
-    class kvm_irq_routing_n(C.Structure):
-        _fields_ = [("nr", u32), ("flags", u32), ("entries", kvm_irq_routing_entry * nr)]
-
-    return kvm_irq_routing_n
-
-
-class kvm_lapic_state(C.Structure):
-    _fields_ = [("regs", C.c_char * 1024)]
-
-
-class _events_exception(C.Structure):
-    _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8), ("error_code", u32)]
-
-
-class _events_interrupt(C.Structure):
-    _fields_ = [("injected", u8), ("nr", u8), ("soft", u8), ("shadow", u8)]
-
-
-class _events_nmi(C.Structure):
-    _fields_ = [("injected", u8), ("pending", u8), ("masked", u8), ("pad", u8)]
-
-
-class _events_smi(C.Structure):
-    _fields_ = [("smm", u8), ("pending", u8), ("smm_inside_nmi", u8), ("latched_init", u8)]
-
-
-class kvm_vcpu_events(C.Structure):
-    _fields_ = [
-        ("exception", _events_exception),
-        ("interrupt", _events_interrupt),
-        ("nmi", _events_nmi),
-        ("sipi_vector", u32),
-        ("flags", u32),
-        ("smi", _events_smi),
-        ("triple_fault_pending", u8),
-        ("reserved", u8 * 26),
-        ("exception_has_payload", u8),
-        ("exception_payload", u64),
-    ]
-
-
-class kvm_fpu(C.Structure):
-    _fields_ = [
-        ("fpr", u8 * 128),
-        ("fcw", u16),
-        ("fsw", u16),
-        ("ftwx", u8),
-        ("pad1", u8),
-        ("last_opcode", u16),
-        ("last_ip", u64),
-        ("last_dp", u64),
-        ("xmm", u8 * 256),
-        ("mxcsr", u32),
-        ("pad2", u32),
-    ]
-
-
-class kvm_msr_entry(C.Structure):
-    _fields_ = [("index", u32), ("reserved", u32), ("data", u64)]
-
-
-class kvm_msrs(C.Structure):
-    _fields_ = [("nmsrs", u32), ("pad", u32)]  # followed by nmsrs entries
-
-
-def msrs_type(n: int) -> type[C.Structure]:
-    class kvm_msrs_n(C.Structure):
-        _fields_ = [("nmsrs", u32), ("pad", u32), ("entries", kvm_msr_entry * n)]
-
-    return kvm_msrs_n
-
-
-KVM_MSR_EXIT_REASON_INVAL = 1 << 0
-KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
-KVM_MSR_EXIT_REASON_FILTER = 1 << 2
-KVM_MSR_FILTER_READ = 1 << 0
-KVM_MSR_FILTER_WRITE = 1 << 1
-KVM_MSR_FILTER_DEFAULT_ALLOW = 0
-KVM_MSR_FILTER_MAX_RANGES = 16
-
-
-class kvm_msr_filter_range(C.Structure):
-    # bitmap: one bit per MSR from ``base``; a 1 allows the operations in ``flags``, a 0 denies them.
-    _fields_ = [("flags", u32), ("nmsrs", u32), ("base", u32), ("bitmap", C.c_void_p)]
-
-
-class kvm_msr_filter(C.Structure):
-    _fields_ = [("flags", u32), ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES)]
-
-
-class kvm_translation(C.Structure):
-    _fields_ = [
-        ("linear_address", u64),
-        ("physical_address", u64),
-        ("valid", u8),
-        ("writeable", u8),
-        ("usermode", u8),
-        ("pad", u8 * 5),
-    ]
-
-
-class kvm_mp_state(C.Structure):
-    _fields_ = [("mp_state", u32)]
-
-
-class kvm_enable_cap(C.Structure):
-    _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
 
 
 # -- struct kvm_run: the fields broiler reads, by byte offset ------------------------------------
