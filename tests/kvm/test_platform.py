@@ -75,3 +75,20 @@ def test_a_kernel_linked_at_0x8000_loads_and_runs(low: Path) -> None:
 def test_the_low_kernel_runs_under_qemu_too(low: Path) -> None:
     proc = qemu(low)
     assert proc.returncode == PASSED << 1 | 1, proc.stdout + proc.stderr
+
+
+def assert_mbplat_passed(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "mbplat: PASSED" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 1  # debug-exit value 0: every check passed
+
+
+def test_mbplat_passes_under_broiler() -> None:
+    proc = broiler_cli("run", "-k", str(MBPLAT), "-c", "2", "--timeout", "60")
+    assert_mbplat_passed(proc)
+    assert "acpi: pm_tmr=0x608" in proc.stdout and "acpi: madt_cpus=2" in proc.stdout
+    assert "acpi: rsdp=0xf1000" in proc.stdout and "acpi: table MCFG" in proc.stdout
+
+
+@needs_qemu
+def test_mbplat_passes_under_qemu() -> None:
+    assert_mbplat_passed(qemu(MBPLAT))
