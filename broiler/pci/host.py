@@ -19,13 +19,10 @@ Configuration mechanism #1 (ports 0xCF8-0xCFF, one region on the PioBus)
     0xCF8-0xCFB, and dword accesses at 0xCF9-0xCFB, are ignored: reads give all ones, writes are
     dropped, and each counts a guest error (Linux's type-2 probe does one ``outb`` there).
     0xCFC-0xCFF is the data window. With latch bit 31 clear it reads all ones and drops writes.
-    Otherwise bus = bits 23:16, device = bits 15:11, function = bits 10:8, and the register is QEMU's:
-    (latch bits 7:0) | (port & 3), so a latch with its low two bits set still selects those bytes (the
-    PCI spec lets a bridge ignore them; software written against QEMU relies on them). An access
-    naturally aligned in the window goes through in one piece; an unaligned one (a word at 0xCFD) is
-    split into bytes, each at (latch & 0xFF) | (its port & 3), as QEMU's memory core splits it. The
-    part of an access beyond register 0xFF reads zero and is dropped on write. Latch bits 30:24 are
-    ignored. With latch bits 1:0 clear this is plain mechanism #1 (docs/pci.md §2).
+    Otherwise bus = bits 23:16, device = bits 15:11, function = bits 10:8, register = QEMU's
+    (latch & 0xFF) | (port & 3) for an access aligned in the window; an unaligned one (a word at 0xCFD)
+    goes byte by byte, each at (latch & 0xFF) | (its port & 3). Bytes past 0xFF read 0 / are dropped.
+    Latch bits 30:24 are ignored; with bits 1:0 clear this is plain mechanism #1 (docs/pci.md §2).
 
 ECAM (the 16 MiB window at 0xC1000000 on the MmioBus; Broiler had a CF8-style window there)
     offset = bus << 20 | device << 15 | function << 12 | register; buses 0-15. Accesses must be 1, 2
