@@ -9,13 +9,16 @@ addresses under both VMMs):
 
 - 0x9000  the memory map (24-byte entries, ``size`` = 20), ``mmap_addr``
 - 0x9500  the information block (88 bytes), EBX at entry
+  (when a kernel segment covers any of the page [0x9000, 0xA000) -- a kernel linked below 1 MiB, say
+  at 0x8000 -- both move together to the first free page after the kernel, as QEMU puts its boot
+  information after the kernel: only what the kernel itself occupies decides)
 - from the first page boundary at or after the kernel's end: the module list (16 bytes per module),
   the module strings, the kernel command line, the boot loader name; then every module, each on a
   page boundary (header flag bit 0 is therefore always honoured)
 
-The kernel may not overlap the boot page [0x9000, 0xA000), the EBDA/VGA/BIOS area
-[0x9FC00, 0x100000) nor any range the machine reserves (MP table, ACPI...); strings and modules skip
-over those ranges. Everything must lie in RAM below the end of low RAM (and so below 4 GiB).
+The kernel may not overlap the EBDA/VGA/BIOS area [0x9FC00, 0x100000) nor any range the machine
+reserves (ACPI...): those are the only collisions refused. The boot information, strings and modules
+skip over them and over every kernel segment. Everything must lie in RAM below the end of low RAM (and so below 4 GiB).
 
 Header flags: bits 0 (page-align modules) and 1 (memory information) are always satisfied. Bit 2
 (video mode) cannot be (no display), and the spec says a loader must refuse a required bit (0-15) it
@@ -258,6 +261,26 @@ def _cstr(text: str, what: str) -> bytes:
     return data + b"\0"
 
 
+def _check_kernel_spans(spans: list[tuple[int, int]], entry: int, low_end: int, keep_out: list[MapRange]) -> None:
+    """Refuse segments outside low RAM, on firmware or reserved ranges, or on each other; an entry outside."""
+    for start, end in spans:
+        if end > low_end:
+            raise ConfigError(
+                f"Multiboot kernel segment [{start:#x}, {end:#x}) lies outside guest RAM "
+                f"(RAM below 4 GiB ends at {low_end:#x})"
+            )
+        for r in keep_out:
+            if _overlap(start, end, r.start, r.end):
+                raise ConfigError(
+                    f"Multiboot kernel segment [{start:#x}, {end:#x}) overlaps the {r.name} [{r.start:#x}, {r.end:#x})"
+                )
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:], strict=False):
+        if b0 < a1:
+            raise ConfigError(f"Multiboot kernel segments [{a0:#x}, {a1:#x}) and [{b0:#x}, {b1:#x}) overlap")
+    if not spans[0][0] <= entry < spans[-1][1]:
+        raise ConfigError(f"Multiboot kernel entry point {entry:#x} is outside the loaded image")
+
+
 def load_multiboot(
     mem: GuestMemory,
     image: bytes,
@@ -286,28 +309,17 @@ def load_multiboot(
         fmt, entry, segments = _elf_segments(image)
 
     low_end = min(mem.map.ram[0].end, _FOUR_GIB)
-    keep_out = [BOOT_AREA, FIRMWARE_AREA, *reserved]
     spans = sorted((s.addr, s.addr + s.memsz) for s in segments)
-    for start, end in spans:
-        if end > low_end:
-            raise ConfigError(
-                f"Multiboot kernel segment [{start:#x}, {end:#x}) lies outside guest RAM "
-                f"(RAM below 4 GiB ends at {low_end:#x})"
-            )
-        for r in keep_out:
-            if _overlap(start, end, r.start, r.end):
-                raise ConfigError(
-                    f"Multiboot kernel segment [{start:#x}, {end:#x}) overlaps the {r.name} [{r.start:#x}, {r.end:#x})"
-                )
-    for (a0, a1), (b0, b1) in zip(spans, spans[1:], strict=False):
-        if b0 < a1:
-            raise ConfigError(f"Multiboot kernel segments [{a0:#x}, {a1:#x}) and [{b0:#x}, {b1:#x}) overlap")
-    if not spans[0][0] <= entry < spans[-1][1]:
-        raise ConfigError(f"Multiboot kernel entry point {entry:#x} is outside the loaded image")
+    _check_kernel_spans(spans, entry, low_end, [FIRMWARE_AREA, *reserved])
     kernel_start, kernel_end = spans[0][0], spans[-1][1]
+    boot_page_free = not any(_overlap(a, b, BOOT_AREA.start, BOOT_AREA.end) for a, b in spans)
 
     # Plan everything after the kernel, in QEMU's order, before writing a byte.
-    alloc = _Allocator(kernel_end, low_end, [*keep_out, *(MapRange(a, b, "kernel") for a, b in spans)])
+    keep_out = [BOOT_AREA] if boot_page_free else []
+    keep_out += [FIRMWARE_AREA, *reserved, *(MapRange(a, b, "kernel") for a, b in spans)]
+    alloc = _Allocator(kernel_end, low_end, keep_out)
+    mmap_addr = MMAP_ADDR if boot_page_free else alloc.take(PAGE, PAGE, "Multiboot information")
+    info_addr = mmap_addr + INFO_ADDR - MMAP_ADDR
     full_cmdline = f"{kernel_name} {cmdline}"
     mod_strings = [_cstr(name, f"module name {name!r}") for name, _ in modules]
     strings = [*mod_strings, _cstr(full_cmdline, "kernel command line"), _cstr(LOADER_NAME, "loader name")]
@@ -322,7 +334,6 @@ def load_multiboot(
     for (name, blob), s_addr in zip(modules, string_addrs, strict=False):
         start = alloc.take(len(blob), PAGE, f"module {name}")
         loaded.append(LoadedModule(name, start, start + len(blob), s_addr))
-
     e820 = mem.map.e820()
     mmap = b"".join(struct.pack("<IQQI", MMAP_ENTRY_SIZE - 4, e.addr, e.size, e.type) for e in e820)
     if len(mmap) > INFO_ADDR - MMAP_ADDR:
@@ -332,7 +343,7 @@ def load_multiboot(
     struct.pack_into(
         "<IIIIIII", info, 0, INFO_FLAGS, mem_lower, mem_upper, BOOT_DEVICE, string_addrs[-2], len(modules), base
     )
-    struct.pack_into("<II", info, 44, len(mmap), MMAP_ADDR)
+    struct.pack_into("<II", info, 44, len(mmap), mmap_addr)
     struct.pack_into("<I", info, 64, string_addrs[-1])
 
     # Write: the kernel (bss zeroed: RAM may be reused), the strings, the modules, the tables.
@@ -347,15 +358,15 @@ def load_multiboot(
     for m, (_, blob) in zip(loaded, modules, strict=True):
         mem.write(m.start, blob)
         placements.append(Placement(m.start, m.end, f"module {m.name}"))
-    mem.write(MMAP_ADDR, mmap)
-    mem.write(INFO_ADDR, bytes(info))
+    mem.write(mmap_addr, mmap)
+    mem.write(info_addr, bytes(info))
     placements += [
-        Placement(MMAP_ADDR, MMAP_ADDR + len(mmap), "memory map"),
-        Placement(INFO_ADDR, INFO_ADDR + INFO_SIZE, "Multiboot information"),
+        Placement(mmap_addr, mmap_addr + len(mmap), "memory map"),
+        Placement(info_addr, info_addr + INFO_SIZE, "Multiboot information"),
     ]
     return MultibootImage(
         entry=entry,
-        info_addr=INFO_ADDR,
+        info_addr=info_addr,
         format=fmt,
         header=header,
         kernel_start=kernel_start,

@@ -19,9 +19,10 @@ Configuration mechanism #1 (ports 0xCF8-0xCFF, one region on the PioBus)
     0xCF8-0xCFB, and dword accesses at 0xCF9-0xCFB, are ignored: reads give all ones, writes are
     dropped, and each counts a guest error (Linux's type-2 probe does one ``outb`` there).
     0xCFC-0xCFF is the data window. With latch bit 31 clear it reads all ones and drops writes.
-    Otherwise bus = bits 23:16, device = bits 15:11, function = bits 10:8, register = bits 7:2 and
-    the port's low two bits pick the byte: any 1-, 2- or 4-byte access that fits in the window works
-    (a word at 0xCFE is register+2). Latch bits 30:24 and 1:0 are ignored.
+    Otherwise bus = bits 23:16, device = bits 15:11, function = bits 10:8, register = QEMU's
+    (latch & 0xFF) | (port & 3) for an access aligned in the window; an unaligned one (a word at 0xCFD)
+    goes byte by byte, each at (latch & 0xFF) | (its port & 3). Bytes past 0xFF read 0 / are dropped.
+    Latch bits 30:24 are ignored; with bits 1:0 clear this is plain mechanism #1 (docs/pci.md §2).
 
 ECAM (the 16 MiB window at 0xC1000000 on the MmioBus; Broiler had a CF8-style window there)
     offset = bus << 20 | device << 15 | function << 12 | register; buses 0-15. Accesses must be 1, 2
@@ -48,7 +49,7 @@ from ..core.bus import Bus, Device, all_ones
 from ..core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START
 from ..errors import BroilerError, ConfigError, OverlapError
 from .bar import Bar, BarDoorbell, BarKind, BarWindow, IoAllocator, MmioAllocator
-from .config import BAR0, CMD_IO, CMD_MEMORY, COMMAND
+from .config import BAR0, CMD_IO, CMD_MEMORY, COMMAND, CONFIG_SPACE_SIZE
 from .function import PciFunction
 from .interfaces import Doorbells
 
@@ -88,11 +89,12 @@ class ConfigMechanism1(Device):
         self.host = host
         self.latch = 0
 
-    def _target(self, offset: int) -> tuple[int, int, int, int] | None:
+    def _target(self) -> tuple[int, int, int, int] | None:
+        """(bus, device, function, latch register bits 7:0), or None while the enable bit is clear."""
         latch = self.latch
         if not latch & CONF1_ENABLE:
             return None
-        return (latch >> 16) & 0xFF, (latch >> 11) & 0x1F, (latch >> 8) & 0x7, (latch & 0xFC) | (offset - 4)
+        return (latch >> 16) & 0xFF, (latch >> 11) & 0x1F, (latch >> 8) & 0x7, latch & 0xFF
 
     def read(self, offset: int, size: int) -> int:
         if offset < 4:
@@ -101,10 +103,24 @@ class ConfigMechanism1(Device):
             self.guest_error(f"{size}-byte read of the CF8 latch at +{offset}")
             return all_ones(size)
         with self.host.lock:
-            target = self._target(offset)
+            target = self._target()
             if target is None or offset + size > CONF1_SIZE:
                 return all_ones(size)
-            return self.host.config_read(*target, size)
+            bus, dev, fn, low = target
+            port = offset - 4
+            if port % size == 0:
+                return self._read_piece(bus, dev, fn, low | port, size)
+            value = 0  # unaligned in the window: one byte per port, as QEMU splits it
+            for i in range(size):
+                value |= self._read_piece(bus, dev, fn, low | (port + i), 1) << (8 * i)
+            return value
+
+    def _read_piece(self, bus: int, dev: int, fn: int, register: int, size: int) -> int:
+        fits = min(size, CONFIG_SPACE_SIZE - register)  # QEMU truncates at the header's end: the rest reads 0
+        if fits == 3:
+            low = self.host.config_read(bus, dev, fn, register, 2)
+            return low | self.host.config_read(bus, dev, fn, register + 2, 1) << 16
+        return self.host.config_read(bus, dev, fn, register, fits)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset < 4:
@@ -114,9 +130,24 @@ class ConfigMechanism1(Device):
                 self.guest_error(f"{size}-byte write to the CF8 latch at +{offset}")
             return
         with self.host.lock:
-            target = self._target(offset)
-            if target is not None and offset + size <= CONF1_SIZE:
-                self.host.config_write(*target, size, value)
+            target = self._target()
+            if target is None or offset + size > CONF1_SIZE:
+                return
+            bus, dev, fn, low = target
+            port = offset - 4
+            if port % size:  # unaligned in the window: one byte per port, as QEMU splits it
+                for i in range(size):
+                    self._write_piece(bus, dev, fn, low | (port + i), 1, value >> (8 * i))
+            else:
+                self._write_piece(bus, dev, fn, low | port, size, value)
+
+    def _write_piece(self, bus: int, dev: int, fn: int, register: int, size: int, value: int) -> None:
+        fits = min(size, CONFIG_SPACE_SIZE - register)
+        if fits == 3:
+            self.host.config_write(bus, dev, fn, register, 2, value & 0xFFFF)
+            self.host.config_write(bus, dev, fn, register + 2, 1, (value >> 16) & 0xFF)
+        else:
+            self.host.config_write(bus, dev, fn, register, fits, value & all_ones(fits))
 
 
 class Ecam(Device):

@@ -10,10 +10,11 @@ import os
 from typing import TYPE_CHECKING
 
 from ..boot.entry import EntryState
+from ..boot.firmware import PciIrq
+from ..boot.firmware import pci_irqs as firmware_pci_irqs
 from ..boot.linux import layout
 from ..boot.linux.boot import LinuxBoot, prepare_linux_boot
 from ..boot.linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
-from ..boot.linux.firmware import PciIrq
 from ..emulate.kvm_cpu import InstructionCompleter
 from ..inputs import read_input
 from ..kvm import abi
@@ -69,15 +70,7 @@ def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
 
 def pci_irqs(machine: Machine) -> list[PciIrq]:
     """INTx wiring of the PCI functions, for the MP table and ACPI."""
-    out: list[PciIrq] = []
-    if machine.pci is None:
-        return out
-    for slot, fn in sorted(machine.pci.functions.items()):
-        pin = fn.config.get(0x3D, 1)
-        intx = getattr(fn, "intx", None)
-        if pin and intx is not None:
-            out.append(PciIrq(slot=slot, pin=pin, gsi=intx.gsi))
-    return out
+    return firmware_pci_irqs(machine.pci)
 
 
 def host_is_pvm() -> bool:

@@ -19,8 +19,11 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import exitcodes
+from ..boot.acpi import ACPI_AREA, write_acpi
 from ..boot.entry import EntryState, SegmentState, protected_mode_state
+from ..boot.firmware import pci_irqs
 from ..boot.flat64 import flat64_entry_state, load_flat64
+from ..boot.multiboot import load_multiboot_files
 from ..core.bus import Device, MmioBus, PioBus, Region
 from ..core.coalesced import CoalescedRing
 from ..core.eventloop import EventLoop
@@ -269,9 +272,11 @@ class Machine:
     # -- loaders ------------------------------------------------------------------------------
     def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:
         """Load a Multiboot v1 kernel; vCPU 0 enters it, the others wait for INIT/SIPI like real APs."""
-        from ..boot.multiboot import load_multiboot_files
+        from .platform import firmware_declared_ports
 
-        image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds)
+        image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds, reserved=[ACPI_AREA])
+        # The ACPI tables a pc machine gives test kernels (RSDP in the F-segment, FADT with the PM timer).
+        write_acpi(self.memory, len(self.vcpus), pci_irqs(self.pci), reserved_io=firmware_declared_ports(self.pio_bus))
         self.guest_name = f"multiboot {kernel}"
         self.set_protected_mode(self.vcpus[0], entry=image.entry, eax=image.eax, ebx=image.info_addr)
         return image

@@ -38,6 +38,7 @@ from ..devices.legacy.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
 from ..devices.legacy.cmos import CMOS_INDEX, CMOS_SIZE, Cmos
 from ..devices.legacy.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
 from ..devices.legacy.i8042 import AUX_IRQ, I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ
+from ..devices.legacy.pm_timer import PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer
 from ..devices.legacy.ports import register_legacy_ports
 from ..devices.legacy.serial import COM1_BASE, COM1_IRQ, UART_SIZE, Serial8250
 from ..devices.testdev.fw_cfg import FW_CFG_PORT, FW_CFG_PORT_SIZE, FwCfg
@@ -114,7 +115,7 @@ def stdout_writer(data: bytes) -> None:
 
 
 # Port devices no Linux driver claims. Linux boots declare them in the DSDT as motherboard resources
-# (broiler/boot/linux/acpi.py), so the kernel reserves them and /proc/ioports lists them.
+# (broiler/boot/acpi.py), so the kernel reserves them and /proc/ioports lists them.
 FIRMWARE_DECLARED_PORTS = frozenset({"sync-pio", "vpic", "vioapic", "async-pio", "bochs-shutdown"})
 
 
@@ -142,6 +143,7 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
     m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
+    m.add_pio(PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer())
     output = config.serial_output or stdout_writer
     m.serial = Serial8250(output, _fixed_line(m, config, COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)

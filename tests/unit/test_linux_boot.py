@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from broiler.boot.firmware import PciIrq, sums_to_zero
 from broiler.boot.linux import layout
 from broiler.boot.linux.boot import prepare_linux_boot
 from broiler.boot.linux.bzimage import load_bzimage
-from broiler.boot.linux.firmware import PciIrq, sums_to_zero
 from broiler.boot.linux.pvh import HVM_START_MAGIC
 from broiler.core.memory import GuestMemory, MemoryMap
 from broiler.errors import ConfigError

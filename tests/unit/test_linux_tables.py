@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
-from broiler.boot.linux import aml
-from broiler.boot.linux.acpi import build_acpi, build_dsdt, build_fadt, build_madt, build_mcfg
-from broiler.boot.linux.firmware import CpuEntry, PciIrq, checksum, cpus, sums_to_zero
+from broiler.boot import aml
+from broiler.boot.acpi import build_acpi, build_dsdt, build_fadt, build_madt, build_mcfg
+from broiler.boot.firmware import CpuEntry, PciIrq, checksum, cpus, sums_to_zero
 from broiler.boot.linux.mptable import build_mptable, pci_source_irq
 from broiler.errors import ConfigError
 
@@ -145,7 +145,9 @@ def test_fadt_fields() -> None:
     assert u(f, 109, 2) & 0x3 == 0x3  # legacy devices, 8042
     assert not u(f, 112, 4) & (1 << 20)  # not hardware-reduced
     assert u(f, 56, 4) == 0x600 and u(f, 64, 4) == 0x604 and f[88] == 4 and f[89] == 2
-    assert u(f, 76, 4) == 0  # no PM timer
+    assert u(f, 76, 4) == 0x608 and f[91] == 4  # PM_TMR_BLK, PM_TMR_LEN (QEMU's PM base + 8)
+    assert f[208] == 1 and f[209] == 32 and u(f, 212, 8) == 0x608  # X_PM_TMR_BLK
+    assert not u(f, 112, 4) & (1 << 8)  # TMR_VAL_EXT clear: a 24-bit counter
     assert f[116] == 1 and u(f, 120, 8) == 0x64 and f[128] == 0xFE  # reset: port 0x64 <- 0xFE
     assert f[148] == 1 and u(f, 152, 8) == 0x600 and f[172] == 1 and u(f, 176, 8) == 0x604
 

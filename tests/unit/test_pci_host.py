@@ -341,3 +341,40 @@ def test_describe() -> None:
     assert lines[1] == "00:01.0 1af4:10f3 class 000000 dev, BAR0 io 0x6200+0x100, BAR1 mem32 0xc2000000+0x1000"
     rig.cfg_write(1, 4, 2, 0)
     assert "0x6200 (off)" in rig.host.describe()[1]
+
+
+# QEMU 7.2 under -accel kvm, measured with guests/multiboot/mbplat.c's "cf8probe" on its 00:00.0
+# (bytes 86 80 37 12 03 01 ...): register = (latch & 0xFF) | (port & 3); unaligned accesses go byte by byte.
+@pytest.mark.parametrize(
+    "latch_low, port, size, want",
+    [
+        (2, 0, 4, 0x0403_10F3),  # bytes 2..5 in one piece
+        (1, 0, 2, 0xF31A),
+        (1, 2, 2, 0x0310),  # 1 | 2 = 3: bytes 3..4
+        (2, 2, 2, 0x10F3),  # 2 | 2 = 2, not 4
+        (3, 3, 1, 0x10),
+        (1, 1, 2, 0x10_1A),  # unaligned: byte 1|1 = 1, then byte 1|2 = 3
+        (3, 1, 2, 0x1010),  # bytes 3|1 and 3|2: both 3
+    ],
+)
+def test_conf1_latch_low_bits_follow_qemu(latch_low: int, port: int, size: int, want: int) -> None:
+    rig = Rig()
+    fn = two_bar_fn()
+    rig.host.add(fn)
+    fn.config.data[4:6] = (0x0403).to_bytes(2, "little")  # COMMAND, so bytes 4-5 are known
+    rig.pio.write(0xCF8, 4, conf1_address(1, 0) | latch_low)
+    assert rig.pio.read(0xCFC + port, size) == want
+
+
+def test_conf1_latch_low_bits_writes_and_the_end_of_the_header() -> None:
+    rig = Rig()
+    rig.host.add(two_bar_fn())
+    rig.pio.write(0xCF8, 4, conf1_address(1, 0x38) | 1)
+    rig.pio.write(0xCFC, 4, 0x4433_2211)  # lands at 0x39..0x3C: the interrupt line takes 0x44
+    assert rig.cfg_read(1, 0x3C, 1) == 0x44
+    rig.pio.write(0xCF8, 4, conf1_address(1, 0x38) | 3)
+    rig.pio.write(0xCFD, 2, 0x2211)  # unaligned: bytes at 0x3B twice, 0x3C untouched
+    assert rig.cfg_read(1, 0x3C, 1) == 0x44
+    rig.pio.write(0xCF8, 4, conf1_address(1, 0xFC) | 3)
+    assert rig.pio.read(0xCFC, 4) == rig.cfg_read(1, 0xFF, 1)  # 0xFF alone; the rest reads 0
+    assert rig.host.conf1.guest_errors == 0

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 from ...core.memory import GuestMemory
 from ...errors import ConfigError
+from ..acpi import build_acpi
 from ..elf import ElfFile
+from ..firmware import PciIrq, cpus
 from . import layout
-from .acpi import build_acpi
 from .bootparams import build_zero_page, encode_cmdline, synthetic_setup_header
 from .bzimage import BzImage, detect_compression, extract_vmlinux, is_bzimage, parse_bzimage
 from .elf import load_segments, parse_elf, pvh_entry
 from .entry import EntryState, long_mode_entry_state, pvh_entry_state
-from .firmware import PciIrq, cpus
 from .mptable import build_mptable
 from .pvh import build_start_info
 

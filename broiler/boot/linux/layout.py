@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from ...core.memory import EBDA_START, HIGH_MEMORY, MemoryMap, MiB
 from ...errors import ConfigError
+from ..acpi import ACPI_ADDR, ACPI_END
 
 PAGE = 0x1000
 
@@ -46,8 +47,6 @@ CMDLINE_ADDR = 0x20000
 CMDLINE_MAX = 0x10000  # Linux's own limit (cmdline_size) is usually 2047
 MPTABLE_ADDR = 0xF0000
 MPTABLE_MAX = 0x1000
-ACPI_ADDR = 0xF1000  # the RSDP; tables follow it
-ACPI_END = 0xFD000
 SYSCALL_TABLES_ADDR = 0xFD000  # page-table pages the syscall assist may hand to the guest
 SYSCALL_TABLES = (0xFD000, 0xFE000, 0xFF000)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from .firmware import (
+from ..firmware import (
     APIC_VERSION,
     IOAPIC_ADDR,
     IOAPIC_VERSION,

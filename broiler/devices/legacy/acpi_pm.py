@@ -1,4 +1,4 @@
-"""The ACPI PM1a event and control blocks our FADT points at (ports 0x600-0x605; broiler/boot/linux/acpi.py).
+"""The ACPI PM1a event and control blocks our FADT points at (ports 0x600-0x605; broiler/boot/acpi.py).
 
 Linux powers off by writing SLP_TYP (bits 12:10) for S5 together with SLP_EN (bit 13) to PM1a_CNT.
 Our DSDT's \\_S5 package says SLP_TYP = 5. Any other write is stored; reads give what was stored

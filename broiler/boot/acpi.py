@@ -1,8 +1,8 @@
-"""Minimal ACPI tables for kernels that find CPUs and the IOAPIC only through ACPI (Debian's cloud
-kernel has no MP-table parser).
+"""Minimal ACPI tables, for Linux (Debian's cloud kernel finds CPUs and the IOAPIC only through ACPI)
+and for Multiboot test kernels (which look for what QEMU's pc machine gives them).
 
-Tables, laid out contiguously from ``base`` (normally layout.ACPI_ADDR in the F-segment, where
-Linux scans for the RSDP on 16-byte boundaries):
+Tables, laid out contiguously from ``base`` (normally ACPI_ADDR in the F-segment, where Linux and test
+kernels scan 0xE0000-0xFFFFF for the RSDP on 16-byte boundaries):
 
 - RSDP (ACPI 2.0+, 36 bytes) with the checksum of the first 20 bytes and the extended checksum;
 - FACS (64 bytes, 64-byte aligned; required when the FADT is not hardware-reduced);
@@ -11,7 +11,8 @@ Linux scans for the RSDP on 16-byte boundaries):
   \\_SB.DEMO (PNP0C02 reserving the platform's demo ports, so /proc/ioports shows them),
   \\_S5 (so Linux registers ACPI power-off: a write to PM1a_CNT with SLP_EN);
 - FADT (revision 6, 276 bytes): not hardware-reduced, SCI = IRQ 9, no SMI command port (always in
-  ACPI mode), PM1a event/control blocks at ports 0x600/0x604, no PM timer, reset register =
+  ACPI mode), PM1a event/control blocks at ports 0x600/0x604, the 24-bit PM timer at port 0x608
+  (QEMU's PIIX4 places it at PM base + 8 too; TMR_VAL_EXT clear), reset register =
   port 0x64 value 0xFE (the i8042 reset broiler already turns into a VM exit), IAPC_BOOT_ARCH =
   legacy devices | 8042 | no VGA, RTC century index 0x32; FACS only in the 32-bit field;
 - MADT: one local APIC per CPU, the IOAPIC (GSI base 0), overrides IRQ0->GSI2 and SCI (IRQ 9,
@@ -26,9 +27,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ...core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START
+from ..core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, MapRange
+from ..errors import ConfigError
 from . import aml
-from .firmware import IOAPIC_ADDR, LAPIC_ADDR, CpuEntry, PciIrq, checksum, ioapic_id
+from .firmware import IOAPIC_ADDR, LAPIC_ADDR, CpuEntry, PciIrq, checksum, cpus, ioapic_id
 
 OEM_ID = b"BROILR"
 OEM_TABLE_ID = b"BROILER "
@@ -41,6 +43,11 @@ PM1A_EVT_PORT = 0x600  # PM1 status (u16) + enable (u16)
 PM1A_CNT_PORT = 0x604  # PM1 control (u16): SLP_TYP bits 12:10, SLP_EN bit 13
 PM1_EVT_LEN = 4
 PM1_CNT_LEN = 2
+PM_TMR_PORT = 0x608  # devices/legacy/pm_timer.py
+PM_TMR_LEN = 4
+ACPI_ADDR = 0xF1000  # the RSDP, then the tables (F-segment: e820-reserved, inside the RSDP scan range)
+ACPI_END = 0xFD000
+ACPI_AREA = MapRange(ACPI_ADDR, ACPI_END, "ACPI tables")
 S5_SLP_TYP = 5  # the value \\_S5 gives; PM1a_CNT == (5 << 10) | (1 << 13) means power off
 SLP_EN = 1 << 13
 RESET_PORT = 0x64
@@ -154,7 +161,9 @@ def build_fadt(*, facs: int, dsdt: int) -> bytes:
     struct.pack_into("<IIBBHI", f, 36, facs, dsdt, 0, 0, SCI_IRQ, 0)  # no SMI_CMD: always ACPI mode
     struct.pack_into("<II", f, 56, PM1A_EVT_PORT, 0)
     struct.pack_into("<II", f, 64, PM1A_CNT_PORT, 0)
+    struct.pack_into("<I", f, 76, PM_TMR_PORT)
     struct.pack_into("<BB", f, 88, PM1_EVT_LEN, PM1_CNT_LEN)
+    f[91] = PM_TMR_LEN
     f[108] = 0x32  # RTC CMOS century index
     struct.pack_into("<H", f, 109, IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_NO_VGA)
     struct.pack_into("<I", f, 112, FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP)
@@ -165,6 +174,7 @@ def build_fadt(*, facs: int, dsdt: int) -> bytes:
     struct.pack_into("<QQ", f, 132, 0, dsdt)
     f[148:160] = gas(GAS_SYSTEM_IO, PM1_EVT_LEN * 8, PM1A_EVT_PORT, 2)
     f[172:184] = gas(GAS_SYSTEM_IO, PM1_CNT_LEN * 8, PM1A_CNT_PORT, 2)
+    f[208:220] = gas(GAS_SYSTEM_IO, PM_TMR_LEN * 8, PM_TMR_PORT, 3)
     f[268:276] = b"BROILER\0"  # hypervisor vendor identity
     return finish_table(b"FACP", 6, bytes(f[36:]))
 
@@ -235,3 +245,18 @@ def build_acpi(
     for addr, data in parts:
         blob[addr - base : addr - base + len(data)] = data
     return AcpiTables(base, bytes(blob), addrs)
+
+
+def write_acpi(
+    mem: GuestMemory,
+    ncpus: int,
+    pci_irqs: Sequence[PciIrq],
+    *,
+    reserved_io: Sequence[tuple[int, int]] = (),
+) -> AcpiTables:
+    """Build every table for ``ncpus`` CPUs at ACPI_ADDR and write them into guest RAM."""
+    acpi = build_acpi(cpus(ncpus), pci_irqs, ACPI_ADDR, reserved_io=reserved_io)
+    if ACPI_ADDR + len(acpi.blob) > ACPI_END:
+        raise ConfigError(f"the ACPI tables for {ncpus} CPUs do not fit below 1 MiB")
+    mem.write(ACPI_ADDR, acpi.blob)
+    return acpi

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ...core.memory import IOAPIC_BASE, LAPIC_BASE
-from ...errors import ConfigError
+from ..core.memory import IOAPIC_BASE, LAPIC_BASE
+from ..errors import ConfigError
+from ..pci import PciHost
 
 APIC_VERSION = 0x14  # what KVM's in-kernel local APIC reports
 IOAPIC_VERSION = 0x11  # what KVM's in-kernel IOAPIC reports (24 pins)
@@ -62,3 +63,16 @@ def checksum(data: bytes | bytearray) -> int:
 
 def sums_to_zero(data: bytes | bytearray) -> bool:
     return sum(data) & 0xFF == 0
+
+
+def pci_irqs(host: PciHost | None) -> list[PciIrq]:
+    """INTx wiring of the PCI functions on ``host``, for the MP table and ACPI."""
+    out: list[PciIrq] = []
+    if host is None:
+        return out
+    for slot, fn in sorted(host.functions.items()):
+        pin = fn.config.get(0x3D, 1)
+        intx = getattr(fn, "intx", None)
+        if pin and intx is not None:
+            out.append(PciIrq(slot=slot, pin=pin, gsi=intx.gsi))
+    return out
