@@ -314,6 +314,14 @@ class _events_smi(C.Structure):
     _fields_ = [("smm", u8), ("pending", u8), ("smm_inside_nmi", u8), ("latched_init", u8)]
 
 
+class kvm_xcr(C.Structure):
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class kvm_xcrs(C.Structure):
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * 16), ("padding", u64 * 16)]
+
+
 class kvm_vcpu_events(C.Structure):
     _fields_ = [
         ("exception", _events_exception),
@@ -461,10 +469,12 @@ KVM_SET_FPU = _iow(0x8D, kvm_fpu)
 KVM_GET_LAPIC = _ior(0x8E, kvm_lapic_state)
 KVM_SET_LAPIC = _iow(0x8F, kvm_lapic_state)
 KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2)
+KVM_GET_CPUID2 = _iowr(0x91, kvm_cpuid2)
 KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 
 IOCTL_NAMES = {
     value: name
