@@ -11,6 +11,7 @@ from ..core.dump import cpu_bitness
 from ..core.exits import EmulationStage, ExitContext, ExitTable
 from ..core.memory import GuestMemory
 from ..errors import BroilerError, GuestMemoryError
+from ..kvm.hostprobe import host_behaviour
 from ..kvm.ioctls import Vcpu
 from .emulator import emulate
 from .state import GuestFault
@@ -210,3 +211,29 @@ class InstructionCompleter:
         cpu.commit()
         thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
         return None
+
+
+EMULATE_MISSING_MODES = ("auto", "on", "off")
+
+
+def decide_emulate_missing(mode: str) -> tuple[bool, str]:
+    """Whether to complete in broiler the instructions KVM's emulator lacks, and why. ``auto`` asks the
+    host probe (broiler/kvm/hostprobe.py): a CPL0 ``popcnt`` that ends KVM_RUN with an emulation failure
+    means this KVM runs CPL0 guest code in its instruction emulator, so guests will meet such instructions.
+    That is the direct question; the syscall probe only tells KVM-PVM apart by a side effect."""
+    if mode in ("on", "off"):
+        return mode == "on", f"--emulate-missing {mode}"
+    probe = host_behaviour()
+    return probe.instruction_emulating, f"auto: {probe.emulation_reason()}"
+
+
+def install_instruction_completer(
+    exits: ExitTable, memory: GuestMemory, decisions: dict[str, dict[str, object]], mode: str = "auto"
+) -> bool:
+    """Register the completer as the emulation-failure chain's last stage when ``mode`` says so, and
+    record the decision (``decisions["emulate_missing"]``, shown by --stats-json). True when on."""
+    enabled, reason = decide_emulate_missing(mode)
+    decisions["emulate_missing"] = {"mode": mode, "enabled": enabled, "reason": reason}
+    if enabled:
+        InstructionCompleter(memory).register(exits)
+    return enabled
