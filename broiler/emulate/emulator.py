@@ -185,7 +185,7 @@ def decode(code: bytes, bitness: int, rip: int) -> tuple[Any, str]:
     x = iced()
     ins = x.Decoder(bitness, code, ip=rip).decode()
     if ins.code == x.Code.INVALID:
-        return ins, "undecodable bytes " + code.hex(" ")
+        return ins, "undecodable bytes " + code[: max(ins.len, 1)].hex(" ")
     return ins, x.Formatter(x.FormatterSyntax.INTEL).format(ins)
 
 
