@@ -5,8 +5,13 @@ KVM_EXIT_INTERNAL_ERROR (suberror 1). The machine then calls ``emulate(cpu)``: w
 instruction at CS:RIP with iced-x86, apply its effect through the GuestCpu interface and advance RIP
 (or queue an exception), and the machine resumes the vCPU.
 
-Handled: int3 (#BP), fwait/wait, cmpxchg8b/cmpxchg16b (with or without lock), popcnt, movbe,
-clac/stac. Refused with a clear reason: xsetbv, xsave*, xrstor* (the guest must not use XSAVE here:
+Handled here: int3 (#BP), fwait/wait, cmpxchg8b/cmpxchg16b (with or without lock), popcnt, movbe,
+clac/stac (#UD at CPL > 0), and #UD for bytes that are no valid instruction (movbe with a register
+operand, a misplaced lock prefix). In system.py: xgetbv, clwb, clflushopt, invpcid, rdpru, int $N,
+ud0/ud1/ud2. popcnt, movbe, clac/stac and cmpxchg16b are completed whatever the vCPU's CPUID says: under
+hardware virtualization (VMX/SVM) the CPU runs them for the guest regardless, and on KVM-PVM a Linux
+guest sees the host's bits (boot/linux/cpuid.py), so a #UD there would only break what runs elsewhere.
+Refused with a clear reason: xsetbv, xsave*, xrstor* (the guest must not use XSAVE here:
 boot with clearcpuid=154). Anything else: "unsupported: <instruction>".
 
 Atomicity: a ``lock`` instruction is performed as a read and a write while this vCPU is stopped;
@@ -17,13 +22,12 @@ cmpxchg16b is per-CPU data) but not a general guarantee.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigError
+from . import system
+from .context import InsnContext, Unsupported, iced, mask
 from .state import (
     FSW_ES,
-    GPR_NAMES,
     RFLAGS_AC,
     RFLAGS_AF,
     RFLAGS_CF,
@@ -34,121 +38,26 @@ from .state import (
     VECTOR_BP,
     VECTOR_GP,
     VECTOR_MF,
+    VECTOR_UD,
     EmulationResult,
     GuestCpu,
     GuestFault,
 )
 
 MAX_INSN = 15
-_iced: ModuleType | None = None
-
-
-def iced() -> ModuleType:
-    """The iced_x86 module, imported on first use so broiler runs without it until it is needed."""
-    global _iced
-    if _iced is None:
-        try:
-            import iced_x86
-        except ImportError:
-            raise ConfigError(
-                "userspace instruction emulation needs the Python package 'iced-x86' (pip install iced-x86)"
-            ) from None
-        _iced = iced_x86
-    return _iced
-
-
-def _mask(bits: int) -> int:
-    return (1 << bits) - 1
-
-
-class _Unsupported(Exception):
-    pass
-
-
-class _Ctx:
-    """One instruction being emulated: the decoded form and operand helpers."""
-
-    def __init__(self, cpu: GuestCpu, ins: Any, bitness: int, text: str) -> None:
-        self.cpu, self.ins, self.bitness, self.text = cpu, ins, bitness, text
-        self.x = iced()
-
-    # registers
-    def _gpr(self, reg: int) -> tuple[str, int]:
-        x = self.x
-        if not x.RegisterExt.is_gpr(reg) or reg in (x.Register.AH, x.Register.CH, x.Register.DH, x.Register.BH):
-            raise _Unsupported(f"register operand {reg} not handled")
-        full = x.RegisterExt.full_register(reg)
-        return GPR_NAMES[full - x.Register.RAX], x.RegisterExt.size(reg)
-
-    def read_reg(self, reg: int) -> int:
-        name, size = self._gpr(reg)
-        return self.cpu.get_reg(name) & _mask(8 * size)
-
-    def write_reg(self, reg: int, value: int) -> None:
-        name, size = self._gpr(reg)
-        if size >= 4:  # 32-bit writes zero-extend to 64 bits
-            self.cpu.set_reg(name, value & _mask(8 * size))
-        else:
-            old = self.cpu.get_reg(name)
-            self.cpu.set_reg(name, (old & ~_mask(8 * size)) | (value & _mask(8 * size)))
-
-    # memory
-    def address(self) -> int:
-        x, ins = self.x, self.ins
-        base, index = ins.memory_base, ins.memory_index
-        if ins.is_ip_rel_memory_operand:
-            ea, size = ins.memory_displacement, 8 if base == x.Register.RIP else 4
-        else:
-            ea = ins.memory_displacement
-            if base != x.Register.NONE:
-                ea += self.read_reg(base)
-            if index != x.Register.NONE:
-                ea += self.read_reg(index) * ins.memory_index_scale
-            sized = base if base != x.Register.NONE else index
-            size = x.RegisterExt.size(sized) if sized != x.Register.NONE else self.bitness // 8
-        ea &= _mask(8 * size)
-        seg = ins.memory_segment
-        seg_names = {
-            x.Register.ES: "es",
-            x.Register.CS: "cs",
-            x.Register.SS: "ss",
-            x.Register.DS: "ds",
-            x.Register.FS: "fs",
-            x.Register.GS: "gs",
-        }
-        name = seg_names[seg]
-        seg_base = 0 if self.bitness == 64 and name not in ("fs", "gs") else self.cpu.get_reg(name + "_base")
-        return (seg_base + ea) & _mask(64 if self.bitness == 64 else 32)
-
-    def read_mem(self, size: int) -> int:
-        return int.from_bytes(self.cpu.read_linear(self.address(), size), "little")
-
-    def write_mem(self, size: int, value: int) -> None:
-        self.cpu.write_linear(self.address(), (value & _mask(8 * size)).to_bytes(size, "little"))
-
-    # control flow
-    def advance(self) -> None:
-        self.cpu.set_reg("rip", self.ins.next_ip & _mask(64 if self.bitness == 64 else 32))
-
-    def set_flags(self, clear: int, set_: int) -> None:
-        rf = self.cpu.get_reg("rflags")
-        self.cpu.set_reg("rflags", (rf & ~clear) | set_)
-
-    def done(self, action: str = "emulated") -> EmulationResult:
-        return EmulationResult(True, self.text, action)
 
 
 # --- instruction handlers -----------------------------------------------------------------------
 
 
-def _int3(c: _Ctx) -> EmulationResult:
+def _int3(c: InsnContext) -> EmulationResult:
     # The #BP trap reports the address after the int3: advance first, then inject.
     c.advance()
     c.cpu.inject_exception(VECTOR_BP)
     return c.done("injected #BP")
 
 
-def _wait(c: _Ctx) -> EmulationResult:
+def _wait(c: InsnContext) -> EmulationResult:
     if c.cpu.x87_status_word() & FSW_ES:
         c.cpu.inject_exception(VECTOR_MF)  # a fault: RIP stays on the wait
         return c.done("injected #MF (x87 exception pending)")
@@ -156,14 +65,14 @@ def _wait(c: _Ctx) -> EmulationResult:
     return c.done("no x87 exception pending: no-op")
 
 
-def _cmpxchg_wide(c: _Ctx) -> EmulationResult:
+def _cmpxchg_wide(c: InsnContext) -> EmulationResult:
     wide = c.ins.mnemonic == c.x.Mnemonic.CMPXCHG16B
     half = 8 if wide else 4
     addr = c.address()
     if wide and addr % 16:
         c.cpu.inject_exception(VECTOR_GP, 0)  # cmpxchg16b needs a 16-byte aligned operand
         return c.done("injected #GP(0): misaligned operand")
-    m = _mask(8 * half)
+    m = mask(8 * half)
     mem = int.from_bytes(c.cpu.read_linear(addr, 2 * half), "little")
     ax, dx = c.cpu.get_reg("rax") & m, c.cpu.get_reg("rdx") & m
     if mem == (dx << (8 * half)) | ax:
@@ -178,7 +87,7 @@ def _cmpxchg_wide(c: _Ctx) -> EmulationResult:
     return c.done()
 
 
-def _popcnt(c: _Ctx) -> EmulationResult:
+def _popcnt(c: InsnContext) -> EmulationResult:
     x, ins = c.x, c.ins
     size = x.RegisterExt.size(ins.op0_register)
     src = c.read_reg(ins.op1_register) if ins.op1_kind == x.OpKind.REGISTER else c.read_mem(size)
@@ -188,7 +97,7 @@ def _popcnt(c: _Ctx) -> EmulationResult:
     return c.done()
 
 
-def _movbe(c: _Ctx) -> EmulationResult:
+def _movbe(c: InsnContext) -> EmulationResult:
     x, ins = c.x, c.ins
     if ins.op0_kind == x.OpKind.REGISTER:
         size = x.RegisterExt.size(ins.op0_register)
@@ -202,27 +111,31 @@ def _movbe(c: _Ctx) -> EmulationResult:
     return c.done()
 
 
-def _clac(c: _Ctx) -> EmulationResult:
+def _clac(c: InsnContext) -> EmulationResult:
+    if c.cpl():
+        return c.fault(VECTOR_UD, why="CPL > 0")
     c.set_flags(RFLAGS_AC, 0)
     c.advance()
     return c.done()
 
 
-def _stac(c: _Ctx) -> EmulationResult:
+def _stac(c: InsnContext) -> EmulationResult:
+    if c.cpl():
+        return c.fault(VECTOR_UD, why="CPL > 0")
     c.set_flags(0, RFLAGS_AC)
     c.advance()
     return c.done()
 
 
-def _xsave_family(c: _Ctx) -> EmulationResult:
+def _xsave_family(c: InsnContext) -> EmulationResult:
     return EmulationResult(
         False, c.text, "XSAVE state is not emulated; boot Linux with clearcpuid=154 (the safe CPU profile does)"
     )
 
 
-def _handlers() -> dict[int, Callable[[_Ctx], EmulationResult]]:
+def _handlers() -> dict[int, Callable[[InsnContext], EmulationResult]]:
     M = iced().Mnemonic
-    table: dict[int, Callable[[_Ctx], EmulationResult]] = {
+    table: dict[int, Callable[[InsnContext], EmulationResult]] = {
         M.INT3: _int3,
         M.WAIT: _wait,
         M.CMPXCHG8B: _cmpxchg_wide,
@@ -231,6 +144,7 @@ def _handlers() -> dict[int, Callable[[_Ctx], EmulationResult]]:
         M.MOVBE: _movbe,
         M.CLAC: _clac,
         M.STAC: _stac,
+        **system.handlers(),
     }
     for name in (
         "XSETBV",
@@ -252,7 +166,7 @@ def _handlers() -> dict[int, Callable[[_Ctx], EmulationResult]]:
     return table
 
 
-_HANDLERS: dict[int, Callable[[_Ctx], EmulationResult]] | None = None
+_HANDLERS: dict[int, Callable[[InsnContext], EmulationResult]] | None = None
 
 
 def fetch(cpu: GuestCpu, linear: int) -> bytes:
@@ -271,8 +185,16 @@ def decode(code: bytes, bitness: int, rip: int) -> tuple[Any, str]:
     x = iced()
     ins = x.Decoder(bitness, code, ip=rip).decode()
     if ins.code == x.Code.INVALID:
-        return ins, "undecodable bytes " + code.hex(" ")
+        return ins, "undecodable bytes " + code[: max(ins.len, 1)].hex(" ")
     return ins, x.Formatter(x.FormatterSyntax.INTEL).format(ins)
+
+
+def _invalid_encoding(code: bytes, bitness: int) -> bool:
+    """True when the bytes are no instruction at all (movbe with a register operand, a lock prefix on a
+    non-lockable instruction, ...), not merely cut short: the CPU raises #UD for those."""
+    decoder = iced().Decoder(bitness, code)
+    decoder.decode()
+    return bool(decoder.last_error == iced().DecoderError.INVALID_INSTRUCTION)
 
 
 def emulate(cpu: GuestCpu, code: bytes | None = None) -> EmulationResult:
@@ -283,11 +205,14 @@ def emulate(cpu: GuestCpu, code: bytes | None = None) -> EmulationResult:
     if code is None:
         cs_base = 0 if bitness == 64 else cpu.get_reg("cs_base")
         try:
-            code = fetch(cpu, (cs_base + rip) & _mask(64 if bitness == 64 else 32))
+            code = fetch(cpu, (cs_base + rip) & mask(64 if bitness == 64 else 32))
         except GuestFault as e:
             return EmulationResult(False, f"instruction at {rip:#x}", f"cannot fetch it: {e}")
     ins, text = decode(code, bitness, rip)
     if ins.code == iced().Code.INVALID:
+        if _invalid_encoding(code, bitness):
+            cpu.inject_exception(VECTOR_UD)  # a fault: RIP stays on the bytes, as the CPU leaves it
+            return EmulationResult(True, text, "injected #UD: invalid encoding")
         return EmulationResult(False, text, "not a valid instruction")
     if _HANDLERS is None:
         _HANDLERS = _handlers()
@@ -295,8 +220,8 @@ def emulate(cpu: GuestCpu, code: bytes | None = None) -> EmulationResult:
     if handler is None:
         return EmulationResult(False, text, "no userspace emulation for this instruction")
     try:
-        return handler(_Ctx(cpu, ins, bitness, text))
+        return handler(InsnContext(cpu, ins, bitness, text))
     except GuestFault as e:
         return EmulationResult(False, text, f"guest page fault while emulating: {e}")
-    except _Unsupported as e:
+    except Unsupported as e:
         return EmulationResult(False, text, str(e))

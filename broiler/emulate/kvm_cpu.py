@@ -11,10 +11,12 @@ from ..core.dump import cpu_bitness
 from ..core.exits import EmulationStage, ExitContext, ExitTable
 from ..core.memory import GuestMemory
 from ..errors import BroilerError, GuestMemoryError
+from ..kvm.hostprobe import host_behaviour
 from ..kvm.ioctls import Vcpu
 from .emulator import emulate
 from .state import GuestFault
 
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # kvm_cpuid_entry2.flags: the entry is for one subleaf
 MAX_CODE_CHANGED_RETRIES = 3  # consecutive re-runs of one vCPU because the code at RIP changed
 
 
@@ -30,6 +32,8 @@ class KvmGuestCpu:
         self.regs = self.vcpu.get_regs()
         self.sregs = self.vcpu.get_sregs()
         self.dirty = False
+        self.sregs_dirty = False
+        self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] | None = None
 
     def bitness(self) -> int:
         return cpu_bitness(self.sregs)
@@ -39,9 +43,17 @@ class KvmGuestCpu:
             return int(getattr(self.sregs, name[:2]).base)
         if name in ("cr0", "cr2", "cr3", "cr4", "efer"):
             return int(getattr(self.sregs, name))
+        if name == "cpl":
+            return int(self.sregs.cs.dpl)  # CS.DPL is the CPL in protected and long mode (0 in real mode)
+        if name in ("idt_base", "idt_limit"):
+            return int(getattr(self.sregs.idt, name[4:]))
         return int(getattr(self.regs, name))
 
     def set_reg(self, name: str, value: int) -> None:
+        if name == "cr2":
+            self.sregs.cr2 = value & 0xFFFF_FFFF_FFFF_FFFF
+            self.sregs_dirty = True
+            return
         setattr(self.regs, name, value & 0xFFFF_FFFF_FFFF_FFFF)
         self.dirty = True
 
@@ -81,10 +93,56 @@ class KvmGuestCpu:
         self.commit()
         self.vcpu.set_vcpu_events(events)
 
+    def inject_interrupt(self, vector: int) -> None:
+        # Injected as an interrupt that was already accepted, with RIP already past the `int`: the CPU
+        # pushes that RIP and enters the gate as `int` would. Not as a "soft" interrupt: VMX would then
+        # add an instruction length to RIP that userspace cannot set, and an exception injection of
+        # vectors 8 and 10-14 needs an error code that `int` never pushes.
+        events = self.vcpu.get_vcpu_events()
+        events.interrupt.injected = 1
+        events.interrupt.nr = vector
+        events.interrupt.soft = 0
+        self.commit()
+        self.vcpu.set_vcpu_events(events)
+
     def x87_status_word(self) -> int:
         return int(self.vcpu.get_fpu().fsw)
 
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        if self._cpuid is None:
+            self._cpuid = {}
+            for e in self.vcpu.get_cpuid():
+                index = e.index if e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX else 0
+                self._cpuid[(e.function, index)] = (e.eax, e.ebx, e.ecx, e.edx)
+        key = (leaf, subleaf) if (leaf, subleaf) in self._cpuid else (leaf, 0)
+        return self._cpuid.get(key, (0, 0, 0, 0))
+
+    def xcr0(self) -> int:
+        return self.vcpu.get_xcrs().get(0, 1)  # x87 state is always enabled
+
+    def read_msr(self, index: int) -> int | None:
+        return self.vcpu.get_msrs([index]).get(index)
+
+    def is_mapped(self, addr: int) -> bool:
+        return self.vcpu.translate(addr)[1]
+
+    def flush_tlb(self) -> None:
+        # KVM drops this vCPU's cached translations when KVM_SET_SREGS changes CR3 (it resets the MMU
+        # context); writing the same CR3 back changes nothing. So CR3 goes out with PWT (bit 3, a
+        # cache attribute of the top-level table without PCIDE, a PCID bit with it) flipped, then as
+        # it was: two legal CR3 values, no guest instruction run in between.
+        self.commit()
+        cr3 = self.sregs.cr3
+        self.sregs.cr3 = cr3 ^ 0x8
+        self.vcpu.set_sregs(self.sregs)
+        self.sregs.cr3 = cr3
+        self.sregs_dirty = True
+        self.commit()
+
     def commit(self) -> None:
+        if self.sregs_dirty:
+            self.vcpu.set_sregs(self.sregs)
+            self.sregs_dirty = False
         if self.dirty:
             self.vcpu.set_regs(self.regs)
             self.dirty = False
@@ -153,3 +211,29 @@ class InstructionCompleter:
         cpu.commit()
         thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
         return None
+
+
+EMULATE_MISSING_MODES = ("auto", "on", "off")
+
+
+def decide_emulate_missing(mode: str) -> tuple[bool, str]:
+    """Whether to complete in broiler the instructions KVM's emulator lacks, and why. ``auto`` asks the
+    host probe (broiler/kvm/hostprobe.py): a CPL0 ``popcnt`` that ends KVM_RUN with an emulation failure
+    means this KVM runs CPL0 guest code in its instruction emulator, so guests will meet such instructions.
+    That is the direct question; the syscall probe only tells KVM-PVM apart by a side effect."""
+    if mode in ("on", "off"):
+        return mode == "on", f"--emulate-missing {mode}"
+    probe = host_behaviour()
+    return probe.instruction_emulating, f"auto: {probe.emulation_reason()}"
+
+
+def install_instruction_completer(
+    exits: ExitTable, memory: GuestMemory, decisions: dict[str, dict[str, object]], mode: str = "auto"
+) -> bool:
+    """Register the completer as the emulation-failure chain's last stage when ``mode`` says so, and
+    record the decision (``decisions["emulate_missing"]``, shown by --stats-json). True when on."""
+    enabled, reason = decide_emulate_missing(mode)
+    decisions["emulate_missing"] = {"mode": mode, "enabled": enabled, "reason": reason}
+    if enabled:
+        InstructionCompleter(memory).register(exits)
+    return enabled

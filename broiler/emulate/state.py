@@ -11,7 +11,8 @@ from typing import Protocol
 
 # Register names the emulator asks for: the 16 GPRs ("rax" .. "r15", kvm_regs spelling), "rip",
 # "rflags", the segment bases "cs_base", "ds_base", "es_base", "ss_base", "fs_base", "gs_base"
-# (the first four are only asked for outside 64-bit mode), and "cr0".
+# (the first four are only asked for outside 64-bit mode), "cr0", "cr3", "cr4", "efer", "cpl" (CS.DPL),
+# "idt_base" and "idt_limit". set_reg also takes "cr2" (a #PF's address).
 GPR_NAMES = (
     "rax",
     "rcx",
@@ -35,7 +36,9 @@ RFLAGS_CF, RFLAGS_PF, RFLAGS_AF, RFLAGS_ZF, RFLAGS_SF = 1 << 0, 1 << 2, 1 << 4, 
 RFLAGS_OF, RFLAGS_AC = 1 << 11, 1 << 18
 FSW_ES = 1 << 7  # x87 status word: an unmasked exception is pending
 
-VECTOR_BP, VECTOR_UD, VECTOR_GP, VECTOR_MF = 3, 6, 13, 16
+VECTOR_BP, VECTOR_UD, VECTOR_NP, VECTOR_GP, VECTOR_PF, VECTOR_MF = 3, 6, 11, 13, 14, 16
+CR4_PCIDE, CR4_OSXSAVE = 1 << 17, 1 << 18
+EFER_LMA = 1 << 10
 
 
 class GuestFault(Exception):
@@ -68,8 +71,33 @@ class GuestCpu(Protocol):
         """Queue an exception for the next KVM_RUN (KVM_SET_VCPU_EVENTS, exception.injected=1)."""
         ...
 
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver ``vector`` through the IDT at the current RIP, with no error code, as ``int $vector``
+        does once its DPL check passed (KVM_SET_VCPU_EVENTS, interrupt.injected=1)."""
+        ...
+
     def x87_status_word(self) -> int:
         """FSW (kvm_fpu.fsw)."""
+        ...
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """(EAX, EBX, ECX, EDX) of the vCPU's CPUID (KVM_GET_CPUID2); zeros for a leaf it lacks."""
+        ...
+
+    def xcr0(self) -> int:
+        """XCR0 (KVM_GET_XCRS)."""
+        ...
+
+    def read_msr(self, index: int) -> int | None:
+        """The MSR's value, or None where the vCPU has no such MSR."""
+        ...
+
+    def is_mapped(self, addr: int) -> bool:
+        """True when the guest's page tables map linear ``addr`` (MMIO too: no RAM needed behind it)."""
+        ...
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation of this vCPU, global ones included."""
         ...
 
 

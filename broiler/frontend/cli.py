@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default auto: on when a probe VM's user-mode syscall arrives at CPL3; `broiler host`)",
     )
     run.add_argument(
+        "--emulate-missing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="complete in broiler the instructions KVM's emulator lacks, for every guest kind (default auto: "
+        "on when a probe VM's CPL0 popcnt ends in an emulation failure; `broiler host`)",
+    )
+    run.add_argument(
         "--testdev", action="store_true", help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev"
     )
     run.add_argument("-m", "--mem", default=None, metavar="SIZE", help="guest RAM, e.g. 256M, 4G (default 256M)")
@@ -174,6 +181,7 @@ def _device_config(config: MachineConfig, args: argparse.Namespace, console_log:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..boot.multiboot import DEFAULT_RAM as MULTIBOOT_RAM
     from ..boot.multiboot import is_multiboot
+    from ..emulate.kvm_cpu import install_instruction_completer
     from ..vmm.machine import Machine, MachineConfig
     from .report import exit_table, io_table
 
@@ -246,6 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 profile=args.cpu_profile or default_profile(),
                 method=args.boot_method,
                 syscall_assist=args.syscall_assist,
+                emulate_missing=args.emulate_missing,
             )
             print(f"broiler: {boot.description}", file=sys.stderr)
             decision = machine.decisions["syscall_assist"]
@@ -255,6 +264,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         else:
             machine.load_flat64(image)
+        if kind != "linux":  # load_linux decides it with the syscall assist
+            install_instruction_completer(machine.exits, machine.memory, machine.decisions, args.emulate_missing)
         status = machine.run(timeout=args.timeout)
         if args.stats_json:
             _write_stats_json(machine, args.stats_json)
@@ -369,13 +380,16 @@ def cmd_host(args: argparse.Namespace) -> int:
     import json
     import os.path
 
+    from ..emulate.kvm_cpu import decide_emulate_missing
     from ..kvm.hostprobe import host_behaviour
     from ..vmm.linux import decide_syscall_assist, default_profile
 
     probe = host_behaviour()
     assist, reason = decide_syscall_assist("auto")
+    completer, completer_reason = decide_emulate_missing("auto")
     if args.json:
-        print(json.dumps({**probe.as_dict(), "syscall_assist_auto": assist, "reason": reason}, indent=2))
+        auto = {"syscall_assist_auto": assist, "reason": reason, "emulate_missing_auto": completer}
+        print(json.dumps({**probe.as_dict(), **auto, "emulate_missing_reason": completer_reason}, indent=2))
         return 0
     print(f"host kernel: {probe.release}" + (" (kvm_pvm loaded)" if os.path.exists("/sys/module/kvm_pvm") else ""))
     print(f"probe VM: {probe.seconds * 1000:.1f} ms; {probe.detail}")
@@ -383,6 +397,7 @@ def cmd_host(args: argparse.Namespace) -> int:
     print(f"user-mode syscall reaches LSTAR: {where}")
     print(f"non-canonical WRMSR to LSTAR: {probe.noncanonical_lstar}")
     print(f"--syscall-assist auto: {'on' if assist else 'off'} ({reason})")
+    print(f"--emulate-missing auto: {'on' if completer else 'off'} ({completer_reason})")
     print(f"--cpu-profile default: {default_profile()}")
     return 0
 

@@ -52,6 +52,8 @@ from .structs import kvm_translation as kvm_translation
 # The structures live in structs.py; each name is re-exported so callers keep writing abi.<name>.
 from .structs import kvm_userspace_memory_region as kvm_userspace_memory_region
 from .structs import kvm_vcpu_events as kvm_vcpu_events
+from .structs import kvm_xcr as kvm_xcr
+from .structs import kvm_xcrs as kvm_xcrs
 from .structs import msrs_type as msrs_type
 
 # -- ioctl number encoding (asm-generic/ioctl.h) -------------------------------------------------
@@ -225,10 +227,12 @@ KVM_SET_FPU = _iow(0x8D, kvm_fpu)
 KVM_GET_LAPIC = _ior(0x8E, kvm_lapic_state)
 KVM_SET_LAPIC = _iow(0x8F, kvm_lapic_state)
 KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2)
+KVM_GET_CPUID2 = _iowr(0x91, kvm_cpuid2)
 KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 
 IOCTL_NAMES = {
     value: name

@@ -9,6 +9,11 @@ names. The probe VM has 64 KiB of RAM, one 2 MiB identity page (user-accessible)
   kernel CS; KVM-PVM (for a non-PVM guest) was measured to jump there still at CPL3.
 - vCPU 1 starts at CPL0 and writes a non-canonical value to LSTAR. Hardware raises #GP (no IDT here:
   the VM shuts down); a KVM that accepts it goes on to the MMIO store, and LSTAR holds the bad value.
+- vCPU 2 starts at CPL0 on a ``popcnt``, an instruction KVM's instruction emulator does not have, then
+  stores to an address with no memory. Under VMX/SVM the CPU runs it and the store is an MMIO exit; a
+  KVM that runs CPL0 code in its emulator (KVM-PVM) ends KVM_RUN with an emulation failure instead.
+  That is what ``--emulate-missing auto`` asks: will a guest's CPL0 code meet instructions only broiler
+  can complete? (popcnt, because every x86-64 CPU KVM runs on has it and it cannot fault here.)
 
 The whole probe takes a few milliseconds (``broiler host`` prints it). It never runs guest code that
 could loop: every path ends in an MMIO exit, a shutdown or an emulation failure, and a watchdog gives
@@ -59,7 +64,8 @@ from .ioctls import Kvm, Vcpu
 RAM_SIZE = 0x10000
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
 USER_CODE, LSTAR_CODE, WRMSR_CODE, STACK = 0x4000, 0x5000, 0x6000, 0x8000
-REPORT_SYSCALL, REPORT_WRMSR = 0x100000, 0x100008  # no memory there: a store is an MMIO exit
+POPCNT_CODE = 0x7000
+REPORT_SYSCALL, REPORT_WRMSR, REPORT_POPCNT = 0x100000, 0x100008, 0x100010  # no memory: a store is MMIO
 KERNEL_CS, USER_CS = 0x08, 0x2B
 NON_CANONICAL = 0x0000_8000_0000_0000
 _PTE = PTE_P | PTE_RW | PTE_US
@@ -79,18 +85,34 @@ _WRMSR = (
     + bytes.fromhex("0f0b")
 )
 
+# popcnt %eax,%eax; mov %eax,REPORT_POPCNT; ud2
+_POPCNT = bytes.fromhex("f30fb8c0 890425") + struct.pack("<I", REPORT_POPCNT) + bytes.fromhex("0f0b")
+
 
 @dataclass(frozen=True)
 class HostBehaviour:
     """What the probe saw. ``syscall_cpl``: the CPL a user-mode ``syscall`` arrived at LSTAR with
     (0 as on hardware, 3 on KVM-PVM, None if it never got there); ``noncanonical_lstar``: "#GP" or
-    "accepted" (or "unknown"); ``detail``: one line per vCPU of what ended its run."""
+    "accepted" (or "unknown"); ``cpl0_popcnt``: "ran" (VMX/SVM) or "emulation failure" (KVM's emulator
+    runs CPL0 code) or "unknown"; ``detail``: one line per vCPU of what ended its run."""
 
     release: str
     syscall_cpl: int | None
     noncanonical_lstar: str
     detail: str
     seconds: float
+    cpl0_popcnt: str = "unknown"
+
+    @property
+    def instruction_emulating(self) -> bool:
+        return self.cpl0_popcnt == "emulation failure"
+
+    def emulation_reason(self) -> str:
+        if self.cpl0_popcnt == "emulation failure":
+            return f"a CPL0 popcnt ended KVM_RUN with an emulation failure on {self.release}"
+        if self.cpl0_popcnt == "ran":
+            return f"a CPL0 popcnt ran (as on hardware) on {self.release}"
+        return f"the CPL0 probe gave no answer on {self.release} ({self.detail})"
 
     @property
     def needs_syscall_assist(self) -> bool:
@@ -104,7 +126,10 @@ class HostBehaviour:
         return f"the syscall probe did not reach LSTAR on {self.release} ({self.detail})"
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self) | {"needs_syscall_assist": self.needs_syscall_assist}
+        return asdict(self) | {
+            "needs_syscall_assist": self.needs_syscall_assist,
+            "instruction_emulating": self.instruction_emulating,
+        }
 
 
 def _segment(selector: int, *, code: bool, dpl: int) -> abi.kvm_segment:
@@ -185,6 +210,15 @@ def _wrmsr_probe(vcpu: Vcpu) -> tuple[str, str]:
     return verdict, f"wrmsr: {_describe(reason, addr)}, LSTAR then {lstar:#x}"
 
 
+def _cpl0_probe(vcpu: Vcpu) -> tuple[str, str]:
+    reason, addr = _run(vcpu)
+    if reason == abi.KVM_EXIT_MMIO and addr == REPORT_POPCNT:
+        return "ran", "popcnt: ran, then MMIO"
+    if reason == abi.KVM_EXIT_INTERNAL_ERROR:
+        return "emulation failure", "popcnt: emulation failure"
+    return "unknown", f"popcnt: {_describe(reason, addr)}"
+
+
 def _in_thread(fn: Callable[[Vcpu], _T], vcpu: Vcpu, default: _T) -> _T:
     """Run one probe with a watchdog: after a second, ask KVM_RUN to stop (immediate_exit, then a
     signal that interrupts the ioctl: SIGUSR1 where broiler's no-op handler is installed)."""
@@ -217,17 +251,24 @@ def probe_host(kvm: Kvm | None = None) -> HostBehaviour:
         struct.pack_into("<Q", ram, PML4, PDPT | _PTE)
         struct.pack_into("<Q", ram, PDPT, PD | _PTE)
         struct.pack_into("<Q", ram, PD, _PTE | _PS)
-        for addr, code in ((USER_CODE, _USER), (LSTAR_CODE, _AT_LSTAR), (WRMSR_CODE, _WRMSR)):
+        for addr, code in (
+            (USER_CODE, _USER),
+            (LSTAR_CODE, _AT_LSTAR),
+            (WRMSR_CODE, _WRMSR),
+            (POPCNT_CODE, _POPCNT),
+        ):
             ram[addr : addr + len(code)] = code
         vm.set_tss_addr(0xFFFBD000)  # Intel VMX wants one; harmless elsewhere
         host_addr = _address_of(ram)
         vm.set_user_memory_region(0, 0, RAM_SIZE, host_addr)
-        vcpus = [vm.create_vcpu(0), vm.create_vcpu(1)]
+        vcpus = [vm.create_vcpu(0), vm.create_vcpu(1), vm.create_vcpu(2)]
         _long_mode(vcpus[0], rip=USER_CODE, cpl=3)
         _long_mode(vcpus[1], rip=WRMSR_CODE, cpl=0)
+        _long_mode(vcpus[2], rip=POPCNT_CODE, cpl=0)
         no_answer: tuple[int | None, str] = (None, "syscall: no exit within 1 s")
         cpl, syscall_line = _in_thread(_syscall_probe, vcpus[0], no_answer)
         verdict, wrmsr_line = _in_thread(_wrmsr_probe, vcpus[1], ("unknown", "wrmsr: no exit within 1 s"))
+        popcnt, popcnt_line = _in_thread(_cpl0_probe, vcpus[2], ("unknown", "popcnt: no exit within 1 s"))
     finally:
         for vcpu in vcpus:
             vcpu.close()
@@ -238,8 +279,9 @@ def probe_host(kvm: Kvm | None = None) -> HostBehaviour:
         release=platform.release(),
         syscall_cpl=cpl,
         noncanonical_lstar=verdict,
-        detail=f"{syscall_line}; {wrmsr_line}",
+        detail=f"{syscall_line}; {wrmsr_line}; {popcnt_line}",
         seconds=time.perf_counter() - start,
+        cpl0_popcnt=popcnt,
     )
 
 

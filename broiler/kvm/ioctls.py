@@ -238,6 +238,19 @@ class Vcpu:
             buf.entries[i] = entry
         _ioctl(self.fd, abi.KVM_SET_CPUID2, buf)
 
+    def get_cpuid(self, max_entries: int = 256) -> list[abi.kvm_cpuid_entry2]:
+        """The CPUID entries KVM_SET_CPUID2 gave this vCPU (KVM_GET_CPUID2)."""
+        buf = abi.cpuid2_type(max_entries)()
+        buf.nent = max_entries
+        _ioctl(self.fd, abi.KVM_GET_CPUID2, buf)
+        return [abi.kvm_cpuid_entry2.from_buffer_copy(buf.entries[i]) for i in range(buf.nent)]
+
+    def get_xcrs(self) -> dict[int, int]:
+        """Extended control registers by number (XCR0 is 0); empty where the host has no XSAVE."""
+        xcrs = abi.kvm_xcrs()
+        _ioctl(self.fd, abi.KVM_GET_XCRS, xcrs)
+        return {int(xcrs.xcrs[i].xcr): int(xcrs.xcrs[i].value) for i in range(min(xcrs.nr_xcrs, 16))}
+
     def get_lapic(self) -> abi.kvm_lapic_state:
         state = abi.kvm_lapic_state()
         _ioctl(self.fd, abi.KVM_GET_LAPIC, state)

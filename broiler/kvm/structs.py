@@ -208,6 +208,14 @@ class _events_smi(C.Structure):
     _fields_ = [("smm", u8), ("pending", u8), ("smm_inside_nmi", u8), ("latched_init", u8)]
 
 
+class kvm_xcr(C.Structure):
+    _fields_ = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class kvm_xcrs(C.Structure):
+    _fields_ = [("nr_xcrs", u32), ("flags", u32), ("xcrs", kvm_xcr * 16), ("padding", u64 * 16)]
+
+
 class kvm_vcpu_events(C.Structure):
     _fields_ = [
         ("exception", _events_exception),

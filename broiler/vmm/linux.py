@@ -15,7 +15,7 @@ from ..boot.firmware import pci_irqs as firmware_pci_irqs
 from ..boot.linux import layout
 from ..boot.linux.boot import LinuxBoot, prepare_linux_boot
 from ..boot.linux.cpuid import CpuidEntry, apply_profile, profile_cmdline
-from ..emulate.kvm_cpu import InstructionCompleter
+from ..emulate.kvm_cpu import install_instruction_completer
 from ..inputs import read_input
 from ..kvm import abi
 from ..kvm.hostprobe import host_behaviour
@@ -95,11 +95,13 @@ def load_linux(
     profile: str,
     method: str = "auto",
     syscall_assist: str = "auto",
+    emulate_missing: str = "auto",
 ) -> LinuxBoot:
     """Load a bzImage or vmlinux and its tables; vCPU 0 enters it, the APs wait for INIT/SIPI.
 
     ``syscall_assist``: on, off, or auto (on where the host probe sees a user-mode ``syscall`` arrive at
-    CPL3): complete user-mode ``syscall`` in broiler (broiler/emulate/syscall.py)."""
+    CPL3): complete user-mode ``syscall`` in broiler (broiler/emulate/syscall.py). ``emulate_missing``: on,
+    off, or auto: complete the instructions KVM's emulator lacks (emulate/kvm_cpu.py)."""
     kernel_bytes = read_input(kernel, "kernel")
     initrd_bytes = read_input(initrd, "initrd") if initrd else None
     extra = profile_cmdline(profile)
@@ -127,6 +129,6 @@ def load_linux(
     apply_entry(machine.vcpus[0], boot.entry)
     if assist:
         machine.enable_syscall_assist(layout.SYSCALL_TABLES)
-    InstructionCompleter(machine.memory).register(machine.exits)  # the chain's last stage (core/exits.py)
+    install_instruction_completer(machine.exits, machine.memory, machine.decisions, emulate_missing)
     machine.guest_name = f"linux {kernel} ({boot.method}, cpu profile {profile})"
     return boot
