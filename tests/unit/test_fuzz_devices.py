@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broiler.core.bus import Region, all_ones
+from broiler.core.bus import ERROR_KINDS_LOGGED, Device, Region, all_ones
 from broiler.core.memory import PCI_ECAM_BASE
 from broiler.devices.demo.pci_dma import DmaDemo
 from broiler.devices.demo.sync_demo import MAX_FREQ, MIN_FREQ, RESET_VALUES
@@ -161,6 +161,17 @@ def platform() -> Iterator[tuple[FuzzMachine, ErrorLog]]:
 def check(m: FuzzMachine, before: dict[str, object]) -> None:
     assert not m.memory.escapes, f"accesses outside guest RAM: {m.memory.escapes[:4]}"
     assert read_only_state(m) == before, "a read-only register changed"
+    for device in _devices(m):  # "logged once per kind" must not become one entry per value written
+        assert len(device._errors_logged) <= ERROR_KINDS_LOGGED, (device.name, sorted(device._errors_logged)[:5])
+
+
+def _devices(m: FuzzMachine) -> Iterator[Device]:
+    assert m.pci is not None
+    for bus in (m.pio_bus, m.mmio_bus):
+        yield from (r.device for r in bus.regions())
+    for fn in m.pci.functions.values():
+        yield fn
+        yield from (bar.device for bar in fn.bars.values())
 
 
 # -- playing the steps ---------------------------------------------------------------------------------
@@ -285,6 +296,17 @@ def test_register_space_sweep_never_raises(plan: list[tuple[object, ...]]) -> No
         for step in plan:
             play(m, step)
         m.run_timers()
+        check(m, before)
+
+
+def test_guest_error_kinds_stay_bounded() -> None:
+    """A guest writing a new value each time to a register that names the value in its complaint."""
+    with platform() as (m, _):
+        before = read_only_state(m)
+        io = m.pci.functions[VIRTIO_SLOTS[-1]].bars[LEGACY_BAR].mapped if m.pci else None
+        assert io is not None
+        for value in range(4 * ERROR_KINDS_LOGGED):
+            m.guest_write(True, io + legacy.QUEUE_SIZE, 2, value)  # read-only in the legacy layout
         check(m, before)
 
 
