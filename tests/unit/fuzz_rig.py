@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from broiler.core.bus import Device, MmioBus, PioBus, Region
-from broiler.core.irq import IrqAllocator, MsiMessage
+from broiler.core.irq import IrqAllocator, MsiMessage, MsiSink
 from broiler.core.memory import GuestMemory, MemoryMap, MiB
 from broiler.devices.legacy.serial import Serial8250
 from broiler.devices.virtio.pci import TransportKind, VirtioPci
@@ -103,6 +103,9 @@ class _Interrupts:
     def send_msi(self, message: MsiMessage) -> None:
         assert isinstance(message, MsiMessage)
         self.msis += 1
+
+    def msi_irqfd_sink(self, slots: int) -> MsiSink:
+        return self.send_msi
 
 
 class _Loop:
