@@ -42,6 +42,9 @@ def all_ones(size: int) -> int:
     return (1 << (8 * size)) - 1
 
 
+ERROR_KINDS_LOGGED = 64  # distinct guest-error messages logged per device; the rest are only counted
+
+
 class Device:
     """A register block. Subclass and override ``read``/``write``; the defaults model nothing.
 
@@ -69,9 +72,12 @@ class Device:
         self.write(offset, size, value)
 
     def guest_error(self, what: str) -> None:
-        """Count a guest mistake (bad size, read-only register...), logging each kind once."""
+        """Count a guest mistake (bad size, read-only register...), logging each kind once.
+
+        Messages name offsets and sometimes values, so a guest could make "kinds" without end: after
+        ERROR_KINDS_LOGGED of them further ones are only counted (bounded memory, no log flood)."""
         self.guest_errors += 1
-        if what not in self._errors_logged:
+        if what not in self._errors_logged and len(self._errors_logged) < ERROR_KINDS_LOGGED:
             self._errors_logged.add(what)
             log.info("%s: guest error: %s (further ones counted, not logged)", self.name, what)
 

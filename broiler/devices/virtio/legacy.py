@@ -107,4 +107,4 @@ class LegacyRegisters(Device):
             elif reg == QUEUE_VECTOR and t.selected is not None:
                 t.selected.vector = t.checked_vector(value)
             else:
-                self.guest_error(f"write of {size} bytes at {offset:#x} = {value:#x}")
+                self.guest_error(f"write of {size} bytes at {offset:#x} (read-only or not a register)")
