@@ -77,24 +77,24 @@ class Recorder(Device):
 
 def test_datamatch_doorbells_reach_their_own_handlers_and_misses_reach_the_bus() -> None:
     out: list[bytes] = []
-    machine = Machine(MachineConfig(mem_size=64 * MiB, serial_output=out.append))
-    port_dev, mmio_dev = Recorder(), Recorder()
-    machine.add_pio(0x6100, 2, port_dev)
-    machine.add_mmio(0xD000_0F00, 4, mmio_dev)
-    got: dict[str, int] = {"one": 0, "two": 0, "seven": 0}
+    with Machine(MachineConfig(mem_size=64 * MiB, serial_output=out.append)) as machine:
+        port_dev, mmio_dev = Recorder(), Recorder()
+        machine.add_pio(0x6100, 2, port_dev)
+        machine.add_mmio(0xD000_0F00, 4, mmio_dev)
+        got: dict[str, int] = {"one": 0, "two": 0, "seven": 0}
 
-    def count(key: str):  # noqa: ANN202
-        return lambda kicks: got.__setitem__(key, got[key] + kicks)
+        def count(key: str):  # noqa: ANN202
+            return lambda kicks: got.__setitem__(key, got[key] + kicks)
 
-    one = machine.doorbells.add(pio=True, addr=0x6100, length=2, datamatch=1, callback=count("one"), owner="t")
-    two = machine.doorbells.add(pio=True, addr=0x6100, length=2, datamatch=2, callback=count("two"), owner="t")
-    machine.doorbells.add(pio=False, addr=0xD000_0F00, length=4, datamatch=7, callback=count("seven"), owner="t")
-    machine.load_flat64(packaged_guest("doorbells"))
-    assert passed(machine.run(timeout=60))
-    assert got == {"one": 1, "two": 2, "seven": 1}
-    assert (one.kicks, two.kicks) == (1, 2)
-    assert port_dev.writes == [(0, 2, 3), (0, 1, 1)]  # the datamatch miss and the odd length
-    assert mmio_dev.writes == [(0, 4, 8)]
+        one = machine.doorbells.add(pio=True, addr=0x6100, length=2, datamatch=1, callback=count("one"), owner="t")
+        two = machine.doorbells.add(pio=True, addr=0x6100, length=2, datamatch=2, callback=count("two"), owner="t")
+        machine.doorbells.add(pio=False, addr=0xD000_0F00, length=4, datamatch=7, callback=count("seven"), owner="t")
+        machine.load_flat64(packaged_guest("doorbells"))
+        assert passed(machine.run(timeout=60))
+        assert got == {"one": 1, "two": 2, "seven": 1}
+        assert (one.kicks, two.kicks) == (1, 2)
+        assert port_dev.writes == [(0, 2, 3), (0, 1, 1)]  # the datamatch miss and the odd length
+        assert mmio_dev.writes == [(0, 4, 8)]
 
 
 def test_two_vcpus_ringing_concurrently_lose_nothing() -> None:

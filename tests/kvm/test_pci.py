@@ -201,23 +201,23 @@ class _Extra(PciFunction):
 
 def test_toolkit_sizes_and_moves_any_bar_kind() -> None:
     out: list[bytes] = []
-    machine = Machine(MachineConfig(mem_size=RAM, serial_output=out.append, async_delay=0.0))
-    extra = _Extra()
-    assert machine.pci is not None
-    machine.pci.add(extra, slot=20)
-    before = {i: bar.mapped for i, bar in extra.bars.items()}
-    assert before[0] is not None and before[2] is not None and before[3] is not None
-    machine.load_flat64(packaged_guest("pci_test"))
-    status = machine.run(timeout=120)
-    text = b"".join(out).decode(errors="replace")
-    assert passed(status), text
-    assert "enumerate conf1: 14 functions" in text and "enumerate ecam: 14 functions" in text
-    line = (
-        f"00:14.0 1234:5678 class 0xff0000 pin 0 bar0 mem64-pf {before[0]:#x}+0x4000 "
-        f"bar2 io {before[2]:#x}+0x20 bar3 mem32 {before[3]:#x}+0x1000"
-    )
-    assert f"extra conf1 {line}" in text and f"extra ecam {line}" in text
-    # pci_test moved both memory BARs up 1 MiB with decode off: no refusal on the way
-    assert extra.bars[0].mapped == before[0] + MiB and extra.bars[3].mapped == before[3] + MiB
-    assert extra.bar_value(0) == before[0] + MiB and extra.bars[2].mapped == before[2]
-    assert extra.guest_errors == 0
+    with Machine(MachineConfig(mem_size=RAM, serial_output=out.append, async_delay=0.0)) as machine:
+        extra = _Extra()
+        assert machine.pci is not None
+        machine.pci.add(extra, slot=20)
+        before = {i: bar.mapped for i, bar in extra.bars.items()}
+        assert before[0] is not None and before[2] is not None and before[3] is not None
+        machine.load_flat64(packaged_guest("pci_test"))
+        status = machine.run(timeout=120)
+        text = b"".join(out).decode(errors="replace")
+        assert passed(status), text
+        assert "enumerate conf1: 14 functions" in text and "enumerate ecam: 14 functions" in text
+        line = (
+            f"00:14.0 1234:5678 class 0xff0000 pin 0 bar0 mem64-pf {before[0]:#x}+0x4000 "
+            f"bar2 io {before[2]:#x}+0x20 bar3 mem32 {before[3]:#x}+0x1000"
+        )
+        assert f"extra conf1 {line}" in text and f"extra ecam {line}" in text
+        # pci_test moved both memory BARs up 1 MiB with decode off: no refusal on the way
+        assert extra.bars[0].mapped == before[0] + MiB and extra.bars[3].mapped == before[3] + MiB
+        assert extra.bar_value(0) == before[0] + MiB and extra.bars[2].mapped == before[2]
+        assert extra.guest_errors == 0

@@ -13,7 +13,6 @@ afterwards, and a read-only image's hash is unchanged.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -33,19 +32,6 @@ from tests.kvm.virtio_blk_disk import (
 )
 
 pytestmark = pytest.mark.kvm
-
-
-@functools.cache
-def _missing_options() -> list[str]:
-    help_text = broiler_cli("run", "--help").stdout
-    return [option for option in ("--disk", "--virtio-transport") if option not in help_text]
-
-
-@pytest.fixture(autouse=True)
-def _needs_virtio_blk() -> None:
-    missing = _missing_options()
-    if missing:
-        pytest.skip(f"broiler run has no {' / '.join(missing)} yet (virtio-blk device not on this branch)")
 
 
 def run_broiler(disk: Path, device: str, cmdline: str, *, ro: bool = False) -> tuple[str, int]:

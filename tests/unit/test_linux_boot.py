@@ -125,7 +125,6 @@ REAL = sorted(CACHE.glob("vmlinuz-*")) if CACHE.is_dir() else []
 @pytest.mark.skipif(not REAL, reason="no Debian kernel in ~/.cache/broiler/linux (tools/fetch-debian-kernel)")
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_debian_kernel_layout(path: Path) -> None:
-    pytest.importorskip("lz4.block")  # the cloud kernel is LZ4-compressed
     m = mem(4 * GiB)
     initrd = (CACHE / "initramfs.cpio").read_bytes() if (CACHE / "initramfs.cpio").exists() else b"x" * 4096
     boot = prepare_linux_boot(m, path.read_bytes(), cmdline="console=ttyS0", ncpus=2, initrd=initrd)

@@ -10,7 +10,9 @@ import struct
 import sys
 from pathlib import Path
 
+import lz4.block as lz4_block
 import pytest
+import zstandard
 
 from broiler.boot.linux import bzimage
 from broiler.boot.linux.bzimage import detect_compression, extract_vmlinux, parse_bzimage
@@ -49,7 +51,7 @@ def make_elf(
 
 
 def lz4_legacy(data: bytes) -> bytes:
-    lz4_block = pytest.importorskip("lz4.block")
+
     out = b"\x02\x21\x4c\x18"
     for i in range(0, len(data), 8 << 20):
         block = lz4_block.compress(data[i : i + (8 << 20)], store_size=False)
@@ -70,7 +72,6 @@ def compress(kind: str, data: bytes) -> bytes:
     if kind == "lz4":
         return lz4_legacy(data) + size
     if kind == "zstd":
-        zstandard = pytest.importorskip("zstandard")
         return zstandard.ZstdCompressor(level=3).compress(data) + size
     if kind == "none":
         return data
@@ -211,7 +212,6 @@ REAL = sorted(CACHE.glob("vmlinuz-*")) if CACHE.is_dir() else []
 @pytest.mark.skipif(not REAL, reason="no Debian kernel in ~/.cache/broiler/linux (tools/fetch-debian-kernel)")
 @pytest.mark.parametrize("path", REAL, ids=[p.name for p in REAL])
 def test_real_debian_kernel(path: Path) -> None:
-    pytest.importorskip("lz4.block")  # the cloud kernel is LZ4-compressed
     bz = bzimage.load_bzimage(path)
     assert bz.protocol >= 0x020F and bz.kernel_64 and bz.relocatable
     elf = parse_elf(extract_vmlinux(bz))
