@@ -13,6 +13,10 @@ from ..errors import ConfigError, KvmUnavailable
 from ..frontend.argtypes import positive
 from ..inputs import check_output
 from .guest import PATHS
+from .plot import PlotUnavailable, check_available, plot
+from .runner import BenchOptions, run_bench
+from .table import render
+from .virtio import render_virtio, run_virtio_bench
 
 QUICK_HELP = "small N and 3 repetitions, for CI (seconds, not minutes; timings are rough)"
 
@@ -51,8 +55,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def options(args: argparse.Namespace) -> Any:
-    from .runner import BenchOptions
-
     opts = BenchOptions.quick_defaults() if args.quick else BenchOptions()
     if args.reps:
         opts.reps = args.reps
@@ -77,10 +79,6 @@ def options(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .plot import PlotUnavailable, check_available, plot
-    from .runner import run_bench
-    from .table import render
-
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path is not None:
             check_output(path, what)  # before minutes of measuring, not after
@@ -126,8 +124,6 @@ if __name__ == "__main__":
 
 
 def run_virtio(args: argparse.Namespace) -> int:
-    from .virtio import render_virtio, run_virtio_bench
-
     requests = args.virtio_requests or (200 if args.quick else 5000)
     ms = args.virtio_ms or (2000 if args.quick else 10000)
     try:

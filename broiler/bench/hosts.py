@@ -10,6 +10,7 @@ switches the same threads to their pure-Python loop (``VcpuThread.compiled = Fal
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import threading
@@ -169,8 +170,6 @@ def bare_loop(ctx: LoopContext) -> None:
 
     ``ioctl(fd, KVM_RUN)`` without a third argument, as broiler's own loop calls it (core/vcpu.py says
     why: an argument costs a failed buffer parse per call)."""
-    import fcntl
-
     ioctl, run, fd, cpu = fcntl.ioctl, abi.KVM_RUN, ctx.fd, ctx.cpu
     u8, u16, u32, u64 = ctx.u8, ctx.u16, ctx.u32, ctx.u64
     ring32, ring64 = ctx.ring32, ctx.ring64

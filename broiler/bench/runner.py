@@ -18,8 +18,26 @@ from pathlib import Path
 
 from ..core.memory import GiB, MiB
 from ..guests import packaged_guest
+from ..vmm.machine import Machine, MachineConfig
 from . import floor, hosts
-from .guest import COALESCED, CTRL_PORT, IOEVENTFD, NONE, PATHS, PINGPONG, SCALING_PATH, SYNC, Batch, schedule
+from .driver import BatchDriver
+from .guest import (
+    COALESCED,
+    COALESCED_MMIO,
+    COALESCED_SIZE,
+    CTRL_PORT,
+    DOORBELL_PORT,
+    IOEVENTFD,
+    IOEVENTFD_MMIO,
+    IOEVENTFD_PORT,
+    PATH_BY_KEY,
+    PATHS,
+    PINGPONG,
+    SCALING_PATH,
+    Batch,
+    schedule,
+)
+from .hosts import ControlDevice
 from .stats import per_op_us, summarize
 
 IMPLS = ("floor", "bare", "broiler", "broiler_py")
@@ -47,8 +65,6 @@ class BenchOptions:
 
 
 def _floor_zones(kinds: set[str]) -> list[str]:
-    from .guest import COALESCED_MMIO, COALESCED_SIZE, DOORBELL_PORT, IOEVENTFD_MMIO, IOEVENTFD_PORT
-
     zones = []
     if IOEVENTFD in kinds:
         zones += [f"ioeventfd pio {IOEVENTFD_PORT:#x} 4", f"ioeventfd mmio {IOEVENTFD_MMIO:#x} 4"]
@@ -57,21 +73,6 @@ def _floor_zones(kinds: set[str]) -> list[str]:
     if PINGPONG in kinds:
         zones.append(f"doorbell {DOORBELL_PORT:#x}")
     return zones
-
-
-def broiler_async_missing() -> str | None:
-    """Why broiler cannot run the asynchronous rows yet (None: it can)."""
-    import inspect
-
-    from ..vmm.machine import Machine
-
-    if "coalesced" not in inspect.signature(Machine.add_mmio).parameters:
-        return "n/a (not yet): Machine.add_mmio has no coalesced="
-    try:
-        import broiler.core.ioeventfd  # noqa: F401
-    except ImportError:
-        return "n/a (not yet): no broiler.core.ioeventfd"
-    return None
 
 
 class Bench:
@@ -85,9 +86,6 @@ class Bench:
             self.floor_exe = floor.build(workdir)
         except floor.FloorUnavailable as exc:
             self.notes.append(str(exc))
-        self.async_missing = broiler_async_missing()
-        if self.async_missing:
-            self.notes.append(f"broiler's asynchronous rows: {self.async_missing}")
         self.python_missing = _why_no_python_column()
         if self.python_missing:
             self.notes.append(f"column (d): {self.python_missing}")
@@ -117,10 +115,7 @@ class Bench:
         for impl in IMPLS:
             if (impl == "floor" and self.floor_exe is None) or (impl == "broiler_py" and self.python_missing):
                 continue
-            if impl.startswith("broiler") and self.async_missing:
-                out[impl] = [p for p in paths if p.kind in (SYNC, NONE)]
-            else:
-                out[impl] = list(paths)
+            out[impl] = list(paths)
         return out
 
     # -- the three sections -----------------------------------------------------------------------
@@ -157,13 +152,9 @@ class Bench:
             return "n/a (no C floor)"
         if impl == "broiler_py" and self.python_missing:
             return "n/a (= column c)"
-        if impl.startswith("broiler") and self.async_missing:
-            return self.async_missing
         return "n/a"
 
     def scaling_section(self) -> dict[str, object]:
-        from .guest import PATH_BY_KEY
-
         path = PATH_BY_KEY[SCALING_PATH]
         samples: dict[str, dict[int, list[float]]] = {}
         plan = self.impls_for([path])
@@ -196,10 +187,6 @@ class Bench:
 
     def broiler_startup(self) -> dict[str, float]:
         """Machine (KVM, VM, 4 GiB map, devices, vCPUs), then the loader, then the guest's first exit."""
-        from ..vmm.machine import Machine, MachineConfig
-        from .driver import BatchDriver
-        from .hosts import ControlDevice
-
         self.say(f"start-up: broiler, {self.opts.startup_mem >> 20} MiB")
         t0 = time.perf_counter_ns()
         m = Machine(MachineConfig(mem_size=self.opts.startup_mem, serial_output=lambda _b: None))

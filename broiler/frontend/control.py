@@ -26,6 +26,7 @@ from ..core.dump import register_dump
 from ..core.memory import GuestMemory
 from ..core.vcpu import VcpuThread
 from ..errors import ConfigError
+from .report import device_rows, snapshot_stats
 
 if TYPE_CHECKING:
     from ..vmm.machine import Machine
@@ -97,8 +98,6 @@ class ControlServer:
                     pass
 
     def handle(self, cmd: str) -> dict[str, Any]:
-        from .report import device_rows, snapshot_stats
-
         m = self.machine
         if cmd == "info":
             return {

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from ..core.bus import Bus, Device
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..vmm.machine import Machine
@@ -27,8 +28,6 @@ KINDS = ("pio", "mmio", "coalesced", "doorbell", "irq")
 
 
 def parse_kinds(text: str) -> frozenset[str]:
-    from ..errors import ConfigError
-
     kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
     if "all" in kinds:
         return frozenset(KINDS)

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING
 
 from .. import exitcodes
 from ..boot.acpi import ACPI_AREA, write_acpi
@@ -33,16 +32,14 @@ from ..core.irq import Interrupts
 from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap
 from ..core.vcpu import VcpuThread, install_kick_handler
 from ..devices.legacy.serial import Serial8250
+from ..emulate.syscall_assist import SyscallAssist
 from ..errors import ConfigError
 from ..kvm import Kvm, Vcpu, abi
 from ..kvm.abi import buffer_address
 from ..pci import PciHost
 from .config import MachineConfig
-from .platform import add_platform_devices
+from .platform import add_platform_devices, firmware_declared_ports
 from .userdev import add_device
-
-if TYPE_CHECKING:
-    from ..emulate.syscall_assist import SyscallAssist
 
 REQUIRED_CAPS = [
     (abi.KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
@@ -272,8 +269,6 @@ class Machine:
     # -- loaders ------------------------------------------------------------------------------
     def load_multiboot(self, kernel: str, *, cmdline: str = "", initrds: tuple[str, ...] = ()) -> object:
         """Load a Multiboot v1 kernel; vCPU 0 enters it, the others wait for INIT/SIPI like real APs."""
-        from .platform import firmware_declared_ports
-
         image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds, reserved=[ACPI_AREA])
         # The ACPI tables a pc machine gives test kernels (RSDP in the F-segment, FADT with the PM timer).
         write_acpi(self.memory, len(self.vcpus), pci_irqs(self.pci), reserved_io=firmware_declared_ports(self.pio_bus))
@@ -284,8 +279,6 @@ class Machine:
     def enable_syscall_assist(self, spare_pages: Sequence[int]) -> SyscallAssist:
         """Complete user-mode ``syscall`` in broiler (for KVM-PVM; broiler/emulate/syscall.py).
         ``spare_pages``: guest-physical pages the guest never uses, for the trampoline's page tables."""
-        from ..emulate.syscall_assist import SyscallAssist
-
         self.syscall_assist = SyscallAssist(self.vm, self.memory, self.exits, spare_pages)
         return self.syscall_assist
 

@@ -7,7 +7,6 @@ import bz2
 import gzip
 import lzma
 import struct
-import sys
 from pathlib import Path
 
 import lz4.block as lz4_block
@@ -186,17 +185,6 @@ def test_corrupt_payload(kind: str) -> None:
 def test_payload_not_elf() -> None:
     bz = parse_bzimage(make_bzimage(compress("gzip", b"just text, no kernel" * 10)))
     with pytest.raises(ConfigError, match="not an ELF"):
-        extract_vmlinux(bz)
-
-
-@pytest.mark.parametrize("module, kind", [("lz4", "lz4"), ("zstandard", "zstd")])
-def test_missing_optional_module(monkeypatch: pytest.MonkeyPatch, module: str, kind: str) -> None:
-    magic = {"lz4": b"\x02\x21\x4c\x18", "zstd": b"\x28\xb5\x2f\xfd"}[kind]
-    bz = parse_bzimage(make_bzimage(magic + bytes(64)))  # no library needed to build it
-    monkeypatch.setitem(sys.modules, module, None)
-    if module == "lz4":
-        monkeypatch.setitem(sys.modules, "lz4.block", None)
-    with pytest.raises(ConfigError, match=f"pip install {module}"):
         extract_vmlinux(bz)
 
 

@@ -18,6 +18,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lz4.block
+import zstandard
+
 from ...errors import ConfigError
 
 HEADER_START = 0x1F1
@@ -191,10 +194,6 @@ def detect_compression(payload: bytes) -> str:
 
 
 def _lz4_legacy(data: bytes) -> bytes:
-    try:
-        import lz4.block  # optional dependency, imported only when needed
-    except ImportError:
-        raise ConfigError("the kernel is LZ4-compressed: install the Python package 'lz4' (pip install lz4)") from None
     out = bytearray()
     pos = 4  # after the magic
     end = len(data)
@@ -212,12 +211,6 @@ def _lz4_legacy(data: bytes) -> bytes:
 
 
 def _zstd(data: bytes) -> bytes:
-    try:
-        import zstandard  # optional dependency, imported only when needed
-    except ImportError:
-        raise ConfigError(
-            "the kernel is zstd-compressed: install the Python package 'zstandard' (pip install zstandard)"
-        ) from None
     # Kernels use `zstd -22 --ultra`, whose window can exceed the library's default limit.
     d = zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
     return d.decompress(data)

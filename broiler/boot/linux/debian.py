@@ -14,6 +14,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import zstandard
+
 from ...errors import ConfigError
 
 DEFAULT_CACHE = Path("~/.cache/broiler/linux").expanduser()
@@ -38,10 +40,6 @@ def ar_members(data: bytes) -> dict[str, bytes]:
 
 def _open_data_tar(member_name: str, blob: bytes) -> tarfile.TarFile:
     if member_name.endswith(".zst"):
-        try:
-            import zstandard  # optional dependency
-        except ImportError:
-            raise ConfigError("this .deb is zstd-compressed: pip install zstandard") from None
         blob = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
         return tarfile.open(fileobj=io.BytesIO(blob), mode="r:")
     return tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")

@@ -11,6 +11,7 @@ needed) and read back with `debugfs` (no mount). docs/linux.md, "A root file sys
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import tempfile
@@ -119,8 +120,6 @@ def _check_busybox(busybox: bytes) -> None:
 
 def build_virtio_initramfs(busybox: bytes, modules: Sequence[tuple[str, bytes]], *, compress: bool = False) -> bytes:
     """newc archive: busybox, the modules as /lib/modules/<name>.ko (in load order) and VIRTIO_INIT."""
-    import gzip
-
     _check_busybox(busybox)
     w = NewcWriter()
     for d in ("bin", "sbin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
