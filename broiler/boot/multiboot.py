@@ -42,18 +42,20 @@ from pathlib import Path
 from ..core.memory import E820_RAM, EBDA_START, HIGH_MEMORY, GuestMemory, MapRange, MiB
 from ..errors import ConfigError
 from ..inputs import read_input
-from .elf import EM_386, EM_X86_64, parse_elf
 from .entry import EntryState, protected_mode_state
-
-HEADER_MAGIC = 0x1BADB002
-BOOTLOADER_MAGIC = 0x2BADB002  # EAX at entry
-HEADER_SEARCH = 8192  # the header lies in the first 8 KiB, 4-byte aligned
-
-FLAG_PAGE_ALIGN = 1 << 0
-FLAG_MEMORY_INFO = 1 << 1
-FLAG_VIDEO_MODE = 1 << 2
-FLAG_AOUT_KLUDGE = 1 << 16
-_SUPPORTED_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO
+from .multiboot_header import (
+    BOOTLOADER_MAGIC,
+    FLAG_AOUT_KLUDGE,
+    HEADER_MAGIC,
+    HEADER_SEARCH,
+    MultibootHeader,
+    Segment,
+    aout_segments,
+    check_flags,
+    elf_segments,
+    find_header,
+)
+from .multiboot_header import is_multiboot as is_multiboot
 
 # Information block flags we fill, the same set QEMU does.
 INFO_MEMORY, INFO_BOOT_DEVICE, INFO_CMDLINE, INFO_MODS = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -75,17 +77,6 @@ FIRMWARE_AREA = MapRange(EBDA_START, HIGH_MEMORY, "EBDA, VGA and BIOS area")
 DEFAULT_RAM = 128 * MiB  # RAM for test kernels when --memory is not given (QEMU's default)
 
 _FOUR_GIB = 1 << 32
-
-
-@dataclass(frozen=True, slots=True)
-class MultibootHeader:
-    offset: int  # file offset of the magic
-    flags: int
-    header_addr: int = 0  # the a.out-kludge fields, valid when flag bit 16 is set
-    load_addr: int = 0
-    load_end_addr: int = 0
-    bss_end_addr: int = 0
-    entry_addr: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,93 +117,6 @@ class MultibootImage:
     def entry_state(self) -> EntryState:
         """The Multiboot machine state (spec §3.2): protected mode, EAX = magic, EBX = the info block."""
         return protected_mode_state(self.entry, regs={"rax": self.eax, "rbx": self.info_addr})
-
-
-@dataclass(frozen=True, slots=True)
-class _Segment:
-    addr: int
-    data: bytes
-    memsz: int
-
-
-def find_header(image: bytes) -> MultibootHeader | None:
-    """The first valid Multiboot header in the first 8 KiB, or None (not a Multiboot image)."""
-    limit = min(len(image), HEADER_SEARCH)
-    for off in range(0, limit - 11, 4):
-        magic, flags, checksum = struct.unpack_from("<III", image, off)
-        if magic == HEADER_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
-            if flags & FLAG_AOUT_KLUDGE:
-                if off + 32 > len(image):
-                    raise ConfigError(
-                        f"Multiboot header at offset {off:#x} is truncated: the file ends "
-                        "inside its a.out-kludge address fields"
-                    )
-                return MultibootHeader(off, flags, *struct.unpack_from("<5I", image, off + 12))
-            return MultibootHeader(off, flags)
-    return None
-
-
-def is_multiboot(image: bytes) -> bool:
-    try:
-        return find_header(image) is not None
-    except ConfigError:
-        return True  # it is one, just a broken one: let the loader say why
-
-
-def _check_flags(flags: int) -> None:
-    unsupported = flags & 0xFFFF & ~_SUPPORTED_REQUIRED
-    if unsupported & FLAG_VIDEO_MODE:
-        raise ConfigError("Multiboot header requires a video mode (flag bit 2): broiler has no display")
-    if unsupported:
-        bits = ", ".join(str(b) for b in range(16) if unsupported >> b & 1)
-        raise ConfigError(f"Multiboot header requires unsupported features (flag bits {bits})")
-
-
-def _elf_segments(image: bytes) -> tuple[str, int, list[_Segment]]:
-    """(format, entry, PT_LOAD segments at their physical addresses) of an x86 ELF32/ELF64 file."""
-    if not image.startswith(b"\x7fELF"):
-        raise ConfigError("Multiboot kernel is neither ELF nor marked with the a.out kludge (flag bit 16)")
-    elf = parse_elf(image, "Multiboot kernel", notes=False)
-    if elf.machine not in (EM_386, EM_X86_64):
-        raise ConfigError(f"Multiboot kernel: ELF machine {elf.machine} is not x86")
-    if not elf.segments:
-        raise ConfigError("Multiboot kernel: ELF file has no PT_LOAD segment")
-    # e_entry is virtual: like QEMU's ELF loader, move it into the code segment's physical copy.
-    segments = [_Segment(s.paddr, elf.segment_bytes(s), s.memsz) for s in elf.segments]
-    return f"elf{elf.bits}", elf.physical_entry(), segments
-
-
-def _aout_segments(image: bytes, h: MultibootHeader) -> list[_Segment]:
-    """The one segment the a.out-kludge fields describe (QEMU's checks, plus a truncation check)."""
-    if h.header_addr < h.load_addr:
-        raise ConfigError(f"Multiboot a.out kludge: header_addr {h.header_addr:#x} is below load_addr {h.load_addr:#x}")
-    file_start = h.offset - (h.header_addr - h.load_addr)
-    if file_start < 0:
-        raise ConfigError("Multiboot a.out kludge: load_addr lies before the start of the file")
-    if h.load_end_addr:
-        if h.load_end_addr < h.load_addr:
-            raise ConfigError(
-                f"Multiboot a.out kludge: load_end_addr {h.load_end_addr:#x} is below load_addr {h.load_addr:#x}"
-            )
-        load_size = h.load_end_addr - h.load_addr
-        if file_start + load_size > len(image):
-            raise ConfigError(
-                f"Multiboot a.out kludge: truncated file (load_end_addr needs "
-                f"{file_start + load_size:#x} bytes, the file has {len(image):#x})"
-            )
-    else:
-        load_size = len(image) - file_start
-    memsz = load_size
-    if h.bss_end_addr:
-        if h.bss_end_addr < h.load_addr + load_size:
-            raise ConfigError(
-                f"Multiboot a.out kludge: bss_end_addr {h.bss_end_addr:#x} is below the "
-                f"end of the loaded image {h.load_addr + load_size:#x}"
-            )
-        memsz = h.bss_end_addr - h.load_addr
-    if memsz == 0:
-        raise ConfigError("Multiboot a.out kludge: nothing to load")
-    return [_Segment(h.load_addr, image[file_start : file_start + load_size], memsz)]
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> bool:
@@ -281,6 +185,18 @@ def _check_kernel_spans(spans: list[tuple[int, int]], entry: int, low_end: int, 
         raise ConfigError(f"Multiboot kernel entry point {entry:#x} is outside the loaded image")
 
 
+@dataclass
+class _Plan:
+    """Where the loader's own data goes (decided before a byte is written)."""
+
+    mmap_addr: int
+    info_addr: int
+    base: int  # module list, then the strings
+    strings: list[bytes]
+    string_addrs: list[int]
+    modules: list[LoadedModule]
+
+
 def load_multiboot(
     mem: GuestMemory,
     image: bytes,
@@ -302,30 +218,72 @@ def load_multiboot(
             f"{kernel_name}: no Multiboot header (magic {HEADER_MAGIC:#x} with a valid "
             f"checksum) in the first {HEADER_SEARCH} bytes"
         )
-    _check_flags(header.flags)
+    check_flags(header.flags)
     if header.flags & FLAG_AOUT_KLUDGE:
-        fmt, entry, segments = "a.out kludge", header.entry_addr, _aout_segments(image, header)
+        fmt, entry, segments = "a.out kludge", header.entry_addr, aout_segments(image, header)
     else:
-        fmt, entry, segments = _elf_segments(image)
-
+        fmt, entry, segments = elf_segments(image)
     low_end = min(mem.map.ram[0].end, _FOUR_GIB)
     spans = sorted((s.addr, s.addr + s.memsz) for s in segments)
     _check_kernel_spans(spans, entry, low_end, [FIRMWARE_AREA, *reserved])
-    kernel_start, kernel_end = spans[0][0], spans[-1][1]
-    boot_page_free = not any(_overlap(a, b, BOOT_AREA.start, BOOT_AREA.end) for a, b in spans)
+    full_cmdline = f"{kernel_name} {cmdline}"
+    plan = _plan(spans, low_end, reserved, modules, full_cmdline)
+    mmap = _memory_map(mem)
+    mem_lower, mem_upper = _mem_lower_upper(mem)
+    info = _info_block(plan, mem_lower, mem_upper, len(modules), len(mmap))
+    placements = _write(mem, segments, plan, modules, mmap, info)
+    return MultibootImage(
+        entry=entry,
+        info_addr=plan.info_addr,
+        format=fmt,
+        header=header,
+        kernel_start=spans[0][0],
+        kernel_end=spans[-1][1],
+        cmdline=full_cmdline,
+        modules=tuple(plan.modules),
+        mem_lower=mem_lower,
+        mem_upper=mem_upper,
+        placements=tuple(placements),
+    )
 
-    # Plan everything after the kernel, in QEMU's order, before writing a byte.
+
+def _memory_map(mem: GuestMemory) -> bytes:
+    """The e820 map as Multiboot entries (24 bytes, ``size`` = 20), as it must fit below the info block."""
+    e820 = mem.map.e820()
+    mmap = b"".join(struct.pack("<IQQI", MMAP_ENTRY_SIZE - 4, e.addr, e.size, e.type) for e in e820)
+    if len(mmap) > INFO_ADDR - MMAP_ADDR:
+        raise ConfigError(f"memory map of {len(e820)} entries does not fit below the information block")
+    return mmap
+
+
+def _info_block(plan: _Plan, mem_lower: int, mem_upper: int, nmods: int, mmap_len: int) -> bytes:
+    info = bytearray(INFO_SIZE)
+    cmdline_addr, loader_name_addr = plan.string_addrs[-2], plan.string_addrs[-1]
+    fields = (INFO_FLAGS, mem_lower, mem_upper, BOOT_DEVICE, cmdline_addr, nmods, plan.base)
+    struct.pack_into("<IIIIIII", info, 0, *fields)
+    struct.pack_into("<II", info, 44, mmap_len, plan.mmap_addr)
+    struct.pack_into("<I", info, 64, loader_name_addr)
+    return bytes(info)
+
+
+def _plan(
+    spans: list[tuple[int, int]],
+    low_end: int,
+    reserved: Sequence[MapRange],
+    modules: Sequence[tuple[str, bytes]],
+    full_cmdline: str,
+) -> _Plan:
+    """Everything after the kernel, in QEMU's order: the information page (0x9000 unless the kernel is
+    there), the module list and strings, then each module."""
+    boot_page_free = not any(_overlap(a, b, BOOT_AREA.start, BOOT_AREA.end) for a, b in spans)
     keep_out = [BOOT_AREA] if boot_page_free else []
     keep_out += [FIRMWARE_AREA, *reserved, *(MapRange(a, b, "kernel") for a, b in spans)]
-    alloc = _Allocator(kernel_end, low_end, keep_out)
+    alloc = _Allocator(spans[-1][1], low_end, keep_out)
     mmap_addr = MMAP_ADDR if boot_page_free else alloc.take(PAGE, PAGE, "Multiboot information")
-    info_addr = mmap_addr + INFO_ADDR - MMAP_ADDR
-    full_cmdline = f"{kernel_name} {cmdline}"
     mod_strings = [_cstr(name, f"module name {name!r}") for name, _ in modules]
     strings = [*mod_strings, _cstr(full_cmdline, "kernel command line"), _cstr(LOADER_NAME, "loader name")]
     list_size = MODULE_ENTRY_SIZE * len(modules)
-    data_size = list_size + sum(len(s) for s in strings)
-    base = alloc.take(data_size, PAGE, "Multiboot command lines")
+    base = alloc.take(list_size + sum(len(s) for s in strings), PAGE, "Multiboot command lines")
     string_addrs, cursor = [], base + list_size
     for s in strings:
         string_addrs.append(cursor)
@@ -334,49 +292,37 @@ def load_multiboot(
     for (name, blob), s_addr in zip(modules, string_addrs, strict=False):
         start = alloc.take(len(blob), PAGE, f"module {name}")
         loaded.append(LoadedModule(name, start, start + len(blob), s_addr))
-    e820 = mem.map.e820()
-    mmap = b"".join(struct.pack("<IQQI", MMAP_ENTRY_SIZE - 4, e.addr, e.size, e.type) for e in e820)
-    if len(mmap) > INFO_ADDR - MMAP_ADDR:
-        raise ConfigError(f"memory map of {len(e820)} entries does not fit below the information block")
-    mem_lower, mem_upper = _mem_lower_upper(mem)
-    info = bytearray(INFO_SIZE)
-    struct.pack_into(
-        "<IIIIIII", info, 0, INFO_FLAGS, mem_lower, mem_upper, BOOT_DEVICE, string_addrs[-2], len(modules), base
-    )
-    struct.pack_into("<II", info, 44, len(mmap), mmap_addr)
-    struct.pack_into("<I", info, 64, string_addrs[-1])
+    return _Plan(mmap_addr, mmap_addr + INFO_ADDR - MMAP_ADDR, base, strings, string_addrs, loaded)
 
-    # Write: the kernel (bss zeroed: RAM may be reused), the strings, the modules, the tables.
+
+def _write(
+    mem: GuestMemory,
+    segments: Sequence[Segment],
+    plan: _Plan,
+    modules: Sequence[tuple[str, bytes]],
+    mmap: bytes,
+    info: bytes,
+) -> list[Placement]:
+    """The kernel (bss zeroed: RAM may be reused), the strings, the modules, the tables; where each went."""
     placements = []
     for seg in segments:
         mem.write(seg.addr, seg.data)
         mem.fill(seg.addr + len(seg.data), seg.memsz - len(seg.data))
         placements.append(Placement(seg.addr, seg.addr + seg.memsz, "kernel"))
-    table = b"".join(struct.pack("<IIII", m.start, m.end, m.string_addr, 0) for m in loaded)
-    mem.write(base, table + b"".join(strings))
-    placements.append(Placement(base, base + data_size, "module list and strings"))
-    for m, (_, blob) in zip(loaded, modules, strict=True):
+    table = b"".join(struct.pack("<IIII", m.start, m.end, m.string_addr, 0) for m in plan.modules)
+    data = table + b"".join(plan.strings)
+    mem.write(plan.base, data)
+    placements.append(Placement(plan.base, plan.base + len(data), "module list and strings"))
+    for m, (_, blob) in zip(plan.modules, modules, strict=True):
         mem.write(m.start, blob)
         placements.append(Placement(m.start, m.end, f"module {m.name}"))
-    mem.write(mmap_addr, mmap)
-    mem.write(info_addr, bytes(info))
+    mem.write(plan.mmap_addr, mmap)
+    mem.write(plan.info_addr, info)
     placements += [
-        Placement(mmap_addr, mmap_addr + len(mmap), "memory map"),
-        Placement(info_addr, info_addr + INFO_SIZE, "Multiboot information"),
+        Placement(plan.mmap_addr, plan.mmap_addr + len(mmap), "memory map"),
+        Placement(plan.info_addr, plan.info_addr + INFO_SIZE, "Multiboot information"),
     ]
-    return MultibootImage(
-        entry=entry,
-        info_addr=info_addr,
-        format=fmt,
-        header=header,
-        kernel_start=kernel_start,
-        kernel_end=kernel_end,
-        cmdline=full_cmdline,
-        modules=tuple(loaded),
-        mem_lower=mem_lower,
-        mem_upper=mem_upper,
-        placements=tuple(placements),
-    )
+    return placements
 
 
 def load_multiboot_files(

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from broiler.boot import multiboot as mb
+from broiler.boot import multiboot_header as mbh
 from broiler.core.memory import E820_RAM, E820_RESERVED, E820Entry, GuestMemory, MapRange, MemoryMap, MiB
 from broiler.errors import ConfigError
 
@@ -17,8 +18,8 @@ KERNEL = 0x100000
 
 def header(flags: int = 0, kludge: tuple[int, int, int, int, int] | None = None) -> bytes:
     if kludge is not None:
-        flags |= mb.FLAG_AOUT_KLUDGE
-    h = struct.pack("<III", mb.HEADER_MAGIC, flags, (-(mb.HEADER_MAGIC + flags)) & 0xFFFFFFFF)
+        flags |= mbh.FLAG_AOUT_KLUDGE
+    h = struct.pack("<III", mbh.HEADER_MAGIC, flags, (-(mbh.HEADER_MAGIC + flags)) & 0xFFFFFFFF)
     return h + (struct.pack("<5I", *kludge) if kludge is not None else b"")
 
 
@@ -78,21 +79,21 @@ def info(mem: GuestMemory, image: mb.MultibootImage) -> dict[str, int]:
 
 # -- the header ----------------------------------------------------------------------------------
 def test_find_header_scans_4_byte_aligned_first_8k() -> None:
-    assert mb.find_header(bytes(100)) is None
-    assert mb.find_header(bytes(8) + header(3)) == mb.MultibootHeader(offset=8, flags=3)
-    assert mb.find_header(bytes(6) + header(3)) is None  # not 4-byte aligned
-    assert mb.find_header(bytes(8192) + header(3)) is None  # past the first 8 KiB
-    assert mb.find_header(bytes(8192 - 12) + header(3)) is not None  # the last slot that fits
+    assert mbh.find_header(bytes(100)) is None
+    assert mbh.find_header(bytes(8) + header(3)) == mbh.MultibootHeader(offset=8, flags=3)
+    assert mbh.find_header(bytes(6) + header(3)) is None  # not 4-byte aligned
+    assert mbh.find_header(bytes(8192) + header(3)) is None  # past the first 8 KiB
+    assert mbh.find_header(bytes(8192 - 12) + header(3)) is not None  # the last slot that fits
     bad = bytearray(header(3))
     bad[8] ^= 1
-    assert mb.find_header(bytes(bad)) is None  # bad checksum
-    assert mb.is_multiboot(header(0)) and not mb.is_multiboot(b"\x7fELF" + bytes(60))
+    assert mbh.find_header(bytes(bad)) is None  # bad checksum
+    assert mbh.is_multiboot(header(0)) and not mbh.is_multiboot(b"\x7fELF" + bytes(60))
 
 
 def test_find_header_refuses_truncated_kludge_fields() -> None:
     with pytest.raises(ConfigError, match="truncated"):
-        mb.find_header(header(kludge=(0, 0, 0, 0, 0))[:20])
-    assert mb.is_multiboot(header(kludge=(0, 0, 0, 0, 0))[:20])
+        mbh.find_header(header(kludge=(0, 0, 0, 0, 0))[:20])
+    assert mbh.is_multiboot(header(kludge=(0, 0, 0, 0, 0))[:20])
 
 
 # -- ELF loading ---------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ K = [(KERNEL, bytes(32), 64)]
     ("image", "kwargs", "message"),
     [
         (b"\x7fELF" + bytes(200), {}, "no Multiboot header"),
-        (elf(K, KERNEL, flags=mb.FLAG_VIDEO_MODE), {}, "video mode"),
+        (elf(K, KERNEL, flags=mbh.FLAG_VIDEO_MODE), {}, "video mode"),
         (elf(K, KERNEL, flags=1 << 3 | 1 << 15), {}, r"unsupported features \(flag bits 3, 15\)"),
         (elf([(RAM - 16, bytes(32), 64)], RAM - 16), {}, "outside guest RAM"),
         (elf([(0xF0000, bytes(32), 64)], 0xF0000), {}, "overlaps the EBDA, VGA and BIOS area"),
