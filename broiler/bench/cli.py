@@ -1,4 +1,5 @@
-"""``broiler bench``: hooked into broiler/frontend/cli.py with ``add_parser(subparsers)`` and ``run(args)``."""
+"""``broiler bench``: hooked into broiler/frontend/parser.py with ``add_parser(subparsers)`` and into
+frontend/cli.py with ``run(args)``, whose errors frontend/cli.main turns into exit statuses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from .. import exitcodes
 from ..core.memory import parse_size
-from ..errors import ConfigError, KvmUnavailable
+from ..errors import ConfigError
 from ..frontend.argtypes import positive
 from ..inputs import check_output
 from .guest import PATHS
@@ -85,22 +86,15 @@ def run(args: argparse.Namespace) -> int:
     if args.virtio:
         return run_virtio(args)
 
-    try:
-        opts = options(args)
-        plot_ok = True
-        if args.plot:
-            try:
-                check_available()
-            except PlotUnavailable as exc:  # say so now, run the rest
-                print(f"broiler: {exc}", file=sys.stderr)
-                plot_ok = False
-        doc = run_bench(opts)
-    except ConfigError as exc:
-        print(f"broiler: error: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
-    except KvmUnavailable as exc:
-        print(f"broiler: {exc}", file=sys.stderr)
-        return exitcodes.NO_KVM
+    opts = options(args)
+    plot_ok = True
+    if args.plot:
+        try:
+            check_available()
+        except PlotUnavailable as exc:  # say so now, run the rest
+            print(f"broiler: {exc}", file=sys.stderr)
+            plot_ok = False
+    doc = run_bench(opts)  # ConfigError and KvmUnavailable become statuses in frontend/cli.main
     print("\n".join(render(doc)))
     if args.json:
         with open(args.json, "w") as f:
@@ -111,26 +105,10 @@ def run(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry until broiler/frontend/cli.py hooks the subcommand in: python -m broiler.bench.cli."""
-    parser = argparse.ArgumentParser(prog="broiler")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    return run(parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run_virtio(args: argparse.Namespace) -> int:
     requests = args.virtio_requests or (200 if args.quick else 5000)
     ms = args.virtio_ms or (2000 if args.quick else 10000)
-    try:
-        runs = run_virtio_bench(requests=requests, ms=ms, with_qemu=not args.no_qemu)
-    except KvmUnavailable as exc:
-        print(f"broiler: {exc}", file=sys.stderr)
-        return exitcodes.NO_KVM
+    runs = run_virtio_bench(requests=requests, ms=ms, with_qemu=not args.no_qemu)
     print(f"virtio-blk bench kernel, modern transport, MSI-X; {requests} requests or {ms} ms per test")
     print("\n".join(render_virtio(runs)))
     if args.json:

@@ -17,6 +17,7 @@ from ..core.memory import SYSCALL_TRAMPOLINE_GPA, GuestMemory
 from ..errors import GuestMemoryError
 from ..kvm import abi
 from ..kvm.ioctls import Vm
+from ..kvm.segments import flat_segment
 from .syscall import (
     CR4_LA57,
     MSR_LSTAR,
@@ -35,23 +36,6 @@ _CANONICAL_LIMIT = 1 << 47
 
 def _canonical(addr: int) -> bool:
     return addr < _CANONICAL_LIMIT or addr >= (1 << 64) - _CANONICAL_LIMIT
-
-
-def _segment_loaded_by_syscall(selector: int, *, code: bool) -> abi.kvm_segment:
-    """The fixed descriptor SYSCALL loads (SDM: base 0, 4 GiB, DPL 0): CS a 64-bit execute/read code
-    segment, SS a read/write data segment with B set. SYSCALL never reads the GDT."""
-    return abi.kvm_segment(
-        base=0,
-        limit=0xFFFFFFFF,
-        selector=selector,
-        type=11 if code else 3,
-        present=1,
-        dpl=0,
-        db=0 if code else 1,
-        s=1,
-        l=int(code),
-        g=1,
-    )
 
 
 class SyscallAssist:
@@ -133,8 +117,8 @@ class SyscallAssist:
         if entry.switch_privilege:
             regs.rflags = entry.rflags
             regs.r11 = entry.r11
-            sregs.cs = _segment_loaded_by_syscall(entry.cs_selector, code=True)
-            sregs.ss = _segment_loaded_by_syscall(entry.ss_selector, code=False)
+            sregs.cs = flat_segment(entry.cs_selector, code=True)  # what SYSCALL loads
+            sregs.ss = flat_segment(entry.ss_selector, code=False)
             vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
         self.syscalls += 1

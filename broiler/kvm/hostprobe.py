@@ -55,11 +55,10 @@ from ..x86 import (
     PTE_RW,
     PTE_US,
     RFLAGS_RESET,
-    SEG_CODE_XR,
-    SEG_DATA_RW,
 )
 from . import abi
 from .ioctls import Kvm, Vcpu
+from .segments import flat_segment
 
 RAM_SIZE = 0x10000
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
@@ -132,25 +131,10 @@ class HostBehaviour:
         }
 
 
-def _segment(selector: int, *, code: bool, dpl: int) -> abi.kvm_segment:
-    return abi.kvm_segment(
-        base=0,
-        limit=0xFFFFFFFF,
-        selector=selector,
-        type=SEG_CODE_XR if code else SEG_DATA_RW,
-        present=1,
-        dpl=dpl,
-        db=0 if code else 1,
-        s=1,
-        l=int(code),
-        g=1,
-    )
-
-
 def _long_mode(vcpu: Vcpu, *, rip: int, cpl: int) -> None:
     sregs = vcpu.get_sregs()
-    sregs.cs = _segment(USER_CS if cpl else KERNEL_CS, code=True, dpl=cpl)
-    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = _segment(0x23 if cpl else 0x10, code=False, dpl=cpl)
+    sregs.cs = flat_segment(USER_CS if cpl else KERNEL_CS, code=True, dpl=cpl)
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = flat_segment(0x23 if cpl else 0x10, code=False, dpl=cpl)
     sregs.cr0 = CR0_PG | CR0_AM | CR0_WP | CR0_NE | CR0_ET | CR0_MP | CR0_PE
     sregs.cr3, sregs.cr4 = PML4, CR4_PAE
     sregs.efer = EFER_LMA | EFER_LME | EFER_SCE

@@ -242,22 +242,6 @@ class Machine:
             unusable=s.unusable,
         )
 
-    @staticmethod
-    def flat_segment(selector: int, *, code: bool, long_mode: bool = False) -> abi.kvm_segment:
-        """A flat 4 GiB ring-0 segment: code (execute/read) or data (read/write)."""
-        return abi.kvm_segment(
-            base=0,
-            limit=0xFFFFFFFF,
-            selector=selector,
-            type=11 if code else 3,
-            present=1,
-            dpl=0,
-            db=0 if long_mode else 1,
-            s=1,
-            l=int(long_mode),
-            g=1,
-        )
-
     def set_long_mode(self, vcpu: Vcpu, state: EntryState | None = None) -> None:
         """Enter ``state``, by default the flat64 one for this vCPU (its index in RDI, its own stack)."""
         self.enter(vcpu, flat64_entry_state(vcpu.id) if state is None else state)

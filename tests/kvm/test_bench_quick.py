@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from broiler.bench import cli, floor, guest, hosts
+from broiler.bench import floor, guest, hosts
 from broiler.bench.runner import BenchOptions, run_bench
 from broiler.bench.table import render
+from broiler.frontend import cli
 
 pytestmark = pytest.mark.kvm
 
 
 def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    status = cli.main(["--quick", "--json", str(out)])
+    status = cli.main(["bench", "--quick", "--json", str(out)])
     assert status == 0
     text = capsys.readouterr().out
     for p in guest.PATHS:
@@ -52,7 +53,7 @@ def test_without_a_compiler_the_floor_is_skipped_with_one_note(monkeypatch: pyte
 
 
 def test_bad_options_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--paths", "pio_out,warp_drive"]) == 2
-    assert cli.main(["--n1", "500", "--n2", "100"]) == 2
+    assert cli.main(["bench", "--paths", "pio_out,warp_drive"]) == 2
+    assert cli.main(["bench", "--n1", "500", "--n2", "100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "warp_drive" in err[0] and "--n2" in err[1]
