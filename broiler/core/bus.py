@@ -122,6 +122,7 @@ class Region:
     name: str
     stats: IoStats = field(default_factory=IoStats)
     end: int = 0
+    inner: Device | None = None  # the device itself when ``device`` is a wrapper (tracing); None: the same
 
     def __post_init__(self) -> None:
         self.end = self.base + self.size
@@ -231,6 +232,7 @@ class Bus:
         self._check_range(base, size, name or device.name)
         shown = device if self.wrap_device is None else self.wrap_device(device, base, name or device.name)
         region = Region(self, base, size, shown, owner if owner is not None else device, name or device.name)
+        region.inner = device
         with self._lock:
             neighbour = self._overlapping(base, region.end)
             if neighbour is not None:
@@ -272,7 +274,10 @@ class Bus:
         where it was if the new range is refused.
         """
         self._check_range(new_base, region.size, region.name)
-        moved = Region(self, new_base, region.size, region.device, region.owner, region.name, region.stats)
+        inner = region.inner or region.device
+        # A wrapper (tracing) knows the base it was made for: wrap the device again at its new base.
+        shown = inner if self.wrap_device is None else self.wrap_device(inner, new_base, region.name)
+        moved = Region(self, new_base, region.size, shown, region.owner, region.name, region.stats, inner=inner)
         with self._lock:
             other = self._overlapping(new_base, moved.end, ignore=region)
             if other is not None:

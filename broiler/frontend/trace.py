@@ -90,7 +90,8 @@ class Tracer:
     def _wrap_bus(self, kind: str, bus: Bus) -> None:
         for region in bus.regions():
             if not isinstance(region.device, TracedDevice):
-                region.device = TracedDevice(region.device, self, kind, region.base, region.name)
+                region.inner = region.inner or region.device
+                region.device = TracedDevice(region.inner, self, kind, region.base, region.name)
         unmapped = bus._unmapped
         tracer = self
 

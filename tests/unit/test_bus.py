@@ -149,3 +149,22 @@ def test_a_sweep_of_unmapped_space_keeps_bounded_counters() -> None:
     assert bus.unmapped[(0xE000_0000, False)] == 1  # the first ones are still counted per address
     assert bus.read(0xE000_0000, 1) == 0xFF and bus.unmapped[(0xE000_0000, False)] == 2
     assert len(bus.cache) <= 1 << 16
+
+
+def test_a_traced_region_that_moves_is_traced_at_its_new_address() -> None:
+    """--trace wraps devices with the base they sit at; a BAR move must not leave the old address in the trace."""
+    import io
+    import json
+
+    from broiler.frontend.trace import Tracer
+
+    out = io.StringIO()
+    tracer = Tracer(frozenset({"mmio"}), out, as_json=True)
+    bus = MmioBus()
+    dev = Device()
+    region = bus.register(0xC200_0000, 0x100, dev, name="bar0")
+    tracer._wrap_bus("mmio", bus)
+    moved = bus.move(bus.find(0xC200_0000) or region, 0xC210_0000)
+    bus.read(0xC210_0004, 4)
+    assert json.loads(out.getvalue().splitlines()[-1])["addr"] == 0xC210_0004
+    assert (moved.inner or moved.device) is dev
