@@ -21,7 +21,7 @@ from ..vmm.config import MachineConfig
 from ..vmm.linux import DEFAULT_CMDLINE, default_profile, load_linux
 from ..vmm.machine import Machine
 from ..vmm.userdev import parse_device_spec
-from .control import ControlServer
+from .control import ControlServer, socket_path
 from .report import device_rows, exit_table, io_table, snapshot_stats
 from .trace import Tracer, parse_kinds
 from .virtio_options import open_console_log, start_console, virtio_config
@@ -60,6 +60,8 @@ def check_run_options(args: argparse.Namespace, kind: str | None, mem: int) -> b
         raise ConfigError("--trace-file and --trace-json go with --trace")
     if args.trace is not None:
         parse_kinds(args.trace)
+    if args.name is not None:
+        socket_path(args.name)  # a bad name is refused before anything runs
     for path, what in ((args.stats_json, "--stats-json"), (args.trace_file, "--trace-file")):
         if path is not None:
             check_output(path, what)
