@@ -12,6 +12,15 @@ apply them. A callback that raises is logged with its traceback and counted; the
 ``fn()`` once, later, on the loop thread, and returns a handle with ``cancel()`` that the caller may
 ignore. ``EventLoop.call_later`` is one; the machine hands it to devices, and unit tests hand
 ``tests/unit/fakes.py::FakeScheduler``. Devices never sleep and never start threads.
+
+**Pause** (``broiler pause``): ``pause()`` holds the device side of the VM. Timers stop firing, and on
+``resume()`` every pending timer is shifted later by the length of the pause: a device's "work" takes
+as much *running* time as it was given, so a completion due 10 ms after a kick still arrives 10 ms of
+guest time after it, never in a burst at resume. A timer scheduled during the pause counts from the
+moment of the pause. Readers added with ``pausable=True`` (doorbell eventfds) are taken out of the
+selector: kicks accumulate in the eventfd's counter (a count, so nothing is lost and nothing grows) and
+are handled once on resume. Other readers (the console's stdin, so Ctrl-A x still quits) and queued
+``call_soon`` requests go on.
 """
 
 from __future__ import annotations
@@ -56,6 +65,9 @@ class EventLoop:
         self.callback_errors = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
+        self._paused_at: float | None = None  # monotonic time of the pause; only touched on the loop thread
+        self._pausable: dict[int, Callable[[], None]] = {}  # fd -> callback of every pausable reader
+        self.paused_seconds = 0.0  # total time held, over every pause
 
     # -- API (any thread) -------------------------------------------------------------------
     def start(self) -> None:
@@ -68,13 +80,26 @@ class EventLoop:
         self._wake()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + max(delay, 0.0), fn)
-        self.call_soon(lambda: heapq.heappush(self._timers, (timer.when, next(self._seq), timer)))
+        delay = max(delay, 0.0)
+        timer = Timer(time.monotonic() + delay, fn)
+
+        def push() -> None:
+            if self._paused_at is not None:  # scheduled during a pause: counts from the pause
+                timer.when = min(timer.when, self._paused_at + delay)
+            heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+
+        self.call_soon(push)
         return timer
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_reader(self, fd: int, callback: Callable[[], None], *, pausable: bool = False) -> None:
+        """Call ``callback`` on the loop thread whenever ``fd`` is readable; a ``pausable`` reader is
+        not watched while the loop is paused (see the module docstring)."""
+
         def register() -> None:
-            self._selector.register(fd, selectors.EVENT_READ, callback)
+            if pausable:
+                self._pausable[fd] = callback
+            if not (pausable and self._paused_at is not None):
+                self._selector.register(fd, selectors.EVENT_READ, callback)
 
         self.call_soon(register)
 
@@ -82,6 +107,7 @@ class EventLoop:
         """Stop watching ``fd``; ``then`` runs on the loop thread afterwards (e.g. to close it)."""
 
         def remove() -> None:
+            self._pausable.pop(fd, None)
             try:
                 self._selector.unregister(fd)
             except (KeyError, ValueError):
@@ -110,6 +136,18 @@ class EventLoop:
         self.call_soon(wrapped)
         done.wait(timeout)
 
+    def pause(self) -> None:
+        """Hold timers and pausable readers until ``resume`` (waits for the loop thread to apply it)."""
+        self.run_sync(self._pause)
+
+    def resume(self) -> None:
+        """Shift pending timers by the pause and watch the pausable readers again."""
+        self.run_sync(self._resume)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
     def stop(self) -> None:
         self._stopping = True
         self._wake()
@@ -132,10 +170,33 @@ class EventLoop:
         except OSError:
             pass  # closed: the loop is gone
 
+    def _pause(self) -> None:
+        if self._paused_at is not None:
+            return
+        self._paused_at = time.monotonic()
+        for fd in self._pausable:
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+
+    def _resume(self) -> None:
+        if self._paused_at is None:
+            return
+        held = time.monotonic() - self._paused_at
+        self._paused_at = None
+        self.paused_seconds += held
+        # The same shift for every entry keeps the heap ordered: no re-heapify needed.
+        self._timers = [(when + held, seq, timer) for when, seq, timer in self._timers]
+        for _, _, timer in self._timers:
+            timer.when += held
+        for fd, callback in self._pausable.items():
+            self._selector.register(fd, selectors.EVENT_READ, callback)  # a kick held meanwhile is seen at once
+
     def _run(self) -> None:
         while not self._stopping:
             timeout = None
-            if self._timers:
+            if self._timers and self._paused_at is None:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             for key, _ in self._selector.select(timeout):
                 if key.data is None:
@@ -148,7 +209,7 @@ class EventLoop:
             while self._pending:
                 self._call(self._pending.popleft())
             now = time.monotonic()
-            while self._timers and self._timers[0][0] <= now:
+            while self._timers and self._timers[0][0] <= now and self._paused_at is None:
                 _, _, timer = heapq.heappop(self._timers)
                 if not timer.cancelled:
                     self._call(timer.fn)

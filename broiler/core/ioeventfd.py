@@ -106,7 +106,7 @@ class Doorbells:
                     raise
             self.active.append(bell)
             self._remember(bell)
-        self.loop.add_reader(bell.fd, lambda: self._ready(bell))
+        self.loop.add_reader(bell.fd, lambda: self._ready(bell), pausable=True)  # held by `broiler pause`
         return bell
 
     @property

@@ -18,7 +18,8 @@ Exit handling:
 =====================  ====================================================================
 IO                     port bus; string IO (count > 1) walks the data page ``size`` bytes at a time
 MMIO                   MMIO bus; the coalesced ring is drained first
-INTR (EINTR)           a kick: run queued calls (``call_on_vcpu``); the loop checks ``stopping``
+INTR (EINTR)           a kick: run queued calls (``call_on_vcpu``); park if paused; the loop checks
+                       ``stopping``
 any other reason       the ``ExitTable`` handler for it; none registered: fatal, register dump
 =====================  ====================================================================
 
@@ -39,6 +40,11 @@ decode of single PIO and 1/2/4/8-byte MMIO exits to C, which calls the same ``Re
 Python loop calls: stats, tracing and the bus rules are identical. Every other exit returns to
 ``_dispatch`` here. ``BROILER_PURE_PYTHON=1`` forces the Python loop (the fallback everywhere else);
 ``broiler bench`` measures both.
+
+Pause (``broiler pause``): ``pause()`` asks for an immediate exit and kicks; the thread, back from
+KVM_RUN with EINTR, parks on an Event between two KVM_RUNs (no CPU used, no busy wait) until
+``resume()``, a stop, or a ``call_on_vcpu`` (which runs on the parked thread: ``broiler regs`` works on
+a paused VM). The exit path pays nothing for it: the check sits on the EINTR branch only.
 """
 
 from __future__ import annotations
@@ -146,6 +152,9 @@ class VcpuThread:
         self._ring32 = self._ring.cast("I") if self._ring is not None else None
         self.stopped = threading.Event()
         self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
+        self._pause_requested = False
+        self._wake = threading.Event()  # set by kick(): a parked thread looks at its state again
+        self.parked = threading.Event()  # set while the thread sits between KVM_RUNs, paused
         self.emulated: dict[str, int] = {}  # exits completed in userspace by handlers, by what
 
     # -- control ---------------------------------------------------------------------------
@@ -158,12 +167,35 @@ class VcpuThread:
 
     def kick(self) -> None:
         """Interrupt KVM_RUN on this vCPU's thread (KICK_SIGNAL; its Python handler does nothing)."""
+        self._wake.set()  # a parked thread is not in KVM_RUN: the signal alone would not reach it
         ident = self.thread.ident
         if ident is not None and self.thread.is_alive() and ident != threading.get_ident():
             try:
                 signal.pthread_kill(ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
                 pass
+
+    def pause(self) -> None:
+        """Get this vCPU out of KVM_RUN and parked (returns at once: wait on ``parked`` or ``stopped``)."""
+        self._pause_requested = True
+        self.request_immediate_exit()
+        self.kick()
+
+    def resume(self) -> None:
+        self._pause_requested = False
+        self._wake.set()
+
+    def _park(self) -> None:
+        """Wait, without KVM_RUN, until resumed or stopped; run queued calls meanwhile."""
+        self.parked.set()
+        try:
+            while self._pause_requested and not self.control.stopping:
+                self._wake.wait()
+                self._wake.clear()  # state is re-read after the clear, so a set in between is not lost
+                if self._calls:
+                    self._run_calls()
+        finally:
+            self.parked.clear()
 
     # -- the loop ----------------------------------------------------------------------------
     def _thread_main(self) -> None:
@@ -189,6 +221,8 @@ class VcpuThread:
         self.exit_counts[abi.KVM_EXIT_INTR] += 1
         if self._calls:
             self._run_calls()
+        if self._pause_requested:
+            self._park()
 
     def _loop_python(self) -> None:
         control = self.control

@@ -10,7 +10,7 @@ import threading
 from .. import exitcodes
 from ..bench import cli as bench_cli
 from ..errors import ConfigError, KvmUnavailable
-from .commands import cmd_host, cmd_layout, cmd_list, cmd_regs, cmd_stat, cmd_stop
+from .commands import cmd_host, cmd_layout, cmd_list, cmd_pause, cmd_regs, cmd_resume, cmd_stat, cmd_stop
 from .parser import build_parser
 from .run import cmd_run
 
@@ -23,6 +23,8 @@ COMMANDS = {
     "stat": cmd_stat,
     "stop": cmd_stop,
     "regs": cmd_regs,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
 }
 
 

@@ -1,4 +1,4 @@
-"""``broiler list/stat/stop/regs`` (talk to a running VM's control socket) and ``layout/host`` (no VM)."""
+"""``broiler list/stat/stop/regs/pause/resume`` (talk to a running VM's control socket) and ``layout/host`` (no VM)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..vmm.platform import PlatformSketch
 from ..vmm.virtio import virtio_functions
 from .control import list_vms, request
 from .layout import iomem, ioports
-from .report import stat_table
+from .report import stat_table, state_text
 from .run import device_config
 from .virtio_options import discard
 
@@ -30,11 +30,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not live:
         print("no running VMs")
         return 0
-    print(f"{'NAME':<20} {'PID':>8} {'UPTIME':>9} {'CPUS':>4} {'MEM':>6}  GUEST")
+    print(f"{'NAME':<20} {'PID':>8} {'UPTIME':>9} {'CPUS':>4} {'MEM':>6}  {'STATE':<24}  GUEST")
     for vm in live:
         print(
             f"{vm['name']:<20} {vm['pid']:>8} {vm['uptime']:>8.1f}s {vm['cpus']:>4} {format_size(vm['mem']):>6}  "
-            f"{vm['guest']}"
+            f"{state_text(vm):<24}  {vm['guest']}"
         )
     return 0
 
@@ -62,6 +62,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     request(args.name, "stop")
     print(f"stopping {args.name}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pausing a paused VM is not an error: one line says so, and the status is 0."""
+    reply = request(args.name, "pause")
+    print(f"paused {args.name}" if reply["changed"] else f"{args.name} is already {state_text(reply)}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    reply = request(args.name, "resume")
+    print(f"resumed {args.name}" if reply["changed"] else f"{args.name} is not paused ({state_text(reply)})")
     return 0
 
 

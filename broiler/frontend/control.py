@@ -1,8 +1,8 @@
-"""The control socket: `broiler list`, `stat`, `stop` and `regs` talk to a running VM through it.
+"""The control socket: `broiler list`, `stat`, `stop`, `regs`, `pause` and `resume` talk to a running VM.
 
 Each running VM listens on a UNIX stream socket ``<dir>/<name>.sock``, where ``<dir>`` is
 ``$XDG_RUNTIME_DIR/broiler`` (or ``/tmp/broiler-<uid>``). A client sends one JSON line
-(``{"cmd": "info" | "stats" | "stop" | "regs"}``) and reads one JSON line back. The protocol is
+(``{"cmd": "info" | "stats" | "stop" | "regs" | "pause" | "resume"}``) and reads one JSON line back. The protocol is
 plain so that ``socat - UNIX-CONNECT:...`` works too.
 
 Names: a socket whose owner is gone (connect refused) is stale: it is removed at start-up, by
@@ -109,11 +109,13 @@ class ControlServer:
                 "mem": m.config.mem_size,
                 "guest": m.guest_name,
                 "stopping": m.stopping,
+                **run_state(m),
             }
         if cmd == "stats":
             return {
                 "name": self.name,
                 "uptime": time.time() - self.started,
+                **run_state(m),
                 **snapshot_stats(m),
                 "devices": device_rows(m),
             }
@@ -122,6 +124,10 @@ class ControlServer:
             return {"ok": True}
         if cmd == "regs":
             return {"vcpus": vcpu_snapshots(m)}
+        if cmd in ("pause", "resume"):
+            # Pausing a paused VM (or resuming a running one) is an answer, not an error: "changed" says which.
+            changed = m.pause_control.pause() if cmd == "pause" else m.pause_control.resume()
+            return {"changed": changed, **run_state(m)}
         return {"error": f"unknown command {cmd!r}"}
 
     def close(self) -> None:
@@ -131,6 +137,12 @@ class ControlServer:
         finally:
             self.path.unlink(missing_ok=True)
         self._thread.join(timeout=1)
+
+
+def run_state(machine: Machine) -> dict[str, Any]:
+    """``state`` (running or paused) and ``state_since`` (wall-clock seconds since the epoch)."""
+    state = machine.pause_control.state
+    return {"state": state.name, "state_since": state.since}
 
 
 def vcpu_snapshots(machine: Machine) -> list[str]:

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name")
     regs = sub.add_parser("regs", help="every vCPU's registers, instruction and stack of a running VM")
     regs.add_argument("name")
+    pause = sub.add_parser("pause", help="park every vCPU and hold the devices' timers and doorbells")
+    pause.add_argument("name")
+    resume = sub.add_parser("resume", help="resume a paused VM where it stopped")
+    resume.add_argument("name")
 
     bench_cli.add_parser(sub)
 
@@ -138,7 +142,7 @@ def _add_machine_options(run: argparse.ArgumentParser) -> None:
         help="send the virtio-console's output (hvc0) to FILE instead of stdout; adds the device if "
         "--console is not virtio",
     )
-    run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs` (default vm-PID)")
+    run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs/pause/resume` (default vm-PID)")
     run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
     run.add_argument(
         "--stats", action="store_true", help="print the IO table after the run (always on for the demo guest)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..core.bus import ADDRESS_LIMIT
@@ -166,6 +167,13 @@ def snapshot_stats(machine: Machine) -> dict[str, object]:
     }
 
 
+def state_text(info: dict) -> str:  # type: ignore[type-arg]
+    """ "running since 01:02:03" / "paused since ..." (local time) from a control-socket answer."""
+    state = info.get("state", "running")
+    since = info.get("state_since")
+    return state if since is None else f"{state} since {time.strftime('%H:%M:%S', time.localtime(since))}"
+
+
 def stat_table(snap: dict, previous: dict | None) -> list[str]:  # type: ignore[type-arg]
     """The `broiler stat` table: per device and path, counts, rates since the last sample, latency."""
     dt = snap["uptime"] - previous["uptime"] if previous else snap["uptime"]
@@ -193,7 +201,7 @@ def stat_table(snap: dict, previous: dict | None) -> list[str]:  # type: ignore[
                 p99,
             ]
         )
-    lines = [f"VM {snap['name']}  up {snap['uptime']:.1f} s"]
+    lines = [f"VM {snap['name']}  up {snap['uptime']:.1f} s  {state_text(snap)}"]
     lines += _table(
         [
             "device",

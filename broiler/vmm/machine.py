@@ -30,6 +30,7 @@ from ..core.exits import ExitTable
 from ..core.ioeventfd import Doorbells
 from ..core.irq import Interrupts
 from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap
+from ..core.pause import VmPause
 from ..core.vcpu import VcpuThread, install_kick_handler
 from ..devices.legacy.serial import Serial8250
 from ..emulate.syscall_assist import SyscallAssist
@@ -102,6 +103,7 @@ class Machine:
 
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.cpus)]
         self.threads = [self._vcpu_thread(v) for v in self.vcpus]
+        self.pause_control = VmPause(self.threads, self.loop)  # `broiler pause/resume` (core/pause.py)
         self._setup_cpus()
 
     # -- devices ----------------------------------------------------------------------------
