@@ -76,7 +76,10 @@ class VmPause:
 
     @staticmethod
     def _wait_parked(thread: VcpuThread) -> None:
-        """Until the thread is parked, or has ended (a stopped vCPU runs no guest code either)."""
+        """Until the thread is parked, or has ended (a stopped vCPU runs no guest code either). A thread
+        not started yet is not waited for: its first KVM_RUN sees immediate_exit and parks at once."""
+        if thread.thread.ident is None:
+            return
         deadline = time.monotonic() + PARK_TIMEOUT
         while not (thread.parked.is_set() or thread.stopped.is_set() or not thread.thread.is_alive()):
             if time.monotonic() > deadline:

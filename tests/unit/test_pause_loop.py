@@ -1,0 +1,114 @@
+"""The event loop's side of `broiler pause` (core/eventloop.py), without KVM: timers shifted by the pause,
+doorbell readers held with their kicks counted in the eventfd, other readers served, stop while paused."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from broiler.core.eventloop import EventLoop
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    loop = EventLoop()
+    loop.start()
+    yield loop
+    loop.close()
+
+
+def _settle(loop: EventLoop) -> None:
+    """Every request queued so far has been applied by the loop thread."""
+    loop.run_sync(lambda: None)
+
+
+def _reader(fd: int, counts: list[int], seen: threading.Event) -> Callable[[], None]:
+    """A reader callback: drain the eventfd, note its count, say so."""
+
+    def on_ready() -> None:
+        counts.append(os.eventfd_read(fd))
+        seen.set()
+
+    return on_ready
+
+
+def test_a_pending_timer_fires_after_resume_shifted_by_the_pause(loop: EventLoop) -> None:
+    fired = threading.Event()
+    timer = loop.call_later(0.05, fired.set)
+    _settle(loop)
+    loop.pause()
+    due = timer.when
+    time.sleep(0.2)  # past the timer's due time: it must still wait
+    assert not fired.is_set()
+    loop.resume()
+    assert timer.when >= due + 0.2  # shifted by at least the time held
+    assert loop.paused_seconds >= 0.2 and not loop.paused
+    assert fired.wait(5)
+
+
+def test_a_timer_scheduled_during_a_pause_counts_from_the_pause(loop: EventLoop) -> None:
+    loop.pause()
+    paused_by = time.monotonic()
+    fired = threading.Event()
+    timer = loop.call_later(0.01, fired.set)
+    _settle(loop)
+    assert timer.when <= paused_by + 0.01  # not from the moment it was asked for
+    time.sleep(0.05)
+    assert not fired.is_set()
+    resumed_from = time.monotonic()
+    loop.resume()
+    assert timer.when >= resumed_from + 0.01 - 1e-6  # its whole delay is still ahead after the resume
+    assert fired.wait(5)
+
+
+def test_pausable_readers_are_held_and_their_kicks_counted(loop: EventLoop) -> None:
+    bell = os.eventfd(0, os.EFD_NONBLOCK)
+    stdin_like = os.eventfd(0, os.EFD_NONBLOCK)
+    kicks: list[int] = []
+    got_kicks = threading.Event()
+    console = threading.Event()
+    loop.add_reader(bell, _reader(bell, kicks, got_kicks), pausable=True)
+    loop.add_reader(stdin_like, _reader(stdin_like, [], console))
+    loop.pause()
+    for _ in range(3):
+        os.eventfd_write(bell, 1)
+    os.eventfd_write(stdin_like, 1)
+    assert console.wait(5)  # a reader that is not pausable (the console: Ctrl-A x) is still served
+    _settle(loop)
+    assert kicks == []
+    loop.resume()
+    assert got_kicks.wait(5)
+    assert kicks == [3]  # the count the eventfd held, in one wakeup
+    loop.remove_reader(bell, then=lambda: os.close(bell))
+    loop.remove_reader(stdin_like, then=lambda: os.close(stdin_like))
+    _settle(loop)
+
+
+def test_a_reader_added_during_a_pause_waits_for_the_resume(loop: EventLoop) -> None:
+    bell = os.eventfd(0, os.EFD_NONBLOCK)
+    got = threading.Event()
+    loop.pause()
+    loop.add_reader(bell, _reader(bell, [], got), pausable=True)
+    os.eventfd_write(bell, 1)
+    _settle(loop)
+    assert not got.is_set()
+    loop.resume()
+    assert got.wait(5)
+    loop.remove_reader(bell, then=lambda: os.close(bell))
+    _settle(loop)
+
+
+def test_pause_twice_resume_twice_and_stop_while_paused(loop: EventLoop) -> None:
+    loop.pause()
+    loop.pause()  # a no-op, not an error
+    assert loop.paused
+    loop.resume()
+    loop.resume()
+    assert not loop.paused
+    loop.pause()
+    loop.stop()  # the wakeup eventfd is still watched: a paused loop ends
+    assert not loop.thread.is_alive()
