@@ -150,15 +150,15 @@ def vcpu_snapshots(machine: Machine) -> list[str]:
     out = []
     for t in machine.threads:
         box: list[str] = []
-        if t.call_on_vcpu(partial(_snapshot, t, machine.memory, box)):
+        if t.call_on_vcpu(partial(_snapshot, t, machine.memory, box, machine.pause_control.state.name)):
             out.append(box[0] if box else f"vCPU {t.vcpu.id}: no snapshot")
         else:
             out.append(f"vCPU {t.vcpu.id}: did not answer within 2 s")
     return out
 
 
-def _snapshot(thread: VcpuThread, memory: GuestMemory, box: list[str]) -> None:
-    box.append(register_dump(thread, "running", memory=memory, snapshot=True))
+def _snapshot(thread: VcpuThread, memory: GuestMemory, box: list[str], state: str) -> None:
+    box.append(register_dump(thread, state, memory=memory, snapshot=True))
 
 
 def _recv_line(conn: socket.socket, limit: int = 1 << 24) -> str:

@@ -111,7 +111,7 @@ def _add_machine_options(run: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_positive_float,
         metavar="SECONDS",
-        help=f"stop the guest after this long (exit status {exitcodes.TIMEOUT})",
+        help=f"stop the guest after this long, in wall time: a pause counts (exit status {exitcodes.TIMEOUT})",
     )
     run.add_argument("--no-demo-devices", action="store_true", help="leave out the seed's demo devices")
     _add_device_options(run)

@@ -123,7 +123,7 @@ def test_regs_answer_on_a_paused_vm(running: tuple[Machine, Counter, threading.T
     assert counter.started.wait(30)
     machine.pause_control.pause()
     dumps = vcpu_snapshots(machine)  # runs on the parked threads, which stay parked
-    assert all("rip=" in d for d in dumps), dumps
+    assert all("rip=" in d and "(paused)" in d for d in dumps), dumps
     assert all(t.parked.is_set() for t in machine.threads)
     machine.request_exit(exitcodes.INTERRUPTED, "stopped while paused")
     runner.join(timeout=30)
