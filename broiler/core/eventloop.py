@@ -37,6 +37,8 @@ from collections.abc import Callable
 
 log = logging.getLogger("broiler.core.eventloop")
 
+TIMER_PURGE_MIN = 1024  # heap size from which cancelled timers are swept out
+
 Schedule = Callable[[float, Callable[[], None]], object]
 """``schedule(delay_seconds, fn)``: call ``fn()`` once after the delay; returns an opaque handle."""
 
@@ -61,6 +63,7 @@ class EventLoop:
         self._pending: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
+        self._purge_at = TIMER_PURGE_MIN
         self._stopping = False
         self.callback_errors = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -86,7 +89,7 @@ class EventLoop:
         def push() -> None:
             if self._paused_at is not None:  # scheduled during a pause: counts from the pause
                 timer.when = min(timer.when, self._paused_at + delay)
-            heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+            self._push_timer(timer)
 
         self.call_soon(push)
         return timer
@@ -192,6 +195,16 @@ class EventLoop:
             timer.when += held
         for fd, callback in self._pausable.items():
             self._selector.register(fd, selectors.EVENT_READ, callback)  # a kick held meanwhile is seen at once
+
+    def _push_timer(self, timer: Timer) -> None:
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        if len(self._timers) > self._purge_at:
+            # Cancelled timers stay in the heap until due; a guest re-arming a device timer (an HPET
+            # comparator) could pile them up. Dropping them whenever the heap doubles keeps it within
+            # twice the live timers, at amortised O(1) per push.
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._purge_at = max(TIMER_PURGE_MIN, 2 * len(self._timers))
 
     def _run(self) -> None:
         while not self._stopping:

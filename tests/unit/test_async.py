@@ -6,7 +6,7 @@ import time
 import pytest
 
 from broiler.core.bus import all_ones
-from broiler.core.eventloop import EventLoop
+from broiler.core.eventloop import TIMER_PURGE_MIN, EventLoop
 from broiler.core.ioeventfd import Doorbells
 from broiler.core.irq import FIXED_LINES, IrqAllocator, default_routing
 from broiler.devices.demo.async_demo import ASYNC_PIO, VIOAPIC, AsyncDemo
@@ -118,6 +118,19 @@ def test_event_loop_timers_and_readers() -> None:
     assert done.wait(2) and loop.callback_errors == 1
     loop.close()
     os.close(fd)
+
+
+def test_cancelled_timers_do_not_pile_up_in_the_event_loop() -> None:
+    loop = EventLoop()
+    loop.start()
+    for _ in range(20_000):  # a guest re-arming a far-off device timer over and over
+        loop.call_later(3600.0, lambda: None).cancel()
+    live = loop.call_later(3600.0, lambda: None)
+    done = threading.Event()
+    loop.call_soon(done.set)
+    assert done.wait(5)
+    assert len(loop._timers) <= TIMER_PURGE_MIN + 1 and any(entry[2] is live for entry in loop._timers)
+    loop.close()
 
 
 def test_doorbell_rules_without_kvm() -> None:
