@@ -18,7 +18,9 @@ kernels scan 0xE0000-0xFFFFF for the RSDP on 16-byte boundaries):
 - MADT: one local APIC per CPU, the IOAPIC (GSI base 0), overrides IRQ0->GSI2 and SCI (IRQ 9,
   level, active high), local APIC NMI on LINT1 for all CPUs;
 - MCFG: the ECAM window (segment 0, buses 0..15);
-- RSDT and XSDT, both pointing at FADT, MADT, MCFG.
+- HPET (only with the HPET, ``--hpet on``): the block at 0xFED00000, QEMU's values; the DSDT then also
+  has \\_SB.HPET (PNP0103 with the 1 KiB block in _CRS), as QEMU's does;
+- RSDT and XSDT, both pointing at FADT, MADT, MCFG (and HPET).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, MapRange
+from ..devices.legacy.hpet import CAPABILITIES as HPET_CAPABILITIES
+from ..devices.legacy.hpet import HPET_BASE, HPET_SIZE
 from ..errors import ConfigError
 from . import aml
 from .firmware import IOAPIC_ADDR, LAPIC_ADDR, CpuEntry, PciIrq, checksum, cpus, ioapic_id
@@ -106,8 +110,48 @@ def build_facs() -> bytes:
     return struct.pack("<4sIIIIIQB3xI24x", b"FACS", 64, 0, 0, 0, 0, 0, 2, 0)
 
 
+def _motherboard_devices(reserve_ecam: bool, reserved_io: Sequence[tuple[int, int]], hpet: bool) -> list[bytes]:
+    """The \\_SB devices besides PCI0: resources the OS must reserve (ECAM, demo ports, the HPET)."""
+    sb: list[bytes] = []
+    if reserve_ecam:
+        sb.append(
+            aml.device(
+                "MRES",
+                aml.name("_HID", aml.eisa_id("PNP0C02")),
+                aml.name("_UID", aml.integer(1)),
+                aml.name("_CRS", aml.resource_template(aml.memory32_fixed(PCI_ECAM_BASE, PCI_ECAM_SIZE))),
+            )
+        )
+    if reserved_io:
+        # Ports no Linux driver claims (the seed's demo devices): declared as motherboard resources so
+        # Linux's PnP "system" driver reserves them and /proc/ioports names them.
+        sb.append(
+            aml.device(
+                "DEMO",
+                aml.name("_HID", aml.eisa_id("PNP0C02")),
+                aml.name("_UID", aml.integer(2)),
+                aml.name("_CRS", aml.resource_template(*(aml.io_port(base, size) for base, size in reserved_io))),
+            )
+        )
+    if hpet:
+        # QEMU's DSDT declares its HPET too (PNP0103, the 1 KiB block), so the OS reserves the range.
+        sb.append(
+            aml.device(
+                "HPET",
+                aml.name("_HID", aml.eisa_id("PNP0103")),
+                aml.name("_UID", aml.integer(0)),
+                aml.name("_CRS", aml.resource_template(aml.memory32_fixed(HPET_BASE, HPET_SIZE))),
+            )
+        )
+    return sb
+
+
 def build_dsdt(
-    pci_irqs: Sequence[PciIrq], *, reserve_ecam: bool = True, reserved_io: Sequence[tuple[int, int]] = ()
+    pci_irqs: Sequence[PciIrq],
+    *,
+    reserve_ecam: bool = True,
+    reserved_io: Sequence[tuple[int, int]] = (),
+    hpet: bool = False,
 ) -> bytes:
     prt = [
         aml.package(aml.integer((p.slot << 16) | 0xFFFF), aml.integer(p.pin - 1), aml.integer(0), aml.integer(p.gsi))
@@ -129,27 +173,7 @@ def build_dsdt(
         aml.name("_CRS", crs),
         aml.name("_PRT", aml.package(*prt)),
     )
-    sb = [pci0]
-    if reserve_ecam:
-        sb.append(
-            aml.device(
-                "MRES",
-                aml.name("_HID", aml.eisa_id("PNP0C02")),
-                aml.name("_UID", aml.integer(1)),
-                aml.name("_CRS", aml.resource_template(aml.memory32_fixed(PCI_ECAM_BASE, PCI_ECAM_SIZE))),
-            )
-        )
-    if reserved_io:
-        # Ports no Linux driver claims (the seed's demo devices): declared as motherboard resources so
-        # Linux's PnP "system" driver reserves them and /proc/ioports names them.
-        sb.append(
-            aml.device(
-                "DEMO",
-                aml.name("_HID", aml.eisa_id("PNP0C02")),
-                aml.name("_UID", aml.integer(2)),
-                aml.name("_CRS", aml.resource_template(*(aml.io_port(base, size) for base, size in reserved_io))),
-            )
-        )
+    sb = [pci0, *_motherboard_devices(reserve_ecam, reserved_io, hpet)]
     body = aml.scope("\\_SB", *sb) + aml.name(
         "\\_S5", aml.package(aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0))
     )
@@ -195,6 +219,13 @@ def build_mcfg(ecam_base: int = PCI_ECAM_BASE, bus_end: int = ECAM_BUS_END) -> b
     return finish_table(b"MCFG", 1, body)
 
 
+def build_hpet_table() -> bytes:
+    """The HPET description table (IA-PC HPET 1.0a, 3.2.4), with QEMU's values: HPET number 0, minimum
+    periodic tick 0, no page protection; the block ID is the low half of the capabilities register."""
+    body = struct.pack("<I", HPET_CAPABILITIES & 0xFFFF_FFFF) + gas(0, 0, HPET_BASE) + struct.pack("<BHB", 0, 0, 0)
+    return finish_table(b"HPET", 1, body)
+
+
 def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
@@ -217,22 +248,26 @@ def build_acpi(
     *,
     reserve_ecam: bool = True,
     reserved_io: Sequence[tuple[int, int]] = (),
+    hpet: bool = False,
 ) -> AcpiTables:
-    """Every table, placed from ``base`` (16-byte aligned). Write ``blob`` at ``base``."""
+    """Every table, placed from ``base`` (16-byte aligned). Write ``blob`` at ``base``. ``hpet``: the
+    machine has the HPET (devices/legacy/hpet.py): describe it (HPET table, DSDT device)."""
     if base % 64:
         raise ValueError("the ACPI area must be 64-byte aligned (the FACS needs it)")
     addrs: dict[str, int] = {"RSDP": base, "FACS": base + 64}
-    dsdt = build_dsdt(pci_irqs, reserve_ecam=reserve_ecam, reserved_io=reserved_io)
+    dsdt = build_dsdt(pci_irqs, reserve_ecam=reserve_ecam, reserved_io=reserved_io, hpet=hpet)
     fadt = build_fadt(facs=addrs["FACS"], dsdt=base + 128)
     madt = build_madt(cpu_list)
-    mcfg = build_mcfg()
+    tables = [("DSDT", dsdt), ("FACP", fadt), ("APIC", madt), ("MCFG", build_mcfg())]
+    if hpet:
+        tables.append(("HPET", build_hpet_table()))
     pos = base + 128
     parts: list[tuple[int, bytes]] = [(addrs["FACS"], build_facs())]
-    for sig, table in (("DSDT", dsdt), ("FACP", fadt), ("APIC", madt), ("MCFG", mcfg)):
+    for sig, table in tables:
         addrs[sig] = pos
         parts.append((pos, table))
         pos = _align(pos + len(table), 16)
-    pointed = [addrs["FACP"], addrs["APIC"], addrs["MCFG"]]
+    pointed = [addrs[sig] for sig, _ in tables if sig != "DSDT"]
     rsdt = finish_table(b"RSDT", 1, b"".join(struct.pack("<I", a) for a in pointed))
     addrs["RSDT"] = pos
     parts.append((pos, rsdt))
@@ -253,9 +288,10 @@ def write_acpi(
     pci_irqs: Sequence[PciIrq],
     *,
     reserved_io: Sequence[tuple[int, int]] = (),
+    hpet: bool = False,
 ) -> AcpiTables:
     """Build every table for ``ncpus`` CPUs at ACPI_ADDR and write them into guest RAM."""
-    acpi = build_acpi(cpus(ncpus), pci_irqs, ACPI_ADDR, reserved_io=reserved_io)
+    acpi = build_acpi(cpus(ncpus), pci_irqs, ACPI_ADDR, reserved_io=reserved_io, hpet=hpet)
     if ACPI_ADDR + len(acpi.blob) > ACPI_END:
         raise ConfigError(f"the ACPI tables for {ncpus} CPUs do not fit below 1 MiB")
     mem.write(ACPI_ADDR, acpi.blob)

@@ -114,6 +114,13 @@ def _add_machine_options(run: argparse.ArgumentParser) -> None:
         help=f"stop the guest after this long, in wall time: a pause counts (exit status {exitcodes.TIMEOUT})",
     )
     run.add_argument("--no-demo-devices", action="store_true", help="leave out the seed's demo devices")
+    run.add_argument(
+        "--hpet",
+        choices=("on", "off"),
+        default=None,
+        help="the HPET at 0xFED00000 and its ACPI table (default: on, but off for Linux guests, whose boot "
+        "with an HPET is not yet validated here)",
+    )
     _add_device_options(run)
     run.add_argument(
         "--async-delay",

@@ -21,6 +21,9 @@ class MachineConfig:
     serial_output: Callable[[bytes], None] | None = None  # default: the process's stdout
     async_delay: float = DEFAULT_DELAY  # seconds of "work" in the async demo devices
     testdev: bool = False  # QEMU's test devices: fw_cfg, pc-testdev, pci-testdev (--testdev)
+    # The HPET (--hpet). None: by guest kind -- the device is there and Multiboot kernels get its ACPI
+    # table, Linux does not (a Linux boot with an HPET is not yet validated here; docs/linux.md).
+    hpet: bool | None = None
     kvm_path: str = "/dev/kvm"
     disks: list[DiskSpec] = field(default_factory=list)  # virtio-blk, in order (--disk / -r)
     virtio_rng: bool = False  # --rng

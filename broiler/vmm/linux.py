@@ -124,6 +124,7 @@ def load_linux(
         method=method,
         name=kernel,
         reserved_io=firmware_declared_ports(machine.pio_bus),
+        hpet=machine.config.hpet is True,  # by default Linux gets no HPET table (docs/linux.md)
     )
     set_cpuid_profile(machine, profile)
     apply_entry(machine.vcpus[0], boot.entry)

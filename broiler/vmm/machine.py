@@ -257,7 +257,13 @@ class Machine:
         """Load a Multiboot v1 kernel; vCPU 0 enters it, the others wait for INIT/SIPI like real APs."""
         image = load_multiboot_files(self.memory, kernel, cmdline=cmdline, initrds=initrds, reserved=[ACPI_AREA])
         # The ACPI tables a pc machine gives test kernels (RSDP in the F-segment, FADT with the PM timer).
-        write_acpi(self.memory, len(self.vcpus), pci_irqs(self.pci), reserved_io=firmware_declared_ports(self.pio_bus))
+        write_acpi(
+            self.memory,
+            len(self.vcpus),
+            pci_irqs(self.pci),
+            reserved_io=firmware_declared_ports(self.pio_bus),
+            hpet=self.config.hpet is not False,
+        )
         self.guest_name = f"multiboot {kernel}"
         self.set_protected_mode(self.vcpus[0], entry=image.entry, eax=image.eax, ebx=image.info_addr)
         return image

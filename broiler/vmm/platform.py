@@ -37,6 +37,7 @@ from ..devices.legacy.acpi_pm import PM1A_EVT, PM_BLOCK_SIZE, AcpiPm
 from ..devices.legacy.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
 from ..devices.legacy.cmos import CMOS_INDEX, CMOS_SIZE, Cmos
 from ..devices.legacy.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
+from ..devices.legacy.hpet import HPET_BASE, HPET_SIZE, INT_ROUTE_CAP, LEGACY_GSI, Hpet
 from ..devices.legacy.i8042 import AUX_IRQ, I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ
 from ..devices.legacy.pm_timer import PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer
 from ..devices.legacy.ports import register_legacy_ports
@@ -144,6 +145,9 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
     m.add_pio(PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer())
+    if config.hpet is not False:
+        # A platform device like the PM timer, so --no-demo-devices keeps it: test kernels expect it.
+        m.add_mmio(HPET_BASE, HPET_SIZE, Hpet(hpet_lines(m, config), m.loop.call_later))
     output = config.serial_output or stdout_writer
     m.serial = Serial8250(output, _fixed_line(m, config, COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)
@@ -174,6 +178,15 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
         )
     for user_spec in config.devices:  # last: a user's device never moves a built-in one
         add_device_spec(m, user_spec)
+
+
+def hpet_lines(m: PlatformHost, config: MachineConfig) -> dict[int, IrqLine]:
+    """The lines the HPET may drive: every GSI in its INT_ROUTE_CAP and the legacy-replacement ones.
+    Not reserved in the allocator: the guest picks the route, and may share a PCI line as on QEMU."""
+    if not config.irqchip:
+        return {}
+    gsis = sorted({gsi for gsi in range(32) if INT_ROUTE_CAP >> gsi & 1} | set(LEGACY_GSI))
+    return {gsi: m.irqs.line(gsi) for gsi in gsis}
 
 
 def add_pci_demo_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -> None:

@@ -75,6 +75,7 @@ def prepare_linux_boot(
     reserved_io: Sequence[tuple[int, int]] = (),
     method: str = "auto",
     name: str = "kernel",
+    hpet: bool = False,
 ) -> LinuxBoot:
     """Load everything into ``mem`` and return the entry state for vCPU 0 (APs wait for INIT/SIPI).
 
@@ -87,7 +88,7 @@ def prepare_linux_boot(
     kernel_range, rip = _load_kernel(mem, bz, elf, method, name)
     initrd_range = _load_initrd(mem, initrd, bz, kernel_range[1])
     e820 = mem.map.e820()
-    rsdp_addr = _write_firmware_tables(mem, ncpus, pci_irqs, reserved_io)
+    rsdp_addr = _write_firmware_tables(mem, ncpus, pci_irqs, reserved_io, hpet=hpet)
     _write(mem, layout.CMDLINE_ADDR, cmdline_bytes, "the command line")
     zp = build_zero_page(
         setup_header=header,
@@ -163,14 +164,19 @@ def _load_kernel(
 
 
 def _write_firmware_tables(
-    mem: GuestMemory, ncpus: int, pci_irqs: Sequence[PciIrq], reserved_io: Sequence[tuple[int, int]]
+    mem: GuestMemory,
+    ncpus: int,
+    pci_irqs: Sequence[PciIrq],
+    reserved_io: Sequence[tuple[int, int]],
+    *,
+    hpet: bool = False,
 ) -> int:
     """The MP table and the ACPI tables below 1 MiB; returns the RSDP's address."""
     cpu_list = cpus(ncpus)
     mp = build_mptable(cpu_list, pci_irqs, layout.MPTABLE_ADDR)
     if len(mp) > layout.MPTABLE_MAX:
         raise ConfigError(f"the MP table for {ncpus} CPUs does not fit its {layout.MPTABLE_MAX}-byte area")
-    acpi = build_acpi(cpu_list, pci_irqs, layout.ACPI_ADDR, reserved_io=reserved_io)
+    acpi = build_acpi(cpu_list, pci_irqs, layout.ACPI_ADDR, reserved_io=reserved_io, hpet=hpet)
     if layout.ACPI_ADDR + len(acpi.blob) > layout.ACPI_END:
         raise ConfigError(f"the ACPI tables for {ncpus} CPUs do not fit below 1 MiB")
     _write(mem, layout.MPTABLE_ADDR, mp, "the MP table")
