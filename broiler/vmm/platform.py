@@ -37,7 +37,7 @@ from ..devices.legacy.acpi_pm import PM1A_EVT, PM_BLOCK_SIZE, AcpiPm
 from ..devices.legacy.bochs_shutdown import SHUTDOWN_PORT, BochsShutdown
 from ..devices.legacy.cmos import CMOS_INDEX, CMOS_SIZE, Cmos
 from ..devices.legacy.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
-from ..devices.legacy.hpet import HPET_BASE, HPET_SIZE, INT_ROUTE_CAP, LEGACY_GSI, Hpet
+from ..devices.legacy.hpet import HPET_BASE, HPET_SIZE, INT_ROUTE_CAP, LEGACY_ROUTES, Hpet
 from ..devices.legacy.i8042 import AUX_IRQ, I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ
 from ..devices.legacy.pm_timer import PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer
 from ..devices.legacy.ports import register_legacy_ports
@@ -181,12 +181,14 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
 
 
 def hpet_lines(m: PlatformHost, config: MachineConfig) -> dict[int, IrqLine]:
-    """The lines the HPET may drive: every GSI in its INT_ROUTE_CAP and the legacy-replacement ones.
-    Not reserved in the allocator: the guest picks the route, and may share a PCI line as on QEMU."""
+    """IOAPIC input -> line, for every input in the HPET's INT_ROUTE_CAP and the legacy-replacement ones.
+    Input 2 is GSI 0 here (core/irq.py: the ISA timer override; GSI 2 is the unrouted cascade), as in
+    QEMU, whose legacy timer 0 raises ISA IRQ 0. Not reserved in the allocator: the guest picks the
+    route, and may share a PCI line as on QEMU."""
     if not config.irqchip:
         return {}
-    gsis = sorted({gsi for gsi in range(32) if INT_ROUTE_CAP >> gsi & 1} | set(LEGACY_GSI))
-    return {gsi: m.irqs.line(gsi) for gsi in gsis}
+    inputs = sorted({pin for pin in range(32) if INT_ROUTE_CAP >> pin & 1} | set(LEGACY_ROUTES))
+    return {pin: m.irqs.line(0 if pin == 2 else pin) for pin in inputs}
 
 
 def add_pci_demo_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -> None:

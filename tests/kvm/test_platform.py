@@ -92,3 +92,29 @@ def test_mbplat_passes_under_broiler() -> None:
 @needs_qemu
 def test_mbplat_passes_under_qemu() -> None:
     assert_mbplat_passed(qemu(MBPLAT))
+
+
+MBHPET = ROOT / "broiler" / "guests" / "mbhpet.elf"
+
+
+def assert_mbhpet_passed(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "mbhpet: PASSED" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 1  # debug-exit value 0: every check passed
+
+
+def test_mbhpet_passes_under_broiler() -> None:
+    proc = broiler_cli("run", "-k", str(MBHPET), "--timeout", "60")
+    assert_mbhpet_passed(proc)
+    assert "routed level one-shot on IOAPIC pin 23" in proc.stdout  # broiler offers q35's INT_ROUTE_CAP
+
+
+def test_without_the_hpet_mbhpet_finds_no_table() -> None:
+    proc = broiler_cli("run", "-k", str(MBHPET), "--hpet", "off", "--timeout", "60")
+    assert "FAIL 2 RSDT lists an HPET table" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 2 << 1 | 1
+
+
+@needs_qemu
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_mbhpet_passes_under_qemu(machine: str) -> None:
+    assert_mbhpet_passed(qemu(MBHPET, "-M", machine))

@@ -4,8 +4,9 @@ One 1 KiB register block: capabilities (revision 1, three timers, 64-bit counter
 capable, vendor 0x8086, 10 ns period = 100 MHz), the general configuration (ENABLE_CNF, LEG_RT_CNF), the
 interrupt status (write 1 to clear; level-triggered timers only), the main counter and three timers, each
 with configuration/capabilities and a comparator. Every timer can be periodic and 64-bit and routes to
-the IOAPIC inputs QEMU's pc machine offers (INT_ROUTE_CAP 0x00FF0104: GSI 2, 8 and 16-23); in legacy
-replacement mode timer 0 drives GSI 2 and timer 1 GSI 8, as in QEMU. FSB (MSI) delivery is not offered.
+the IOAPIC inputs QEMU's q35 machine offers (INT_ROUTE_CAP 0x00FF0104: inputs 2, 8 and 16-23; its pc
+machine offers input 2 only); in legacy replacement mode timer 0 drives IOAPIC input 2 (ISA IRQ 0
+through the override) and timer 1 input 8 (the RTC's), as in QEMU. FSB (MSI) delivery is not offered.
 
 The counter is derived from a monotonic clock (nanoseconds; injectable for tests), not counted, so an
 idle HPET costs nothing. A timer's next match is one call on the event loop's schedule: at most one
@@ -35,8 +36,8 @@ HPET_TIMERS = 3
 HPET_PERIOD_FS = 10_000_000  # 10 ns, QEMU's
 NS_PER_TICK = HPET_PERIOD_FS // 1_000_000
 HPET_HZ = 1_000_000_000 // NS_PER_TICK
-INT_ROUTE_CAP = 0x00FF_0104  # GSI 2, 8, 16-23 (QEMU's pc machine)
-LEGACY_GSI = (2, 8)  # timer 0, timer 1 in legacy replacement mode
+INT_ROUTE_CAP = 0x00FF_0104  # IOAPIC inputs 2, 8, 16-23 (QEMU's q35 machine)
+LEGACY_ROUTES = (2, 8)  # the IOAPIC inputs of timers 0 and 1 in legacy replacement mode
 
 # register offsets
 GCAP_ID, GEN_CONF, GINTR_STA, MAIN_COUNTER = 0x000, 0x010, 0x020, 0x0F0
@@ -97,7 +98,8 @@ class Hpet(Device):
         schedule: Schedule,
         clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
-        """``lines``: GSI -> line for the GSIs this HPET may drive (none: the timers count, nothing fires)."""
+        """``lines``: IOAPIC input -> line, for the inputs this HPET may drive (none: the timers count,
+        nothing fires). vmm/platform.py maps input 2 to GSI 0, the line that reaches IOAPIC pin 2."""
         super().__init__()
         self._lines = dict(lines)
         self._schedule = schedule
@@ -109,7 +111,7 @@ class Hpet(Device):
         self._base_ns = clock_ns()
         self.timers = [HpetTimer(n) for n in range(HPET_TIMERS)]
         self.fired = [0] * HPET_TIMERS  # matches per timer, for tests and stats
-        self._raised: set[int] = set()  # GSIs this HPET holds high
+        self._raised: set[int] = set()  # IOAPIC inputs this HPET holds high
 
     # -- the counter -----------------------------------------------------------------------------
     @property
@@ -208,7 +210,7 @@ class Hpet(Device):
     def _set_timer_config(self, timer: HpetTimer, value: int) -> None:
         route = (value & TN_INT_ROUTE_MASK) >> TN_INT_ROUTE_SHIFT
         if not INT_ROUTE_CAP >> route & 1:
-            self.guest_error(f"timer {timer.index} routed to GSI {route}, outside INT_ROUTE_CAP")
+            self.guest_error(f"timer {timer.index} routed to IOAPIC input {route}, outside INT_ROUTE_CAP")
             value = (value & ~TN_INT_ROUTE_MASK) | (timer.config & TN_INT_ROUTE_MASK)
         timer.config = value & TN_WRITABLE
         if timer.config & TN_32MODE:
@@ -267,7 +269,7 @@ class Hpet(Device):
             self.status |= 1 << timer.index
             self._update_lines()
         elif timer.config & TN_INT_ENB:
-            line = self._lines.get(self._gsi(timer))
+            line = self._lines.get(self._route(timer))
             if line is not None:
                 line.pulse()
 
@@ -282,9 +284,9 @@ class Hpet(Device):
             self._schedule_in(timer, width + 1 - ((self.counter() - timer.comparator) & width))
 
     # -- interrupt lines -------------------------------------------------------------------------
-    def _gsi(self, timer: HpetTimer) -> int:
-        if self.config & LEG_RT_CNF and timer.index < len(LEGACY_GSI):
-            return LEGACY_GSI[timer.index]
+    def _route(self, timer: HpetTimer) -> int:
+        if self.config & LEG_RT_CNF and timer.index < len(LEGACY_ROUTES):
+            return LEGACY_ROUTES[timer.index]
         return timer.route
 
     def _update_lines(self) -> None:
@@ -294,10 +296,10 @@ class Hpet(Device):
         if self.enabled:
             for timer in self.timers:
                 asserting = timer.config & TN_INT_TYPE_LEVEL and timer.config & TN_INT_ENB
-                if asserting and self.status >> timer.index & 1 and self._gsi(timer) in self._lines:
-                    high.add(self._gsi(timer))
-        for gsi in high - self._raised:
-            self._lines[gsi].set_level(True)
-        for gsi in self._raised - high:
-            self._lines[gsi].set_level(False)
+                if asserting and self.status >> timer.index & 1 and self._route(timer) in self._lines:
+                    high.add(self._route(timer))
+        for pin in high - self._raised:
+            self._lines[pin].set_level(True)
+        for pin in self._raised - high:
+            self._lines[pin].set_level(False)
         self._raised = high
