@@ -264,3 +264,20 @@ def test_resource_template_end_tag() -> None:
     assert rt[0] == 0x11 and rt.endswith(b"\x79\x00")
     assert aml.word_io(0, 0xCF7)[0] == 0x88 and len(aml.word_io(0, 0xCF7)) == 16
     assert len(aml.dword_memory(0xC2000000, 0xCFFFFFFF)) == 26
+
+
+def test_hpet_table_and_dsdt_device_only_with_the_hpet() -> None:
+    without = build_acpi(cpus(1), [], BASE_ACPI)
+    assert "HPET" not in without.addresses and b"PNP0103" not in without.blob
+    t = build_acpi(cpus(1), [], BASE_ACPI, hpet=True)
+    hpet = table_at(t.blob, t.addresses["HPET"])
+    assert hpet[:4] == b"HPET" and len(hpet) == 56 and sums_to_zero(hpet)
+    assert u(hpet, 36, 4) == 0x8086A201  # the capabilities register's low half, as QEMU's
+    assert hpet[40] == 0 and u(hpet, 44, 8) == 0xFED0_0000  # memory space, the block's base
+    assert (hpet[52], u(hpet, 53, 2), hpet[55]) == (0, 0, 0)  # QEMU's number, minimum tick, protection
+    rsdt = table_at(t.blob, t.addresses["RSDT"])
+    assert t.addresses["HPET"] in struct.unpack_from("<4I", rsdt, 36)
+    dsdt = table_at(t.blob, t.addresses["DSDT"])
+    assert sums_to_zero(dsdt) and b"HPET" in dsdt
+    # _HID PNP0103 as a compressed EISA id (0x0301D041), and the 1 KiB block in a Memory32Fixed
+    assert struct.pack("<I", 0x0301D041) in dsdt and struct.pack("<BHBII", 0x86, 9, 1, 0xFED0_0000, 0x400) in dsdt
