@@ -136,6 +136,15 @@ def test_periodic_fires_every_period_and_skips_missed_ones(t: FakeTime) -> None:
     assert len(t.live()) == 1  # one pending match per comparator
 
 
+def test_a_tiny_period_cannot_flood_the_event_loop(t: FakeTime) -> None:
+    hpet, lines = make(t)
+    hpet.write(timer_reg(0, 0), 8, TN_INT_ENB | TN_TYPE_PERIODIC | TN_VAL_SET | TN_ROUTE_23)
+    hpet.write(timer_reg(0, 8), 8, 1)  # a 10 ns period
+    hpet.write(GEN_CONF, 4, 1)
+    t.advance(1_000_000)  # 1 ms: at most one match per 10 us
+    assert 50 <= lines[23].pulses <= 101
+
+
 def test_periodic_comparator_write_without_val_set_changes_only_the_period(t: FakeTime) -> None:
     hpet, lines = make(t)
     hpet.write(timer_reg(0, 0), 8, TN_INT_ENB | TN_TYPE_PERIODIC | TN_VAL_SET | TN_ROUTE_23)

@@ -56,6 +56,7 @@ TN_WRITABLE = TN_INT_TYPE_LEVEL | TN_INT_ENB | TN_TYPE_PERIODIC | TN_VAL_SET | T
 TN_FIXED_CAPS = (INT_ROUTE_CAP << 32) | TN_PER_INT_CAP | TN_SIZE_CAP
 
 MASK64, MASK32 = (1 << 64) - 1, (1 << 32) - 1
+MIN_REARM_TICKS = 1_000  # 10 us: a periodic timer's next match is never sooner (shorter periods skip matches)
 FAR_FUTURE_TICKS = 1 << 48  # ~32 days: a match further away is not scheduled (a 64-bit counter just passed it)
 
 
@@ -276,9 +277,11 @@ class Hpet(Device):
     def _rearm_after_match(self, timer: HpetTimer) -> None:
         width = timer.width_mask
         if timer.config & TN_TYPE_PERIODIC and timer.period:
-            # The next match after now; missed periods are skipped, not delivered in a burst (as QEMU).
+            # The next match at least MIN_REARM_TICKS from now; missed periods are skipped, not delivered
+            # in a burst (as QEMU), so a 10 ns period cannot keep the event loop busy without end.
             passed = (self.counter() - timer.comparator) & width
-            timer.comparator = (timer.comparator + timer.period * (passed // timer.period + 1)) & width
+            steps = (passed + MIN_REARM_TICKS) // timer.period + 1
+            timer.comparator = (timer.comparator + timer.period * steps) & width
             self._arm(timer)
         else:  # a one-shot comparator matches again only when the counter wraps round to it
             self._schedule_in(timer, width + 1 - ((self.counter() - timer.comparator) & width))
