@@ -18,6 +18,7 @@ from ..core.eventloop import EventLoop
 from ..core.ioeventfd import Doorbells
 from ..core.irq import IrqAllocator, IrqLine, MsiMessage, MsiSink
 from ..core.memory import GuestMemory, MemoryMap
+from ..core.observe import DeviceMemory, Observer
 from ..devices.demo.async_demo import ASYNC_DEVICES, AsyncDemo
 from ..devices.demo.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
 from ..devices.demo.coalesced_log import LOG_BASE, LOG_SIZE, CoalescedLog
@@ -72,6 +73,7 @@ class PlatformHost(Protocol):
     mmio_bus: MmioBus
     doorbells: Doorbells
     memory: GuestMemory
+    dma_memory: DeviceMemory  # the same RAM as ``memory``, as devices see it (observable DMA)
     loop: EventLoop
     serial: Serial8250 | None
     pci: PciHost | None
@@ -197,10 +199,10 @@ def add_pci_demo_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -
         IntxDemoPci(irq=intx("intx-pci"), schedule=schedule, delay=delay),
         MsiDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
         MsixDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
-        DmaIntxPci(memory=m.memory, irq=intx("dma-intx-pci"), schedule=schedule, delay=delay),
-        DmaMsiPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
-        DmaMsixPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
-        DmaBufPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=0.0),
+        DmaIntxPci(memory=m.dma_memory, irq=intx("dma-intx-pci"), schedule=schedule, delay=delay),
+        DmaMsiPci(memory=m.dma_memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaMsixPci(memory=m.dma_memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaBufPci(memory=m.dma_memory, msi_sink=msi, schedule=schedule, delay=0.0),
     ]
     for device in pci_devices:
         pci.add(device)
@@ -231,6 +233,8 @@ class PlatformSketch:
         self.loop = EventLoop()  # never started: nothing is scheduled without a guest
         self.doorbells = Doorbells(None, self.loop)
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
+        self.dma_memory = DeviceMemory(self.memory)
+        self.observer: Observer | None = None
         self.pci: PciHost | None = None
         self.device_faults: list[str] = []
         self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)
