@@ -2,8 +2,8 @@
 
 Events are grouped by cause: an access, a doorbell kick or a timer firing is written first, then what the
 device did while handling it (DMA, interrupts, timers it set), so replay (vmm/replay.py) can drive the cause
-and compare the effects. Each thread collects its current cause's events and appends them under one lock
-when the cause ends: causes from different vCPUs never interleave, and no lock is held while a device runs.
+and compare the effects. Causes are serialised while recording (one device handling at a time, see ``_serial``):
+the file's order is then an order the devices really went through, which replay can follow.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class Recorder(Observer):
     def __init__(self, out: IO[bytes], header: dict[str, Any]) -> None:
         self.writer = rec.RecordingWriter(out, header)
         self._lock = threading.Lock()
+        # Held from a cause's start to its end: while recording, devices handle one cause at a time, so the
+        # file's order is an order in which the causes really happened (a timer's work and a vCPU's read of
+        # its result cannot overlap and be written the other way round). Device locks are only ever taken
+        # inside it, so the lock order is fixed.
+        self._serial = threading.Lock()
         self._local = threading.local()
         self._timer_ids = 0
         self._t0 = time.monotonic_ns()
@@ -79,6 +84,8 @@ class Recorder(Observer):
 
     def begin(self) -> None:
         group, slots = self._stack()
+        if not slots:
+            self._serial.acquire()
         slots.append(len(group))
         group.append(None)  # the cause's place: its event comes first, whenever it is known
 
@@ -86,8 +93,11 @@ class Recorder(Observer):
         group, slots = self._stack()
         slots.pop()
         if not slots:
-            self._write([e for e in group if e is not None])
-            group.clear()
+            try:
+                self._write([e for e in group if e is not None])
+            finally:
+                group.clear()
+                self._serial.release()
 
     def _add(self, event: tuple[int, int, int, int, bytes], cause: bool) -> None:
         group, slots = self._stack()
