@@ -49,7 +49,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _summary(header: dict[str, Any], result: ReplayResult, elapsed: float) -> str:
-    verdict = "no divergence" if not result.divergences else f"{result.divergences} divergences"
+    n = result.divergences
+    verdict = "no divergence" if not n else f"{n} divergence{'s' if n > 1 else ''}"
     return (
         f"replayed {result.events} events ({result.causes} causes) of {header.get('guest', '?')!r} "
         f"(recorded by broiler {header.get('broiler', '?')}) in {elapsed:.3f} s: {verdict}"
