@@ -11,7 +11,7 @@ from broiler.devices.demo import sync_demo
 from broiler.vmm import recording as rec
 from broiler.vmm.replay import Replayer, replay_config
 from tests.conftest import ROOT
-from tests.kvm.helpers import broiler_cli, passed
+from tests.kvm.helpers import broiler_cli
 
 pytestmark = pytest.mark.kvm
 
