@@ -9,7 +9,7 @@ import pytest
 
 from broiler import exitcodes
 from broiler.core.memory import MiB
-from broiler.core.observe import LINE_RAISED
+from broiler.core.observe import LINE_RAISED, ObservedDevice, Observer, attach_observer
 from broiler.devices.demo import sync_demo
 from broiler.frontend import replay as replay_cli
 from broiler.frontend.cli import main
@@ -147,3 +147,29 @@ def test_record_refuses_virtio_disks_in_one_line(tmp_path: Path, capsys: pytest.
     disk.write_bytes(bytes(4096))
     assert main(["run", "--disk", str(disk), "--record", str(tmp_path / "r.rec")]) == exitcodes.USAGE
     assert "--record does not cover virtio devices" in capsys.readouterr().err
+
+
+def test_without_an_observer_no_proxy_sits_on_the_exit_path() -> None:
+    """Recording and tracing cost nothing when off: the bus regions hold the devices themselves."""
+    sketch = PlatformSketch(MachineConfig(mem_size=64 * MiB, serial_output=lambda data: None))
+    regions = sketch.pio_bus.regions() + sketch.mmio_bus.regions()
+    assert regions and not any(isinstance(r.device, ObservedDevice) for r in regions)
+    assert sketch.pio_bus.wrap_device is None and sketch.loop.observer is None and sketch.dma_memory.observer is None
+    attach_observer(sketch, Observer())
+    assert all(isinstance(r.device, ObservedDevice) for r in sketch.pio_bus.regions() + sketch.mmio_bus.regions())
+
+
+def test_a_second_observer_joins_the_first(tmp_path: Path) -> None:
+    """--trace with --record: both see every access, through one proxy per device."""
+    sketch = PlatformSketch(MachineConfig(mem_size=64 * MiB, serial_output=lambda data: None))
+    seen: list[tuple[str, int]] = []
+
+    class Counting(Observer):
+        def emit(self, kind: str, rw: str, addr: int, size: int, value: int | None, device: str) -> None:
+            seen.append((kind, addr))
+
+    attach_observer(sketch, Counting())
+    attach_observer(sketch, Counting())
+    sketch.pio_bus.read(SYNC_PIO, 4)
+    sketch.pio_bus.read(0x7777, 1)  # unmapped: observed once per observer too
+    assert seen == [("pio", SYNC_PIO)] * 2 + [("pio", 0x7777)] * 2
