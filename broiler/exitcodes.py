@@ -12,6 +12,7 @@ TIMEOUT = 8  # --timeout expired
 INTERNAL = 10  # a bug in broiler (traceback on stderr)
 USER_QUIT = 12  # the user ended the VM at the console (Ctrl-A x)
 DEVICE_FAULT = 14  # a user's device raised or answered a read with a non-int / too large a value
+DIVERGED = 16  # `broiler replay`: the devices answered or acted differently from the recording
 INTERRUPTED = 130  # Ctrl-C, SIGTERM or `broiler stop`
 
 NAMES = {
@@ -23,6 +24,7 @@ NAMES = {
     INTERNAL: "internal-error",
     USER_QUIT: "user-quit",
     DEVICE_FAULT: "device-fault",
+    DIVERGED: "diverged",
     INTERRUPTED: "interrupted",
 }
 

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("broiler.core.eventloop")
 
@@ -71,6 +72,7 @@ class EventLoop:
         self._paused_at: float | None = None  # monotonic time of the pause; only touched on the loop thread
         self._pausable: dict[int, Callable[[], None]] = {}  # fd -> callback of every pausable reader
         self.paused_seconds = 0.0  # total time held, over every pause
+        self.observer: Any = None  # core/observe.Observer: sees deferred work scheduled and run
 
     # -- API (any thread) -------------------------------------------------------------------
     def start(self) -> None:
@@ -83,6 +85,8 @@ class EventLoop:
         self._wake()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        if self.observer is not None:
+            fn = self.observer.timer(fn)
         delay = max(delay, 0.0)
         timer = Timer(time.monotonic() + delay, fn)
 

@@ -68,7 +68,7 @@ class Doorbells:
         self._history: OrderedDict[tuple[object, ...], Doorbell] = OrderedDict()
         self.history_dropped = 0
         self.kicks_by_owner: Counter[Hashable] = Counter()  # totals survive history eviction
-        self.tracer: Any = None
+        self.observer: Any = None
 
     def add(
         self,
@@ -135,18 +135,21 @@ class Doorbells:
         bell.kicks += kicks
         bell.wakeups += 1
         self.kicks_by_owner[bell.owner] += kicks
-        if self.tracer is not None:
-            self.tracer.emit(
-                "doorbell",
-                "w",
-                bell.addr,
-                bell.length,
-                bell.datamatch,
-                f"{bell.owner} ({kicks} kick{'s' if kicks > 1 else ''}, {'pio' if bell.pio else 'mmio'})",
-            )
-        t0 = time.perf_counter_ns()
-        bell.callback(kicks)
-        bell.handler_ns += time.perf_counter_ns() - t0
+        observer = self.observer
+        if observer is None:
+            t0 = time.perf_counter_ns()
+            bell.callback(kicks)
+            bell.handler_ns += time.perf_counter_ns() - t0
+            return
+        observer.begin()  # what the device does on this kick is filed under it (core/observe.py)
+        try:
+            label = f"{bell.owner} ({kicks} kick{'s' if kicks > 1 else ''}, {'pio' if bell.pio else 'mmio'})"
+            observer.emit("doorbell", "p" if bell.pio else "m", bell.addr, bell.length, kicks, label)
+            t0 = time.perf_counter_ns()
+            bell.callback(kicks)
+            bell.handler_ns += time.perf_counter_ns() - t0
+        finally:
+            observer.end()
 
     def remove(self, bell: object) -> None:
         """Stop catching writes for a doorbell ``add`` returned (anything else is ignored)."""

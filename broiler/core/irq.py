@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..kvm import Vm, abi
+from .observe import LINE_IRQFD, LINE_LOWERED, LINE_PULSED, LINE_RAISED, MSI_DIRECT
 
 log = logging.getLogger("broiler.core.irq")
 
@@ -153,7 +154,7 @@ class KvmIrqLine:
         self._is_stopped = is_stopped
         self.level = 0
         self.raised = 0  # how many times the line went (or was pulsed) high
-        self.tracer: Any = None
+        self.observer: Any = None
 
     def set_level(self, level: bool) -> None:
         self._drive(1 if level else 0)
@@ -163,8 +164,8 @@ class KvmIrqLine:
             return
         if level and not self.level:
             self.raised += 1
-        if self.tracer is not None and level != self.level:
-            self.tracer.emit("irq", "w", self.gsi, 0, level, "line raised" if level else "line lowered")
+        if self.observer is not None and level != self.level:
+            self.observer.emit("irq", "w", self.gsi, 0, level, LINE_RAISED if level else LINE_LOWERED)
         self.level = level
         self.vm.irq_line(self.gsi, level)
 
@@ -172,8 +173,8 @@ class KvmIrqLine:
         if self._is_stopped():
             return
         self.raised += 1
-        if self.tracer is not None:
-            self.tracer.emit("irq", "w", self.gsi, 0, 1, "line pulsed")
+        if self.observer is not None:
+            self.observer.emit("irq", "w", self.gsi, 0, 1, LINE_PULSED)
         self.vm.irq_line(self.gsi, 1)
         self.vm.irq_line(self.gsi, 0)
         self.level = 0
@@ -197,7 +198,7 @@ class IrqFd:
         vm.irqfd(self.fd, gsi, resample_fd=self.resample_fd)
         self.triggered = 0
         self.level = 0
-        self.tracer: Any = None
+        self.observer: Any = None
 
     @property
     def raised(self) -> int:
@@ -207,8 +208,8 @@ class IrqFd:
         if self._is_stopped() or self.fd < 0:
             return
         self.triggered += 1
-        if self.tracer is not None:
-            self.tracer.emit("irq", "w", self.gsi, 0, 1, "irqfd")
+        if self.observer is not None:
+            self.observer.emit("irq", "w", self.gsi, 0, 1, LINE_IRQFD)
         os.eventfd_write(self.fd, 1)
 
     pulse = trigger
@@ -275,22 +276,22 @@ class Interrupts:
         self._lines: dict[int, KvmIrqLine] = {}
         self.msis_sent = 0
         self.msis_dropped = 0
-        self.tracer: Any = None
+        self.observer: Any = None
         self.irqfds: list[IrqFd] = []
         self._msi_sinks: list[IrqfdMsiSink] = []
 
     def line(self, gsi: int) -> KvmIrqLine:
         if gsi not in self._lines:
             self._lines[gsi] = KvmIrqLine(self.vm, gsi, self._is_stopped)
-            self._lines[gsi].tracer = self.tracer
+            self._lines[gsi].observer = self.observer
         return self._lines[gsi]
 
-    def set_tracer(self, tracer: Any) -> None:
-        self.tracer = tracer
+    def set_observer(self, observer: Any) -> None:
+        self.observer = observer
         for line in self._lines.values():
-            line.tracer = tracer
+            line.observer = observer
         for irqfd in self.irqfds:
-            irqfd.tracer = tracer
+            irqfd.observer = observer
 
     def alloc_line(self, owner: Hashable, kind: str = "isa") -> KvmIrqLine:
         return self.line(self.allocator.alloc(str(owner), kind))
@@ -301,7 +302,7 @@ class Interrupts:
         if self.vm.check_extension(abi.KVM_CAP_IRQFD) <= 0:
             return self.line(gsi)
         irqfd = IrqFd(self.vm, gsi, is_stopped=self._is_stopped)
-        irqfd.tracer = self.tracer
+        irqfd.observer = self.observer
         self.irqfds.append(irqfd)
         return irqfd
 
@@ -344,8 +345,8 @@ class Interrupts:
         if self._is_stopped() or not self.lapic_message(address):
             return
         self.msis_sent += 1
-        if self.tracer is not None:
-            self.tracer.emit("irq", "w", address, 4, data, "MSI")
+        if self.observer is not None:
+            self.observer.emit("irq", "w", address, 4, data, MSI_DIRECT)
         self.vm.signal_msi(address, data)
 
 
@@ -373,8 +374,8 @@ class IrqfdMsiSink:
                 irqfd = self._slot_for(key)
             self._by_message[key] = irqfd
             irqs.msis_sent += 1
-            if irqs.tracer is not None:
-                irqs.tracer.emit("irq", "w", message.address, 4, message.data, f"MSI via irqfd (GSI {irqfd.gsi})")
+            if irqs.observer is not None:
+                irqs.observer.emit("irq", "w", message.address, 4, message.data, f"MSI via irqfd (GSI {irqfd.gsi})")
             irqfd.trigger()
 
     def _slot_for(self, key: tuple[int, int]) -> IrqFd:

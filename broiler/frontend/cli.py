@@ -12,6 +12,7 @@ from ..bench import cli as bench_cli
 from ..errors import ConfigError, KvmUnavailable
 from .commands import cmd_host, cmd_layout, cmd_list, cmd_pause, cmd_regs, cmd_resume, cmd_stat, cmd_stop
 from .parser import build_parser
+from .replay import cmd_replay
 from .run import cmd_run
 
 COMMANDS = {
@@ -25,6 +26,7 @@ COMMANDS = {
     "regs": cmd_regs,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "replay": cmd_replay,
 }
 
 

@@ -44,7 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--no-demo-devices", action="store_true")
     _add_device_options(layout)
     layout.add_argument("--console", choices=("serial", "virtio", "none"), default=None, help="virtio: add hvc0")
+    _add_replay_parser(sub)
     return parser
+
+
+def _add_replay_parser(sub: Any) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="re-drive a --record file's accesses into the device models, without KVM, and compare",
+        description=f"Exit status 0: no divergence; {exitcodes.DIVERGED}: the devices diverged; 2: bad input.",
+    )
+    replay.add_argument("file", metavar="FILE", help="a file written by `broiler run --record`")
+    replay.add_argument(
+        "--device",
+        dest="user_devices",
+        action="append",
+        default=None,
+        metavar="FILE.py:CLASS,...",
+        help="replace the recording's --device list with these (the same form as `broiler run --device`)",
+    )
+    replay.add_argument("--show", type=int, default=10, metavar="N", help="print the first N divergences (10)")
+    replay.add_argument("--plot", metavar="F.png", help="draw accesses over time per device (needs matplotlib)")
 
 
 def _add_run_parser(sub: Any) -> None:
@@ -136,6 +156,11 @@ def _add_machine_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--trace-file", metavar="FILE", help="write the trace here instead of stderr")
     run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
+    run.add_argument(
+        "--record",
+        metavar="FILE",
+        help="write every device-visible event to FILE, for `broiler replay` (docs/record-replay.md)",
+    )
     run.add_argument(
         "--console",
         choices=("serial", "virtio", "none"),

@@ -20,6 +20,7 @@ from ..inputs import check_input, check_output, read_head, read_input
 from ..vmm.config import MachineConfig
 from ..vmm.linux import DEFAULT_CMDLINE, default_profile, load_linux
 from ..vmm.machine import Machine
+from ..vmm.recorder import Recorder, check_recordable, recording_header
 from ..vmm.userdev import parse_device_spec
 from .control import ControlServer, socket_path
 from .report import device_rows, exit_table, io_table, snapshot_stats
@@ -83,6 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config.hpet = kind != "linux" if args.hpet is None else args.hpet == "on"
     console_log = open_console_log(args.virtio_console_log)
     device_config(config, args, console_log)
+    if args.record is not None:
+        check_recordable(config)
+        check_output(args.record, "--record")
     if args.async_delay is not None:
         config.async_delay = args.async_delay
     name = f"vm-{os.getpid()}" if args.name is None else args.name
@@ -90,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with console_log or contextlib.nullcontext(), Machine(config) as machine, contextlib.ExitStack() as stack:
         stack.callback(ControlServer(machine, name).close)
         _start_trace(args, machine, stack)
+        _start_record(args, config, machine, stack)
         start_console(args, kind, machine, stack)
         _load_guest(args, kind, machine, image)
         status = machine.run(timeout=args.timeout)
@@ -111,6 +116,21 @@ def _start_trace(args: argparse.Namespace, machine: Machine, stack: contextlib.E
     tracer = Tracer(parse_kinds(args.trace), out, as_json=args.trace_json)
     tracer.attach(machine)
     stack.callback(tracer.flush)
+
+
+def _start_record(
+    args: argparse.Namespace, config: MachineConfig, machine: Machine, stack: contextlib.ExitStack
+) -> None:
+    if args.record is None:
+        return
+    try:
+        out = stack.enter_context(open(args.record, "wb"))  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot write --record {args.record!r}: {exc.strerror}") from None
+    guest = args.kernel or args.guest or DEMO_GUEST
+    recorder = Recorder(out, recording_header(config, list(args.user_devices), machine, guest))
+    recorder.attach(machine)
+    stack.callback(recorder.close)
 
 
 def _load_guest(args: argparse.Namespace, kind: str | None, machine: Machine, image: bytes | None) -> None:

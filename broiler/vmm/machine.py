@@ -30,6 +30,7 @@ from ..core.exits import ExitTable
 from ..core.ioeventfd import Doorbells
 from ..core.irq import Interrupts
 from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, MemoryMap
+from ..core.observe import DeviceMemory, Observer
 from ..core.pause import VmPause
 from ..core.vcpu import VcpuThread, install_kick_handler
 from ..devices.legacy.serial import Serial8250
@@ -90,6 +91,8 @@ class Machine:
         self.coalesced_pio = self.kvm.check_extension(abi.KVM_CAP_COALESCED_PIO) > 0
 
         self.memory = GuestMemory(self.map)
+        self.dma_memory = DeviceMemory(self.memory)  # what devices get: the same RAM, observable (DMA)
+        self.observer: Observer | None = None  # set by core/observe.attach_observer (--trace, --record)
         for slot, (start, end, mm) in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, start, end - start, buffer_address(mm))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Protocol
 
 from .. import exitcodes
@@ -18,6 +17,7 @@ from ..core.eventloop import EventLoop
 from ..core.ioeventfd import Doorbells
 from ..core.irq import IrqAllocator, IrqLine, MsiMessage, MsiSink
 from ..core.memory import GuestMemory, MemoryMap
+from ..core.observe import LINE_IRQFD, LINE_LOWERED, LINE_PULSED, LINE_RAISED, MSI_DIRECT, DeviceMemory, Observer
 from ..devices.demo.async_demo import ASYNC_DEVICES, AsyncDemo
 from ..devices.demo.async_demo import BLOCK_SIZE as ASYNC_BLOCK_SIZE
 from ..devices.demo.coalesced_log import LOG_BASE, LOG_SIZE, CoalescedLog
@@ -73,6 +73,7 @@ class PlatformHost(Protocol):
     mmio_bus: MmioBus
     doorbells: Doorbells
     memory: GuestMemory
+    dma_memory: DeviceMemory  # the same RAM as ``memory``, as devices see it (observable DMA)
     loop: EventLoop
     serial: Serial8250 | None
     pci: PciHost | None
@@ -212,10 +213,10 @@ def add_pci_demo_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) -
         IntxDemoPci(irq=intx("intx-pci"), schedule=schedule, delay=delay),
         MsiDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
         MsixDemoPci(msi_sink=msi, schedule=schedule, delay=delay),
-        DmaIntxPci(memory=m.memory, irq=intx("dma-intx-pci"), schedule=schedule, delay=delay),
-        DmaMsiPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
-        DmaMsixPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=delay),
-        DmaBufPci(memory=m.memory, msi_sink=msi, schedule=schedule, delay=0.0),
+        DmaIntxPci(memory=m.dma_memory, irq=intx("dma-intx-pci"), schedule=schedule, delay=delay),
+        DmaMsiPci(memory=m.dma_memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaMsixPci(memory=m.dma_memory, msi_sink=msi, schedule=schedule, delay=delay),
+        DmaBufPci(memory=m.dma_memory, msi_sink=msi, schedule=schedule, delay=0.0),
     ]
     for device in pci_devices:
         pci.add(device)
@@ -246,6 +247,8 @@ class PlatformSketch:
         self.loop = EventLoop()  # never started: nothing is scheduled without a guest
         self.doorbells = Doorbells(None, self.loop)
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
+        self.dma_memory = DeviceMemory(self.memory)
+        self.observer: Observer | None = None
         self.pci: PciHost | None = None
         self.device_faults: list[str] = []
         self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)
@@ -290,30 +293,53 @@ class PlatformSketch:
 
 
 class _SketchInterrupts:
-    """Machine.irqs without a VM: GSIs are allocated as on a machine, lines do nothing."""
+    """Machine.irqs without a VM: GSIs are allocated as on a machine; lines only tell an observer (replay)."""
 
     def __init__(self) -> None:
         self.allocator = IrqAllocator()
+        self.observer: Observer | None = None
+
+    def set_observer(self, observer: Observer) -> None:
+        self.observer = observer
 
     def line(self, gsi: int) -> _SketchLine:
-        return _SketchLine(gsi)
+        return _SketchLine(gsi, self)
 
     def alloc_line(self, owner: str, kind: str = "isa") -> _SketchLine:
-        return _SketchLine(self.allocator.alloc(owner, kind))
+        return _SketchLine(self.allocator.alloc(owner, kind), self)
 
-    alloc_edge_line = alloc_line
+    def alloc_edge_line(self, owner: str, kind: str = "isa") -> _SketchLine:
+        return _SketchLine(self.allocator.alloc(owner, kind), self, edge=True)
 
     def send_msi(self, message: MsiMessage) -> None:
-        return None
+        # As Interrupts.signal_msi: only the LAPIC window is an interrupt.
+        if self.observer is not None and message.address >> 20 == 0xFEE:
+            self.observer.emit("irq", "w", message.address, 4, message.data, MSI_DIRECT)
 
     def msi_irqfd_sink(self, slots: int) -> MsiSink:
         return self.send_msi
 
 
-@dataclass
 class _SketchLine:
-    gsi: int
+    """A line that drives nothing; like KvmIrqLine (or IrqFd for ``edge``) it reports changes to an observer."""
 
-    def set_level(self, level: bool) -> None: ...
+    def __init__(self, gsi: int, irqs: _SketchInterrupts, *, edge: bool = False) -> None:
+        self.gsi = gsi
+        self.irqs = irqs
+        self.edge = edge
+        self.level = 0
 
-    def pulse(self) -> None: ...
+    def set_level(self, level: bool) -> None:
+        if self.edge:
+            if level:
+                self.pulse()
+            return
+        observer = self.irqs.observer
+        if observer is not None and int(level) != self.level:
+            observer.emit("irq", "w", self.gsi, 0, int(level), LINE_RAISED if level else LINE_LOWERED)
+        self.level = int(level)
+
+    def pulse(self) -> None:
+        if self.irqs.observer is not None:
+            self.irqs.observer.emit("irq", "w", self.gsi, 0, 1, LINE_IRQFD if self.edge else LINE_PULSED)
+        self.level = 0

@@ -28,6 +28,7 @@ from ..core.guard import GuardedDevice, guard_callback
 from ..core.ioeventfd import Doorbells
 from ..core.irq import IrqLine, MsiMessage
 from ..core.memory import GuestMemory
+from ..core.observe import DeviceMemory
 from ..errors import ConfigError
 from ..pci import PciFunction, PciHost
 
@@ -51,6 +52,7 @@ class DeviceHost(Protocol):
     loop: EventLoop
     doorbells: Doorbells
     memory: GuestMemory
+    dma_memory: DeviceMemory  # the same RAM, as devices see it (core/observe.DeviceMemory: DMA is observable)
     device_faults: list[str]
 
     @property
@@ -167,7 +169,7 @@ class DeviceContext:
         self.name = name
         self.pio = pio
         self.base = base
-        self.memory = host.memory
+        self.memory = host.dma_memory
 
     def _on_fault(self, report: str) -> None:
         report_fault(self._host, report)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from broiler.core.bus import Device, MmioBus, PioBus, Region
 from broiler.core.irq import IrqAllocator, MsiMessage, MsiSink
 from broiler.core.memory import GuestMemory, MemoryMap, MiB
+from broiler.core.observe import DeviceMemory
 from broiler.devices.legacy.serial import Serial8250
 from broiler.devices.virtio.pci import TransportKind, VirtioPci
 from broiler.devices.virtio.rng import VirtioRng
@@ -129,6 +130,8 @@ class FuzzMachine:
         self.exits: list[int] = []
         self.map = MemoryMap(RAM_SIZE)
         self.memory = SpyMemory(self.map)
+        self.dma_memory = DeviceMemory(self.memory)
+        self.observer = None
         self.pio_bus = PioBus()
         self.mmio_bus = MmioBus()
         self.scheduler = FakeScheduler()

@@ -1,0 +1,197 @@
+"""The `--record` file format: a header, then struct-packed events in zstandard-compressed chunks.
+
+File::
+
+    magic b"BROILREC" | u16 format version | u32 header length | header (JSON, UTF-8)
+    chunk*: u32 compressed length | u32 raw length | zstd frame       (raw: a run of whole events)
+    end:    u32 0 | u32 event count                                   (missing: the file is truncated)
+
+Event: ``<B I Q I Q`` = kind, microseconds since the previous event, address, size, value (25 bytes before
+compression); a DMA event is followed by its ``size`` bytes of data. See docs/record-replay.md.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import struct
+import threading
+from collections.abc import Iterator
+from typing import IO, Any, NamedTuple
+
+import zstandard
+
+from ..errors import ConfigError
+
+MAGIC = b"BROILREC"
+FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct("<8sHI")
+_CHUNK = struct.Struct("<II")
+EVENT = struct.Struct("<BIQIQ")
+CHUNK_RAW_BYTES = 1 << 20  # events are compressed a MiB at a time
+HEADER_LIMIT = 1 << 20
+CHUNK_LIMIT = 64 << 20  # a chunk claiming more than this is corrupt (we never write one past ~1 MiB + 1 DMA)
+
+# Causes: what the guest (or time) did to a device.
+PIO_READ, PIO_WRITE, MMIO_READ, MMIO_WRITE, COALESCED_PIO, COALESCED_MMIO = 1, 2, 3, 4, 5, 6
+KICK_PIO, KICK_MMIO, TIMER_FIRED = 7, 8, 9
+# Effects: what a device did while handling a cause.
+TIMER_SET, DMA_READ, DMA_WRITE, IRQ_LEVEL, IRQ_PULSE, MSI = 10, 11, 12, 13, 14, 15
+CAUSES = frozenset(range(PIO_READ, TIMER_FIRED + 1))
+DMA_KINDS = frozenset({DMA_READ, DMA_WRITE})
+KIND_NAMES = {
+    PIO_READ: "pio read",
+    PIO_WRITE: "pio write",
+    MMIO_READ: "mmio read",
+    MMIO_WRITE: "mmio write",
+    COALESCED_PIO: "coalesced pio write",
+    COALESCED_MMIO: "coalesced mmio write",
+    KICK_PIO: "pio doorbell",
+    KICK_MMIO: "mmio doorbell",
+    TIMER_FIRED: "timer fired",
+    TIMER_SET: "timer set",
+    DMA_READ: "DMA read",
+    DMA_WRITE: "DMA write",
+    IRQ_LEVEL: "IRQ line",
+    IRQ_PULSE: "IRQ pulse",
+    MSI: "MSI",
+}
+
+
+class Event(NamedTuple):
+    kind: int
+    t_us: int  # since the start of the recording
+    addr: int
+    size: int
+    value: int
+    data: bytes = b""
+
+    def describe(self) -> str:
+        name = KIND_NAMES.get(self.kind, f"kind {self.kind}")
+        if self.kind in DMA_KINDS:
+            return f"{name} {self.size} bytes at {self.addr:#x}"
+        if self.kind in (TIMER_SET, TIMER_FIRED):
+            return f"{name} #{self.value}"
+        if self.kind in (IRQ_LEVEL, IRQ_PULSE):
+            return f"{name} GSI {self.addr}" + (f" level {self.value}" if self.kind == IRQ_LEVEL else "")
+        if self.kind == MSI:
+            return f"MSI {self.addr:#x} data {self.value:#x}"
+        return f"{name} {self.addr:#x}/{self.size} value {self.value:#x}"
+
+
+def pack(kind: int, dt_us: int, addr: int, size: int, value: int) -> bytes:
+    return EVENT.pack(kind, min(dt_us, 0xFFFF_FFFF), addr & (2**64 - 1), size, value & (2**64 - 1))
+
+
+class RecordingWriter:
+    """Appends packed events; a writer thread compresses and writes each full chunk (never a vCPU's or the
+    event loop's thread). ``close`` writes the last chunk and the end marker."""
+
+    def __init__(self, out: IO[bytes], header: dict[str, Any]) -> None:
+        blob = json.dumps(header, sort_keys=True).encode()
+        out.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)) + blob)
+        self.out = out
+        self.events = 0
+        self.raw_bytes = 0
+        self._buffer = bytearray()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: a slow disk slows the VM
+        self._thread = threading.Thread(target=self._write_chunks, name="broiler-record", daemon=True)
+        self._thread.start()
+
+    def append(self, data: bytes, events: int) -> None:
+        """Whole events only (callers hold their own lock, so events from different threads never mix)."""
+        self._buffer += data
+        self.events += events
+        self.raw_bytes += len(data)
+        if len(self._buffer) >= CHUNK_RAW_BYTES:
+            self._chunks.put(bytes(self._buffer))
+            self._buffer.clear()
+
+    def _write_chunks(self) -> None:
+        compressor = zstandard.ZstdCompressor(level=3)
+        while (raw := self._chunks.get()) is not None:
+            packed = compressor.compress(raw)
+            self.out.write(_CHUNK.pack(len(packed), len(raw)) + packed)
+
+    def close(self) -> None:
+        if self._buffer:
+            self._chunks.put(bytes(self._buffer))
+            self._buffer.clear()
+        self._chunks.put(None)
+        self._thread.join()
+        self.out.write(_CHUNK.pack(0, self.events))
+        self.out.flush()
+
+
+def _foreign(path: str, why: str) -> ConfigError:
+    return ConfigError(f"{path!r} is not a broiler recording ({why})")
+
+
+def _truncated(path: str, why: str) -> ConfigError:
+    return ConfigError(f"recording {path!r} is truncated or corrupt ({why})")
+
+
+def read_header(f: IO[bytes], path: str) -> dict[str, Any]:
+    preamble = f.read(_PREAMBLE.size)
+    if len(preamble) < _PREAMBLE.size or not preamble.startswith(MAGIC):
+        raise _foreign(path, "no BROILREC magic")
+    _, version, length = _PREAMBLE.unpack(preamble)
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"recording {path!r} has format version {version}; this broiler reads {FORMAT_VERSION}")
+    if length > HEADER_LIMIT:
+        raise _truncated(path, f"header of {length} bytes")
+    blob = f.read(length)
+    try:
+        header = json.loads(blob)
+    except (ValueError, UnicodeDecodeError):
+        raise _truncated(path, "header is not JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
+        raise _truncated(path, "header has no machine config")
+    return header
+
+
+def read_events(f: IO[bytes], path: str) -> Iterator[Event]:
+    """Every event after the header, in order; raises ConfigError on a truncated or corrupt file."""
+    decompressor = zstandard.ZstdDecompressor()
+    t_us = count = 0
+    while True:
+        head = f.read(_CHUNK.size)
+        if len(head) < _CHUNK.size:
+            raise _truncated(path, f"ends after {count} events without its end marker")
+        packed_len, raw_len = _CHUNK.unpack(head)
+        if packed_len == 0:
+            if raw_len != count:
+                raise _truncated(path, f"end marker says {raw_len} events, found {count}")
+            return
+        if packed_len > CHUNK_LIMIT or raw_len > CHUNK_LIMIT:
+            raise _truncated(path, "chunk too large")
+        packed = f.read(packed_len)
+        try:
+            raw = decompressor.decompress(packed, max_output_size=raw_len)
+        except zstandard.ZstdError as exc:
+            raise _truncated(path, f"chunk after event {count}: {exc}") from None
+        if len(raw) != raw_len:
+            raise _truncated(path, f"chunk after event {count} has the wrong length")
+        for event in _unpack(raw, path, count):
+            t_us += event.t_us
+            count += 1
+            yield event._replace(t_us=t_us)
+
+
+def _unpack(raw: bytes, path: str, count: int) -> Iterator[Event]:
+    pos = 0
+    while pos < len(raw):
+        if pos + EVENT.size > len(raw):
+            raise _truncated(path, f"event {count} is cut short")
+        kind, dt, addr, size, value = EVENT.unpack_from(raw, pos)
+        pos += EVENT.size
+        data = b""
+        if kind in DMA_KINDS:
+            data = raw[pos : pos + size]
+            if len(data) != size:
+                raise _truncated(path, f"event {count}'s DMA data is cut short")
+            pos += size
+        elif kind not in KIND_NAMES:
+            raise _truncated(path, f"event {count} has unknown kind {kind}")
+        count += 1
+        yield Event(kind, dt, addr, size, value, data)
