@@ -155,7 +155,7 @@ static PyMethodDef methods[] = {
     {"run_offsets", run_offsets, METH_NOARGS, "The struct kvm_run offsets this build reads, by abi.RUN_* name."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "broiler._fastexit",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "broiler.core._fastexit",
                                     "broiler's optional compiled exit loop", -1, methods};
 
 PyMODINIT_FUNC PyInit__fastexit(void)

@@ -6,8 +6,8 @@ in the bus's per-address cache (a dict hit after the first access), and neither 
 per exit unless tracing is on. KVM_RUN goes through ``fcntl.ioctl``, which releases the GIL while the
 guest runs. KVM_RUN is issued as ``ioctl(fd, KVM_RUN)``, never ``ioctl(fd, KVM_RUN, 0)``: given an
 argument, fcntl.ioctl first tries it as a writable and then a read-only buffer, and each failed try
-raises and clears a TypeError (~1.1 µs per exit measured by ``broiler bench --breakdown``); left out,
-the argument is 0 with no parsing at all.
+raises and clears a TypeError (~1.1 µs per exit, measured with the bench's former breakdown ladder);
+left out, the argument is 0 with no parsing at all.
 
 What a vCPU thread is given, and all it knows: the two buses, the VM's ``ExitTable``
 (core/exits.py), the ``CoalescedRing`` (core/coalesced.py), a ``VmControl`` (is the VM stopping,
@@ -79,6 +79,8 @@ _EXIT_MMIO = abi.KVM_EXIT_MMIO
 _KVM_RUN = abi.KVM_RUN
 KICK_SIGNAL = signal.SIGUSR1
 PAGE_SIZE = 4096
+EMULATED_KINDS = 256  # distinct keys of VcpuThread.emulated; the rest share OTHER_EMULATED
+OTHER_EMULATED = "(other instructions)"
 _NO_VIEW = memoryview(b"")  # stands in for the item widths KVM never reports (3, 5, 6, 7)
 
 
@@ -155,7 +157,16 @@ class VcpuThread:
         self._pause_requested = False
         self._wake = threading.Event()  # set by kick(): a parked thread looks at its state again
         self.parked = threading.Event()  # set while the thread sits between KVM_RUNs, paused
-        self.emulated: dict[str, int] = {}  # exits completed in userspace by handlers, by what
+        self.emulated: dict[str, int] = {}  # exits completed in userspace by handlers, by what (bounded)
+
+    def note_emulated(self, what: str) -> None:
+        """Count one exit completed in userspace under ``what`` (an instruction's text, "syscall"). The text
+        carries operands, so a guest could make endless distinct keys: past EMULATED_KINDS of them the
+        rest are counted under OTHER_EMULATED."""
+        counts = self.emulated
+        if what not in counts and len(counts) >= EMULATED_KINDS:
+            what = OTHER_EMULATED
+        counts[what] = counts.get(what, 0) + 1
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:

@@ -200,7 +200,7 @@ class InstructionCompleter:
             retries = self._code_changed_retries.get(vcpu_id, 0)
             if cpu.bitness() == 64 and _code_changed(thread, cpu) and retries < MAX_CODE_CHANGED_RETRIES:
                 self._code_changed_retries[vcpu_id] = retries + 1
-                thread.emulated["retried: code changed"] = thread.emulated.get("retried: code changed", 0) + 1
+                thread.note_emulated("retried: code changed")
                 return None
             self._code_changed_retries[vcpu_id] = 0
             result = emulate(cpu)
@@ -209,7 +209,7 @@ class InstructionCompleter:
         if not result.handled:
             return str(result)
         cpu.commit()
-        thread.emulated[result.instruction] = thread.emulated.get(result.instruction, 0) + 1
+        thread.note_emulated(result.instruction)
         return None
 
 

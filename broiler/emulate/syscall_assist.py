@@ -122,5 +122,5 @@ class SyscallAssist:
             vcpu.set_sregs(sregs)
         vcpu.set_regs(regs)
         self.syscalls += 1
-        thread.emulated["syscall"] = thread.emulated.get("syscall", 0) + 1
+        thread.note_emulated("syscall")
         return True

@@ -291,3 +291,18 @@ def test_the_vcpu_loop_imports_nothing_above_core() -> None:
                         name,
                         node.module,
                     )
+
+
+def test_emulated_counts_stay_bounded_whatever_the_guest_runs() -> None:
+    """Completed instructions are counted by their text, operands included: a guest varying them must not
+    grow the table (nor --stats-json) without end."""
+    from broiler.core.vcpu import EMULATED_KINDS, OTHER_EMULATED
+
+    rig = Rig()
+    for displacement in range(EMULATED_KINDS * 4):
+        rig.thread.note_emulated(f"popcnt rax,[rbx+{displacement:#x}]")
+    rig.thread.note_emulated("syscall")
+    counts = rig.thread.emulated
+    assert len(counts) == EMULATED_KINDS + 1
+    assert counts[OTHER_EMULATED] == EMULATED_KINDS * 3 + 1
+    assert sum(counts.values()) == EMULATED_KINDS * 4 + 1
