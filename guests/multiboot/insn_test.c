@@ -7,14 +7,12 @@
  * exception nobody expected ends it with 0x7f. All passed: "insn_test: PASSED", debug-exit 0 (status 1).
  *
  * Command-line word only=NAME runs one group (int3, intn, clac, xgetbv, clwb, invpcid, rdpru, movbe,
- * invalid): that is how tests/kvm/test_emulate_guest.py finds which instruction QEMU stops on. */
+ * invalid): that is how tests/kvm/test_emulate_guest.py finds which instruction QEMU stops on.
+ *
+ * build-with: lib/lib.c multiboot/lib/mb.c */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long u64;
+#include "mb.h"
 
-#define COM1 0x3f8
 #define UNMAPPED 0x100000000UL  /* boot.S maps [0, 4 GiB): the next byte has no page */
 #define V_BP 3
 #define V_UD 6
@@ -23,39 +21,6 @@ typedef unsigned long u64;
 #define V_PF 14
 #define NONE 0xffUL
 
-struct mb_info { u32 flags, mem_lower, mem_upper, boot_device, cmdline; };
-struct irq_frame {
-    u64 r15, r14, r13, r12, r11, r10, r9, r8, rdi, rsi, rbp, rbx, rdx, rcx, rax;
-    u64 vector, error, rip, cs, rflags, rsp, ss;
-};
-
-static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(p)); }
-static inline u8 inb(u16 p) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(p)); return v; }
-static void putc(char c) { while (!(inb(COM1 + 5) & 0x20)) ; outb(COM1, (u8)c); }
-static void puts(const char *s) { while (*s) putc(*s++); }
-static void put_hex(u64 v)
-{
-    char buf[19];
-    int i = 18;
-    buf[i] = 0;
-    do { buf[--i] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v);
-    buf[--i] = 'x';
-    buf[--i] = '0';
-    puts(buf + i);
-}
-static void put_dec(u64 v)
-{
-    char buf[21];
-    int i = 20;
-    buf[i] = 0;
-    do { buf[--i] = (char)('0' + v % 10); v /= 10; } while (v);
-    puts(buf + i);
-}
-static void __attribute__((noreturn)) end(u8 value)
-{
-    outb(0xf4, value);
-    for (;;) __asm__ volatile("cli; hlt");
-}
 
 static int check_no;
 static void check(int ok, const char *what, u64 got, u64 want)
@@ -64,8 +29,9 @@ static void check(int ok, const char *what, u64 got, u64 want)
     puts(ok ? "ok " : "FAIL "); put_dec((u64)check_no); putc(' '); puts(what);
     if (!ok) { puts(": got "); put_hex(got); puts(" want "); put_hex(want); }
     putc('\n');
-    if (!ok) end((u8)check_no);      /* a failed check ends the run at once */
+    if (!ok) exit((u32)check_no);      /* a failed check ends the run at once */
 }
+#undef CHECK_EQ /* the toolkit's takes no name; this one prints "ok N what" too */
 #define CHECK_EQ(what, got, want) do { u64 g_ = (got), w_ = (want); check(g_ == w_, what, g_, w_); } while (0)
 
 /* ---- exceptions -------------------------------------------------------------------------------- */
@@ -81,11 +47,11 @@ void isr_dispatch(struct irq_frame *f)
     if (f->vector == V_PF) { u64 cr2; __asm__ volatile("mov %%cr2, %0" : "=r"(cr2)); seen_cr2 = cr2; }
     if (f->vector == V_UD || f->vector == V_NP || f->vector == V_GP || f->vector == V_PF) {
         if (!fault_resume) { puts("unexpected fault "); put_hex(f->vector); puts(" at "); put_hex(f->rip);
-                          putc('\n'); end(0x7f); }
+                          putc('\n'); exit(0x7f); }
         f->rip = fault_resume;
         fault_resume = 0;
     } else if (f->vector < 32 && f->vector != V_BP) {
-        puts("unexpected exception "); put_hex(f->vector); putc('\n'); end(0x7f);
+        puts("unexpected exception "); put_hex(f->vector); putc('\n'); exit(0x7f);
     }
 }
 void ap_main(u32 index) { (void)index; }
@@ -93,7 +59,7 @@ void ap_main(u32 index) { (void)index; }
 struct idt_entry { u16 off_lo, sel; u8 ist, type; u16 off_mid; u32 off_hi, zero; } __attribute__((packed));
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 extern char isr_stubs[];
-static void idt_init(void)
+static void insn_idt_init(void)
 {
     for (int v = 0; v < 256; v++) {
         u64 a = (u64)isr_stubs + (u64)v * 16;
@@ -288,7 +254,7 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
     for (const char *p = cmd; *p; p++)   /* the word "only=NAME" anywhere after the kernel name */
         if (p > cmd && p[-1] == ' ' && p[0] == 'o' && p[1] == 'n' && p[2] == 'l' && p[3] == 'y' && p[4] == '=')
             only = p + 5;
-    idt_init();
+    insn_idt_init();
     u32 r[4];
     cpuid(1, 0, r); puts("insn: cpuid 1 ecx="); put_hex(r[2]);
     cpuid(7, 0, r); puts(" 7 ebx="); put_hex(r[1]);
