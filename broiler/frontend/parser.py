@@ -96,7 +96,7 @@ def _add_run_parser(sub: Any) -> None:
         choices=("safe", "host"),
         default=None,
         help="Linux: CPUID profile; safe hides what instruction-emulating hosts cannot run "
-        "(default: safe on KVM-PVM, host elsewhere)",
+        "(default: safe where a probe VM finds CPL0 code emulated, as on KVM-PVM; host elsewhere)",
     )
     run.add_argument(
         "--boot-method",

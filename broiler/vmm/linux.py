@@ -6,7 +6,6 @@ See docs/linux.md for the boot flow and what this host's KVM-PVM allows.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from ..boot.entry import EntryState
@@ -41,8 +40,9 @@ SAFE_INITCALL_BLACKLIST = (
 
 
 def default_profile() -> str:
-    """``safe`` on hosts whose KVM runs CPL0 guest code in its instruction emulator (KVM-PVM), else ``host``."""
-    return "safe" if host_is_pvm() else "host"
+    """``safe`` on hosts whose KVM runs CPL0 guest code in its instruction emulator (the probe VM says so,
+    broiler/kvm/hostprobe.py; KVM-PVM is one), else ``host``."""
+    return "safe" if host_behaviour().instruction_emulating else "host"
 
 
 def _to_plain(e: abi.kvm_cpuid_entry2) -> CpuidEntry:
@@ -71,10 +71,6 @@ def apply_entry(vcpu: Vcpu, entry: EntryState) -> None:
 def pci_irqs(machine: Machine) -> list[PciIrq]:
     """INTx wiring of the PCI functions, for the MP table and ACPI."""
     return firmware_pci_irqs(machine.pci)
-
-
-def host_is_pvm() -> bool:
-    return os.path.exists("/sys/module/kvm_pvm")
 
 
 def decide_syscall_assist(mode: str) -> tuple[bool, str]:
