@@ -36,3 +36,8 @@ class GuestMemoryError(BroilerError):
 
 class OverlapError(ConfigError):
     """Two registrations claim the same addresses."""
+
+
+class SnapshotError(ConfigError):
+    """A snapshot file that cannot be restored (damaged, truncated, foreign, from another broiler, or not
+    fitting the machine): one clear line, exit 2, like any other bad input."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import SnapshotError  # noqa: F401  (raised by restore_devices once filled in)
+
 
 def save_devices(machine: Any) -> dict[str, Any]:
     """Every device's state, keyed by a stable device name (skeleton: filled in by the device work)."""
