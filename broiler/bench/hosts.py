@@ -50,6 +50,8 @@ class BenchDevice(Device):
 
     name = "bench"
 
+    state_fields = ("value",)
+
     def __init__(self, name: str = "bench") -> None:
         super().__init__()
         self.name = name
@@ -66,6 +68,7 @@ class ControlDevice(Device):
     """The guest's batch-control port on broiler's bus: the value written is the vCPU index."""
 
     name = "bench-control"
+    state_fields = ()  # the batch state is the benchmark's, never snapshotted
 
     def __init__(self, driver: BatchDriver) -> None:
         super().__init__()

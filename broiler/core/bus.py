@@ -27,9 +27,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ConfigError, OverlapError
+from .state import load_fields, save_fields
 
 log = logging.getLogger("broiler.core.bus")
 
@@ -55,10 +56,21 @@ class Device:
     """
 
     name: str = "device"
+    # What a snapshot saves (core/state.py): register attribute names, () for none; None = not declared
+    # (a user's device: saved as stateless and reported so).
+    state_fields: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self) -> None:
         self.guest_errors = 0
         self._errors_logged: set[str] = set()
+
+    def save_state(self) -> dict[str, Any]:
+        """This device's registers for a snapshot (JSON-able; bytes allowed)."""
+        return save_fields(self, self.state_fields or ())
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Put back what ``save_state`` returned; SnapshotError if it does not fit this device."""
+        load_fields(self, self.state_fields or (), state, self.name)
 
     def read(self, offset: int, size: int) -> int:
         return all_ones(size)

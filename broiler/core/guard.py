@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from ..errors import BroilerError, SnapshotError
 from .bus import Device, all_ones
 
 FaultSink = Callable[[str], None]  # receives the whole report (first line = the summary)
@@ -68,6 +69,32 @@ class GuardedDevice(Device):
         self._write = device.write
         self._describe = describe
         self._on_fault = on_fault
+
+    # -- snapshot: a user's device takes part if it defines save_state/load_state (docs/api.md) -----
+    @property
+    def saves_state(self) -> bool:
+        return callable(getattr(self.inner, "save_state", None)) and callable(getattr(self.inner, "load_state", None))
+
+    def save_state(self) -> dict[str, Any]:
+        if not self.saves_state:
+            return {}  # stateless, as docs/api.md says
+        try:
+            state = self.inner.save_state()
+        except Exception as exc:
+            raise BroilerError(f"{self.name}: save_state raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(state, dict):
+            raise BroilerError(f"{self.name}: save_state returned a {type(state).__name__}, not a dict")
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if not self.saves_state:
+            if state:
+                raise SnapshotError(f"{self.name}: saved state given, but the device has no load_state")
+            return
+        try:
+            self.inner.load_state(state)
+        except Exception as exc:  # the user's code judged the state (or failed): one line, exit 2
+            raise SnapshotError(f"{self.name}: load_state refused the saved state: {exc}") from exc
 
     def read(self, offset: int, size: int) -> int:
         try:

@@ -109,6 +109,12 @@ class ObservedDevice(Device):
         else:
             setattr(self.__dict__["inner"], name, value)
 
+    def save_state(self) -> dict[str, Any]:
+        return self.__dict__["inner"].save_state()  # type: ignore[no-any-return]
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.__dict__["inner"].load_state(state)
+
     def read(self, offset: int, size: int) -> int:
         observer, kind, base, name = self.__dict__["_o"]
         observer.begin()

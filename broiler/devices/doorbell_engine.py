@@ -25,11 +25,14 @@ run without the engine's lock held, on whichever thread kicked (``on_start``) or
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..core.eventloop import Schedule
+from ..core.state import check_keys, take_bool, take_int, take_list
+from ..errors import SnapshotError
 
 LOG_SIZE = 64  # completed runs kept for inspection; older ones survive only in the counters
 
@@ -65,6 +68,7 @@ class DoorbellEngine:
         self._current: Run | None = None
         self._result = 0  # what on_start returned for the current run
         self._pending = False
+        self._due = 0.0  # time.monotonic() at which the current run completes
         self.kicks = 0  # every kick, both paths
         self.busy_kicks = 0  # kicks that arrived while a run was in flight (coalesced)
         self.runs = 0  # runs started
@@ -100,7 +104,44 @@ class DoorbellEngine:
         result = self._on_start(run) if self._on_start is not None else 0
         with self._lock:
             self._result = result
+            self._due = time.monotonic() + self.delay
         self._schedule(self.delay, self._finish)
+
+    # -- snapshot: the run in flight completes after a restore -----------------------------
+    COUNTERS = ("kicks", "busy_kicks", "runs", "runs_completed", "kicks_completed")
+
+    def save_state(self) -> dict[str, Any]:
+        with self._lock:
+            run = self._current
+            state: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+            state["current"] = None if run is None else [run.number, run.first, run.last]
+            state["result"], state["pending"] = self._result, self._pending
+            # Time left of the run in flight, in microseconds (a held event loop may have let it pass: 0).
+            state["remaining_us"] = 0 if run is None else max(0, int((self._due - time.monotonic()) * 1e6))
+            return state
+
+    def load_state(self, state: dict[str, Any], who: str) -> None:
+        """Put the counters back and, if a run was in flight, schedule its completion again."""
+        saved = check_keys(state, (*self.COUNTERS, "current", "result", "pending", "remaining_us"), who)
+        counters = {name: take_int(saved, name, who) for name in self.COUNTERS}
+        result = take_int(saved, "result", who, 32)
+        pending = take_bool(saved, "pending", who)
+        remaining = min(take_int(saved, "remaining_us", who) / 1e6, self.delay)
+        run = None
+        if saved["current"] is not None:
+            items = take_list(saved, "current", who, 3)
+            if len(items) != 3:
+                raise SnapshotError(f"{who}: the run in flight is not [number, first, last]")
+            run = Run(*(take_int({"run": v}, "run", who) for v in items))
+        if counters["kicks_completed"] > counters["kicks"] or counters["runs_completed"] > counters["runs"]:
+            raise SnapshotError(f"{who}: more kicks or runs completed than started")
+        with self._lock:
+            for name, value in counters.items():
+                setattr(self, name, value)
+            self._current, self._result, self._pending = run, result, pending and run is not None
+            self._due = time.monotonic() + remaining
+        if run is not None:
+            self._schedule(remaining, self._finish)
 
     def _finish(self) -> None:
         with self._lock:

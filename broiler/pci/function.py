@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core.bus import Device, all_ones
 from ..core.irq import IrqLine, MsiSink
+from ..core.state import check_keys, load_fields, save_fields, take_bool, take_bytes
 from ..errors import ConfigError
 from .bar import Bar, BarDoorbell, BarKind, check_bar
 from .config import (
@@ -67,6 +68,7 @@ from .config import (
 )
 from .interfaces import DoorbellCallback
 from .msi import MsiCapability, MsixCapability
+from .state import load_msi, merge_config, save_msi
 
 
 class DecodeHost(Protocol):
@@ -87,6 +89,7 @@ class PciFunction(Device):
     """Function 0 of a PCI device. ``read``/``write`` are configuration-space accesses (0..0xFFF)."""
 
     name = "pci-function"
+    state_fields = ()  # the function's own registers beyond config space (subclasses: save_function_state)
 
     def __init__(
         self,
@@ -222,6 +225,43 @@ class PciFunction(Device):
     @property
     def command(self) -> int:
         return self.config.get(COMMAND, 2)
+
+    # -- snapshot ----------------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        """Config space, INTx request, MSI/MSI-X state, each BAR handler's registers, the function's own."""
+        with self.lock:
+            bars = {str(index): bar.device.save_state() for index, bar in self.bars.items()}
+            return {
+                "config": bytes(self.config.data),
+                "intx": self._intx_request,
+                "msi": save_msi(self.msi, self.msix),
+                "bars": bars,
+                "function": self.save_function_state(),
+            }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Registers back, then BARs re-decoded where the guest had put them (regions and doorbells move)."""
+        saved = check_keys(state, ("config", "intx", "msi", "bars", "function"), self.name)
+        config = take_bytes(saved, "config", self.name, CONFIG_SPACE_SIZE)
+        intx = take_bool(saved, "intx", self.name)
+        bars = check_keys(saved["bars"], [str(index) for index in self.bars], f"{self.name} BARs")
+        with self.lock:
+            load_msi(self.msi, self.msix, saved["msi"], self.name)
+            for index, bar in self.bars.items():
+                bar.device.load_state(bars[str(index)])
+            self.load_function_state(saved["function"])
+            merge_config(self.config, config)
+            self._intx_level = False  # a fresh machine's line is low: raise it again if requested
+            self._set_intx(intx)
+            if self.host is not None:
+                self.host.update_decode(self)
+
+    def save_function_state(self) -> dict[str, Any]:
+        """What the function holds besides config space and BAR handlers (``state_fields`` by default)."""
+        return save_fields(self, self.state_fields or ())
+
+    def load_function_state(self, state: dict[str, Any]) -> None:
+        load_fields(self, self.state_fields or (), state, self.name)
 
     # -- INTx ------------------------------------------------------------------------------
     def raise_intx(self) -> None:

@@ -83,6 +83,7 @@ class ConfigMechanism1(Device):
     """Ports 0xCF8-0xCFF: the address latch and the data window."""
 
     name = "pci-conf1"
+    state_fields = ("latch:32",)
 
     def __init__(self, host: PciHost) -> None:
         super().__init__()

@@ -40,10 +40,12 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from ...core.bus import Device, all_ones
 from ...core.eventloop import Schedule
 from ...core.irq import IrqLine
+from ...core.state import check_keys, take_bool, take_int
 from ..doorbell_engine import DoorbellEngine, Run
 
 DOORBELL, IRQ_NUM, STATUS, COMPLETIONS = 0x0, 0x4, 0x8, 0xC
@@ -99,6 +101,21 @@ class AsyncDemo(Device):
     def completion_log(self) -> deque[Run]:
         """The last runs, oldest first (bounded: see ``doorbell_engine.LOG_SIZE``)."""
         return self.engine.log
+
+    # -- snapshot: a run in flight completes after the restore ----------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        with self._lock:
+            done = self.done
+        return {"done": done, "trapped_kicks": self.trapped_kicks, "engine": self.engine.save_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("done", "trapped_kicks", "engine"), self.name)
+        done, trapped = take_bool(saved, "done", self.name), take_int(saved, "trapped_kicks", self.name)
+        self.engine.load_state(saved["engine"], self.name)
+        with self._lock:
+            self.done, self.trapped_kicks = done, trapped
+        if done and not self.spec.edge:  # an unacknowledged completion holds a level line high
+            self.line.set_level(True)
 
     # -- doorbell (event-loop thread, or a vCPU thread for trapped writes) ------------------------
     def ring(self, kicks: int = 1) -> None:

@@ -16,7 +16,10 @@ Register map at 0xD0000080 (0x20 bytes, all inside the coalesced zone)::
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...core.bus import Device, all_ones
+from ...core.state import check_keys, take_int, take_list
 
 LOG_BASE = 0xD000_0080
 LOG_SIZE = 0x20
@@ -39,6 +42,15 @@ class CoalescedLog(Device):
         self.hash = 0
         self.keep = keep
         self.values: list[int] = []  # the most recent ``keep`` values, for tests and `broiler stat`
+
+    def save_state(self) -> dict[str, Any]:
+        return {"count": self.count, "hash": self.hash, "values": list(self.values)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("count", "hash", "values"), self.name)
+        values = [take_int({"value": v}, "value", self.name) for v in take_list(saved, "values", self.name, self.keep)]
+        self.count, self.hash = take_int(saved, "count", self.name), take_int(saved, "hash", self.name, 32)
+        self.values = values
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == DATA:

@@ -57,13 +57,16 @@ from __future__ import annotations
 
 import enum
 import threading
+from typing import Any
 
 from ...core.bus import Device, all_ones
 from ...core.eventloop import Schedule
 from ...core.irq import IrqLine, MsiSink
+from ...core.state import STATELESS
 from ...pci import BarDoorbell, BarKind, PciFunction
 from ...pci.config import CMD_IO, CMD_MEMORY
 from ..doorbell_engine import DoorbellEngine, Run
+from .demo_state import load_doorbell_demo, save_doorbell_demo
 from .sync_demo import SyncRegisters
 
 BROILER_DEVICE = 0x1991
@@ -89,6 +92,8 @@ class IrqKind(enum.Enum):
 class SyncPioPci(PciFunction):
     """1003:1991 Broiler-Synchronous-pio-PCI: the sync block in an IO BAR."""
 
+    state_fields = ()  # the registers are BAR0's handler (saved with the BARs)
+
     def __init__(self) -> None:
         super().__init__(vendor_id=0x1003, device_id=BROILER_DEVICE, name="sync-pio-pci", command=CMD_IO)
         self.registers = SyncRegisters("sync-pio-pci")
@@ -98,6 +103,8 @@ class SyncPioPci(PciFunction):
 class SyncMmioPci(PciFunction):
     """1006:1991 Broiler-Synchronous-mmio-PCI: the sync block in a memory BAR."""
 
+    state_fields = ()  # the registers are BAR0's handler (saved with the BARs)
+
     def __init__(self) -> None:
         super().__init__(vendor_id=0x1006, device_id=BROILER_DEVICE, name="sync-mmio-pci", command=CMD_IO | CMD_MEMORY)
         self.registers = SyncRegisters("sync-mmio-pci")
@@ -106,6 +113,8 @@ class SyncMmioPci(PciFunction):
 
 class PciBaseDemo(PciFunction):
     """1016:1413 Broiler-pci-base: one sync block behind an IO BAR0 and a memory BAR1."""
+
+    state_fields = ()  # the registers are BAR0's handler (saved with the BARs)
 
     def __init__(self) -> None:
         super().__init__(vendor_id=0x1016, device_id=0x1413, name="pci-base", command=CMD_IO | CMD_MEMORY)
@@ -117,6 +126,8 @@ class PciBaseDemo(PciFunction):
 # -- doorbell devices --------------------------------------------------------------------------
 class DemoRegisters(Device):
     """BAR0 of a doorbell device: forwards to the device's ``bar_read``/``bar_write``."""
+
+    state_fields = STATELESS  # the registers live in the function
 
     def __init__(self, owner: DoorbellDemo) -> None:
         super().__init__()
@@ -132,6 +143,8 @@ class DemoRegisters(Device):
 
 class UnusedRegisters(Device):
     """The rest of a BAR nobody decodes (around an MSI-X table): all ones, counted."""
+
+    state_fields = STATELESS
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -191,6 +204,13 @@ class DoorbellDemo(PciFunction):
         self._state = threading.Lock()
         self.status = 0  # DONE and ERROR; BUSY is the engine's
         self.error_code = 0
+
+    # -- snapshot: a job in flight completes after the restore (demo_state.py) ----------------
+    def save_function_state(self) -> dict[str, Any]:
+        return save_doorbell_demo(self)
+
+    def load_function_state(self, state: dict[str, Any]) -> None:
+        load_doorbell_demo(self, state)
 
     # -- what the engine counts ------------------------------------------------------------
     @property

@@ -36,9 +36,12 @@ directions (Broiler only for DIR 0) so a driver can wait for either.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...core.eventloop import Schedule
 from ...core.irq import IrqLine, MsiSink
 from ...core.memory import GuestMemory
+from ...core.state import check_keys, load_fields, save_fields
 from ...errors import GuestMemoryError
 from ...pci import BarKind
 from .pci_demos import BROILER_DEVICE, DoorbellDemo, IrqKind
@@ -96,6 +99,21 @@ class DmaDemo(DoorbellDemo):
         self.buffer[: len(preload)] = preload[:buffer_size]
         self.regs = {REG_SRC: 0, REG_DST: 0, REG_DIR: 0, REG_LEN: 0}
         self.bytes_copied = 0
+
+    DMA_FIELDS = ("regs:32", "buffer", "bytes_copied")
+
+    def save_function_state(self) -> dict[str, Any]:
+        state = super().save_function_state()
+        with self._state:
+            state["dma"] = save_fields(self, self.DMA_FIELDS)
+        return state
+
+    def load_function_state(self, state: dict[str, Any]) -> None:
+        saved = dict(check_keys(state, ("status", "error_code", "engine", "dma"), self.name))
+        dma = saved.pop("dma")
+        with self._state:
+            load_fields(self, self.DMA_FIELDS, dma, self.name)
+        super().load_function_state(saved)
 
     def extra_read(self, offset: int, size: int) -> int | None:
         if size == 4 and offset in self.regs:

@@ -32,10 +32,12 @@ READ_ONLY = frozenset({MIN_FREQ, MAX_FREQ})
 class SyncRegisters(Device):
     """The 4-register block; ``name`` tells the PIO and MMIO instances apart in stats."""
 
+    state_fields = ("regs:32",)
+
     def __init__(self, name: str = "sync-demo") -> None:
         super().__init__()
         self.name = name
-        self.regs = dict(RESET_VALUES)
+        self.regs = dict(RESET_VALUES)  # saved whole: state_fields
 
     def read(self, offset: int, size: int) -> int:
         if size != 4 or offset not in self.regs:

@@ -21,6 +21,7 @@ S5_SLP_TYP = 5
 
 class AcpiPm(Device):
     name = "acpi-pm"
+    state_fields = ("regs",)
 
     def __init__(self, power_off: Callable[[], None]) -> None:
         super().__init__()

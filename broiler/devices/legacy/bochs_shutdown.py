@@ -24,6 +24,7 @@ SHUTDOWN_STRING = b"Shutdown"
 
 class BochsShutdown(Device):
     name = "bochs-shutdown"
+    state_fields = ("matched:3",)  # how much of "Shutdown" the guest has written so far
 
     def __init__(self, request_exit: Callable[[int], None]) -> None:
         super().__init__()

@@ -34,6 +34,8 @@ def _bcd(value: int) -> int:
 
 class Cmos(Device):
     name = "rtc-cmos"
+    # The time registers are not saved: they read the host's clock, before and after a restore alike.
+    state_fields = ("index:7", "nmi_disabled", "nvram")
 
     def __init__(self, ram_size: int = 0, clock: object = time.gmtime) -> None:
         super().__init__()

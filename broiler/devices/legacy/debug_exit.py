@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ...core.bus import Device, all_ones
+from ...core.state import STATELESS
 
 DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_SIZE = 4
@@ -15,6 +16,7 @@ DEBUG_EXIT_SIZE = 4
 
 class DebugExit(Device):
     name = "debug-exit"
+    state_fields = STATELESS
 
     def __init__(self, request_exit: Callable[[int], None]) -> None:
         super().__init__()

@@ -25,10 +25,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from ...core.bus import Device, all_ones
 from ...core.irq import IrqLine
+from ...core.state import check_keys, take_int, take_list
+from ...errors import SnapshotError
 
 HPET_BASE = 0xFED0_0000
 HPET_SIZE = 0x400
@@ -113,6 +115,38 @@ class Hpet(Device):
         self.timers = [HpetTimer(n) for n in range(HPET_TIMERS)]
         self.fired = [0] * HPET_TIMERS  # matches per timer, for tests and stats
         self._raised: set[int] = set()  # IOAPIC inputs this HPET holds high
+
+    # -- snapshot --------------------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        """The main counter is saved as a value, so it continues from there (host time since does not show)."""
+        with self._lock:
+            timers = [{"config": t.config, "comparator": t.comparator, "period": t.period} for t in self.timers]
+            return {"config": self.config, "status": self.status, "counter": self.counter(), "timers": timers}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        who = self.name
+        saved = check_keys(state, ("config", "status", "counter", "timers"), who)
+        config = take_int(saved, "config", who, 2)
+        status = take_int(saved, "status", who, HPET_TIMERS)
+        counter = take_int(saved, "counter", who)
+        entries = take_list(saved, "timers", who, HPET_TIMERS)
+        if len(entries) != HPET_TIMERS:
+            raise SnapshotError(f"{who}: {len(entries)} timers saved, this HPET has {HPET_TIMERS}")
+        timers = []
+        for n, entry in enumerate(entries):
+            t = check_keys(entry, ("config", "comparator", "period"), f"{who} timer {n}")
+            tconfig = take_int(t, "config", f"{who} timer {n}")
+            if tconfig & ~TN_WRITABLE or not INT_ROUTE_CAP >> ((tconfig & TN_INT_ROUTE_MASK) >> TN_INT_ROUTE_SHIFT) & 1:
+                raise SnapshotError(f"{who} timer {n}: configuration {tconfig:#x} is not one a guest can set")
+            timers.append((tconfig, take_int(t, "comparator", who), take_int(t, "period", who)))
+        with self._lock:
+            self.config, self.status = config, status
+            self._counter_base, self._base_ns = counter, self._clock_ns()
+            for timer, (tconfig, comparator, period) in zip(self.timers, timers, strict=True):
+                timer.config, timer.comparator, timer.period = tconfig, comparator, period
+                self._arm(timer)  # a match still ahead is scheduled again, from the restored counter
+            self._raised = set()  # a fresh machine's lines are low: raise what the status says
+            self._update_lines()
 
     # -- the counter -----------------------------------------------------------------------------
     @property

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ...core.bus import Device
 from ...core.irq import IrqLine
+from ...core.state import STATELESS, check_keys, take_list
+from ...errors import SnapshotError
 
 I8042_DATA = 0x60
 I8042_COMMAND = 0x64
@@ -37,6 +40,8 @@ class I8042(Device):
     relative to each, so the device tells them apart by which region it was reached through."""
 
     name = "i8042"
+    state_fields = ("config:8", "pending?:8", "kbd_arg_pending")
+    OUT_LIMIT = 4096  # output bytes a restored controller may hold (a guest could queue more, never needs to)
 
     def __init__(
         self, reset: Callable[[], None], kbd_irq: IrqLine | None = None, aux_irq: IrqLine | None = None
@@ -49,6 +54,23 @@ class I8042(Device):
         self.kbd_arg_pending = False  # keyboard command waiting for its argument
         self.out: deque[tuple[int, bool]] = deque()  # (byte, from aux)
         self.levels = {KBD_IRQ: 0, AUX_IRQ: 0}
+
+    def save_state(self) -> dict[str, Any]:
+        return {"registers": super().save_state(), "out": [[byte, aux] for byte, aux in self.out]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("registers", "out"), self.name)
+        out: deque[tuple[int, bool]] = deque()
+        for item in take_list(saved, "out", self.name, self.OUT_LIMIT):
+            if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and type(item[1]) is bool):
+                raise SnapshotError(f"{self.name}: output entry {item!r} is not [byte, from-aux]")
+            if not 0 <= item[0] <= 0xFF:
+                raise SnapshotError(f"{self.name}: output byte {item[0]} is not a byte")
+            out.append((item[0], item[1]))
+        super().load_state(saved["registers"])
+        self.out = out
+        self.levels = {KBD_IRQ: 0, AUX_IRQ: 0}  # a fresh machine's lines are low: raise what is pending
+        self._update_irq()
 
     def data_port(self) -> Device:
         return _Port(self, is_command=False)
@@ -143,9 +165,12 @@ class I8042(Device):
 
 
 class _Port(Device):
+    state_fields = STATELESS  # the controller's state is saved once, through ``state_owner``
+
     def __init__(self, controller: I8042, *, is_command: bool) -> None:
         super().__init__()
         self.controller = controller
+        self.state_owner = controller
         self.is_command = is_command
         self.name = "i8042 command" if is_command else "i8042 data"
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ...core.bus import Device, all_ones
+from ...core.state import check_keys, take_int
 
 PM_TIMER_PORT = 0x608
 PM_TIMER_SIZE = 4
@@ -35,6 +37,14 @@ class PmTimer(Device):
     def count(self) -> int:
         """The 24-bit counter value now: ticks since the device was made, wrapped."""
         return (self._clock_ns() - self._start_ns) * PM_TIMER_HZ // _NS_PER_S & PM_TIMER_MASK
+
+    def save_state(self) -> dict[str, Any]:
+        return {"count": self.count()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Count on from the saved value: the host's clock since the snapshot does not show."""
+        count = take_int(check_keys(state, ("count",), self.name), "count", self.name, 24)
+        self._start_ns = self._clock_ns() + (-count * _NS_PER_S // PM_TIMER_HZ)  # rounded up: count() == count
 
     def read(self, offset: int, size: int) -> int:
         return (self.count() >> (8 * offset)) & all_ones(size)

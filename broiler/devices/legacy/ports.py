@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ...core.bus import Bus, Device
+from ...core.state import STATELESS
 
 DUMMY_RANGES = [
     (0x00, 0x20, "dma1"),
@@ -30,6 +31,8 @@ PORT_A_BASE = 0x92
 class DummyPorts(Device):
     """Reads all ones, ignores writes; counts nothing."""
 
+    state_fields = STATELESS
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
@@ -39,6 +42,7 @@ class SystemControlPortA(Device):
     """Port 0x92: bit 1 = A20 (always on), bit 0 = fast reset (write 1)."""
 
     name = "port92"
+    state_fields = STATELESS  # A20 is always on
 
     def __init__(self, reset: Callable[[], None] | None = None) -> None:
         super().__init__()

@@ -17,9 +17,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ...core.bus import Device
 from ...core.irq import IrqLine
+from ...core.state import check_keys, take_bytes
 
 COM1_BASE, COM1_IRQ = 0x3F8, 4
 COM2_BASE, COM2_IRQ = 0x2F8, 3
@@ -36,6 +38,8 @@ RX_FIFO_LIMIT = 4096
 
 
 class Serial8250(Device):
+    state_fields = ("dll:8", "dlm:8", "ier:4", "lcr:8", "mcr:5", "scr:8", "fcr:8", "thr_empty_pending")
+
     def __init__(self, output: Callable[[bytes], None], irq: IrqLine | None = None, name: str = "ttyS0") -> None:
         super().__init__()
         self.name = name
@@ -53,6 +57,20 @@ class Serial8250(Device):
         self.tx_bytes = 0
         # feed() runs on the console's thread, register accesses on vCPU threads.
         self._lock = threading.RLock()
+
+    # -- snapshot ------------------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"registers": super().save_state(), "rx": bytes(self.rx)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("registers", "rx"), self.name)
+        rx = take_bytes(saved, "rx", self.name, most=RX_FIFO_LIMIT)
+        with self._lock:
+            super().load_state(saved["registers"])
+            self.rx = deque(rx)
+            self._irq_level = 0  # the line of a fresh machine is low: raise it again if the registers say so
+            self._update_irq()
 
     # -- input side (host → guest) ------------------------------------------------------
     def feed(self, data: bytes) -> None:

@@ -40,6 +40,7 @@ FW_CFG_VERSION = 0x01  # FW_CFG_ID bit 0: the traditional (port) interface
 
 class FwCfg(Device):
     name = "fw_cfg"
+    state_fields = ("selector:16", "offset:32")  # the items are built from the configuration
 
     def __init__(self, *, ram_size: int, cpus: int, max_cpus: int | None = None) -> None:
         super().__init__()

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ...core.bus import Device, MmioBus, PioBus, all_ones
 from ...core.irq import IrqLine
+from ...core.state import STATELESS
 
 LATCH_PORT = 0xE0
 FLUSH_PORT = 0xE4
@@ -46,6 +48,7 @@ PAGE_MASK = ~0xFFF & 0xFFFF_FFFF
 
 class PcTestdevLatch(Device):
     name = "pc-testdev-ioport"
+    state_fields = ("value:32",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,6 +66,7 @@ class PcTestdevFlush(Device):
     """The machine decides what "flush" means (QEMU: mprotect the page to make KVM re-fault it)."""
 
     name = "pc-testdev-flush-page"
+    state_fields = STATELESS  # a flush is done when written
 
     def __init__(self, flush_page: Callable[[int], None]) -> None:
         super().__init__()
@@ -82,10 +86,12 @@ class PcTestdevFlush(Device):
 
 class PcTestdevIrq(Device):
     name = "pc-testdev-irq-line"
+    state_fields = ("levels",)
 
     def __init__(self, lines: Sequence[IrqLine | None]) -> None:
         super().__init__()
         self._lines = list(lines)
+        self.levels = bytearray(len(self._lines))  # what the guest last wrote to each line (0 or 1)
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -96,11 +102,20 @@ class PcTestdevIrq(Device):
             return
         line = self._lines[offset] if offset < len(self._lines) else None
         if line is not None:
+            self.levels[offset] = 1 if value else 0
             line.set_level(bool(value))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        for n, line in enumerate(self._lines):
+            self.levels[n] = 1 if self.levels[n] else 0
+            if line is not None and self.levels[n]:
+                line.set_level(True)  # a fresh machine's lines are low
 
 
 class PcTestdevIomem(Device):
     name = "pc-testdev-iomem"
+    state_fields = ("buf",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from ...core.bus import Device
+from ...core.state import STATELESS, check_keys, take_int, take_list
+from ...errors import SnapshotError
 from ...pci import BarDoorbell, BarKind, PciFunction
 from ...pci.config import CMD_IO, CMD_MEMORY
 
@@ -100,6 +103,7 @@ class TestdevWindow(Device):
     """One BAR's view of the test window (type 0 = mmio, 1 = portio)."""
 
     __test__ = False  # not a pytest class
+    state_fields = STATELESS  # the window's state is the function's
 
     def __init__(self, dev: PciTestDev, test_type: int) -> None:
         super().__init__()
@@ -133,6 +137,32 @@ class PciTestDev(PciFunction):
         self.notifier_kicks = 0  # writes caught as doorbells (QEMU's event notifier)
         self._doorbell: BarDoorbell | None = None
         self._lock = threading.RLock()
+
+    # -- snapshot --------------------------------------------------------------------------
+    def save_function_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "current": self.current,
+                "notifier_kicks": self.notifier_kicks,
+                "counts": [test.count for test in self.tests],
+            }
+
+    def load_function_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("current", "notifier_kicks", "counts"), self.name)
+        current = take_int(saved, "current", self.name, len(self.tests).bit_length(), low=-1)
+        if current >= len(self.tests):
+            raise SnapshotError(f"{self.name}: test {current} does not exist")
+        counts = take_list(saved, "counts", self.name, len(self.tests))
+        if len(counts) != len(self.tests):
+            raise SnapshotError(f"{self.name}: {len(counts)} test counters saved, not {len(self.tests)}")
+        checked = [take_int({"count": c}, "count", self.name, 32) for c in counts]
+        with self._lock:
+            self._stop()
+            if current >= 0:
+                self._start(current)  # its doorbell again, where the BAR decodes
+            self.notifier_kicks = take_int(saved, "notifier_kicks", self.name)
+            for test, count in zip(self.tests, checked, strict=True):
+                test.count = count
 
     # -- test selection --------------------------------------------------------------------
     def _stop(self) -> None:

@@ -20,7 +20,10 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable
+from typing import Any
 
+from ...core.state import check_keys, take_bytes, take_int, take_list
+from ...errors import SnapshotError
 from .chain import Chain, Memory
 from .device import Notifier, VirtioDevice
 from .output_pump import OutputPump
@@ -36,6 +39,7 @@ _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr (only wit
 class VirtioConsole(VirtioDevice):
     device_type = DEVICE_CONSOLE
     name = "virtio-console"
+    state_fields = ()  # see save_state
     queue_max_sizes = (256, 256)
 
     def __init__(self, output: Callable[[bytes], None], name: str = "virtio-console") -> None:
@@ -49,6 +53,35 @@ class VirtioConsole(VirtioDevice):
         self._held: tuple[Chain, int] | None = None  # a transmit chain partly copied out, and how far
         self._input = bytearray()
         self.input_dropped = 0
+
+    # -- snapshot ---------------------------------------------------------------------------------
+    def save_state(self) -> dict[str, Any]:
+        """Held input, and the transmit chain partly copied out (its head and how far): output already in
+        the pump belongs to the host side and is delivered before the save returns (bounded wait)."""
+        self.pump.flush(2.0)
+        with self._lock:
+            held = None if self._held is None else [self._held[0].head, self._held[1]]
+            return {"input": bytes(self._input), "held": held}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("input", "held"), self.name)
+        data = take_bytes(saved, "input", self.name, most=INPUT_LIMIT)
+        held = None
+        if saved["held"] is not None:
+            items = take_list(saved, "held", self.name, 2)
+            q = self._queues[TRANSMITQ]
+            if len(items) != 2 or q is None:
+                raise SnapshotError(f"{self.name}: a held transmit chain without an active transmit queue")
+            head, done = (take_int({"v": v}, "v", self.name, 32) for v in items)
+            try:
+                chain = q.walk(head)
+            except VirtqueueError as err:
+                raise SnapshotError(f"{self.name}: held transmit chain: {err}") from None
+            if done > chain.read_length:
+                raise SnapshotError(f"{self.name}: {done} bytes of a {chain.read_length}-byte chain sent")
+            held = (chain, done)
+        with self._lock:
+            self._input, self._held = bytearray(data), held
 
     def config(self) -> bytes:
         return _CONFIG.pack(0, 0, 1, 0)

@@ -9,8 +9,9 @@ used buffers (``queue_used``) or a broken ring (``needs_reset``). Both may be ca
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
+from ...core.state import load_fields, save_fields
 from .chain import Memory
 from .queue import Virtqueue
 from .spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, bit
@@ -50,6 +51,8 @@ class VirtioDevice:
     device_type = 0
     name = "virtio"
     queue_max_sizes: tuple[int, ...] = (256,)
+    # What a snapshot saves beyond the transport and queues (core/state.py); None = not declared.
+    state_fields: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self) -> None:
         self.stats = DeviceStats()
@@ -81,6 +84,14 @@ class VirtioDevice:
     def reset(self) -> None:
         """Stop all IO and forget the queues; returns once nothing of the guest's is in use."""
         self.features = 0
+
+    def save_state(self) -> dict[str, Any]:
+        """Device state beyond the queues, taken with the VM paused (called before the transport's)."""
+        return save_fields(self, self.state_fields or ())
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Called after the transport is back (and the device activated again, if it was)."""
+        load_fields(self, self.state_fields or (), state, self.name)
 
     def close(self) -> None:
         """The VM is going away: release backends (files)."""

@@ -37,6 +37,8 @@ _WIDTHS = {
 class LegacyRegisters(Device):
     """The legacy IO BAR as one bus device over a ``VirtioTransport``."""
 
+    state_fields = ()  # a decoder over the transport, whose state VirtioPci saves
+
     def __init__(self, transport: VirtioTransport) -> None:
         super().__init__()
         self.t = transport

@@ -77,6 +77,8 @@ def notify_offset(queue_index: int) -> int:
 class ModernRegisters(Device):
     """The modern BAR as one bus device over a ``VirtioTransport``."""
 
+    state_fields = ()  # a decoder over the transport, whose state VirtioPci saves
+
     def __init__(self, transport: VirtioTransport) -> None:
         super().__init__()
         self.t = transport

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from ...core.bus import Device
 from ...core.irq import IrqLine, MsiSink
+from ...core.state import check_keys
 from ...pci import BarDoorbell, PciFunction
 from ...pci.bar import BarKind
 from . import legacy, modern
@@ -32,6 +34,7 @@ from .spec import (
     PCI_VENDOR_ID,
     TRANSITIONAL_DEVICE_IDS,
 )
+from .state import kick_active_queues, load_transport, save_transport
 from .transport import VirtioTransport
 
 LEGACY_BAR, MSIX_BAR, MODERN_BAR = 0, 1, 4
@@ -117,6 +120,20 @@ class VirtioPci(PciFunction):
         cfg.set(at + 12, 4, cap.length)
         if cap.notify_multiplier is not None:
             cfg.set(at + 16, 4, cap.notify_multiplier)
+
+    # -- snapshot: the device first (a block device drains its IO), then transport and queues ----------
+    def save_function_state(self) -> dict[str, Any]:
+        device = self.device.save_state()
+        return {"transport": save_transport(self.transport), "device": device}
+
+    def load_function_state(self, state: dict[str, Any]) -> None:
+        saved = check_keys(state, ("transport", "device"), self.name)
+        load_transport(self.transport, saved["transport"], self.name)
+        self.device.load_state(saved["device"])
+
+    def restart(self) -> None:
+        """After a restore, once everything is back: serve what the driver made available before the snapshot."""
+        kick_active_queues(self.transport)
 
     def __repr__(self) -> str:  # doorbell owners and stats print this
         return self.name

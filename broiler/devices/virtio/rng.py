@@ -23,6 +23,7 @@ MAX_BYTES_PER_REQUEST = 64 * 1024
 class VirtioRng(VirtioDevice):
     device_type = DEVICE_ENTROPY
     name = "virtio-rng"
+    state_fields = ()  # each request is served whole when kicked: nothing is held between kicks
     queue_max_sizes = (256,)
 
     def __init__(self, source: Callable[[int], bytes] = os.urandom) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import Any
 
+from ....errors import BroilerError
 from ..chain import Memory
 from ..device import Notifier, VirtioDevice
 from ..queue import Virtqueue, VirtqueueError
@@ -82,6 +84,17 @@ class VirtioBlock(VirtioDevice):
             self._queue = queues[0] if queues[0].active else None
             if self._queue is not None:
                 self._worker = IoWorker(f"{self.name}-io", self._drain)
+
+    # -- snapshot ---------------------------------------------------------------------------------
+    state_fields = ()  # the queue is the transport's; requests are drained before a save, never half done
+
+    def save_state(self) -> dict[str, Any]:
+        """Let the IO thread finish every request it has taken (the VM is paused: no new kicks), so the
+        used ring and index the transport saves next are final and no request is half done."""
+        worker = self._worker
+        if worker is not None and not worker.wait_idle():
+            raise BroilerError(f"{self.name}: the IO thread did not finish its requests in time for a snapshot")
+        return {}
 
     def notify(self, queue_index: int) -> None:
         worker = self._worker

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("broiler.virtio.block")
@@ -19,6 +20,7 @@ class IoWorker:
         self._work = work
         self._wake = threading.Event()
         self._stopping = False
+        self._working = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -40,11 +42,24 @@ class IoWorker:
     def _run(self) -> None:
         while True:
             self._wake.wait()
+            self._working = True  # before the clear, so wait_idle never sees neither
             self._wake.clear()
             if self._stopping:
+                self._working = False
                 return
             try:
                 self._work()
             except Exception:  # a bug in broiler: keep the VM alive, say what happened once
                 log.exception("%s: IO worker failed", self.name)
                 return
+            finally:
+                self._working = False
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no kick is waiting and no work is running (the VM is paused, so none comes); True if so."""
+        deadline = time.monotonic() + timeout
+        while self._wake.is_set() or self._working:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                return not self._thread.is_alive()
+            time.sleep(0.001)
+        return True
