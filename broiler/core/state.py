@@ -14,7 +14,7 @@ queues their bound).
 
 Types ``save_fields`` knows (from the live attribute): bool, int (0 <= v < 2**bits, 64 bits unless
 given), str, bytes/bytearray (same length), a dict of int keys to ints (same keys; JSON keys become
-strings), and ``None``-or-int fields (declared ``"name?"``).
+strings), and ``None``-or-int fields (declared ``"name?"`` or ``"name?:8"``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ DEFAULT_BITS = 64
 
 
 def _parse(spec: str) -> tuple[str, int, bool]:
-    """``"name"``, ``"name:8"`` or ``"name?"`` (may be None) -> (attribute, bits, optional)."""
-    optional = spec.endswith("?")
-    spec = spec.rstrip("?")
+    """``"name"``, ``"name:8"`` or ``"name?:8"`` (may be None) -> (attribute, bits, optional)."""
+    optional = "?" in spec
+    spec = spec.replace("?", "")
     name, _, bits = spec.partition(":")
     return name, int(bits) if bits else DEFAULT_BITS, optional
 

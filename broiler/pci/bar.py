@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..core.bus import Device, Region
 from ..core.memory import PCI_MMIO_END, PCI_MMIO_START
+from ..core.state import STATELESS
 from ..errors import ConfigError
 
 PCI_IO_START = 0x6200
@@ -97,6 +98,8 @@ class Bar:
 class BarWindow(Device):
     """What the host puts on the bus for a BAR with overlays: each access goes to the overlay that
     contains it (at an offset relative to the overlay), else to the BAR's own handler."""
+
+    state_fields = STATELESS  # the handler and the MSI-X table/PBA are saved with the function
 
     def __init__(self, bar: Bar) -> None:
         super().__init__()

@@ -136,7 +136,8 @@ class Hpet(Device):
         for n, entry in enumerate(entries):
             t = check_keys(entry, ("config", "comparator", "period"), f"{who} timer {n}")
             tconfig = take_int(t, "config", f"{who} timer {n}")
-            if tconfig & ~TN_WRITABLE or not INT_ROUTE_CAP >> ((tconfig & TN_INT_ROUTE_MASK) >> TN_INT_ROUTE_SHIFT) & 1:
+            route = (tconfig & TN_INT_ROUTE_MASK) >> TN_INT_ROUTE_SHIFT
+            if tconfig & ~TN_WRITABLE or route and not INT_ROUTE_CAP >> route & 1:  # 0: the reset value
                 raise SnapshotError(f"{who} timer {n}: configuration {tconfig:#x} is not one a guest can set")
             timers.append((tconfig, take_int(t, "comparator", who), take_int(t, "period", who)))
         with self._lock:
