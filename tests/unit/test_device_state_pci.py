@@ -5,6 +5,8 @@ platform's device set (save_devices/restore_devices on the KVM-less PlatformSket
 from __future__ import annotations
 
 import copy
+import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from broiler.devices.demo.pci_demos import IntxDemoPci, MsiDemoPci, MsixDemoPci
 from broiler.devices.demo.pci_dma import DmaMsixPci
 from broiler.devices.testdev.pci_testdev import PciTestDev
 from broiler.devices.virtio import modern
+from broiler.devices.virtio.block.request import T_IN
 from broiler.devices.virtio.pci import MODERN_BAR, TransportKind, VirtioPci
 from broiler.devices.virtio.rng import VirtioRng
 from broiler.errors import SnapshotError
@@ -24,6 +27,10 @@ from broiler.vmm.snapshot.devices import device_table, restore_devices, save_dev
 from tests.unit.fakes import FakeIrqLine, FakeMsiSink, FakeScheduler
 from tests.unit.pci_fakes import Rig
 from tests.unit.test_device_state import through_file
+from tests.unit.test_virtio_block import Rig as BlockRig
+from tests.unit.test_virtio_block import image
+from tests.unit.test_virtio_console import Sink
+from tests.unit.test_virtio_console import rig as console_rig
 from tests.unit.test_virtio_pci import start_modern
 from tests.unit.virtio_driver import RAM, Buf
 
@@ -265,3 +272,29 @@ def test_a_platform_refuses_foreign_missing_and_misshapen_device_states() -> Non
     finally:
         one.close()
         two.close()
+
+
+def test_virtio_blk_save_drains_the_requests_its_io_thread_took(tmp_path: Path) -> None:
+    rig = BlockRig(image(tmp_path))
+    try:
+        for sector in range(12):
+            header = Buf(struct.pack("<IIQ", T_IN, 0, sector))
+            rig.drv.add([header, Buf(length=512, writable=True), Buf(length=1, writable=True)])
+        rig.dev.notify(0)
+        assert rig.dev.save_state() == {}  # returns once the IO thread is idle: nothing half done
+        assert len(rig.drv.used()) == 12 and rig.q.used_idx == 12
+    finally:
+        rig.close()
+
+
+def test_virtio_console_input_held_for_the_guest_survives() -> None:
+    old, _, _, _ = console_rig(Sink())
+    old.feed(b"typed before the driver gave a buffer")
+    saved = through_file(old.save_state())
+    new, rx, _, _ = console_rig(Sink())
+    new.load_state(saved)
+    _, addrs = rx.add([Buf(length=64, writable=True)])
+    new.notify(0)
+    assert rx.used() == [(0, 37)] and rx.mem.read(addrs[0], 37) == b"typed before the driver gave a buffer"
+    with pytest.raises(SnapshotError, match="virtio-console"):
+        new.load_state({"input": b"", "held": [0, 1 << 20]})  # more bytes sent than the chain has
