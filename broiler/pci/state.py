@@ -13,7 +13,8 @@ from typing import Any
 
 from ..core.state import check_keys, take_bytes, take_int
 from .config import CONFIG_SPACE_SIZE, ConfigSpace
-from .msi import MsiCapability, MsixCapability
+from .msi import _ENTRY_WMASK as ENTRY_WMASK
+from .msi import MSIX_ENTRY_SIZE, MsiCapability, MsixCapability
 
 
 def merge_config(config: ConfigSpace, saved: bytes) -> None:
@@ -42,8 +43,10 @@ def load_msi(msi: MsiCapability | None, msix: MsixCapability | None, state: obje
     if msix is not None:
         table = take_bytes(saved, "msix_table", who, msix.table_size)
         pba = take_bytes(saved, "msix_pba", who, msix.pba_size)
-        with msix._lock:
-            msix.table[:] = table
+        with msix._lock:  # each entry through the guest's write mask: reserved bits stay as the device made them
+            for at, byte in enumerate(table):
+                mask = ENTRY_WMASK[at % MSIX_ENTRY_SIZE]
+                msix.table[at] = msix.table[at] & ~mask | byte & mask
             msix.pba[:] = pba
     if msi is not None and msi.per_vector_mask:
         msi.config.set(msi.pending_offset, 4, pending)

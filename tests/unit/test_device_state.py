@@ -15,6 +15,7 @@ import pytest
 
 import broiler
 from broiler.core.bus import Device
+from broiler.core.guard import GuardedDevice
 from broiler.devices.demo.async_demo import ASYNC_PIO, VIOAPIC, AsyncDemo
 from broiler.devices.demo.coalesced_log import CoalescedLog
 from broiler.devices.demo.sync_demo import SyncRegisters
@@ -323,3 +324,58 @@ def test_pc_testdev_latch_iomem_and_irq_levels() -> None:
         b.load_state(through_file(a.save_state()))
     assert new.latch.read(0, 4) == 0xDEADBEEF and new.iomem.read(0x100, 8) == 0x1122334455667788
     assert [n for n, line in enumerate(lines) if line.level] == [10]
+
+
+# -- users' devices ---------------------------------------------------------------------------------
+
+
+class Counting:
+    """A user's device with save_state/load_state (not a broiler Device)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return self.count
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.count += 1
+
+    def save_state(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state.get("count"), int):
+            raise ValueError("count must be an int")
+        self.count = state["count"]
+
+
+class Plain:
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+def guarded(device: object) -> GuardedDevice:
+    return GuardedDevice(device, "mine", lambda off: f"port {off:#x}", lambda report: None)
+
+
+def test_a_users_device_takes_part_through_its_own_save_and_load() -> None:
+    old = guarded(Counting())
+    old.write(0, 1, 0)
+    old.write(0, 1, 0)
+    new = guarded(Counting())
+    new.load_state(through_file(old.save_state()))
+    assert new.read(0, 4) == 2
+    with pytest.raises(SnapshotError, match="mine: load_state refused"):
+        new.load_state({"count": "two"})
+
+
+def test_a_users_device_without_them_is_stateless() -> None:
+    plain = guarded(Plain())
+    assert plain.save_state() == {}
+    plain.load_state({})
+    with pytest.raises(SnapshotError, match="mine"):
+        plain.load_state({"x": 1})
