@@ -48,6 +48,10 @@ class Observer:
         """Deferred work was scheduled; returns what the event loop should run instead of ``fn``."""
         return fn
 
+    def clock(self, source: int, value: int) -> int:
+        """A device read the clock (core/clock.py: ``source`` says which reading); returns what it gets."""
+        return value
+
 
 class FanOut(Observer):
     """Several observers as one (``--trace`` with ``--record``), told in order."""
@@ -76,10 +80,15 @@ class FanOut(Observer):
             fn = observer.timer(fn)
         return fn
 
+    def clock(self, source: int, value: int) -> int:
+        for observer in self.observers:
+            value = observer.clock(source, value)
+        return value
+
 
 def attach_observer(host: Any, observer: Observer) -> Observer:
     """Hook ``observer`` into every path of ``host`` (a Machine or a platform sketch: pio_bus, mmio_bus,
-    irqs, doorbells, loop, dma_memory). A second observer joins the first; returns the one attached."""
+    irqs, doorbells, loop, dma_memory, clock). A second observer joins the first; returns the one attached."""
     previous = getattr(host, "observer", None)
     if previous is not None:
         observer = FanOut([previous, observer])
@@ -89,6 +98,7 @@ def attach_observer(host: Any, observer: Observer) -> Observer:
     host.doorbells.observer = observer
     host.loop.observer = observer
     host.dma_memory.observer = observer
+    host.clock.hook = observer.clock
     host.observer = observer
     return observer
 

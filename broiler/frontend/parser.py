@@ -121,6 +121,20 @@ def _add_run_parser(sub: Any) -> None:
     _add_machine_options(run)
 
 
+def _add_record_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--record",
+        metavar="FILE",
+        help="write every device-visible event to FILE, for `broiler replay` (docs/record-replay.md)",
+    )
+    run.add_argument(
+        "--record-limit",
+        metavar="SIZE",
+        default="1G",
+        help="the largest --record file (default 1G): at the limit the recording ends with a marker, the VM runs on",
+    )
+
+
 def _add_machine_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--testdev", action="store_true", help="add QEMU's test devices: fw_cfg (0x510), pc-testdev, pci-testdev"
@@ -156,11 +170,7 @@ def _add_machine_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--trace-file", metavar="FILE", help="write the trace here instead of stderr")
     run.add_argument("--trace-json", action="store_true", help="trace as JSON lines")
-    run.add_argument(
-        "--record",
-        metavar="FILE",
-        help="write every device-visible event to FILE, for `broiler replay` (docs/record-replay.md)",
-    )
+    _add_record_options(run)
     run.add_argument(
         "--console",
         choices=("serial", "virtio", "none"),

@@ -34,7 +34,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as f:
             header = rec.read_header(f, args.file)
             replayer = Replayer(replay_config(header, args.user_devices), show=args.show)
-            result = replayer.run(rec.read_events(f, args.file))
+            ending = rec.Ending()
+            result = replayer.run(rec.read_events(f, args.file, ending))
     except OSError as exc:
         raise ConfigError(f"cannot read recording {args.file!r}: {exc.strerror or exc}") from None
     elapsed = time.perf_counter() - t0
@@ -42,6 +43,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(divergence.describe())
     if result.divergences > len(result.first):
         print(f"... and {result.divergences - len(result.first)} more")
+    if ending.cut_by_limit:
+        print("the recording was cut by its --record-limit: the run went on past its last event")
     print(_summary(header, result, elapsed))
     if args.plot is not None:
         plot_accesses(result, args.plot)

@@ -21,6 +21,7 @@ from ..vmm.config import MachineConfig
 from ..vmm.linux import DEFAULT_CMDLINE, default_profile, load_linux
 from ..vmm.machine import Machine
 from ..vmm.recorder import Recorder, check_recordable, recording_header
+from ..vmm.recording import MIN_CHUNK_RAW_BYTES as MIN_RECORD_LIMIT
 from ..vmm.userdev import parse_device_spec
 from .control import ControlServer, socket_path
 from .report import device_rows, exit_table, io_table, snapshot_stats
@@ -87,6 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.record is not None:
         check_recordable(config)
         check_output(args.record, "--record")
+        args.record_limit_bytes = parse_size(args.record_limit, what="--record-limit")
+        if args.record_limit_bytes < MIN_RECORD_LIMIT:
+            raise ConfigError(f"bad --record-limit {args.record_limit!r}: at least 4K (the file's header)")
     if args.async_delay is not None:
         config.async_delay = args.async_delay
     name = f"vm-{os.getpid()}" if args.name is None else args.name
@@ -128,9 +132,20 @@ def _start_record(
     except OSError as exc:
         raise ConfigError(f"cannot write --record {args.record!r}: {exc.strerror}") from None
     guest = args.kernel or args.guest or DEMO_GUEST
-    recorder = Recorder(out, recording_header(config, list(args.user_devices), machine, guest))
+    header = recording_header(config, list(args.user_devices), machine, guest)
+    recorder = Recorder(out, header, limit=args.record_limit_bytes, on_cut=lambda events: _record_cut(args, events))
     recorder.attach(machine)
     stack.callback(recorder.close)
+
+
+def _record_cut(args: argparse.Namespace, events: int) -> None:
+    """The writer thread's one line when the recording reaches its limit (the VM is not disturbed)."""
+    print(
+        f"broiler: --record {args.record!r} reached --record-limit {args.record_limit} after {events} events: "
+        "recording stopped, the VM runs on",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _load_guest(args: argparse.Namespace, kind: str | None, machine: Machine, image: bytes | None) -> None:

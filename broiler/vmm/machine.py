@@ -24,6 +24,7 @@ from ..boot.firmware import pci_irqs
 from ..boot.flat64 import flat64_entry_state, load_flat64
 from ..boot.multiboot import load_multiboot_files
 from ..core.bus import Device, MmioBus, PioBus, Region
+from ..core.clock import DeviceClock
 from ..core.coalesced import CoalescedRing
 from ..core.eventloop import EventLoop
 from ..core.exits import ExitTable
@@ -86,6 +87,7 @@ class Machine:
             self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
         self.irqs = Interrupts(self.vm, lambda: self.stopping, routing=config.irqchip)
         self.loop = EventLoop()
+        self.clock = DeviceClock()  # what time-keeping devices read; starts with the vCPUs
         # Without KVM_CAP_IOEVENTFD doorbells still work: every doorbell write traps to the device.
         self.doorbells = Doorbells(self.vm if self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0 else None, self.loop)
         self.coalesced_pio = self.kvm.check_extension(abi.KVM_CAP_COALESCED_PIO) > 0
@@ -293,6 +295,7 @@ class Machine:
         deadline = None if timeout is None else time.monotonic() + timeout
         previous = self._install_signal_handlers()
         try:
+            self.clock.start()
             self.loop.start()
             for t in self.threads:
                 t.start()

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from .. import exitcodes
 from ..core.bus import Device, MmioBus, PioBus, Region
+from ..core.clock import DeviceClock
 from ..core.eventloop import EventLoop
 from ..core.ioeventfd import Doorbells
 from ..core.irq import IrqAllocator, IrqLine, MsiMessage, MsiSink
@@ -75,6 +76,7 @@ class PlatformHost(Protocol):
     memory: GuestMemory
     dma_memory: DeviceMemory  # the same RAM as ``memory``, as devices see it (observable DMA)
     loop: EventLoop
+    clock: DeviceClock  # the time devices read (recorded and replayed as an input)
     serial: Serial8250 | None
     pci: PciHost | None
     on_stop: list[Callable[[], None]]
@@ -143,12 +145,12 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     )
     m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
-    m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size))
+    m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size, clock=m.clock.gmtime))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
-    m.add_pio(PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer())
+    m.add_pio(PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer(m.clock.monotonic_ns))
     if config.hpet is not False:
         # A platform device like the PM timer, so --no-demo-devices keeps it: test kernels expect it.
-        m.add_mmio(HPET_BASE, HPET_SIZE, Hpet(hpet_lines(m, config), m.loop.call_later))
+        m.add_mmio(HPET_BASE, HPET_SIZE, Hpet(hpet_lines(m, config), m.loop.call_later, m.clock.monotonic_ns))
     output = config.serial_output or stdout_writer
     m.serial = Serial8250(output, _fixed_line(m, config, COM1_IRQ), name="ttyS0")
     m.add_pio(COM1_BASE, UART_SIZE, m.serial)
@@ -245,6 +247,7 @@ class PlatformSketch:
         self.serial: Serial8250 | None = None
         self.irqs = _SketchInterrupts()
         self.loop = EventLoop()  # never started: nothing is scheduled without a guest
+        self.clock = DeviceClock()  # never started either: reads 0 unless replay feeds recorded time
         self.doorbells = Doorbells(None, self.loop)
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
         self.dma_memory = DeviceMemory(self.memory)

@@ -50,6 +50,7 @@ def recording_header(config: MachineConfig, device_texts: list[str], host: Any, 
             "demo_devices": config.demo_devices,
             "testdev": config.testdev,
             "irqchip": config.irqchip,
+            "hpet": config.hpet,
             "async_delay": config.async_delay,
             "devices": device_texts,
         },
@@ -58,8 +59,15 @@ def recording_header(config: MachineConfig, device_texts: list[str], host: Any, 
 
 
 class Recorder(Observer):
-    def __init__(self, out: IO[bytes], header: dict[str, Any]) -> None:
-        self.writer = rec.RecordingWriter(out, header)
+    def __init__(
+        self,
+        out: IO[bytes],
+        header: dict[str, Any],
+        *,
+        limit: int | None = None,
+        on_cut: Callable[[int], None] | None = None,
+    ) -> None:
+        self.writer = rec.RecordingWriter(out, header, limit, on_cut)
         self._lock = threading.Lock()
         # Held from a cause's start to its end: while recording, devices handle one cause at a time, so the
         # file's order is an order in which the causes really happened (a timer's work and a vCPU's read of
@@ -113,7 +121,7 @@ class Recorder(Observer):
             return
         now = time.monotonic_ns()
         with self._lock:
-            if self.closed:
+            if self.closed or self.writer.cut:
                 return
             dt_us = max(0, now - self._last_ns) // 1000
             self._last_ns += dt_us * 1000  # the remainder carries on: times do not drift
@@ -153,6 +161,10 @@ class Recorder(Observer):
                 self.end()
 
         return fired
+
+    def clock(self, source: int, value: int) -> int:
+        self._add((rec.CLOCK, source, 0, value, b""), False)
+        return value
 
     def close(self) -> None:
         """Write what is left and the end marker; events after this are dropped (the VM is stopping)."""

@@ -5,6 +5,7 @@ File::
     magic b"BROILREC" | u16 format version | u32 header length | header (JSON, UTF-8)
     chunk*: u32 compressed length | u32 raw length | zstd frame       (raw: a run of whole events)
     end:    u32 0 | u32 event count                                   (missing: the file is truncated)
+    or cut: u32 0xFFFFFFFF | u32 event count      (--record-limit reached: the run went on, unrecorded)
 
 Event: ``<B I Q I Q`` = kind, microseconds since the previous event, address, size, value (25 bytes before
 compression); a DMA event is followed by its ``size`` bytes of data. See docs/record-replay.md.
@@ -16,7 +17,8 @@ import json
 import queue
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
 import zstandard
@@ -24,12 +26,16 @@ import zstandard
 from ..errors import ConfigError
 
 MAGIC = b"BROILREC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: clock reads (CLOCK events) and the cut marker
+READABLE_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<8sHI")
 _CHUNK = struct.Struct("<II")
 EVENT = struct.Struct("<BIQIQ")
 CHUNK_RAW_BYTES = 1 << 20  # events are compressed a MiB at a time
 HEADER_LIMIT = 1 << 20
+MIN_CHUNK_RAW_BYTES = 4 << 10
+CUT_MARK = 0xFFFF_FFFF  # in place of a chunk's compressed length: the recording stops here, cut by its limit
+DEFAULT_LIMIT = 1 << 30
 CHUNK_LIMIT = 64 << 20  # a chunk claiming more than this is corrupt (we never write one past ~1 MiB + 1 DMA)
 
 # Causes: what the guest (or time) did to a device.
@@ -37,6 +43,10 @@ PIO_READ, PIO_WRITE, MMIO_READ, MMIO_WRITE, COALESCED_PIO, COALESCED_MMIO = 1, 2
 KICK_PIO, KICK_MMIO, TIMER_FIRED = 7, 8, 9
 # Effects: what a device did while handling a cause.
 TIMER_SET, DMA_READ, DMA_WRITE, IRQ_LEVEL, IRQ_PULSE, MSI = 10, 11, 12, 13, 14, 15
+# An input a device took while handling a cause: a clock reading (address = core/clock.py's source, value =
+# what it read). Replay feeds it back rather than comparing it; a model that reads the clock a different
+# number of times diverges there.
+CLOCK = 16
 CAUSES = frozenset(range(PIO_READ, TIMER_FIRED + 1))
 DMA_KINDS = frozenset({DMA_READ, DMA_WRITE})
 KIND_NAMES = {
@@ -55,6 +65,7 @@ KIND_NAMES = {
     IRQ_LEVEL: "IRQ line",
     IRQ_PULSE: "IRQ pulse",
     MSI: "MSI",
+    CLOCK: "clock read",
 }
 
 
@@ -74,6 +85,8 @@ class Event(NamedTuple):
             return f"{name} #{self.value}"
         if self.kind in (IRQ_LEVEL, IRQ_PULSE):
             return f"{name} GSI {self.addr}" + (f" level {self.value}" if self.kind == IRQ_LEVEL else "")
+        if self.kind == CLOCK:
+            return f"clock read ({'UTC seconds' if self.addr else 'ns'}) {self.value}"
         if self.kind == MSI:
             return f"MSI {self.addr:#x} data {self.value:#x}"
         return f"{name} {self.addr:#x}/{self.size} value {self.value:#x}"
@@ -85,42 +98,90 @@ def pack(kind: int, dt_us: int, addr: int, size: int, value: int) -> bytes:
 
 class RecordingWriter:
     """Appends packed events; a writer thread compresses and writes each full chunk (never a vCPU's or the
-    event loop's thread). ``close`` writes the last chunk and the end marker."""
+    event loop's thread). ``close`` writes the last chunk and the end marker.
 
-    def __init__(self, out: IO[bytes], header: dict[str, Any]) -> None:
+    ``limit`` bounds the file's size in bytes: the chunk that would pass it is not written; the cut marker
+    goes in its place, everything after is dropped, and ``on_cut`` is called once (on the writer thread).
+    Chunks are made small enough (a sixteenth of the limit) that a cut file keeps most of what fits."""
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        header: dict[str, Any],
+        limit: int | None = None,
+        on_cut: Callable[[int], None] | None = None,
+    ) -> None:
         blob = json.dumps(header, sort_keys=True).encode()
         out.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)) + blob)
         self.out = out
-        self.events = 0
+        self.events = 0  # appended
+        self.written_events = 0  # in chunks on disk
+        self.file_bytes = _PREAMBLE.size + len(blob)
         self.raw_bytes = 0
+        self.limit = limit
+        self.cut = False
+        self._on_cut = on_cut
+        self._chunk_bytes = (
+            CHUNK_RAW_BYTES if limit is None else max(MIN_CHUNK_RAW_BYTES, min(CHUNK_RAW_BYTES, limit // 16))
+        )
         self._buffer = bytearray()
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: a slow disk slows the VM
+        self._buffer_events = 0
+        # Bounded: a slow disk slows the VM rather than queueing without end.
+        self._chunks: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._write_chunks, name="broiler-record", daemon=True)
         self._thread.start()
 
     def append(self, data: bytes, events: int) -> None:
         """Whole events only (callers hold their own lock, so events from different threads never mix)."""
+        if self.cut:
+            return  # past the limit: nothing more is kept, not even in memory
         self._buffer += data
+        self._buffer_events += events
         self.events += events
         self.raw_bytes += len(data)
-        if len(self._buffer) >= CHUNK_RAW_BYTES:
-            self._chunks.put(bytes(self._buffer))
-            self._buffer.clear()
+        if len(self._buffer) >= self._chunk_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._chunks.put((bytes(self._buffer), self._buffer_events))
+        self._buffer.clear()
+        self._buffer_events = 0
 
     def _write_chunks(self) -> None:
         compressor = zstandard.ZstdCompressor(level=3)
-        while (raw := self._chunks.get()) is not None:
+        while (item := self._chunks.get()) is not None:
+            raw, events = item
+            if self.cut:
+                continue
             packed = compressor.compress(raw)
+            size = _CHUNK.size + len(packed)
+            if self.limit is not None and self.file_bytes + size + _CHUNK.size > self.limit:
+                self.cut = True
+                self.out.write(_CHUNK.pack(CUT_MARK, self.written_events))
+                self.file_bytes += _CHUNK.size
+                if self._on_cut is not None:
+                    self._on_cut(self.written_events)
+                continue
             self.out.write(_CHUNK.pack(len(packed), len(raw)) + packed)
+            self.file_bytes += size
+            self.written_events += events
 
     def close(self) -> None:
         if self._buffer:
-            self._chunks.put(bytes(self._buffer))
-            self._buffer.clear()
+            self._flush()
         self._chunks.put(None)
         self._thread.join()
-        self.out.write(_CHUNK.pack(0, self.events))
+        if not self.cut:
+            self.out.write(_CHUNK.pack(0, self.written_events))
+            self.file_bytes += _CHUNK.size
         self.out.flush()
+
+
+@dataclass
+class Ending:
+    """How the events of a recording ended, once ``read_events`` has read them all."""
+
+    cut_by_limit: bool = False
 
 
 def _foreign(path: str, why: str) -> ConfigError:
@@ -136,8 +197,9 @@ def read_header(f: IO[bytes], path: str) -> dict[str, Any]:
     if len(preamble) < _PREAMBLE.size or not preamble.startswith(MAGIC):
         raise _foreign(path, "no BROILREC magic")
     _, version, length = _PREAMBLE.unpack(preamble)
-    if version != FORMAT_VERSION:
-        raise ConfigError(f"recording {path!r} has format version {version}; this broiler reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise ConfigError(f"recording {path!r} has format version {version}; this broiler reads {readable}")
     if length > HEADER_LIMIT:
         raise _truncated(path, f"header of {length} bytes")
     blob = f.read(length)
@@ -150,8 +212,9 @@ def read_header(f: IO[bytes], path: str) -> dict[str, Any]:
     return header
 
 
-def read_events(f: IO[bytes], path: str) -> Iterator[Event]:
-    """Every event after the header, in order; raises ConfigError on a truncated or corrupt file."""
+def read_events(f: IO[bytes], path: str, ending: Ending | None = None) -> Iterator[Event]:
+    """Every event after the header, in order; raises ConfigError on a truncated or corrupt file. A file cut
+    by its --record-limit is not an error: ``ending.cut_by_limit`` says so once every event is read."""
     decompressor = zstandard.ZstdDecompressor()
     t_us = count = 0
     while True:
@@ -159,9 +222,11 @@ def read_events(f: IO[bytes], path: str) -> Iterator[Event]:
         if len(head) < _CHUNK.size:
             raise _truncated(path, f"ends after {count} events without its end marker")
         packed_len, raw_len = _CHUNK.unpack(head)
-        if packed_len == 0:
+        if packed_len in (0, CUT_MARK):
             if raw_len != count:
                 raise _truncated(path, f"end marker says {raw_len} events, found {count}")
+            if ending is not None:
+                ending.cut_by_limit = packed_len == CUT_MARK
             return
         if packed_len > CHUNK_LIMIT or raw_len > CHUNK_LIMIT:
             raise _truncated(path, "chunk too large")

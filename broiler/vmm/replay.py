@@ -53,6 +53,8 @@ class _Effects(Observer):
     def __init__(self) -> None:
         self.produced: list[rec.Event] = []
         self.scheduled: list[Callable[[], None]] = []
+        self.clock_feed: list[int] = []  # the clock values recorded for the cause being driven, in order
+        self._last_clock = [0, 0]  # per source: what an unrecorded extra read gets (time does not go back)
 
     def emit(self, kind: str, rw: str, addr: int, size: int, value: int | None, device: str) -> None:
         if kind != "irq":
@@ -65,6 +67,16 @@ class _Effects(Observer):
 
     def dma(self, rw: str, gpa: int, data: bytes) -> None:
         self.produced.append(rec.Event(rec.DMA_READ if rw == "r" else rec.DMA_WRITE, 0, gpa, len(data), 0, data))
+
+    def clock(self, source: int, value: int) -> int:
+        if self.clock_feed:
+            value = self.clock_feed.pop(0)
+        elif 0 <= source < len(self._last_clock):
+            value = self._last_clock[source]
+        if 0 <= source < len(self._last_clock):
+            self._last_clock[source] = value
+        self.produced.append(rec.Event(rec.CLOCK, 0, source, 0, value))
+        return value
 
     def timer(self, fn: Callable[[], None]) -> Callable[[], None]:
         self.scheduled.append(fn)
@@ -81,6 +93,7 @@ def replay_config(header: dict[str, Any], devices: list[str] | None) -> MachineC
         testdev=bool(saved["testdev"]),
         irqchip=bool(saved["irqchip"]),
         async_delay=float(saved["async_delay"]),
+        hpet=saved.get("hpet"),  # absent before format 2: the platform's default, an HPET
         serial_output=lambda data: None,
     )
     texts = list(saved.get("devices", [])) if devices is None else devices
@@ -133,6 +146,7 @@ class Replayer:
                     pass
         self.effects.produced.clear()
         self.effects.scheduled.clear()
+        self.effects.clock_feed = [event.value for event in effects if event.kind == rec.CLOCK]
         if cause.kind:
             self.result.causes += 1
             try:

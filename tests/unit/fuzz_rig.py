@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from broiler.core.bus import Device, MmioBus, PioBus, Region
+from broiler.core.clock import DeviceClock
 from broiler.core.irq import IrqAllocator, MsiMessage, MsiSink
 from broiler.core.memory import GuestMemory, MemoryMap, MiB
 from broiler.core.observe import DeviceMemory
@@ -136,6 +137,7 @@ class FuzzMachine:
         self.mmio_bus = MmioBus()
         self.scheduler = FakeScheduler()
         self.loop = _Loop(self.scheduler)
+        self.clock = DeviceClock()  # never started: time-keeping devices read 0
         self.doorbells = FakeDoorbells()
         self.irqs = _Interrupts()
         self.serial: Serial8250 | None = None
