@@ -238,7 +238,7 @@ def add_qemu_test_devices(m: PlatformHost, pci: PciHost, config: MachineConfig) 
 class PlatformSketch:
     """The platform's buses and devices without a VM: what `broiler layout` prints."""
 
-    def __init__(self, config: MachineConfig) -> None:
+    def __init__(self, config: MachineConfig, clock: DeviceClock | None = None) -> None:
         self.config = config
         self.map = MemoryMap(config.mem_size)
         self.pio_bus = PioBus()
@@ -247,7 +247,8 @@ class PlatformSketch:
         self.serial: Serial8250 | None = None
         self.irqs = _SketchInterrupts()
         self.loop = EventLoop()  # never started: nothing is scheduled without a guest
-        self.clock = DeviceClock()  # never started either: reads 0 unless replay feeds recorded time
+        # Never started unless a test hands one in: replay feeds the recorded time through its hook.
+        self.clock = clock or DeviceClock()
         self.doorbells = Doorbells(None, self.loop)
         self.memory = GuestMemory(self.map)  # lazily mapped: costs nothing untouched
         self.dma_memory = DeviceMemory(self.memory)
