@@ -79,9 +79,13 @@ class Recorder(Observer):
         self._t0 = time.monotonic_ns()
         self._last_ns = self._t0
         self.closed = False
+        self._stopping: Callable[[], bool] = lambda: False
 
     def attach(self, host: Any) -> None:
         attach_observer(host, self)
+        # Once the VM is stopping, interrupts are dropped (core/irq.py) and vCPUs race the shutdown: a cause
+        # begun then would be recorded with effects that a replay, which never stops, does not reproduce.
+        self._stopping = lambda: bool(getattr(host, "stopping", False))
 
     # -- events -------------------------------------------------------------------------------
     def _stack(self) -> tuple[list[Any], list[int]]:
@@ -94,6 +98,7 @@ class Recorder(Observer):
         group, slots = self._stack()
         if not slots:
             self._serial.acquire()
+            self._local.late = self._stopping()
         slots.append(len(group))
         group.append(None)  # the cause's place: its event comes first, whenever it is known
 
@@ -102,7 +107,8 @@ class Recorder(Observer):
         slots.pop()
         if not slots:
             try:
-                self._write([e for e in group if e is not None])
+                if not self._local.late:  # a cause begun after the VM started stopping is not recorded
+                    self._write([e for e in group if e is not None])
             finally:
                 group.clear()
                 self._serial.release()
@@ -110,7 +116,8 @@ class Recorder(Observer):
     def _add(self, event: tuple[int, int, int, int, bytes], cause: bool) -> None:
         group, slots = self._stack()
         if not slots:
-            self._write([event])
+            if not self._stopping():
+                self._write([event])
         elif cause and group[slots[-1]] is None:
             group[slots[-1]] = event
         else:
