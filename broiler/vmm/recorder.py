@@ -33,7 +33,10 @@ _ACCESS_KINDS = {
 
 def check_recordable(config: MachineConfig) -> None:
     if config.disks or config.virtio_rng or config.virtio_console:
-        raise ConfigError("--record does not cover virtio devices yet: leave out --disk, --rng and --console virtio")
+        raise ConfigError(
+            "--record does not cover virtio devices yet (their queues are reached through live memory views and "
+            "completed on IO threads, which a recording cannot follow): leave out --disk, --rng and --console virtio"
+        )
 
 
 def recording_header(config: MachineConfig, device_texts: list[str], host: Any, guest: str) -> dict[str, Any]:
