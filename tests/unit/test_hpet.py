@@ -182,6 +182,24 @@ def test_level_timer_holds_its_line_until_status_is_cleared(t: FakeTime) -> None
     assert hpet.read(GINTR_STA, 8) == 0 and lines[23].history == [1, 0]
 
 
+def test_enabling_arms_every_timer_at_one_instant_on_a_slow_host(t: FakeTime) -> None:
+    """mbhpet's routed one-shot under --record: the host stalled between arming two timers, the counter ran
+    past timer 2's near comparator, and the match was lost until the counter wrapped."""
+
+    def stalling_clock() -> int:
+        t.now += 3_000_000  # 3 ms pass at every reading: far more than timer 2's 2-ms comparator
+        return t.now
+
+    lines = {gsi: FakeIrqLine(gsi=gsi) for gsi in (2, 8, 23)}
+    hpet = Hpet(lines, t.schedule, stalling_clock)
+    hpet.write(timer_reg(2, 0), 8, TN_INT_ENB | TN_INT_TYPE_LEVEL | TN_ROUTE_23)
+    hpet.write(timer_reg(2, 8), 8, 200_000)  # 2 ms at 10 ns a tick
+    hpet.write(GEN_CONF, 4, 1)
+    assert [p.when_ns - t.now for p in t.live()] == [2_000_000]  # 2 ms from the enable's one reading
+    t.advance(2_000_000)
+    assert hpet.fired[2] == 1 and lines[23].level == 1
+
+
 def test_level_status_is_set_with_interrupts_disabled_but_the_line_stays_low(t: FakeTime) -> None:
     hpet, lines = make(t)
     hpet.write(timer_reg(0, 0), 8, TN_INT_TYPE_LEVEL | TN_ROUTE_23)

@@ -155,9 +155,12 @@ class Hpet(Device):
         return bool(self.config & ENABLE_CNF)
 
     def counter(self) -> int:
+        return self._counter_at(self._clock_ns()) if self.enabled else self._counter_base
+
+    def _counter_at(self, now_ns: int) -> int:
         if not self.enabled:
             return self._counter_base
-        return (self._counter_base + (self._clock_ns() - self._base_ns) // NS_PER_TICK) & MASK64
+        return (self._counter_base + (now_ns - self._base_ns) // NS_PER_TICK) & MASK64
 
     # -- bus interface ---------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -233,14 +236,18 @@ class Hpet(Device):
 
     # -- configuration ---------------------------------------------------------------------------
     def _set_general_config(self, value: int) -> None:
+        # One reading for the whole write: the guest sees it as one instant. Arming each timer against a fresh
+        # reading let a slow host (a GIL wait between two timers) run the counter past a near comparator
+        # before that timer was armed, and its one-shot was lost until the counter wrapped.
+        now_ns = self._clock_ns()
         was_enabled = self.enabled
         if was_enabled and not value & ENABLE_CNF:
-            self._counter_base = self.counter()  # halt: freeze the count
+            self._counter_base = self._counter_at(now_ns)  # halt: freeze the count
         elif value & ENABLE_CNF and not was_enabled:
-            self._base_ns = self._clock_ns()  # run: count on from the (maybe written) value
+            self._base_ns = now_ns  # run: count on from the (maybe written) value
         self.config = value
         for timer in self.timers:
-            self._arm(timer)
+            self._arm(timer, now_ns)
         self._update_lines()
 
     def _set_timer_config(self, timer: HpetTimer, value: int) -> None:
@@ -270,20 +277,22 @@ class Hpet(Device):
         self._arm(timer)
 
     # -- matches ---------------------------------------------------------------------------------
-    def _arm(self, timer: HpetTimer) -> None:
-        """Cancel the timer's pending match and schedule the next one, if the HPET runs."""
+    def _arm(self, timer: HpetTimer, now_ns: int | None = None) -> None:
+        """Cancel the timer's pending match and schedule the next one, if the HPET runs (``now_ns``: the
+        reading the caller took for this instant, or a fresh one)."""
         if timer.pending is not None:
             timer.pending.cancel()
             timer.pending = None
         if not self.enabled:
             return
-        ticks = (timer.comparator - self.counter()) & timer.width_mask
-        self._schedule_in(timer, ticks)
+        now_ns = self._clock_ns() if now_ns is None else now_ns
+        ticks = (timer.comparator - self._counter_at(now_ns)) & timer.width_mask
+        self._schedule_in(timer, ticks, now_ns)
 
-    def _schedule_in(self, timer: HpetTimer, ticks: int) -> None:
+    def _schedule_in(self, timer: HpetTimer, ticks: int, now_ns: int | None = None) -> None:
         if ticks >= FAR_FUTURE_TICKS:
             return
-        timer.deadline_ns = self._clock_ns() + ticks * NS_PER_TICK
+        timer.deadline_ns = (self._clock_ns() if now_ns is None else now_ns) + ticks * NS_PER_TICK
         timer.pending = self._schedule(ticks * NS_PER_TICK / 1e9, lambda: self._expire(timer))
 
     def _expire(self, timer: HpetTimer) -> None:
