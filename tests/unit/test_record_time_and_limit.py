@@ -156,3 +156,18 @@ def test_plot_draws_a_png_of_the_expected_size(tmp_path: Path, capsys: pytest.Ca
     assert (width, height) == (1000, round(100 * (0.4 * rows + 1.5)))  # frontend/replay.py's figure at 100 dpi
     pixels = image.imread(str(png))
     assert pixels.shape[:2] == (height, width) and pixels.min() < pixels.max()  # something is drawn
+
+
+def test_causes_begun_after_the_vm_started_stopping_are_not_recorded(tmp_path: Path) -> None:
+    """A stopping VM drops interrupts (core/irq.py): what a late cause did could not be replayed."""
+    sketch, path = _sketch(), tmp_path / "stop.rec"
+    with open(path, "wb") as out:
+        recorder = Recorder(out, recording_header(sketch.config, [], sketch, "stop"))
+        recorder.attach(sketch)
+        sketch.pio_bus.write(SYNC_PIO + 4, 4, 1)
+        setattr(sketch, "stopping", True)  # what Machine.request_exit sets  # noqa: B010
+        sketch.pio_bus.write(SYNC_PIO + 4, 4, 2)
+        recorder.close()
+    with open(path, "rb") as f:
+        rec.read_header(f, str(path))
+        assert [e.value for e in rec.read_events(f, str(path))] == [1]
