@@ -142,10 +142,11 @@ class Hpet(Device):
             timers.append((tconfig, take_int(t, "comparator", who), take_int(t, "period", who)))
         with self._lock:
             self.config, self.status = config, status
-            self._counter_base, self._base_ns = counter, self._clock_ns()
+            now_ns = self._clock_ns()  # one instant for the whole restore, as for an enable
+            self._counter_base, self._base_ns = counter, now_ns
             for timer, (tconfig, comparator, period) in zip(self.timers, timers, strict=True):
                 timer.config, timer.comparator, timer.period = tconfig, comparator, period
-                self._arm(timer)  # a match still ahead is scheduled again, from the restored counter
+                self._arm(timer, now_ns)  # a match still ahead is scheduled again, from the restored counter
             self._raised = set()  # a fresh machine's lines are low: raise what the status says
             self._update_lines()
 
