@@ -9,6 +9,7 @@ kernels scan 0xE0000-0xFFFFF for the RSDP on 16-byte boundaries):
 - DSDT: \\_SB.PCI0 (PNP0A03 host bridge: _SEG, _BBN, _UID, _CRS windows, _PRT for PCI INTx),
   \\_SB.MRES (PNP0C02 reserving the ECAM window, which Linux wants before it trusts MCFG),
   \\_SB.DEMO (PNP0C02 reserving the platform's demo ports, so /proc/ioports shows them),
+  \\_S3 (suspend to RAM, SLP_TYP 1 as QEMU's; resume through the FACS waking vector: vmm/sleep.py) and
   \\_S5 (so Linux registers ACPI power-off: a write to PM1a_CNT with SLP_EN);
 - FADT (revision 6, 276 bytes): not hardware-reduced, SCI = IRQ 9, no SMI command port (always in
   ACPI mode), PM1a event/control blocks at ports 0x600/0x604, the 24-bit PM timer at port 0x608
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..core.memory import PCI_ECAM_BASE, PCI_ECAM_SIZE, PCI_MMIO_END, PCI_MMIO_START, GuestMemory, MapRange
+from ..devices.legacy.acpi_pm import S3_SLP_TYP, S5_SLP_TYP
 from ..devices.legacy.hpet import CAPABILITIES as HPET_CAPABILITIES
 from ..devices.legacy.hpet import HPET_BASE, HPET_SIZE
 from ..errors import ConfigError
@@ -52,7 +54,8 @@ PM_TMR_LEN = 4
 ACPI_ADDR = 0xF1000  # the RSDP, then the tables (F-segment: e820-reserved, inside the RSDP scan range)
 ACPI_END = 0xFD000
 ACPI_AREA = MapRange(ACPI_ADDR, ACPI_END, "ACPI tables")
-S5_SLP_TYP = 5  # the value \\_S5 gives; PM1a_CNT == (5 << 10) | (1 << 13) means power off
+FACS_OFFSET = 64  # from the RSDP: the FACS wants 64-byte alignment
+FACS_ADDR = ACPI_ADDR + FACS_OFFSET  # where write_acpi puts it: the waking vector is read there (vmm/sleep.py)
 SLP_EN = 1 << 13
 RESET_PORT = 0x64
 RESET_VALUE = 0xFE
@@ -174,10 +177,13 @@ def build_dsdt(
         aml.name("_PRT", aml.package(*prt)),
     )
     sb = [pci0, *_motherboard_devices(reserve_ecam, reserved_io, hpet)]
-    body = aml.scope("\\_SB", *sb) + aml.name(
-        "\\_S5", aml.package(aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0))
-    )
+    body = aml.scope("\\_SB", *sb) + sleep_state("\\_S3", S3_SLP_TYP) + sleep_state("\\_S5", S5_SLP_TYP)
     return finish_table(b"DSDT", 2, body)  # revision 2: 64-bit AML integers
+
+
+def sleep_state(name: str, slp_typ: int) -> bytes:
+    """Name(\\_Sx, Package {PM1a SLP_TYP, PM1b SLP_TYP, 0, 0}): what OSPM writes to PM1a_CNT for state x."""
+    return aml.name(name, aml.package(aml.integer(slp_typ), aml.integer(slp_typ), aml.integer(0), aml.integer(0)))
 
 
 def build_fadt(*, facs: int, dsdt: int) -> bytes:
@@ -254,7 +260,7 @@ def build_acpi(
     machine has the HPET (devices/legacy/hpet.py): describe it (HPET table, DSDT device)."""
     if base % 64:
         raise ValueError("the ACPI area must be 64-byte aligned (the FACS needs it)")
-    addrs: dict[str, int] = {"RSDP": base, "FACS": base + 64}
+    addrs: dict[str, int] = {"RSDP": base, "FACS": base + FACS_OFFSET}
     dsdt = build_dsdt(pci_irqs, reserve_ecam=reserve_ecam, reserved_io=reserved_io, hpet=hpet)
     fadt = build_fadt(facs=addrs["FACS"], dsdt=base + 128)
     madt = build_madt(cpu_list)

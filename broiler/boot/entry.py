@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..x86 import CR0_ET, CR0_PE, RFLAGS_RESET, SEG_CODE_XR, SEG_DATA_RW
+from ..x86 import CR0_ET, CR0_PE, RFLAGS_RESET, SEG_CODE_XR, SEG_DATA_RW, SEG_TSS_BUSY
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,4 +79,34 @@ def protected_mode_state(rip: int, *, regs: dict[str, int], code: int = 0x08, da
         efer=0,
         cs=flat_code(code, long_mode=False),
         data=flat_data(data),
+    )
+
+
+CR0_RESET = 0x6000_0010  # CD | NW | ET: CR0 after RESET or INIT (SDM vol. 3 §10.1.1)
+
+
+def real_mode_segment(selector: int, *, code: bool = False) -> SegmentState:
+    """A real-mode segment: base = selector * 16, 64 KiB limit, 16-bit."""
+    return SegmentState(
+        selector, base=selector << 4, limit=0xFFFF, type=SEG_CODE_XR if code else SEG_DATA_RW, db=0, g=0
+    )
+
+
+def real_mode_state(segment: int, offset: int) -> EntryState:
+    """A CPU just out of reset, running at segment:offset in real mode (how firmware enters an ACPI
+    waking vector, or an AP its SIPI page): CR0 as after RESET, paging and long mode off, IDTR the
+    real-mode vector table at 0, every data segment 0, interrupts off."""
+    return EntryState(
+        mode="real16",
+        rip=offset,
+        regs={"rflags": RFLAGS_RESET},
+        cr0=CR0_RESET,
+        cr3=0,
+        cr4=0,
+        efer=0,
+        cs=real_mode_segment(segment, code=True),
+        data=real_mode_segment(0),
+        tr=SegmentState(0, limit=0xFFFF, type=SEG_TSS_BUSY, s=0, db=0, g=0),
+        gdt=(0, 0xFFFF),
+        idt=(0, 0x3FF),
     )

@@ -5,6 +5,10 @@ that is still running, then holds the event loop (timers, doorbell eventfds: cor
 Resuming releases the event loop first, so a completion due is delivered to a guest about to run, then
 the vCPUs. ``--timeout`` is wall time and keeps counting during a pause; ``broiler stop`` ends a paused
 VM (a stop wakes parked vCPUs, which then leave their loop).
+
+A guest's S3 sleep (vmm/sleep.py) parks the VM the same way but as "suspended": ``broiler resume`` does not
+end it (the guest must come back through its waking vector, not after its sleep instruction), ``wake`` does,
+after the machine has reset the vCPUs.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ PARK_TIMEOUT = 5.0  # seconds a vCPU gets to leave KVM_RUN; a kick normally take
 
 @dataclass(frozen=True)
 class RunState:
-    """What `broiler stat` and `broiler list` show: running or paused, since when (wall clock)."""
+    """What `broiler stat` and `broiler list` show: running, paused or suspended (S3), since when (wall clock)."""
 
     paused: bool
     since: float  # time.time() of the last change (or of the start)
+    suspended: bool = False  # paused by the guest's own S3 sleep, not by `broiler pause`
 
     @property
     def name(self) -> str:
-        return "paused" if self.paused else "running"
+        return "suspended" if self.suspended else "paused" if self.paused else "running"
 
 
 class VmPause:
@@ -44,8 +49,9 @@ class VmPause:
     def paused(self) -> bool:
         return self.state.paused
 
-    def pause(self) -> bool:
-        """Park every vCPU and hold the devices; False if the VM was paused already."""
+    def pause(self, *, suspend: bool = False) -> bool:
+        """Park every vCPU and hold the devices; False if the VM was paused already. ``suspend``: the
+        guest's S3 sleep, shown as "suspended" and ended only by ``wake``."""
         with self._lock:
             if self.state.paused:
                 return False
@@ -59,14 +65,15 @@ class VmPause:
                     t.resume()
                 raise
             self._loop.pause()
-            self.state = RunState(paused=True, since=time.time())
-            self.pauses += 1
+            self.state = RunState(paused=True, since=time.time(), suspended=suspend)
+            self.pauses += not suspend
             return True
 
-    def resume(self) -> bool:
-        """Release the devices, then the vCPUs; False if the VM was running."""
+    def resume(self, *, wake: bool = False) -> bool:
+        """Release the devices, then the vCPUs; False if the VM was running, or is suspended and this is
+        not the ``wake`` (a suspended guest resumes only through its waking vector)."""
         with self._lock:
-            if not self.state.paused:
+            if not self.state.paused or self.state.suspended != wake:
                 return False
             self._loop.resume()
             for t in self._threads:

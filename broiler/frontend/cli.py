@@ -10,7 +10,7 @@ import threading
 from .. import exitcodes
 from ..bench import cli as bench_cli
 from ..errors import ConfigError, KvmUnavailable
-from .commands import cmd_host, cmd_layout, cmd_list, cmd_pause, cmd_regs, cmd_resume, cmd_stat, cmd_stop
+from .commands import cmd_host, cmd_layout, cmd_list, cmd_pause, cmd_regs, cmd_resume, cmd_stat, cmd_stop, cmd_wakeup
 from .parser import build_parser
 from .replay import cmd_replay
 from .run import cmd_run
@@ -26,6 +26,7 @@ COMMANDS = {
     "regs": cmd_regs,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "wakeup": cmd_wakeup,
     "replay": cmd_replay,
 }
 

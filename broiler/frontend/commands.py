@@ -1,4 +1,5 @@
-"""``broiler list/stat/stop/regs/pause/resume`` (talk to a running VM's control socket) and ``layout/host`` (no VM)."""
+"""``broiler list/stat/stop/regs/pause/resume/wakeup`` (talk to a running VM's control socket) and ``layout/host``
+(no VM)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,13 @@ def cmd_pause(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     reply = request(args.name, "resume")
     print(f"resumed {args.name}" if reply["changed"] else f"{args.name} is not paused ({state_text(reply)})")
+    return 0
+
+
+def cmd_wakeup(args: argparse.Namespace) -> int:
+    """Waking a VM that is not suspended is not an error either (QEMU's system_wakeup)."""
+    reply = request(args.name, "wakeup")
+    print(f"woke {args.name}" if reply["changed"] else f"{args.name} is not suspended ({state_text(reply)})")
     return 0
 
 

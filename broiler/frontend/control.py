@@ -1,9 +1,9 @@
-"""The control socket: `broiler list`, `stat`, `stop`, `regs`, `pause` and `resume` talk to a running VM.
+"""The control socket: `broiler list`, `stat`, `stop`, `regs`, `pause`, `resume` and `wakeup` talk to a running VM.
 
 Each running VM listens on a UNIX stream socket ``<dir>/<name>.sock``, where ``<dir>`` is
 ``$XDG_RUNTIME_DIR/broiler`` (or ``/tmp/broiler-<uid>``). A client sends one JSON line
-(``{"cmd": "info" | "stats" | "stop" | "regs" | "pause" | "resume"}``) and reads one JSON line back. The protocol is
-plain so that ``socat - UNIX-CONNECT:...`` works too.
+(``{"cmd": "info" | "stats" | "stop" | "regs" | "pause" | "resume" | "wakeup"}``) and reads one JSON line back.
+The protocol is plain so that ``socat - UNIX-CONNECT:...`` works too.
 
 Names: a socket whose owner is gone (connect refused) is stale: it is removed at start-up, by
 ``broiler list``, and by any client that finds it. A second VM with a live name is refused.
@@ -128,6 +128,8 @@ class ControlServer:
             # Pausing a paused VM (or resuming a running one) is an answer, not an error: "changed" says which.
             changed = m.pause_control.pause() if cmd == "pause" else m.pause_control.resume()
             return {"changed": changed, **run_state(m)}
+        if cmd == "wakeup":  # QEMU's system_wakeup: end the guest's S3 sleep (vmm/sleep.py)
+            return {"changed": m.sleep.wakeup(), **run_state(m)}
         return {"error": f"unknown command {cmd!r}"}
 
     def close(self) -> None:

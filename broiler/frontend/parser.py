@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     pause.add_argument("name")
     resume = sub.add_parser("resume", help="resume a paused VM where it stopped")
     resume.add_argument("name")
+    wakeup = sub.add_parser("wakeup", help="wake a VM its guest suspended (ACPI S3): it resumes at its waking vector")
+    wakeup.add_argument("name")
 
     bench_cli.add_parser(sub)
 
@@ -184,7 +186,9 @@ def _add_machine_options(run: argparse.ArgumentParser) -> None:
         help="send the virtio-console's output (hvc0) to FILE instead of stdout; adds the device if "
         "--console is not virtio",
     )
-    run.add_argument("--name", help="the VM's name for `broiler list/stat/stop/regs/pause/resume` (default vm-PID)")
+    run.add_argument(
+        "--name", help="the VM's name for `broiler list/stat/stop/regs/pause/resume/wakeup` (default vm-PID)"
+    )
     run.add_argument("--stats-json", metavar="FILE", help="write the final counters here as JSON")
     run.add_argument(
         "--stats", action="store_true", help="print the IO table after the run (always on for the demo guest)"

@@ -34,6 +34,8 @@ from ..core.memory import KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, GuestMemory, Memo
 from ..core.observe import DeviceMemory, Observer
 from ..core.pause import VmPause
 from ..core.vcpu import VcpuThread, install_kick_handler
+from ..devices.legacy.acpi_pm import AcpiPm
+from ..devices.legacy.cmos import Cmos
 from ..devices.legacy.serial import Serial8250
 from ..emulate.syscall_assist import SyscallAssist
 from ..errors import ConfigError
@@ -42,6 +44,7 @@ from ..kvm.abi import buffer_address
 from ..pci import PciHost
 from .config import MachineConfig
 from .platform import add_platform_devices, firmware_declared_ports
+from .sleep import SleepControl
 from .userdev import add_device
 
 REQUIRED_CAPS = [
@@ -104,12 +107,24 @@ class Machine:
         self.coalesced = CoalescedRing(self.pio_bus, self.mmio_bus)
         self.serial: Serial8250 | None = None
         self.pci: PciHost | None = None
+        self.rtc: Cmos | None = None  # set by the platform: S3's wake alarm and PM1 block (vmm/sleep.py)
+        self.acpi_pm: AcpiPm | None = None
         self._add_platform_devices()
 
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.cpus)]
         self.threads = [self._vcpu_thread(v) for v in self.vcpus]
         self.pause_control = VmPause(self.threads, self.loop)  # `broiler pause/resume` (core/pause.py)
         self._setup_cpus()
+        self.sleep = SleepControl(  # S3 suspend/resume (vmm/sleep.py); the local APICs as resume restores them
+            pause=self.pause_control,
+            threads=self.threads,
+            memory=self.memory,
+            enter=self.enter,
+            lapics=[v.get_lapic() for v in self.vcpus] if config.irqchip else None,
+            stopping=lambda: self.stopping,
+            fail=self.request_exit,
+        )
+        self.sleep.rtc, self.sleep.pm = self.rtc, self.acpi_pm
 
     # -- devices ----------------------------------------------------------------------------
     add_device = add_device  # a user's device, guarded (vmm/userdev.py; the public way, docs/api.md)
@@ -322,6 +337,10 @@ class Machine:
 
     def debug_exit(self, status: int) -> None:
         self.request_exit(status, f"debug exit {status >> 1:#x}")
+
+    def request_suspend(self) -> None:
+        """The guest asked for S3 (PM1a_CNT, on a vCPU thread)."""
+        self.sleep.request_suspend()
 
     def vcpu_stopped(self) -> None:
         """Called by each vCPU thread as it ends: the VM is done when none is left."""

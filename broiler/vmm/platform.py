@@ -81,6 +81,8 @@ class PlatformHost(Protocol):
     pci: PciHost | None
     on_stop: list[Callable[[], None]]
     device_faults: list[str]  # reports of users' devices that misbehaved (vmm/userdev.py)
+    rtc: Cmos | None  # the CMOS RTC and the PM1 block, for S3 (vmm/sleep.py)
+    acpi_pm: AcpiPm | None
 
     @property
     def irqs(self) -> PlatformInterrupts: ...
@@ -110,6 +112,8 @@ class PlatformHost(Protocol):
     def request_exit(self, status: int, reason: str) -> None: ...
 
     def debug_exit(self, status: int) -> None: ...
+
+    def request_suspend(self) -> None: ...
 
 
 def stdout_writer(data: bytes) -> None:
@@ -145,8 +149,10 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     )
     m.add_pio(I8042_DATA, 1, kbc.data_port(), owner=kbc, name="i8042 data")
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
-    m.add_pio(CMOS_INDEX, CMOS_SIZE, Cmos(config.mem_size, clock=m.clock.gmtime))
-    m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off")))
+    m.rtc = Cmos(config.mem_size, clock=m.clock.gmtime, phase_ns=m.clock.monotonic_ns)
+    m.add_pio(CMOS_INDEX, CMOS_SIZE, m.rtc)
+    m.acpi_pm = AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off"), m.request_suspend)
+    m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, m.acpi_pm)
     m.add_pio(PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer(m.clock.monotonic_ns))
     if config.hpet is not False:
         # A platform device like the PM timer, so --no-demo-devices keeps it: test kernels expect it.
@@ -255,6 +261,8 @@ class PlatformSketch:
         self.observer: Observer | None = None
         self.pci: PciHost | None = None
         self.device_faults: list[str] = []
+        self.rtc: Cmos | None = None
+        self.acpi_pm: AcpiPm | None = None
         self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)
         add_platform_devices(self, config)
 
@@ -293,6 +301,9 @@ class PlatformSketch:
         return None
 
     def debug_exit(self, status: int) -> None:
+        return None
+
+    def request_suspend(self) -> None:
         return None
 
 
