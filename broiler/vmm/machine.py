@@ -59,6 +59,9 @@ MAX_VCPUS = 16
 
 
 class Machine:
+    rtc: Cmos | None = None  # set by the platform: S3's wake alarm and PM1 block (vmm/sleep.py)
+    acpi_pm: AcpiPm | None = None
+
     def __init__(self, config: MachineConfig) -> None:
         if not 1 <= config.cpus <= MAX_VCPUS:
             raise ConfigError(f"--cpus must be between 1 and {MAX_VCPUS}, not {config.cpus}")
@@ -107,24 +110,13 @@ class Machine:
         self.coalesced = CoalescedRing(self.pio_bus, self.mmio_bus)
         self.serial: Serial8250 | None = None
         self.pci: PciHost | None = None
-        self.rtc: Cmos | None = None  # set by the platform: S3's wake alarm and PM1 block (vmm/sleep.py)
-        self.acpi_pm: AcpiPm | None = None
         self._add_platform_devices()
 
         self.vcpus: list[Vcpu] = [self.vm.create_vcpu(i) for i in range(config.cpus)]
         self.threads = [self._vcpu_thread(v) for v in self.vcpus]
         self.pause_control = VmPause(self.threads, self.loop)  # `broiler pause/resume` (core/pause.py)
         self._setup_cpus()
-        self.sleep = SleepControl(  # S3 suspend/resume (vmm/sleep.py); the local APICs as resume restores them
-            pause=self.pause_control,
-            threads=self.threads,
-            memory=self.memory,
-            enter=self.enter,
-            lapics=[v.get_lapic() for v in self.vcpus] if config.irqchip else None,
-            stopping=lambda: self.stopping,
-            fail=self.request_exit,
-        )
-        self.sleep.rtc, self.sleep.pm = self.rtc, self.acpi_pm
+        self.sleep = SleepControl(self)  # S3 suspend/resume (vmm/sleep.py); after _setup_cpus: the APICs it restores
 
     # -- devices ----------------------------------------------------------------------------
     add_device = add_device  # a user's device, guarded (vmm/userdev.py; the public way, docs/api.md)

@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
+from typing import Protocol
 
 from .. import exitcodes
 from ..boot.acpi import FACS_ADDR
@@ -39,32 +40,41 @@ from ..core.vcpu import VcpuThread
 from ..devices.legacy.acpi_pm import AcpiPm
 from ..devices.legacy.cmos import Cmos
 from ..kvm import Vcpu, abi
+from .config import MachineConfig
 
 POLL = 0.25  # seconds between looks at "is the VM ending?" while suspended
 AP_RESET = real_mode_state(0xF000, 0xFFF0)  # an AP's state after INIT; the SIPI sets CS:IP
 
 
+class SleepHost(Protocol):
+    """What S3 needs of the machine (vmm/machine.py); a protocol, so this module never imports it."""
+
+    pause_control: VmPause
+    memory: GuestMemory
+    stopping: bool
+    rtc: Cmos | None
+    acpi_pm: AcpiPm | None
+
+    @property
+    def config(self) -> MachineConfig: ...
+
+    @property
+    def threads(self) -> Sequence[VcpuThread]: ...
+
+    def enter(self, vcpu: Vcpu, state: EntryState) -> None: ...
+
+    def request_exit(self, status: int, reason: str) -> None: ...
+
+
 class SleepControl:
-    def __init__(
-        self,
-        *,
-        pause: VmPause,
-        threads: Sequence[VcpuThread],
-        memory: GuestMemory,
-        enter: Callable[[Vcpu, EntryState], None],
-        lapics: Sequence[abi.kvm_lapic_state] | None,
-        stopping: Callable[[], bool],
-        fail: Callable[[int, str], None],
-    ) -> None:
-        self._pause = pause
-        self._threads = threads
-        self._memory = memory
-        self._enter = enter
-        self._lapics = lapics  # each vCPU's local APIC as the machine set it up; None without the irqchip
-        self._stopping = stopping
-        self._fail = fail
-        self.rtc: Cmos | None = None
-        self.pm: AcpiPm | None = None
+    def __init__(self, machine: SleepHost) -> None:
+        """Made once the machine's CPUs are set up: each local APIC as it is then is what resume restores
+        (none without the in-kernel irqchip)."""
+        self._machine = machine
+        self._pause = machine.pause_control
+        self._threads = machine.threads
+        self.rtc, self.pm = machine.rtc, machine.acpi_pm
+        self._lapics = [t.vcpu.get_lapic() for t in self._threads] if machine.config.irqchip else None
         self._wakeup = threading.Event()
         self._sleeper: threading.Thread | None = None
         self.suspends = 0
@@ -103,7 +113,7 @@ class SleepControl:
             self._pause.resume(wake=True)
         except Exception:
             sys.stderr.write(f"broiler: internal error in S3 resume:\n{traceback.format_exc()}")
-            self._fail(exitcodes.INTERNAL, "internal error in S3 resume")
+            self._machine.request_exit(exitcodes.INTERNAL, "internal error in S3 resume")
 
     def _alarm_in(self) -> float | None:
         if self.rtc is None or (self.pm is not None and not self.pm.rtc_wake_enabled):
@@ -114,7 +124,7 @@ class SleepControl:
         """True when the RTC alarm woke the VM, False for `broiler wakeup`, None when the VM is ending."""
         delay = self._alarm_in()
         deadline = None if delay is None else time.monotonic() + delay
-        while not self._stopping():
+        while not self._machine.stopping:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return True
@@ -123,7 +133,7 @@ class SleepControl:
         return None
 
     def _reset(self, *, by_rtc: bool) -> None:
-        entry = resume_entry(self._memory.read(FACS_ADDR, FACS_SIZE))
+        entry = resume_entry(self._machine.memory.read(FACS_ADDR, FACS_SIZE))
         for t in self._threads:
             if not t.call_on_vcpu(partial(self._reset_vcpu, t.vcpu, entry), timeout=PARK_TIMEOUT):
                 raise TimeoutError(f"vCPU {t.vcpu.id} did not take its reset within {PARK_TIMEOUT:g} s")
@@ -136,7 +146,7 @@ class SleepControl:
     def _reset_vcpu(self, vcpu: Vcpu, entry: EntryState) -> None:
         """On the vCPU's own (parked) thread: the BSP to the waking vector, an AP to wait-for-SIPI."""
         bsp = vcpu.id == 0
-        self._enter(vcpu, entry if bsp else AP_RESET)
+        self._machine.enter(vcpu, entry if bsp else AP_RESET)
         if self._lapics is not None:
             vcpu.set_lapic(self._lapics[vcpu.id])
             vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE if bsp else abi.KVM_MP_STATE_INIT_RECEIVED)

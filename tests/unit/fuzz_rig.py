@@ -140,6 +140,7 @@ class FuzzMachine:
         self.clock = DeviceClock()  # never started: time-keeping devices read 0
         self.doorbells = FakeDoorbells()
         self.irqs = _Interrupts()
+        self.suspends = 0
         self.serial: Serial8250 | None = None
         self.pci: PciHost | None = None
         self.on_stop: list[Callable[[], None]] = []
@@ -177,6 +178,9 @@ class FuzzMachine:
 
     def debug_exit(self, status: int) -> None:
         self.exits.append(status << 1 | 1)
+
+    def request_suspend(self) -> None:
+        self.suspends += 1  # S3: the fuzzer only counts it (vmm/sleep.py needs vCPUs)
 
     # -- what the fuzzer does ---------------------------------------------------------------
     def guest_write(self, pio: bool, addr: int, size: int, value: int) -> None:
