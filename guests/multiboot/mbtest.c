@@ -374,6 +374,17 @@ static void idt_init(void)
 
 static volatile u32 irq_count[24], stray_irqs;
 static u8 irq_is_level[24];
+/* Per delivery of a level-triggered vector (the first MAX_SEEN): what the local APIC and the IOAPIC said in
+ * the handler -- bit 0: the vector in service (ISR), bit 1: still requested (IRR), bit 2: the IOAPIC entry's
+ * remote IRR before the EOI, bit 3: after it. */
+#define MAX_SEEN        4
+#define SEEN_ISR        1
+#define SEEN_IRR        2
+#define SEEN_RIRR       4
+#define SEEN_RIRR_EOI   8
+static volatile u8 level_seen[24][MAX_SEEN];
+
+static u32 vector_bit(u32 base, u64 v) { return lapic_read(base + (u32)(v / 32) * 0x10) >> (v % 32) & 1; }
 
 void isr_dispatch(struct irq_frame *f)
 {
@@ -389,9 +400,16 @@ void isr_dispatch(struct irq_frame *f)
         return;                         /* no EOI for the spurious vector */
     if (v >= IRQ_VECTOR && v < IRQ_VECTOR + 24) {
         u32 gsi = (u32)(v - IRQ_VECTOR);
-        irq_count[gsi]++;
-        if (irq_is_level[gsi])
+        u32 n = irq_count[gsi]++;
+        if (irq_is_level[gsi]) {
+            u8 seen = (u8)(vector_bit(0x100, v) * SEEN_ISR | vector_bit(0x200, v) * SEEN_IRR |
+                           (ioapic_read(IOAPIC_REDTBL + 2 * gsi) >> 14 & 1) * SEEN_RIRR);
             outb(TD_IRQ + gsi, 0);      /* lower the line before the EOI, or the entry fires again */
+            lapic_write(LAPIC_EOI, 0);
+            if (n < MAX_SEEN)
+                level_seen[gsi][n] = (u8)(seen | (ioapic_read(IOAPIC_REDTBL + 2 * gsi) >> 14 & 1) * SEEN_RIRR_EOI);
+            return;
+        }
     } else {
         stray_irqs++;
     }
@@ -456,10 +474,30 @@ static void pic_mask_all(void)          /* a known 8259 state (0x20/0x28), every
 }
 
 /* Edge-triggered entries must take exactly one interrupt per raise, the line held high meanwhile.
- * Level-triggered ones (the handler lowers the line before its EOI) must be delivered and stop once the
- * line is low, so 1 or 2 interrupts pass: this host's KVM-PVM delivers each level-triggered vector
- * twice (the LAPIC IRR still holds it when the handler starts, ISR and PPR read 0, the EOI leaves the
- * IOAPIC's remote IRR set; QEMU shows the same), where KVM elsewhere delivers it once. */
+ * Level-triggered ones (the handler lowers the line before its EOI): see check_level_deliveries. */
+/* A level-triggered line raised once and lowered in the handler before its EOI is delivered exactly once, as
+ * the architecture has it (the handler sees the vector in service; its EOI clears the entry's remote IRR).
+ * This host's KVM-PVM delivers it twice, under QEMU (pc and q35, 1 or 4 vCPUs) exactly as under broiler: the
+ * first handler finds the vector still requested (IRR set, ISR clear), and its EOI retires nothing (the
+ * remote IRR stays set); the second finds IRR, ISR and the remote IRR clear. So: exactly two deliveries when
+ * the first one carries that signature, else exactly one (docs/qemu-test-kernels.md). */
+static void check_level_deliveries(u32 gsi, u32 n)
+{
+    for (u32 i = 0; i < n && i < MAX_SEEN; i++) {
+        u8 seen = level_seen[gsi][i];
+        puts("ioapic: gsi="); put_dec(gsi); puts(" delivery="); put_dec(i + 1);
+        puts(" isr="); put_dec(seen & SEEN_ISR ? 1 : 0); puts(" irr="); put_dec(seen & SEEN_IRR ? 1 : 0);
+        puts(" remote_irr="); put_dec(seen & SEEN_RIRR ? 1 : 0);
+        puts(" remote_irr_after_eoi="); put_dec(seen & SEEN_RIRR_EOI ? 1 : 0); putc('\n');
+    }
+    u8 first = n ? level_seen[gsi][0] : 0;
+    int host_repeats = n && (first & (SEEN_ISR | SEEN_IRR | SEEN_RIRR_EOI)) == (SEEN_IRR | SEEN_RIRR_EOI);
+    puts("ioapic: gsi="); put_dec(gsi); puts(host_repeats ? " first delivery not in service (host KVM)\n"
+                                                          : " first delivery in service\n");
+    CHECK_EQ("level-triggered line lowered before EOI: delivered once (twice on a host that repeats it)", n,
+             host_repeats ? 2 : 1);
+}
+
 static void test_ioapic(u64 lines)
 {
     static const struct { u8 gsi, level; } cases[] = { { 10, 0 }, { 11, 1 }, { 16, 0 }, { 23, 1 } };
@@ -487,7 +525,7 @@ static void test_ioapic(u64 lines)
         puts("ioapic: gsi="); put_dec(gsi); puts(level ? " level" : " edge");
         put_kv(" ", "interrupts", n, 0);
         if (level)
-            check(n >= 1 && n <= 2, "level-triggered line: delivered, stops once lowered", n, 1);
+            check_level_deliveries(gsi, n);
         else
             CHECK_EQ("edge-triggered line: one interrupt per raise", n, 1);
     }
