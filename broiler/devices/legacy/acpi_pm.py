@@ -36,18 +36,18 @@ def _nothing() -> None:
 
 class AcpiPm(Device):
     name = "acpi-pm"
-    state_fields = ("regs",)
+    state_fields = ("regs", "enable_written")  # enable_written: PM1a_EN written since reset (RTC wake rule)
 
     def __init__(self, power_off: Callable[[], None], suspend: Callable[[], None] = _nothing) -> None:
         super().__init__()
         self._power_off = power_off
         self._suspend = suspend
         self.regs = bytearray(PM_BLOCK_SIZE)
-        self._enable_written = False
+        self.enable_written = False
 
     @property
     def rtc_wake_enabled(self) -> bool:
-        return not self._enable_written or bool(int.from_bytes(self.regs[2:4], "little") & RTC_EN)
+        return not self.enable_written or bool(int.from_bytes(self.regs[2:4], "little") & RTC_EN)
 
     def read(self, offset: int, size: int) -> int:
         return int.from_bytes(self.regs[offset : offset + size].ljust(size, b"\xff"), "little")
@@ -60,7 +60,7 @@ class AcpiPm(Device):
                     self.regs[offset + i] &= ~byte & 0xFF
                 elif offset + i < PM_BLOCK_SIZE:
                     self.regs[offset + i] = byte
-                    self._enable_written |= offset + i < 4
+                    self.enable_written |= offset + i < 4
             return
         self.regs[offset : offset + size] = data[: PM_BLOCK_SIZE - offset]
         control = int.from_bytes(self.regs[4:6], "little")
@@ -76,7 +76,7 @@ class AcpiPm(Device):
     def reset(self) -> None:
         """What a platform reset leaves: everything zero (QEMU's acpi_pm1_evt_reset / cnt_reset)."""
         self.regs[:] = bytes(PM_BLOCK_SIZE)
-        self._enable_written = False
+        self.enable_written = False
 
     def woke(self, *, by_rtc: bool) -> None:
         """After a resume from S3 (called after ``reset``): the status bits the wake leaves set."""
