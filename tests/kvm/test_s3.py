@@ -36,6 +36,12 @@ def test_mbs3_sleeps_and_the_rtc_alarm_wakes_it(cpus: str) -> None:
     assert "s3: rtc_reg_c=0x0" in proc.stdout and "s3: rtc_reg_b=0x2" in proc.stdout  # reset as QEMU's reset
 
 
+def test_an_alarm_armed_as_kvm_unit_tests_does_wakes_it_too() -> None:
+    """ "kut": every alarm field don't care, PM1a_EN never written (QEMU sleeps on until system_wakeup)."""
+    proc = broiler_cli("run", "-k", str(MBS3), "-p", "kut", "--timeout", "60")
+    assert_mbs3_passed(proc)
+
+
 @needs_qemu
 def test_mbs3_passes_under_qemu_pc() -> None:
     base = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "qemu64", "-M", "pc", "-m", "128", "-display", "none"]
