@@ -16,8 +16,9 @@ flag and jumps to the waking vector in real mode. broiler does the same without 
    the RTC's interrupt enables and flags reset (time and alarm kept). Then the event loop and the vCPUs
    run again.
 
-Not reset (a real platform reset would): the in-kernel PIC, IOAPIC and PIT, the HPET, the PCI devices. The
-guest finds them as it left them. Power-off (S5) and the reset paths are unchanged.
+The HPET is put back as it was made (halted, nothing armed; a line it held high stays high). Not reset (a
+real platform reset would): the in-kernel PIC, IOAPIC and PIT (no KVM_SET_IRQCHIP in kvm/ yet) and the PCI
+devices. The guest finds them as it left them. Power-off (S5) and the reset paths are unchanged.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from .. import exitcodes
 from ..boot.acpi import FACS_ADDR
 from ..boot.entry import EntryState, real_mode_state
 from ..boot.wake import FACS_SIZE, resume_entry
+from ..core.bus import Device
 from ..core.memory import GuestMemory
 from ..core.pause import PARK_TIMEOUT, VmPause
 from ..core.vcpu import VcpuThread
 from ..devices.legacy.acpi_pm import AcpiPm
 from ..devices.legacy.cmos import Cmos
+from ..devices.legacy.hpet import Hpet
 from ..kvm import Vcpu, abi
 from .config import MachineConfig
 
@@ -61,6 +64,9 @@ class SleepHost(Protocol):
     @property
     def threads(self) -> Sequence[VcpuThread]: ...
 
+    @property
+    def devices(self) -> Sequence[Device]: ...
+
     def enter(self, vcpu: Vcpu, state: EntryState) -> None: ...
 
     def request_exit(self, status: int, reason: str) -> None: ...
@@ -75,6 +81,9 @@ class SleepControl:
         self._threads = machine.threads
         self.rtc, self.pm = machine.rtc, machine.acpi_pm
         self._lapics = [t.vcpu.get_lapic() for t in self._threads] if machine.config.irqchip else None
+        # Devices a wake puts back as they were made, through their snapshot state (the HPET: halted, comparators
+        # all ones, nothing armed). PM1 and the RTC have their own, partial, reset.
+        self._fresh = [(d, d.save_state()) for d in machine.devices if isinstance(d, Hpet)]
         self._wakeup = threading.Event()
         self._sleeper: threading.Thread | None = None
         self.suspends = 0
@@ -142,6 +151,8 @@ class SleepControl:
             self.pm.woke(by_rtc=by_rtc)
         if self.rtc is not None:
             self.rtc.reset()
+        for device, state in self._fresh:
+            device.load_state(state)
 
     def _reset_vcpu(self, vcpu: Vcpu, entry: EntryState) -> None:
         """On the vCPU's own (parked) thread: the BSP to the waking vector, an AP to wait-for-SIPI."""

@@ -16,7 +16,8 @@
  *    second) and PM1a_EN never written (QEMU then sleeps until system_wakeup; broiler wakes it).
  *    With the command-line word "noalarm" none of this is armed: the kernel sleeps until the VMM's
  *    wake command (`broiler wakeup NAME`, QEMU's system_wakeup).
- * 6. Resumed (ap_main with phase == PHASE_ASLEEP): the buffer's sum, WAK_STS in PM1a_STS, the RTC clock
+ * 6. Resumed (ap_main with phase == PHASE_ASLEEP): the buffer's sum, WAK_STS in PM1a_STS, the HPET
+ *    (enabled just before the sleep) reset, the RTC clock
  *    at or past the alarm; then "mbs3: PASSED" and isa-debug-exit 0 (status 1), or the first failing
  *    check's number. A kernel that never wakes runs into the VMM's timeout.
  *
@@ -39,6 +40,7 @@
 #define REG_A_UIP       0x80
 #define REG_B_AIE       0x20
 #define ALARM_DONT_CARE 0xc0
+#define HPET_CONFIG     ((volatile u64 *)0xfed00010)  /* general configuration: bit 0 ENABLE_CNF */
 #define PATTERN_WORDS   (256 * 1024 / 8)
 #define PHASE_ASLEEP    0x51ee9u
 #define PHASE_RAN_ON    0xdeadu
@@ -207,6 +209,7 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
     put_kv("slept_at", st->slept_at);
     if (st->first_failure)
         return (u32)st->first_failure;
+    *HPET_CONFIG |= 1;                                 /* running at the sleep: a wake's reset halts it */
     puts("mbs3: entering S3\n");
     st->phase = PHASE_ASLEEP;
     __asm__ volatile("outw %1, %2; movl %3, %0"
@@ -233,6 +236,9 @@ void ap_main(u32 index)
     u32 want = st->no_alarm ? WAK_STS : WAK_STS | RTC_EN;
     check(sts != 0xffff && (sts & (WAK_STS | RTC_EN)) == want, "WAK_STS (and RTC_STS for the alarm) in PM1a_STS",
           sts, want);
+    u64 hpet = *HPET_CONFIG;
+    put_kv("hpet_config", hpet);
+    check(!(hpet & 1), "the HPET was reset by the wake (counter halted)", hpet, 0);
     u64 slept = (rtc_seconds_of_day() + 86400 - st->slept_at) % 86400;
     put_kv("slept_seconds", slept);
     if (!st->no_alarm)
