@@ -58,7 +58,8 @@ def test_wake_resets_the_block_and_sets_wak_sts_and_rtc_sts() -> None:
 
 
 def _cmos(now: float) -> Cmos:
-    return Cmos(clock=lambda: time.gmtime(int(now)), now=lambda: now)
+    """An RTC whose UTC clock and device clock both stand at ``now`` seconds."""
+    return Cmos(clock=lambda: time.gmtime(int(now)), phase_ns=lambda: round(now * 1e9))
 
 
 def _rtc_read(rtc: Cmos, reg: int) -> int:
@@ -71,7 +72,7 @@ def _rtc_write(rtc: Cmos, reg: int, value: int) -> None:
     rtc.write(1, 1, value)
 
 
-def test_uip_is_set_in_the_last_2_ms_of_each_second_and_never_writable() -> None:
+def test_uip_is_set_in_the_last_2_ms_of_each_device_clock_second_and_never_writable() -> None:
     assert _rtc_read(_cmos(1000.999), REG_A) & 0x80
     assert not _rtc_read(_cmos(1000.5), REG_A) & 0x80
     held = _cmos(1000.999)
@@ -87,18 +88,18 @@ def test_seconds_to_alarm_matches_the_fields_that_care() -> None:
     rtc = _cmos(midnight_plus_3)
     for reg, value in ((1, 0x05), (3, 0xC0), (5, 0xFF)):  # second 5 (BCD), any minute, any hour
         _rtc_write(rtc, reg, value)
-    assert rtc.seconds_to_alarm() is None  # AIE clear: no alarm
+    assert rtc.seconds_to_alarm(midnight_plus_3) is None  # AIE clear: no alarm
     _rtc_write(rtc, REG_B, 0x22)
-    assert rtc.seconds_to_alarm() == pytest.approx(1.75)
+    assert rtc.seconds_to_alarm(midnight_plus_3) == pytest.approx(1.75)
     _rtc_write(rtc, 1, 0x03)  # second 3 again: the next minute
-    assert rtc.seconds_to_alarm() == pytest.approx(59.75)
+    assert rtc.seconds_to_alarm(midnight_plus_3) == pytest.approx(59.75)
     _rtc_write(rtc, 1, 0xC0)  # every second
-    assert rtc.seconds_to_alarm() == pytest.approx(0.75)
+    assert rtc.seconds_to_alarm(midnight_plus_3) == pytest.approx(0.75)
     _rtc_write(rtc, 5, 0x25)  # hour 25 never comes
-    assert rtc.seconds_to_alarm() is None
+    assert rtc.seconds_to_alarm(midnight_plus_3) is None
     _rtc_write(rtc, REG_B, 0x26)  # binary mode: hour 0x25 = 37, still never; 1 = 01:00:00
     _rtc_write(rtc, 5, 1)
-    assert rtc.seconds_to_alarm() == pytest.approx(3600 - 3.25)
+    assert rtc.seconds_to_alarm(midnight_plus_3) == pytest.approx(3600 - 3.25)
 
 
 def test_reset_clears_the_interrupt_enables_and_flags_and_keeps_the_rest() -> None:
