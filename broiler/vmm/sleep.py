@@ -7,7 +7,8 @@ flag and jumps to the waking vector in real mode. broiler does the same without 
 1. suspend: the writing vCPU is told to park before it runs another instruction (its OUT completes:
    immediate_exit), then a thread of our own parks the rest and holds the event loop (core/pause.py) with the
    run state "suspended" (`broiler stat`, `broiler list`). `broiler resume` does not end it.
-2. wake: the CMOS RTC alarm, if the guest set AIE (and RTC_EN, once it wrote PM1a_EN; QEMU's rule), or
+2. wake: the CMOS RTC alarm, if the guest set AIE (and RTC_EN, once it wrote PM1a_EN; QEMU always wants
+   RTC_EN, so kvm-unit-tests-style kernels that never write PM1a_EN wake here and sleep on there), or
    `broiler wakeup NAME` (QEMU's system_wakeup). A guest that armed nothing sleeps until that command or
    --timeout, as under QEMU: no guess at a default wake time, so a test that forgets its alarm fails loudly.
 3. resume: RAM as it was; every vCPU reset -- the BSP enters the waking vector (boot/wake.py: real mode
