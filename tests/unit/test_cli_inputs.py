@@ -95,8 +95,21 @@ def test_sigterm_before_the_vm_runs_is_status_130(tmp_path: Path) -> None:
         "inputs.check_input = lambda *a, **k: 0; sys.exit(cli.main(sys.argv[1:]))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, "run", "--guest", fifo], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # it now blocks opening the FIFO (the regular-file check is patched out to get here)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    # Wait until it is blocked on the FIFO (the regular-file check is patched out to get here), not for
+    # a fixed time: a writer's non-blocking open succeeds only once broiler holds the read side. Holding
+    # the write end open (and writing nothing) keeps it blocked, now reading the input.
+    deadline = time.monotonic() + 30
+    writer = -1
+    while writer < 0:
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "broiler never opened its input"
+            time.sleep(0.02)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        os.close(writer)
     assert proc.returncode == exitcodes.INTERRUPTED, err
     assert "Traceback" not in err
