@@ -16,17 +16,23 @@ from ..inputs import check_input
 from ..vmm import recording as rec
 from ..vmm.replay import Replayer, ReplayResult, replay_config
 
-try:  # an optional extra (pip install broiler[plot]); only --plot needs it
-    import matplotlib
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-except ImportError:
-    pyplot = None
+def load_pyplot() -> Any:
+    """matplotlib's pyplot, or None: an optional extra (pip install broiler[plot]) that only --plot needs.
+    Imported here, not at module top, because it costs ~0.4 s and every ``broiler`` command imports this."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        return None
+    return pyplot
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     check_input(args.file, "recording")
+    pyplot = None if args.plot is None else load_pyplot()
     if args.plot is not None and pyplot is None:
         raise ConfigError("--plot needs matplotlib: pip install matplotlib (or broiler[plot])")
     t0 = time.perf_counter()
@@ -47,7 +53,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("the recording was cut by its --record-limit: the run went on past its last event")
     print(_summary(header, result, elapsed))
     if args.plot is not None:
-        plot_accesses(result, args.plot)
+        plot_accesses(pyplot, result, args.plot)
     return exitcodes.DIVERGED if result.divergences else exitcodes.OK
 
 
@@ -60,9 +66,8 @@ def _summary(header: dict[str, Any], result: ReplayResult, elapsed: float) -> st
     )
 
 
-def plot_accesses(result: ReplayResult, path: str) -> None:
+def plot_accesses(pyplot: Any, result: ReplayResult, path: str) -> None:
     """One row per device, one tick per access, time along the x axis."""
-    assert pyplot is not None
     names = sorted(result.per_device)
     figure, axes = pyplot.subplots(figsize=(10, 0.4 * len(names) + 1.5))
     for row, name in enumerate(names):

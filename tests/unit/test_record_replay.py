@@ -137,7 +137,7 @@ def test_plot_without_matplotlib_is_one_clear_line(
 ) -> None:
     path = tmp_path / "r.rec"
     _record_sketch(path, [("r", SYNC_PIO + 8, 4, 0)])
-    monkeypatch.setattr(replay_cli, "pyplot", None)
+    monkeypatch.setattr(replay_cli, "load_pyplot", lambda: None)
     assert main(["replay", str(path), "--plot", str(tmp_path / "p.png")]) == exitcodes.USAGE
     assert "--plot needs matplotlib" in capsys.readouterr().err
 
