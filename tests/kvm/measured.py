@@ -1,5 +1,10 @@
-"""Run `broiler` as a child process and measure it: exit status, output, wall time and peak RSS
-(``os.wait4``'s ``ru_maxrss`` of that one child, so the numbers are broiler's own, not pytest's)."""
+"""Run `broiler` as a child process and measure it: exit status, output, wall time and peak RSS.
+
+Peak RSS is the child's own ``VmHWM`` (/proc/PID/status), read while it runs. Not ``wait4``'s
+``ru_maxrss``: Linux carries the parent's peak into a child across fork and exec (the old mm's high-water
+mark is folded into the process's maxrss at exec), so a child of a 95 MB pytest never reports less than
+95 MB. The last reading is at most one poll (50 ms) before the exit; a child gone before the first reading
+falls back to ``ru_maxrss`` (an upper bound)."""
 
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ class Child:
 
     def wait(self, limit: float) -> Measured:
         """Reap with wait4; after ``limit`` seconds kill it (the caller's status check then fails)."""
+        hwm = 0
         while True:
+            hwm = max(hwm, own_peak_rss(self.proc.pid))
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -55,7 +62,19 @@ class Child:
             f.seek(0)
             texts.append(f.read().decode(errors="replace"))
             f.close()
-        return Measured(code, texts[0], texts[1], seconds, usage.ru_maxrss * 1024)
+        return Measured(code, texts[0], texts[1], seconds, hwm or usage.ru_maxrss * 1024)
+
+
+def own_peak_rss(pid: int) -> int:
+    """The process's own peak resident set (VmHWM) in bytes; 0 if it is gone or not readable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def spawn(*args: str, env: dict[str, str] | None = None) -> Child:
