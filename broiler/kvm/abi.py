@@ -21,11 +21,11 @@ from .structs import KVM_MSR_FILTER_WRITE as KVM_MSR_FILTER_WRITE
 from .structs import KVM_NR_INTERRUPTS as KVM_NR_INTERRUPTS
 from .structs import cpuid2_type as cpuid2_type
 from .structs import irq_routing_type as irq_routing_type
+from .structs import kvm_clock_data as kvm_clock_data
 from .structs import kvm_coalesced_mmio as kvm_coalesced_mmio
 from .structs import kvm_coalesced_mmio_ring as kvm_coalesced_mmio_ring
 from .structs import kvm_coalesced_mmio_zone as kvm_coalesced_mmio_zone
 from .structs import kvm_cpuid2 as kvm_cpuid2
-from .structs import kvm_clock_data as kvm_clock_data
 from .structs import kvm_cpuid_entry2 as kvm_cpuid_entry2
 from .structs import kvm_debugregs as kvm_debugregs
 from .structs import kvm_dtable as kvm_dtable
