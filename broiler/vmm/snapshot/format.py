@@ -67,9 +67,9 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def pack_prefix(layout: Layout, state_crc: int) -> bytes:
+def pack_prefix(layout: Layout, state_crc: int, version: int = FORMAT_VERSION) -> bytes:
     head = _PREFIX.pack(
-        MAGIC, FORMAT_VERSION, PREFIX_SIZE, layout.mem_offset, layout.mem_len, layout.state_offset,
+        MAGIC, version, PREFIX_SIZE, layout.mem_offset, layout.mem_len, layout.state_offset,
         layout.state_len, state_crc,
     )  # fmt: skip
     return (head + _PREFIX_CRC.pack(zlib.crc32(head))).ljust(PREFIX_SIZE, b"\0")
