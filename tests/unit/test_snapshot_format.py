@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,8 @@ from broiler.vmm.snapshot import format as fmt
 from broiler.vmm.snapshot.pages import CHUNK, verify_memory, write_memory
 
 
-def _write(path: Path, memory: GuestMemory, state: dict[str, object]) -> tuple[int, list[dict[str, object]]]:
-    records: list[dict[str, object]] = []
+def _write(path: Path, memory: GuestMemory, state: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
 
     def fill(fd: int) -> fmt.Layout:
         mem_len, regions = write_memory(memory, fd, fmt.PREFIX_SIZE)
@@ -27,11 +28,11 @@ def _write(path: Path, memory: GuestMemory, state: dict[str, object]) -> tuple[i
     return fmt.write_atomically(str(path), fill, lambda: {**state, "memory": records}), records
 
 
-def _restored(path: Path) -> tuple[GuestMemory, dict[str, object]]:
+def _restored(path: Path) -> tuple[GuestMemory, dict[str, Any]]:
     with open(path, "rb") as f:
         _, state = fmt.read_state(f, str(path))
         regions = state["memory"]
-        backing = FileBacking(os.dup(f.fileno()), tuple(r["file_offset"] for r in regions))  # type: ignore[index]
+        backing = FileBacking(os.dup(f.fileno()), tuple(r["file_offset"] for r in regions))
     return GuestMemory(MemoryMap(32 * MiB), backing), state
 
 
@@ -51,7 +52,7 @@ def test_only_pages_that_are_not_zero_take_disk_space_and_come_back(tmp_path: Pa
     on_disk, records = _write(tmp_path / "s", memory, {})
     assert on_disk < 64 * 1024  # the prefix, 4 data pages, the state
     assert os.path.getsize(tmp_path / "s") > 32 * MiB  # apparent: all of RAM, in holes
-    assert [c[0] for c in records[0]["chunks"]] == [0, 20 * MiB // CHUNK]  # type: ignore[index]
+    assert [c[0] for c in records[0]["chunks"]] == [0, 20 * MiB // CHUNK]
     back, _ = _restored(tmp_path / "s")
     assert back.read(0x1000, 8) == b"low page"
     assert back.read(20 * MiB + 5, 10000) == b"\x01" * 10000
