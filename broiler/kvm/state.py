@@ -18,6 +18,17 @@ from .ioctls import Kvm, Vcpu, Vm, _ioctl
 
 MSR_IA32_TSC = 0x10
 MSR_IA32_TSC_DEADLINE = 0x6E0
+# MSRs KVM keeps per vCPU but leaves out of KVM_GET_MSR_INDEX_LIST (QEMU and Firecracker add them too):
+# TSC_AUX (RDTSCP, RDPID), the MTRRs (default type, 8 variable pairs, the fixed ranges).
+UNLISTED_MSRS = (
+    0xC0000103,
+    0x2FF,
+    *range(0x200, 0x210),
+    0x250,
+    0x258,
+    0x259,
+    *range(0x268, 0x270),
+)
 
 
 def msr_index_list(kvm: Kvm) -> list[int]:

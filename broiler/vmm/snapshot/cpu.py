@@ -52,9 +52,10 @@ def save_vcpu(kvm: Kvm, vcpu: Vcpu, msr_indices: list[int]) -> dict[str, Any]:
             keep(name, getter(vcpu))
         except KvmError:
             pass  # this host's KVM lacks it: "saved" says so
-    msrs, refused = state.get_msrs_tolerant(vcpu, msr_indices)
+    wanted = msr_indices + [i for i in state.UNLISTED_MSRS if i not in msr_indices]
+    msrs, refused = state.get_msrs_tolerant(vcpu, wanted)
     keep("msrs", [[index, value] for index, value in msrs.items()])
-    out["msrs_refused"] = refused
+    out["msrs_refused"] = [i for i in refused if i in msr_indices]  # an unlisted one may be absent: no news
     keep("lapic", bytes(vcpu.get_lapic().regs))
     try:
         keep("tsc_khz", state.get_tsc_khz(vcpu))

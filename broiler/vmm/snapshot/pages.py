@@ -17,6 +17,7 @@ import mmap
 import os
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...core.memory import GuestMemory
@@ -25,7 +26,7 @@ from ...kvm.abi import buffer_address
 
 PAGE = 4096
 CHUNK = 2 << 20
-_ZERO_CHUNK = bytes(CHUNK)
+_ZERO_VIEW = memoryview(bytes(CHUNK))
 _ZERO_PAGE = bytes(PAGE)
 # The top byte of a pagemap entry: bit 63 present, bit 62 swapped. 1 where either is set.
 _TOUCHED = bytes(1 if b & 0xC0 else 0 for b in range(256))
@@ -66,11 +67,11 @@ def _candidate_chunks(pagemap: int, mm: mmap.mmap, extents: list[tuple[int, int]
             yield offset
 
 
-def _nonzero_runs(mm: mmap.mmap, offset: int, end: int) -> Iterator[tuple[int, int]]:
-    """[start, end) runs of pages that are not zero in ``mm[offset:end]``."""
+def _nonzero_runs(view: memoryview, offset: int, end: int) -> Iterator[tuple[int, int]]:
+    """[start, end) runs of pages that are not zero in ``view[offset:end]``."""
     run = -1
     for page in range(offset, end, PAGE):
-        zero = mm[page : page + PAGE] == _ZERO_PAGE
+        zero = view[page : page + PAGE] == _ZERO_PAGE
         if not zero and run < 0:
             run = page
         elif zero and run >= 0:
@@ -80,6 +81,33 @@ def _nonzero_runs(mm: mmap.mmap, offset: int, end: int) -> Iterator[tuple[int, i
         yield run, end
 
 
+def _write_chunk(view: memoryview, fd: int, pos: int, offset: int, stop: int) -> list[int] | None:
+    """Write the pages of one chunk that are not zero; [chunk index, CRC-32] or None if it is all zero."""
+    if view[offset:stop] == _ZERO_VIEW[: stop - offset]:
+        return None
+    for run_start, run_end in _nonzero_runs(view, offset, stop):
+        os.pwrite(fd, view[run_start:run_end], pos + run_start)
+    return [offset // CHUNK, zlib.crc32(view[offset:stop])]
+
+
+def _write_region(pagemap: int, memory: GuestMemory, index: int, fd: int, pos: int) -> list[list[int]]:
+    start, end, mm = memory.regions[index]
+    extents: list[tuple[int, int]] = []
+    if memory.backing is not None:
+        source = memory.backing.offsets[index]
+        extents = _data_extents(memory.backing.fd, source, source + (end - start))
+    offsets = list(_candidate_chunks(pagemap, mm, extents))
+    view = memoryview(mm)
+    try:
+        # Two workers: pwrite (the copy into the page cache) and crc32 release the GIL, so the chunks of a
+        # large guest are written and summed on two cores at once.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="broiler-snapshot") as pool:
+            done = pool.map(lambda o: _write_chunk(view, fd, pos, o, min(o + CHUNK, end - start)), offsets)
+            return [chunk for chunk in done if chunk is not None]
+    finally:
+        view.release()
+
+
 def write_memory(memory: GuestMemory, fd: int, mem_offset: int) -> tuple[int, list[dict[str, Any]]]:
     """Write every page of guest RAM that is not zero at its place after ``mem_offset``; (RAM length,
     the per-region records the state keeps: start, size, file offset, CRC-32 per written chunk)."""
@@ -87,23 +115,8 @@ def write_memory(memory: GuestMemory, fd: int, mem_offset: int) -> tuple[int, li
     pos = mem_offset
     pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for i, (start, end, mm) in enumerate(memory.regions):
-            extents: list[tuple[int, int]] = []
-            if memory.backing is not None:
-                source = memory.backing.offsets[i]
-                extents = _data_extents(memory.backing.fd, source, source + (end - start))
-            chunks: list[list[int]] = []
-            view = memoryview(mm)
-            try:
-                for offset in _candidate_chunks(pagemap, mm, extents):
-                    stop = min(offset + CHUNK, end - start)
-                    if mm[offset:stop] == _ZERO_CHUNK[: stop - offset]:
-                        continue
-                    for run_start, run_end in _nonzero_runs(mm, offset, stop):
-                        os.pwrite(fd, view[run_start:run_end], pos + run_start)
-                    chunks.append([offset // CHUNK, zlib.crc32(view[offset:stop])])
-            finally:
-                view.release()
+        for i, (start, end, _) in enumerate(memory.regions):
+            chunks = _write_region(pagemap, memory, i, fd, pos)
             records.append({"start": start, "size": end - start, "file_offset": pos, "chunks": chunks})
             pos += end - start
     finally:
