@@ -192,6 +192,12 @@ class GuestMemory:
             mm = mmap.mmap(fd, r.size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
             self.regions.append((r.start, r.end, mm))
 
+    def release_backing(self) -> None:
+        """Close the snapshot file's descriptor (the mappings keep their own reference to the file)."""
+        if self.backing is not None:
+            os.close(self.backing.fd)
+            self.backing = None
+
     def _locate(self, gpa: int, size: int) -> tuple[mmap.mmap, int]:
         if size < 0 or gpa < 0:
             raise GuestMemoryError(f"bad guest access at {gpa:#x} size {size}")

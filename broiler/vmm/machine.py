@@ -380,6 +380,7 @@ class Machine:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def close(self) -> None:
+        self.memory.release_backing()
         self.loop.close()
         for v in self.vcpus:
             v.close()

@@ -9,6 +9,7 @@ given their state (devices.py), the loader's exit handlers re-made.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from .pages import verify_memory, write_memory
 from .setup import config_from_state, config_state, loader_state, restore_loader
 
 KIND = "broiler-snapshot"
+# One snapshot at a time: a second one, started while the first writes, would find the VM paused and the
+# first would resume it under the second's feet.
+_one_at_a_time = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class SnapshotInfo:
 
 def take_snapshot(machine: Machine, path: str, *, stop: bool = False) -> SnapshotInfo:
     """Write ``machine`` to ``path`` atomically; then resume it (or end it with ``stop``)."""
+    with _one_at_a_time:
+        return _take(machine, path, stop)
+
+
+def _take(machine: Machine, path: str, stop: bool) -> SnapshotInfo:
     started = time.monotonic()
     paused_here = machine.pause_control.pause()
     try:
@@ -108,7 +117,12 @@ def restore_machine(
         if verify:
             verify_memory(f.fileno(), regions, path)
         config.memory_backing = FileBacking(os.dup(f.fileno()), tuple(int(r["file_offset"]) for r in regions))
-    machine = Machine(config)
+    try:
+        machine = Machine(config)
+    except KvmError as exc:
+        raise SnapshotError(
+            f"{path}: this host cannot build the snapshot's machine ({config.cpus} vCPUs): {exc}"
+        ) from None
     try:
         _restore_into(machine, state, path)
     except BaseException:
@@ -126,9 +140,6 @@ def _check_regions(regions: list[dict[str, Any]], layout: Layout, mem_size: int,
 
 
 def _restore_into(machine: Machine, state: dict[str, Any], path: str) -> None:
-    backing = machine.memory.backing
-    if backing is not None:
-        machine.on_stop.append(lambda: os.close(backing.fd))
     vcpus = state["vcpus"]
     if len(vcpus) != len(machine.vcpus):
         raise SnapshotError(f"{path}: {len(vcpus)} vCPU states for a machine of {len(machine.vcpus)}")

@@ -138,6 +138,7 @@ def write_atomically(path: str, fill: Callable[[int], Layout | None], state: Cal
         os.close(fd)
         fd = -1
         os.rename(tmp, path)
+        _fsync_directory(directory)  # the rename itself survives a crash
     except OSError as exc:
         raise SnapshotError(f"cannot write snapshot {path!r}: {exc.strerror}") from None
     finally:
@@ -146,3 +147,11 @@ def write_atomically(path: str, fill: Callable[[int], Layout | None], state: Cal
         if os.path.exists(tmp):
             os.unlink(tmp)
     return blocks
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -13,6 +13,7 @@ not, so that it maps the file lazily and starts at once (docs/snapshot.md).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import zlib
@@ -39,8 +40,10 @@ def _data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     while pos < end:
         try:
             data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            break  # ENXIO: no data after pos
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break  # no data after pos
+            raise
         if data >= end:
             break
         hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
