@@ -19,6 +19,7 @@ import pytest
 
 from broiler import exitcodes
 from broiler.core.memory import GiB, MiB
+from broiler.errors import SnapshotError
 from broiler.guests import packaged_guest
 from broiler.vmm.config import MachineConfig
 from broiler.vmm.machine import Machine
@@ -206,7 +207,8 @@ def test_another_format_version_is_refused(
 
 
 def test_in_process_snapshot_resumes_the_vm() -> None:
-    """take_snapshot without stop: the VM was running, is paused for the write, and runs on after it."""
+    """take_snapshot without stop: the VM was running, is paused for the write, and runs on after it. A
+    snapshot that cannot be written leaves the VM running even with stop."""
     machine = Machine(MachineConfig(mem_size=16 * MiB, serial_output=lambda b: None))
     runner = threading.Thread(target=lambda: machine.run(timeout=60), daemon=True)
     try:
@@ -216,6 +218,9 @@ def test_in_process_snapshot_resumes_the_vm() -> None:
         info = take_snapshot(machine, str(path))
         path.unlink()
         assert info.disk_size > PREFIX_SIZE and not machine.pause_control.paused
+        with pytest.raises(SnapshotError, match="cannot write snapshot"):
+            take_snapshot(machine, "/nonexistent-dir/x.snap", stop=True)
+        assert not machine.stopping and not machine.pause_control.paused  # no file: --stop does not end the VM
     finally:
         machine.request_exit(exitcodes.INTERRUPTED, "test over")
         runner.join(timeout=30)

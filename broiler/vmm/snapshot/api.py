@@ -61,11 +61,14 @@ def _take(machine: Machine, path: str, stop: bool) -> SnapshotInfo:
             return Layout(PREFIX_SIZE, mem_len, PREFIX_SIZE + mem_len, 0)
 
         disk_size = write_atomically(path, fill, lambda: _state(machine, regions))
-    finally:
-        if stop:
-            machine.request_exit(0, f"stopped after a snapshot to {path}")
-        elif paused_here:
+    except BaseException:
+        if paused_here:  # no snapshot: the VM goes on as it was, even with --stop
             machine.pause_control.resume()
+        raise
+    if stop:
+        machine.request_exit(0, f"stopped after a snapshot to {path}")
+    elif paused_here:
+        machine.pause_control.resume()
     apparent = os.stat(path).st_size
     return SnapshotInfo(path, apparent, disk_size, time.monotonic() - started)
 
