@@ -105,6 +105,25 @@ def test_restore_continues_both_vcpus_and_a_restored_vm_snapshots_again(env: dic
         assert numbers == list(range(len(numbers))), f"vCPU {cpu}: a gap or a repeat across the restores"
 
 
+def test_lapic_timer_pit_and_pic_tick_on_after_a_restore(env: dict[str, str], tmp_path: Path) -> None:
+    """guests/snapshot_ticks.c: the LAPIC timer and the PIT (through the PIC) each count from their handler.
+    Restored in a new process, both go on from the next number: their state came back from KVM's side."""
+    log, path = tmp_path / "ticks.log", tmp_path / "ticks.snap"
+    guest = str(ROOT / "broiler" / "guests" / "snapshot_ticks.bin")
+    vm = _start(env, "--guest", guest, "--device", f"{COUNTER}:Counter,pio=0x7000,size=8,log={log}", "--name", "t1")
+    try:
+        _wait_counts(log, 2, 10, vm)
+        _snapshot_and_end(env, "t1", path, vm)
+        before = _counts(log, 2)
+        vm = _start(env, "--restore", str(path), "--name", "t2")
+        _wait_counts(log, 2, max(len(s) for s in before) + 10, vm)
+    finally:
+        vm.kill()
+        vm.wait(timeout=30)
+    for timer, numbers in zip(("LAPIC timer", "PIT"), _counts(log, 2), strict=True):
+        assert numbers == list(range(1, len(numbers) + 1)), f"{timer}: a gap or a repeat across the restore"
+
+
 def test_ram_above_4g_survives_in_a_new_process(tmp_path: Path) -> None:
     """The highmem guest writes a pattern at 4 GiB (RAM above the PCI hole) and ends; a new process restores
     the snapshot and reads the pattern from the file-backed RAM. The file is sparse: 5 GiB apparent."""

@@ -56,7 +56,7 @@ def save_vcpu(kvm: Kvm, vcpu: Vcpu, msr_indices: list[int]) -> dict[str, Any]:
     msrs, refused = state.get_msrs_tolerant(vcpu, wanted)
     keep("msrs", [[index, value] for index, value in msrs.items()])
     out["msrs_refused"] = [i for i in refused if i in msr_indices]  # an unlisted one may be absent: no news
-    keep("lapic", bytes(vcpu.get_lapic().regs))
+    keep("lapic", bytes(vcpu.get_lapic()))  # the struct, not .regs: a c_char array's value stops at a NUL
     try:
         keep("tsc_khz", state.get_tsc_khz(vcpu))
     except KvmError:
@@ -107,9 +107,9 @@ def restore_vcpu(kvm: Kvm, vcpu: Vcpu, saved: dict[str, Any]) -> list[int]:
         state.set_debugregs(vcpu, saved["debugregs"])
     if "tsc_khz" in saved and kvm.check_extension(abi.KVM_CAP_TSC_CONTROL) > 0:
         state.set_tsc_khz(vcpu, saved["tsc_khz"])
-    lapic = abi.kvm_lapic_state()
-    C.memmove(lapic.regs, saved["lapic"], min(len(saved["lapic"]), C.sizeof(lapic)))
-    vcpu.set_lapic(lapic)
+    if len(saved["lapic"]) != C.sizeof(abi.kvm_lapic_state):
+        raise SnapshotError(f"vCPU {vcpu.id}: the saved LAPIC is {len(saved['lapic'])} bytes")
+    vcpu.set_lapic(abi.kvm_lapic_state.from_buffer_copy(saved["lapic"]))
     msrs = {int(index): int(value) for index, value in saved["msrs"]}
     # The deadline last, once IA32_TSC has its value: a deadline set against the fresh TSC could fire at once.
     deadline = msrs.pop(MSR_IA32_TSC_DEADLINE, None)
