@@ -5,7 +5,7 @@ Layout, every offset page-aligned::
     [0, 4096)                      prefix: magic, format version, where the state and memory are, CRC-32s
     [mem_offset, + mem_len)        guest RAM regions back to back, at their offset in RAM; zero pages are
                                    holes, so a restore can mmap each region MAP_PRIVATE straight from here
-    [state_offset, + state_len)    the state: JSON (UTF-8); ``bytes`` values are {"$b": base64}
+    [state_offset, + state_len)    the state: JSON (UTF-8); ``bytes`` values are {"$bytes": base64} (jsonstate.py)
 
 The prefix is written last, so a file cut short while being written has no valid prefix. The whole file is
 written to a temporary name in the destination directory, fsync'd, then renamed over the destination.
@@ -13,8 +13,6 @@ written to a temporary name in the destination directory, fsync'd, then renamed 
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import struct
 import zlib
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ...errors import SnapshotError
+from . import jsonstate
 
 MAGIC = b"BROILSNP"
 FORMAT_VERSION = 1
@@ -44,27 +43,11 @@ class Layout:
 
 
 def encode_state(state: dict[str, Any]) -> bytes:
-    return json.dumps(_encode(state), separators=(",", ":"), sort_keys=True).encode()
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$b": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and "$b" in value:
-            return base64.b64decode(value["$b"], validate=True)
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
+    """The state as JSON, bytes values encoded by jsonstate.py (the one encoding the device side uses too)."""
+    try:
+        return jsonstate.dumps(state).encode()
+    except TypeError as exc:
+        raise SnapshotError(f"cannot save the VM's state: {exc}") from None
 
 
 def pack_prefix(layout: Layout, state_crc: int, version: int = FORMAT_VERSION) -> bytes:
@@ -107,8 +90,8 @@ def read_state(f: BinaryIO, path: str) -> tuple[Layout, dict[str, Any]]:
     if zlib.crc32(raw) != crc:
         raise SnapshotError(f"{path}: the snapshot's state is damaged (checksum mismatch)")
     try:
-        state = _decode(json.loads(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
+        state = jsonstate.loads(raw)
+    except SnapshotError as exc:
         raise SnapshotError(f"{path}: the snapshot's state does not parse: {exc}") from None
     if not isinstance(state, dict):
         raise SnapshotError(f"{path}: the snapshot's state is not an object")
