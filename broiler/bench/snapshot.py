@@ -26,19 +26,24 @@ from ..guests import packaged_guest
 from ..vmm.config import MachineConfig
 from ..vmm.machine import Machine
 from ..vmm.snapshot.api import restore_machine, take_snapshot
+from ..vmm.userdev import parse_device_spec
 
 TOUCHED = 200 * MiB
 COUNTER_PORT = 0x7000
 
 
-class _FirstWrite(Device):
+class FirstWrite(Device):
+    """The bench's probe, put on both machines as a user's ``--device`` (so the snapshot carries it)."""
+
     name = "bench-first-write"
-    state_fields = STATELESS  # a probe of the bench, added after the restore: nothing to save
+    state_fields = STATELESS
+    made: list[FirstWrite] = []  # every instance, newest last: how the bench finds the restored machine's
 
     def __init__(self) -> None:
         super().__init__()
         self.seen = threading.Event()
         self.at = 0.0
+        FirstWrite.made.append(self)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if not self.seen.is_set():
@@ -57,9 +62,8 @@ def _touch(machine: Machine, amount: int) -> None:
             machine.memory.write(first + i * step, block[:MiB])
 
 
-def _run_until_first_write(machine: Machine) -> tuple[_FirstWrite, threading.Thread]:
-    counter = _FirstWrite()
-    machine.add_pio(COUNTER_PORT, 4, counter)
+def _run_until_first_write(machine: Machine) -> tuple[FirstWrite, threading.Thread]:
+    counter = FirstWrite.made[-1]
     runner = threading.Thread(target=lambda: machine.run(timeout=60), daemon=True)
     runner.start()
     if not counter.seen.wait(60):
@@ -70,7 +74,8 @@ def _run_until_first_write(machine: Machine) -> tuple[_FirstWrite, threading.Thr
 def bench_snapshot(mem: int = 4 * GiB, touched: int = TOUCHED) -> dict[str, Any]:
     directory = tempfile.mkdtemp(prefix="broiler-bench-snap-")
     path = os.path.join(directory, "bench.snap")
-    machine = Machine(MachineConfig(mem_size=mem, serial_output=lambda b: None))
+    probe = parse_device_spec(f"{__name__}:FirstWrite,pio={COUNTER_PORT:#x},size=4")
+    machine = Machine(MachineConfig(mem_size=mem, serial_output=lambda b: None, devices=[probe]))
     try:
         machine.load_flat64(packaged_guest("pause_count"))
         _touch(machine, touched)
