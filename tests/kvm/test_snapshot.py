@@ -6,6 +6,8 @@ repeat. RAM above 4 GiB survives a restore in a new process; bad files and bad o
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -223,6 +225,32 @@ def test_another_format_version_is_refused(
     prefix = snapfmt.pack_prefix(layout, state_crc, version=snapfmt.FORMAT_VERSION + 1)  # a valid header, v2
     other = _patched(path, 0, prefix, tmp_path, "v2.snap")
     assert "format version" in _refused(env, "--restore", str(other))
+
+
+def test_a_crafted_state_with_a_valid_checksum_is_one_line(
+    env: dict[str, str], tmp_path: Path, snapshot_with_disk: tuple[Path, Path]
+) -> None:
+    """Checksums catch damage, not intent: a state re-written with the right CRC but the wrong shapes."""
+    path, _ = snapshot_with_disk
+    with open(path, "rb") as f:
+        layout, state = snapfmt.read_state(f, str(path))
+    for name, change in (
+        ("regs", lambda st: st["vcpus"][0].update(regs="not bytes")),
+        ("config", lambda st: st["config"].pop("cpus")),
+        ("memory", lambda st: st["memory"]["regions"][0].update(file_offset=-4096)),
+    ):
+        crafted_state = json.loads(json.dumps(state, default=lambda b: {"$bytes": base64.b64encode(b).decode()}))
+        change(crafted_state)
+        raw = json.dumps(crafted_state).encode()
+        out = tmp_path / f"crafted-{name}.snap"
+        out.write_bytes(path.read_bytes()[: layout.state_offset] + raw)
+        prefix = snapfmt.pack_prefix(
+            snapfmt.Layout(layout.mem_offset, layout.mem_len, layout.state_offset, len(raw)), zlib.crc32(raw)
+        )
+        with open(out, "r+b") as f:
+            f.write(prefix)
+        line = _refused(env, "--restore", str(out))
+        assert "malformed" in line or "incomplete" in line or "inconsistent" in line, line
 
 
 def test_in_process_snapshot_resumes_the_vm() -> None:

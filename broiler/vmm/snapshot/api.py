@@ -8,15 +8,16 @@ given their state (devices.py), the loader's exit handlers re-made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ... import __version__
-from ...core.memory import FileBacking
+from ...core.memory import FileBacking, MemoryMap
 from ...errors import KvmError, SnapshotError
 from ...kvm.state import msr_index_list
 from ..machine import Machine
@@ -27,6 +28,7 @@ from .pages import verify_memory, write_memory
 from .setup import config_from_state, config_state, loader_state, restore_loader
 
 KIND = "broiler-snapshot"
+_MISFIT = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
 # One snapshot at a time: a second one, started while the first writes, would find the VM paused and the
 # first would resume it under the second's feet.
 _one_at_a_time = threading.Lock()
@@ -109,7 +111,7 @@ def restore_machine(
         f = open(path, "rb")  # noqa: SIM115 -- closed below; the mapping keeps its own reference
     except OSError as exc:
         raise SnapshotError(f"cannot read snapshot {path!r}: {exc.strerror}") from None
-    with f:
+    with f, _malformed(path):
         layout, state = read_state(f, path)
         if state.get("kind") != KIND:
             raise SnapshotError(f"{path}: not a broiler snapshot (kind {state.get('kind')!r})")
@@ -127,19 +129,33 @@ def restore_machine(
             f"{path}: this host cannot build the snapshot's machine ({config.cpus} vCPUs): {exc}"
         ) from None
     try:
-        _restore_into(machine, state, path)
+        with _malformed(path):
+            _restore_into(machine, state, path)
     except BaseException:
         machine.close()
         raise
     return machine
 
 
+@contextlib.contextmanager
+def _malformed(path: str) -> Iterator[None]:
+    """A state whose CRC is right but whose shape is not (a crafted file): one line, never a traceback."""
+    try:
+        yield
+    except _MISFIT as exc:
+        raise SnapshotError(f"{path}: the snapshot's state is malformed ({type(exc).__name__}: {exc})") from None
+
+
 def _check_regions(regions: list[dict[str, Any]], layout: Layout, mem_size: int, path: str) -> None:
-    if sum(int(r["size"]) for r in regions) != mem_size or layout.mem_len != mem_size:
+    """Each region where the writer puts it: back to back from the memory area's start, in RAM order."""
+    ram = [r.size for r in MemoryMap(mem_size).ram]
+    if [int(r["size"]) for r in regions] != ram or layout.mem_len != mem_size:
         raise SnapshotError(f"{path}: the snapshot's memory does not match its RAM size")
+    expected = layout.mem_offset
     for r in regions:
-        if int(r["file_offset"]) % 4096 or int(r["file_offset"]) + int(r["size"]) > layout.mem_offset + layout.mem_len:
+        if int(r["file_offset"]) != expected:
             raise SnapshotError(f"{path}: the snapshot's memory regions are inconsistent")
+        expected += int(r["size"])
 
 
 def _restore_into(machine: Machine, state: dict[str, Any], path: str) -> None:
