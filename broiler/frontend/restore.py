@@ -12,6 +12,7 @@ import contextlib
 import os
 
 from ..errors import ConfigError
+from ..inputs import check_output
 from ..vmm.snapshot.api import restore_machine
 from .control import ControlServer, request, socket_path
 from .parser import build_parser
@@ -64,6 +65,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Rebuild the snapshot's machine and run it on from where it stopped."""
     if args.name is not None:
         socket_path(args.name)
+    if args.stats_json is not None:
+        check_output(args.stats_json, "--stats-json")
     console_log = open_console_log(args.virtio_console_log)
     with console_log or contextlib.nullcontext():
         machine = restore_machine(
