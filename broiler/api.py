@@ -15,12 +15,13 @@ from .core.bus import Device, all_ones
 from .core.irq import IrqLine, MsiMessage
 from .core.memory import GuestMemory
 from .devices.doorbell_engine import DoorbellEngine, Run
-from .errors import BroilerError, ConfigError, GuestMemoryError, KvmUnavailable
+from .errors import BroilerError, ConfigError, GuestMemoryError, KvmUnavailable, SnapshotError
 from .frontend.report import device_rows as device_stats
 from .guests import packaged_guest
 from .pci import BarDoorbell, BarKind, PciFunction
 from .vmm.linux import load_linux
 from .vmm.machine import Machine, MachineConfig
+from .vmm.snapshot.api import SnapshotInfo, restore_machine, take_snapshot
 from .vmm.userdev import DeviceContext
 
 __all__ = [
@@ -40,9 +41,13 @@ __all__ = [
     "MsiMessage",
     "PciFunction",
     "Run",
+    "SnapshotError",
+    "SnapshotInfo",
     "all_ones",
     "device_stats",
     "exitcodes",
     "load_linux",
     "packaged_guest",
+    "restore_machine",
+    "take_snapshot",
 ]

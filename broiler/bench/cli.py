@@ -16,6 +16,7 @@ from ..inputs import check_output
 from .guest import PATHS
 from .plot import PlotUnavailable, check_available, plot
 from .runner import BenchOptions, run_bench
+from .snapshot import bench_snapshot, render_snapshot
 from .table import render
 from .virtio import render_virtio, run_virtio_bench
 
@@ -42,6 +43,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--paths", metavar="KEYS", help="comma-separated subset of: " + ",".join(x.key for x in PATHS))
     p.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-vCPU run")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="only: snapshot and restore times of a --startup-mem guest, 200 MiB touched",
+    )
     p.add_argument("--startup-mem", default="4G", metavar="SIZE", help="guest RAM of the start-up VM (4G)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines on stderr")
     p.add_argument(
@@ -85,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
             check_output(path, what)  # before minutes of measuring, not after
     if args.virtio:
         return run_virtio(args)
+    if args.snapshot:
+        row = bench_snapshot(parse_size(args.startup_mem, what="--startup-mem"))
+        print("\n".join(render_snapshot(row)))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(row, f, indent=1)
+        return exitcodes.OK
 
     opts = options(args)
     plot_ok = True

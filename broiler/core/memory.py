@@ -162,25 +162,41 @@ def format_size(n: int) -> str:
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
+@dataclass(frozen=True, slots=True)
+class FileBacking:
+    """Guest RAM mapped from a file (a snapshot, docs/snapshot.md): region i starts at ``offsets[i]`` of the
+    open file ``fd``. The mapping is MAP_PRIVATE: pages come from the file when the guest first touches
+    them, and the guest's writes stay in this process (the file is never written through it)."""
+
+    fd: int
+    offsets: tuple[int, ...]
+
+
 class GuestMemory:
     """Guest RAM, addressed by guest-physical address.
 
     Every access must lie wholly inside one RAM region; anything else raises GuestMemoryError. This
     is the only way device models (DMA) and loaders touch guest memory, so a bogus guest address can
-    never reach host memory outside the guest's RAM.
+    never reach host memory outside the guest's RAM. RAM is anonymous memory, or with ``backing`` a
+    private mapping of a snapshot file (restored lazily, page by page, as the guest touches it).
     """
 
-    def __init__(self, memory_map: MemoryMap) -> None:
+    def __init__(self, memory_map: MemoryMap, backing: FileBacking | None = None) -> None:
         self.map = memory_map
+        self.backing = backing
         self.regions: list[tuple[int, int, mmap.mmap]] = []
-        for r in memory_map.ram:
-            mm = mmap.mmap(
-                -1,
-                r.size,
-                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            )
+        for i, r in enumerate(memory_map.ram):
+            fd, flags, offset = -1, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, 0
+            if backing is not None:
+                fd, flags, offset = backing.fd, mmap.MAP_PRIVATE | _MAP_NORESERVE, backing.offsets[i]
+            mm = mmap.mmap(fd, r.size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
             self.regions.append((r.start, r.end, mm))
+
+    def release_backing(self) -> None:
+        """Close the snapshot file's descriptor (the mappings keep their own reference to the file)."""
+        if self.backing is not None:
+            os.close(self.backing.fd)
+            self.backing = None
 
     def _locate(self, gpa: int, size: int) -> tuple[mmap.mmap, int]:
         if size < 0 or gpa < 0:

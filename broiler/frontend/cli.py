@@ -13,10 +13,11 @@ from ..errors import ConfigError, KvmUnavailable
 from .commands import cmd_host, cmd_layout, cmd_list, cmd_pause, cmd_regs, cmd_resume, cmd_stat, cmd_stop, cmd_wakeup
 from .parser import build_parser
 from .replay import cmd_replay
-from .run import cmd_run
+from .restore import cmd_snapshot, run_or_restore
 
 COMMANDS = {
-    "run": cmd_run,
+    "run": run_or_restore,
+    "snapshot": cmd_snapshot,
     "bench": bench_cli.run,
     "host": cmd_host,
     "layout": cmd_layout,

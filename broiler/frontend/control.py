@@ -1,9 +1,11 @@
-"""The control socket: `broiler list`, `stat`, `stop`, `regs`, `pause`, `resume` and `wakeup` talk to a running VM.
+"""The control socket: `broiler list`, `stat`, `stop`, `regs`, `pause`, `resume`, `wakeup` and `snapshot` talk to
+a running VM.
 
 Each running VM listens on a UNIX stream socket ``<dir>/<name>.sock``, where ``<dir>`` is
 ``$XDG_RUNTIME_DIR/broiler`` (or ``/tmp/broiler-<uid>``). A client sends one JSON line
-(``{"cmd": "info" | "stats" | "stop" | "regs" | "pause" | "resume" | "wakeup"}``) and reads one JSON line back.
-The protocol is plain so that ``socat - UNIX-CONNECT:...`` works too.
+(``{"cmd": "info" | "stats" | "stop" | "regs" | "pause" | "resume" | "wakeup"}``, or ``{"cmd": "snapshot",
+"path": ABSOLUTE, "stop": BOOL}``) and reads one JSON line back. The protocol is plain so that
+``socat - UNIX-CONNECT:...`` works too.
 
 Names: a socket whose owner is gone (connect refused) is stale: it is removed at start-up, by
 ``broiler list``, and by any client that finds it. A second VM with a live name is refused.
@@ -26,6 +28,7 @@ from ..core.dump import register_dump
 from ..core.memory import GuestMemory
 from ..core.vcpu import VcpuThread
 from ..errors import ConfigError
+from ..vmm.snapshot.api import take_snapshot
 from .report import device_rows, snapshot_stats
 
 if TYPE_CHECKING:
@@ -89,7 +92,7 @@ class ControlServer:
                 conn.settimeout(5.0)
                 try:
                     request = json.loads(_recv_line(conn))
-                    reply = self.handle(request.get("cmd", ""))
+                    reply = self.handle(request.get("cmd", ""), request)
                 except Exception as exc:  # a bad client must not take the VM down
                     reply = {"error": str(exc)}
                 try:
@@ -97,7 +100,7 @@ class ControlServer:
                 except OSError:
                     pass
 
-    def handle(self, cmd: str) -> dict[str, Any]:
+    def handle(self, cmd: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         m = self.machine
         if cmd == "info":
             return {
@@ -130,7 +133,21 @@ class ControlServer:
             return {"changed": changed, **run_state(m)}
         if cmd == "wakeup":  # QEMU's system_wakeup: end the guest's S3 sleep (vmm/sleep.py)
             return {"changed": m.sleep.wakeup(), **run_state(m)}
+        if cmd == "snapshot":
+            return self._snapshot(params or {})
         return {"error": f"unknown command {cmd!r}"}
+
+    def _snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
+        path = params.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return {"error": "snapshot needs an absolute path"}
+        info = take_snapshot(self.machine, path, stop=bool(params.get("stop")))
+        return {
+            "path": info.path,
+            "apparent_size": info.apparent_size,
+            "disk_size": info.disk_size,
+            "seconds": info.seconds,
+        }
 
     def close(self) -> None:
         self._stop.set()
@@ -177,7 +194,7 @@ def _recv_line(conn: socket.socket, limit: int = 1 << 24) -> str:
     return b"".join(chunks).decode()
 
 
-def request(name: str, cmd: str, timeout: float = 10.0) -> dict[str, Any]:
+def request(name: str, cmd: str, timeout: float = 10.0, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ask the VM ``name``; ConfigError with one clear line if it is unknown or gone."""
     path = socket_path(name)
     if not path.exists():
@@ -189,7 +206,7 @@ def request(name: str, cmd: str, timeout: float = 10.0) -> dict[str, Any]:
         except ConnectionRefusedError:
             path.unlink(missing_ok=True)
             raise ConfigError(f"VM {name!r} is gone (removed its stale socket)") from None
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        s.sendall(json.dumps({**(params or {}), "cmd": cmd}).encode() + b"\n")
         reply = _recv_line(s)
     if not reply:
         raise ConfigError(f"VM {name!r} closed the connection without answering")

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("name")
     wakeup = sub.add_parser("wakeup", help="wake a VM its guest suspended (ACPI S3): it resumes at its waking vector")
     wakeup.add_argument("name")
+    snapshot = sub.add_parser("snapshot", help="write a running VM to FILE, for `broiler run --restore FILE`")
+    snapshot.add_argument("name")
+    snapshot.add_argument("file")
+    snapshot.add_argument("--stop", action="store_true", help="end the VM once the snapshot is written")
 
     bench_cli.add_parser(sub)
 
@@ -121,6 +125,27 @@ def _add_run_parser(sub: Any) -> None:
         "on when a probe VM's CPL0 popcnt ends in an emulation failure; `broiler host`)",
     )
     _add_machine_options(run)
+    _add_restore_options(run)
+
+
+def _add_restore_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--restore",
+        metavar="FILE",
+        help="run on from a snapshot (`broiler snapshot`); only --name, --timeout, the console and statistics "
+        "options, --disk-path and --verify go with it (docs/snapshot.md)",
+    )
+    run.add_argument(
+        "--disk-path",
+        dest="disk_paths",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="with --restore: the snapshot's disk OLD is now at NEW (repeatable)",
+    )
+    run.add_argument(
+        "--verify", action="store_true", help="with --restore: read all saved memory first and check its CRCs"
+    )
 
 
 def _add_record_options(run: argparse.ArgumentParser) -> None:

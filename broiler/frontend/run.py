@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         start_console(args, kind, machine, stack)
         _load_guest(args, kind, machine, image)
         status = machine.run(timeout=args.timeout)
-        _report(args, machine, status, verbose=demo or args.stats)
+        report_run(args, machine, status, verbose=demo or args.stats)
     if status == exitcodes.USER_QUIT:  # after the console gave the terminal back: on a line of its own
         print(f"\nbroiler: you ended the VM (Ctrl-A x); exit status {status}", file=sys.stderr)
     return status
@@ -173,7 +173,7 @@ def _load_guest(args: argparse.Namespace, kind: str | None, machine: Machine, im
     install_instruction_completer(machine.exits, machine.memory, machine.decisions, args.emulate_missing)
 
 
-def _report(args: argparse.Namespace, machine: Machine, status: int, *, verbose: bool) -> None:
+def report_run(args: argparse.Namespace, machine: Machine, status: int, *, verbose: bool) -> None:
     if args.stats_json:
         write_stats_json(machine, args.stats_json)
     if verbose:

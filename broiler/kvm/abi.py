@@ -21,11 +21,13 @@ from .structs import KVM_MSR_FILTER_WRITE as KVM_MSR_FILTER_WRITE
 from .structs import KVM_NR_INTERRUPTS as KVM_NR_INTERRUPTS
 from .structs import cpuid2_type as cpuid2_type
 from .structs import irq_routing_type as irq_routing_type
+from .structs import kvm_clock_data as kvm_clock_data
 from .structs import kvm_coalesced_mmio as kvm_coalesced_mmio
 from .structs import kvm_coalesced_mmio_ring as kvm_coalesced_mmio_ring
 from .structs import kvm_coalesced_mmio_zone as kvm_coalesced_mmio_zone
 from .structs import kvm_cpuid2 as kvm_cpuid2
 from .structs import kvm_cpuid_entry2 as kvm_cpuid_entry2
+from .structs import kvm_debugregs as kvm_debugregs
 from .structs import kvm_dtable as kvm_dtable
 from .structs import kvm_enable_cap as kvm_enable_cap
 from .structs import kvm_fpu as kvm_fpu
@@ -35,6 +37,7 @@ from .structs import kvm_irq_routing as kvm_irq_routing
 from .structs import kvm_irq_routing_entry as kvm_irq_routing_entry
 from .structs import kvm_irq_routing_irqchip as kvm_irq_routing_irqchip
 from .structs import kvm_irq_routing_msi as kvm_irq_routing_msi
+from .structs import kvm_irqchip as kvm_irqchip
 from .structs import kvm_irqfd as kvm_irqfd
 from .structs import kvm_lapic_state as kvm_lapic_state
 from .structs import kvm_mp_state as kvm_mp_state
@@ -44,6 +47,7 @@ from .structs import kvm_msr_filter as kvm_msr_filter
 from .structs import kvm_msr_filter_range as kvm_msr_filter_range
 from .structs import kvm_msrs as kvm_msrs
 from .structs import kvm_pit_config as kvm_pit_config
+from .structs import kvm_pit_state2 as kvm_pit_state2
 from .structs import kvm_regs as kvm_regs
 from .structs import kvm_segment as kvm_segment
 from .structs import kvm_sregs as kvm_sregs
@@ -54,6 +58,7 @@ from .structs import kvm_userspace_memory_region as kvm_userspace_memory_region
 from .structs import kvm_vcpu_events as kvm_vcpu_events
 from .structs import kvm_xcr as kvm_xcr
 from .structs import kvm_xcrs as kvm_xcrs
+from .structs import kvm_xsave as kvm_xsave
 from .structs import msrs_type as msrs_type
 
 # -- ioctl number encoding (asm-generic/ioctl.h) -------------------------------------------------
@@ -140,6 +145,14 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_COALESCED_PIO = 162
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
+KVM_CAP_TSC_CONTROL = 60
+KVM_CAP_GET_TSC_KHZ = 61
+KVM_CAP_XSAVE2 = 208
 
 # -- flags -----------------------------------------------------------------------------------------
 KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
@@ -161,6 +174,9 @@ KVM_MP_STATE_SIPI_RECEIVED = 4
 KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1
 KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
 KVM_VCPUEVENT_VALID_SHADOW = 0x4
+KVM_VCPUEVENT_VALID_SMM = 0x8
+KVM_VCPUEVENT_VALID_PAYLOAD = 0x10
+KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 0x20
 
 
 # -- struct kvm_run: the fields broiler reads, by byte offset ------------------------------------
@@ -233,6 +249,20 @@ KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
 KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
+KVM_SET_XCRS = _iow(0xA7, kvm_xcrs)
+KVM_GET_XSAVE = _ior(0xA4, kvm_xsave)
+KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
+KVM_GET_XSAVE2 = _ior(0xCF, kvm_xsave)
+KVM_GET_DEBUGREGS = _ior(0xA1, kvm_debugregs)
+KVM_SET_DEBUGREGS = _iow(0xA2, kvm_debugregs)
+KVM_GET_IRQCHIP = _iowr(0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _ior(0x63, kvm_irqchip)  # _IOR in linux/kvm.h, a historical slip kept for the ABI
+KVM_GET_PIT2 = _ior(0x9F, kvm_pit_state2)
+KVM_SET_PIT2 = _iow(0xA0, kvm_pit_state2)
+KVM_GET_CLOCK = _ior(0x7C, kvm_clock_data)
+KVM_SET_CLOCK = _iow(0x7B, kvm_clock_data)
+KVM_GET_TSC_KHZ = _io(0xA3)
+KVM_SET_TSC_KHZ = _io(0xA2)
 
 IOCTL_NAMES = {
     value: name

@@ -297,3 +297,34 @@ class kvm_mp_state(C.Structure):
 
 class kvm_enable_cap(C.Structure):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+# -- state save/restore (snapshots, docs/snapshot.md) -----------------------------------------------
+# The snapshot keeps these as opaque bytes, so only the fields broiler reads are spelled out.
+
+
+class kvm_xsave(C.Structure):
+    _fields_ = [("region", u32 * 1024)]  # KVM_GET_XSAVE2 may return more: see kvm/state.py
+
+
+class kvm_debugregs(C.Structure):
+    _fields_ = [("db", u64 * 4), ("dr6", u64), ("dr7", u64), ("flags", u64), ("reserved", u64 * 9)]
+
+
+class kvm_irqchip(C.Structure):
+    _fields_ = [("chip_id", u32), ("pad", u32), ("chip", u8 * 512)]  # pic or ioapic state
+
+
+class kvm_pit_state2(C.Structure):
+    _fields_ = [("channels", u8 * 72), ("flags", u32), ("reserved", u32 * 9)]
+
+
+class kvm_clock_data(C.Structure):
+    _fields_ = [
+        ("clock", u64),
+        ("flags", u32),
+        ("pad0", u32),
+        ("realtime", u64),
+        ("host_tsc", u64),
+        ("pad", u32 * 4),
+    ]

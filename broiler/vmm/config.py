@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.memory import MiB
+from ..core.memory import FileBacking, MiB
 from ..devices.demo.async_demo import DEFAULT_DELAY
 from ..devices.virtio.pci import TransportKind
 from .userdev import DeviceSpec
@@ -31,3 +31,5 @@ class MachineConfig:
     virtio_transport: TransportKind = TransportKind.TRANSITIONAL
     devices: list[DeviceSpec] = field(default_factory=list)  # users' devices (--device), placed last
     extra: dict[str, object] = field(default_factory=dict)
+    # RAM from a snapshot file instead of anonymous memory (vmm/snapshot/api.py restore_machine)
+    memory_backing: FileBacking | None = None

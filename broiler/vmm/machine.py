@@ -98,7 +98,7 @@ class Machine:
         self.doorbells = Doorbells(self.vm if self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0 else None, self.loop)
         self.coalesced_pio = self.kvm.check_extension(abi.KVM_CAP_COALESCED_PIO) > 0
 
-        self.memory = GuestMemory(self.map)
+        self.memory = GuestMemory(self.map, config.memory_backing)
         self.dma_memory = DeviceMemory(self.memory)  # what devices get: the same RAM, observable (DMA)
         self.observer: Observer | None = None  # set by core/observe.attach_observer (--trace, --record)
         for slot, (start, end, mm) in enumerate(self.memory.regions):
@@ -380,6 +380,7 @@ class Machine:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def close(self) -> None:
+        self.memory.release_backing()
         self.loop.close()
         for v in self.vcpus:
             v.close()
