@@ -18,6 +18,7 @@ from .state import GuestFault
 
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # kvm_cpuid_entry2.flags: the entry is for one subleaf
 MAX_CODE_CHANGED_RETRIES = 3  # consecutive re-runs of one vCPU because the code at RIP changed
+MAX_INSN_BYTES = 15  # the longest x86 instruction
 
 
 class KvmGuestCpu:
@@ -157,21 +158,26 @@ def reported_instruction(data: list[int]) -> bytes | None:
     return raw[1 : 1 + min(raw[0], 15)] or None
 
 
-def _code_changed(thread: ExitContext, cpu: KvmGuestCpu) -> bool:
-    """True when the bytes at RIP are no longer what KVM's emulator fetched: another vCPU rewrote the
-    code in between (Linux's text_poke_bp puts an int3 there while it patches). Measured with -c 2:
-    KVM reported `cc 90 …`, memory already held the finished `66 90`. Running KVM_RUN again executes
-    what is there now, as a real CPU would after the patcher's serialising IPI."""
+def fetched_code(thread: ExitContext, cpu: KvmGuestCpu) -> tuple[bytes | None, bool]:
+    """(the instruction bytes KVM's emulator fetched, whether guest memory at RIP now holds others).
+
+    Changed means another vCPU rewrote the code in between: Linux's text_poke_bp plants an int3 while it
+    patches, and a -c 2 boot measured KVM reporting `cc 90 …` when memory already held the finished
+    `66 90`. The bytes are completed from memory when KVM fetched fewer than an instruction's maximum
+    (it stops at the page end), so the instruction is decoded from what the vCPU fetched, not from a
+    second read that another vCPU may already have rewritten."""
     reported = reported_instruction(thread.internal_error_data())
-    if reported is None:
-        return False
+    if reported is None or cpu.bitness() != 64:
+        return None, False
     rip = cpu.get_reg("rip")
     length = min(len(reported), 0x1000 - (rip & 0xFFF))  # stay on RIP's page
     try:
-        now = cpu.read_linear(rip, length)
-    except (GuestFault, OSError):  # unmapped: let the emulator report it
-        return False
-    return now != reported[:length]
+        changed = cpu.read_linear(rip, length) != reported[:length]
+        if len(reported) < MAX_INSN_BYTES:
+            reported += cpu.read_linear(rip + len(reported), MAX_INSN_BYTES - len(reported))
+    except (GuestFault, OSError):  # the rest unmapped: decode what was fetched (or report the fault)
+        pass
+    return reported, changed
 
 
 class InstructionCompleter:
@@ -198,12 +204,16 @@ class InstructionCompleter:
         try:
             cpu = KvmGuestCpu(thread.vcpu, self.memory)
             retries = self._code_changed_retries.get(vcpu_id, 0)
-            if cpu.bitness() == 64 and _code_changed(thread, cpu) and retries < MAX_CODE_CHANGED_RETRIES:
+            code, changed = fetched_code(thread, cpu)
+            if changed and retries < MAX_CODE_CHANGED_RETRIES:
+                # A real CPU runs the new code after the patcher's serialising IPI: run again.
                 self._code_changed_retries[vcpu_id] = retries + 1
                 thread.note_emulated("retried: code changed")
                 return None
             self._code_changed_retries[vcpu_id] = 0
-            result = emulate(cpu)
+            # What the vCPU fetched, even if rewritten since: that is the instruction it stopped at
+            # (a CPU that fetched an int3 takes the #BP, and text_poke_bp's handler expects that).
+            result = emulate(cpu, code)
         except (BroilerError, OSError) as exc:
             return f"userspace emulation failed: {exc}"
         if not result.handled:

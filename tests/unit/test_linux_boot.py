@@ -142,3 +142,48 @@ def test_reported_instruction_bytes_of_an_emulation_failure() -> None:
     assert reported_instruction(data) == bytes.fromhex("cc90e8c72df4ff48030598 15b40148".replace(" ", ""))
     assert reported_instruction([0x0, 1, 2]) is None  # no instruction bytes flag
     assert reported_instruction([0x1]) is None
+
+
+class _PatchedCode:
+    """A stopped 64-bit vCPU at an int3 another vCPU may have rewritten (for kvm_cpu.fetched_code)."""
+
+    def __init__(self, memory: bytes, reported: bytes, rip: int = 0x1000) -> None:
+        self.memory = memory  # the page at 0x1000
+        self.rip = rip
+        words = (bytes([len(reported)]) + reported).ljust(16, b"\0")
+        self.data = [0x1, int.from_bytes(words[:8], "little"), int.from_bytes(words[8:], "little")]
+
+    def internal_error_data(self) -> list[int]:
+        return self.data
+
+    def bitness(self) -> int:
+        return 64
+
+    def get_reg(self, name: str) -> int:
+        assert name == "rip"
+        return self.rip
+
+    def read_linear(self, addr: int, size: int) -> bytes:
+        from broiler.emulate.state import GuestFault
+
+        if not 0x1000 <= addr < 0x2000 or addr + size > 0x2000:
+            raise GuestFault(addr, False)
+        return self.memory[addr - 0x1000 : addr - 0x1000 + size]
+
+
+def test_fetched_code_is_what_the_vcpu_fetched_even_when_rewritten_since() -> None:
+    from broiler.emulate.kvm_cpu import fetched_code
+
+    page = bytes.fromhex("cc90e8c72df4ff48030598") + bytes(0x1000 - 11)
+    # Unchanged: the reported bytes, which the emulator decodes (not a second read of memory).
+    stopped = _PatchedCode(page, page[:15])
+    assert fetched_code(stopped, stopped) == (page[:15], False)  # type: ignore[arg-type]
+    # text_poke_bp finished in between: memory holds the new nop, the int3 is still what was fetched.
+    patched = _PatchedCode(b"\x66" + page[1:], page[:15])
+    assert fetched_code(patched, patched) == (page[:15], True)  # type: ignore[arg-type]
+    # KVM fetched 3 bytes: the rest of the instruction comes from memory after them.
+    short = _PatchedCode(page, page[:3])
+    assert fetched_code(short, short) == (page[:15], False)  # type: ignore[arg-type]
+    # The last byte of a page with nothing mapped after it: only what was fetched.
+    end = _PatchedCode(bytes(0xFFF) + b"\xcc", b"\xcc", rip=0x1FFF)
+    assert fetched_code(end, end) == (b"\xcc", False)  # type: ignore[arg-type]
