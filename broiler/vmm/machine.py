@@ -208,14 +208,16 @@ class Machine:
 
     @staticmethod
     def _setup_lapic(vcpu: Vcpu) -> None:
-        """LINT0 = ExtINT and LINT1 = NMI, as a PC BIOS leaves them (spec §4.1)."""
+        """LINT1 = NMI on every CPU and LINT0 = ExtINT on the BSP only, as a PC BIOS leaves them (spec §4.1;
+        the MP spec's virtual-wire mode): with ExtINT on the APs too, each of them would race to take the
+        PIC's interrupt and the losers would read a spurious one."""
         state = vcpu.get_lapic()
-        regs = bytearray(state.regs)
-        for offset, mode in ((0x350, 7), (0x360, 4)):
+        # A writable byte view of the whole struct: ``state.regs`` (a c_char array) stops at the first NUL.
+        regs = memoryview(state).cast("B")
+        for offset, mode in ((0x350, 7), (0x360, 4)) if vcpu.id == 0 else ((0x360, 4),):
             value = int.from_bytes(regs[offset : offset + 4], "little")
             value = (value & ~0x700 & ~(1 << 16)) | (mode << 8)
             regs[offset : offset + 4] = value.to_bytes(4, "little")
-        state.regs = bytes(regs)
         vcpu.set_lapic(state)
 
     @staticmethod

@@ -170,3 +170,15 @@ def test_pause_resume_stop_on_the_control_socket(tmp_path: Path) -> None:
         vm.kill()
         vm.wait()
     assert vm.returncode == exitcodes.INTERRUPTED, vm.stderr.read() if vm.stderr else ""
+
+
+def test_lapic_lint_pins_are_set_as_a_pc_bios_leaves_them() -> None:
+    """BSP: LINT0 ExtINT, LINT1 NMI, both unmasked; APs: LINT0 masked, LINT1 NMI (Machine._setup_lapic).
+    Reading the LAPIC through its c_char ``regs`` once lost everything after the first NUL, so these
+    were never set; this checks the registers KVM really holds."""
+    with Machine(MachineConfig(mem_size=16 * MiB, cpus=2, demo_devices=False)) as machine:
+        lvt = []
+        for vcpu in machine.vcpus:
+            page = bytes(vcpu.get_lapic())
+            lvt.append(tuple(int.from_bytes(page[at : at + 4], "little") & 0x1_0700 for at in (0x350, 0x360)))
+    assert lvt == [(0x700, 0x400), (0x1_0000, 0x400)]
