@@ -18,9 +18,9 @@
  * programmed here. Exit (isa-debug-exit): 0 when every check passed (status 1), else the number of the
  * first failing check at once; waits are bounded by TSC deadlines (a LAPIC tick wakes each hlt).
  *
- * build-with: lib/lib.c lib/irq.c multiboot/lib/mb.c
+ * build-with: lib/lib.c lib/irq.c multiboot/lib/mb.c multiboot/lib/acpi.c
  */
-#include "mb.h"
+#include "acpi.h"
 
 #define HPET 0xfed00000UL
 #define GCAP_ID 0x000
@@ -60,34 +60,13 @@ static u64 hpet_rd(u32 reg) { return mmio_read64(HPET + reg); }
 static void hpet_wr(u32 reg, u64 v) { mmio_write64(HPET + reg, v); }
 
 /* ---- the ACPI HPET table ------------------------------------------------------------------------ */
-static u8 byte_sum(const u8 *p, u32 n)
-{
-    u8 s = 0;
-    while (n--) s = (u8)(s + *p++);
-    return s;
-}
-
-static u64 find_acpi_table(const char *sig)
-{
-    u64 rsdp = 0;
-    for (u64 a = 0xe0000; a < 0x100000 && !rsdp; a += 16)
-        if (!memcmp((void *)a, "RSD PTR ", 8) && byte_sum((u8 *)a, 20) == 0)
-            rsdp = a;
-    if (!rsdp)
-        return 0;
-    u64 rsdt = *(u32 *)(rsdp + 16);
-    for (u64 e = rsdt + 36; e + 4 <= rsdt + *(u32 *)(rsdt + 4); e += 4)
-        if (!memcmp((void *)(u64) * (u32 *)e, sig, 4))
-            return *(u32 *)e;
-    return 0;
-}
-
 static void test_table(void)
 {
-    u64 t = find_acpi_table("HPET");
+    u64 rsdp = acpi_find_rsdp();
+    u64 t = rsdp ? acpi_find_table(acpi_u32(rsdp + 16), "HPET") : 0;
     printf("hpet: table at %lx\n", t);
     check(t != 0, "RSDT lists an HPET table", t, 1);
-    check(byte_sum((u8 *)t, *(u32 *)(t + 4)) == 0 && *(u32 *)(t + 4) >= 56, "HPET table checksum and length",
+    check(acpi_table_ok(t, "HPET") && *(u32 *)(t + 4) >= 56, "HPET table checksum and length",
           *(u32 *)(t + 4), 56);
     u64 base = *(u64 *)(t + 44);
     printf("hpet: table block_id=%x space=%u base=%lx number=%u min_tick=%u\n", *(u32 *)(t + 36), *(u8 *)(t + 40),

@@ -12,10 +12,10 @@
  *
  * Kept small: every CPL0 instruction is emulated (~1 us) on this host's KVM.
  *
- * build-with: lib/lib.c multiboot/lib/mb.c
+ * build-with: lib/lib.c multiboot/lib/mb.c multiboot/lib/acpi.c
  */
 
-#include "mb.h"
+#include "acpi.h"
 
 #define PCI_ADDR        0xcf8
 #define PCI_DATA        0xcfc
@@ -149,45 +149,22 @@ static void test_cf8_low_bits(int probe)
 }
 
 /* ---- ACPI tables ------------------------------------------------------------------------------ */
-static int sig_is(const void *p, const char *sig, int n)
+/* A table by signature among the RSDT's entries, reported and its checksum checked; 0 if absent. */
+static u64 report_table(u64 rsdt, const char *sig)
 {
-    const u8 *a = p;
-    for (int i = 0; i < n; i++)
-        if (a[i] != (u8)sig[i]) return 0;
-    return 1;
-}
-static u8 byte_sum(const void *p, u32 n)
-{
-    const u8 *a = p;
-    u8 s = 0;
-    while (n--) s = (u8)(s + *a++);
-    return s;
-}
-static u32 rd32(u64 a) { return *(const u32 *)a; }
-
-/* A table by signature among the RSDT's entries, checksum checked; 0 if absent. */
-static u64 find_table(u64 rsdt, const char *sig)
-{
-    u32 len = rd32(rsdt + 4);
-    for (u64 e = rsdt + 36; e + 4 <= rsdt + len; e += 4) {
-        u64 t = rd32(e);
-        if (sig_is((void *)t, sig, 4)) {
-            puts("acpi: table "); puts(sig); puts(" at "); put_hex(t); putc('\n');
-            check(byte_sum((void *)t, rd32(t + 4)) == 0, sig, byte_sum((void *)t, rd32(t + 4)), 0);
-            return t;
-        }
+    u64 t = acpi_find_table(rsdt, sig);
+    if (t) {
+        puts("acpi: table "); puts(sig); puts(" at "); put_hex(t); putc('\n');
+        check(acpi_table_ok(t, sig), sig, acpi_byte_sum((void *)t, acpi_u32(t + 4)), 0);
     }
-    return 0;
+    return t;
 }
 
 static u32 pm_timer_port;
 
 static void test_acpi(void)
 {
-    u64 rsdp = 0;
-    for (u64 a = 0xe0000; a < 0x100000 && !rsdp; a += 16)
-        if (sig_is((void *)a, "RSD PTR ", 8) && byte_sum((void *)a, 20) == 0)
-            rsdp = a;
+    u64 rsdp = acpi_find_rsdp();
     put_kv("acpi: ", "rsdp", rsdp, 1);
     check(rsdp != 0, "RSDP with a valid checksum in 0xE0000-0xFFFFF", 0, 1);
     if (!rsdp)
@@ -195,42 +172,41 @@ static void test_acpi(void)
     u8 rev = *(u8 *)(rsdp + 15);
     put_kv("acpi: ", "rsdp_revision", rev, 0);
     if (rev >= 2) {
-        check(byte_sum((void *)rsdp, rd32(rsdp + 20)) == 0, "RSDP extended checksum", 0, 0);
-        u64 xsdt = rd32(rsdp + 24) | (u64)rd32(rsdp + 28) << 32;
-        check(xsdt && sig_is((void *)xsdt, "XSDT", 4) && byte_sum((void *)xsdt, rd32(xsdt + 4)) == 0,
-              "XSDT signature and checksum", xsdt, 0);
+        check(acpi_byte_sum((void *)rsdp, acpi_u32(rsdp + 20)) == 0, "RSDP extended checksum", 0, 0);
+        u64 xsdt = acpi_u32(rsdp + 24) | (u64)acpi_u32(rsdp + 28) << 32;
+        check(acpi_table_ok(xsdt, "XSDT"), "XSDT signature and checksum", xsdt, 0);
     }
-    u64 rsdt = rd32(rsdp + 16);
-    check(sig_is((void *)rsdt, "RSDT", 4) && byte_sum((void *)rsdt, rd32(rsdt + 4)) == 0,
-          "RSDT signature and checksum", rsdt, 0);
-    u64 fadt = find_table(rsdt, "FACP"), madt = find_table(rsdt, "APIC");
+    u64 rsdt = acpi_u32(rsdp + 16);
+    check(acpi_table_ok(rsdt, "RSDT"), "RSDT signature and checksum", rsdt, 0);
+    u64 fadt = report_table(rsdt, "FACP"), madt = report_table(rsdt, "APIC");
     check(fadt && madt, "RSDT lists FACP and APIC", fadt, madt);
-    if (find_table(rsdt, "MCFG") == 0) puts("acpi: no MCFG\n");
-    if (find_table(rsdt, "HPET") == 0) puts("acpi: no HPET\n");
+    if (report_table(rsdt, "MCFG") == 0) puts("acpi: no MCFG\n");
+    if (report_table(rsdt, "HPET") == 0) puts("acpi: no HPET\n");
     if (fadt) {
-        u64 facs = rd32(fadt + 36), dsdt = rd32(fadt + 40);
-        check(facs && sig_is((void *)facs, "FACS", 4) && rd32(facs + 4) >= 64, "FACS signature and length", facs, 0);
-        check(dsdt && sig_is((void *)dsdt, "DSDT", 4) && byte_sum((void *)dsdt, rd32(dsdt + 4)) == 0,
-              "DSDT signature and checksum", dsdt, 0);
-        put_kv("acpi: ", "pm1a_evt", rd32(fadt + 56), 1);
-        put_kv("acpi: ", "pm1a_cnt", rd32(fadt + 64), 1);
-        pm_timer_port = rd32(fadt + 76);
+        u64 facs = acpi_u32(fadt + 36), dsdt = acpi_u32(fadt + 40);
+        check(facs && acpi_sig_is((void *)facs, "FACS", 4) && acpi_u32(facs + 4) >= 64, "FACS signature and length",
+              facs, 0);
+        check(acpi_table_ok(dsdt, "DSDT"), "DSDT signature and checksum", dsdt, 0);
+        put_kv("acpi: ", "pm1a_evt", acpi_u32(fadt + 56), 1);
+        put_kv("acpi: ", "pm1a_cnt", acpi_u32(fadt + 64), 1);
+        pm_timer_port = acpi_u32(fadt + 76);
         put_kv("acpi: ", "pm_tmr", pm_timer_port, 1);
-        check(rd32(fadt + 56) && *(u8 *)(fadt + 88) == 4, "FADT PM1a_EVT_BLK, PM1_EVT_LEN 4", rd32(fadt + 56), 4);
-        check(rd32(fadt + 64) && *(u8 *)(fadt + 89) == 2, "FADT PM1a_CNT_BLK, PM1_CNT_LEN 2", rd32(fadt + 64), 2);
+        u32 pm1a_evt = acpi_u32(fadt + 56), pm1a_cnt = acpi_u32(fadt + 64);
+        check(pm1a_evt && *(u8 *)(fadt + 88) == 4, "FADT PM1a_EVT_BLK, PM1_EVT_LEN 4", pm1a_evt, 4);
+        check(pm1a_cnt && *(u8 *)(fadt + 89) == 2, "FADT PM1a_CNT_BLK, PM1_CNT_LEN 2", pm1a_cnt, 2);
         check(pm_timer_port && pm_timer_port < 0x10000 && *(u8 *)(fadt + 91) == 4, "FADT PM_TMR_BLK, PM_TMR_LEN 4",
               pm_timer_port, 4);
     }
     if (madt) {
         int lapics = 0, ioapics = 0;
-        put_kv("acpi: ", "madt_lapic_addr", rd32(madt + 36), 1);
-        for (u64 e = madt + 44; e + 2 <= madt + rd32(madt + 4) && *(u8 *)(e + 1); e += *(u8 *)(e + 1)) {
+        put_kv("acpi: ", "madt_lapic_addr", acpi_u32(madt + 36), 1);
+        for (u64 e = madt + 44; e + 2 <= madt + acpi_u32(madt + 4) && *(u8 *)(e + 1); e += *(u8 *)(e + 1)) {
             u8 type = *(u8 *)e;
-            if (type == 0 && (rd32(e + 4) & 1)) lapics++;
-            if (type == 1 && rd32(e + 4) == 0xfec00000) ioapics++;
+            if (type == 0 && (acpi_u32(e + 4) & 1)) lapics++;
+            if (type == 1 && acpi_u32(e + 4) == 0xfec00000) ioapics++;
         }
         put_kv("acpi: ", "madt_cpus", (u64)lapics, 0);
-        CHECK_EQ("MADT local APIC address", rd32(madt + 36), 0xfee00000);
+        CHECK_EQ("MADT local APIC address", acpi_u32(madt + 36), 0xfee00000);
         check(lapics >= 1 && ioapics == 1, "MADT: enabled local APICs and the IOAPIC at 0xFEC00000", (u64)lapics,
               (u64)ioapics);
     }

@@ -23,10 +23,10 @@
  *
  * Kept small: every CPL0 instruction is emulated (~1 us) on this host's KVM.
  *
- * build-with: lib/lib.c multiboot/lib/mb.c
+ * build-with: lib/lib.c multiboot/lib/mb.c multiboot/lib/acpi.c
  */
 
-#include "mb.h"
+#include "acpi.h"
 
 #define WAKE_PAGE       0x8000          /* conventional memory neither loader uses (boot.S) */
 #define SLP_EN          (1 << 13)
@@ -90,36 +90,12 @@ static u64 rtc_seconds_of_day(void)
 }
 
 /* ---- ACPI ------------------------------------------------------------------------------------- */
-static int sig_is(const void *p, const char *sig, int n)
-{
-    const u8 *a = p;
-    for (int i = 0; i < n; i++)
-        if (a[i] != (u8)sig[i]) return 0;
-    return 1;
-}
-static u8 byte_sum(const void *p, u32 n)
-{
-    const u8 *a = p;
-    u8 s = 0;
-    while (n--) s = (u8)(s + *a++);
-    return s;
-}
-static u32 rd32(u64 a) { return *(const u32 *)a; }
-
-static u64 find_table(u64 rsdt, const char *sig)
-{
-    for (u64 e = rsdt + 36; e + 4 <= rsdt + rd32(rsdt + 4); e += 4)
-        if (sig_is((void *)(u64)rd32(e), sig, 4) && byte_sum((void *)(u64)rd32(e), rd32(rd32(e) + 4)) == 0)
-            return rd32(e);
-    return 0;
-}
-
 /* The first element of Name(_S3_, Package {...}) in the DSDT: the PM1a SLP_TYP; ~0 if absent. */
 static u32 s3_slp_typ(u64 dsdt)
 {
-    const u8 *p = (const u8 *)dsdt + 36, *end = (const u8 *)dsdt + rd32(dsdt + 4);
+    const u8 *p = (const u8 *)dsdt + 36, *end = (const u8 *)dsdt + acpi_u32(dsdt + 4);
     for (; p + 8 < end; p++) {
-        if (!sig_is(p, "_S3_", 4) || p[4] != 0x12)  /* NameString, then PackageOp */
+        if (!acpi_sig_is(p, "_S3_", 4) || p[4] != 0x12)  /* NameString, then PackageOp */
             continue;
         const u8 *e = p + 5 + 1 + (p[5] >> 6) + 1;  /* PkgLength (1 + its follow bytes), NumElements */
         if (e >= end) return ~0u;
@@ -132,21 +108,19 @@ static u32 s3_slp_typ(u64 dsdt)
 
 static u64 find_acpi(void)                /* returns the FACS; sets pm1a_evt, pm1a_cnt, slp_typ */
 {
-    u64 rsdp = 0;
-    for (u64 a = 0xe0000; a < 0x100000 && !rsdp; a += 16)
-        if (sig_is((void *)a, "RSD PTR ", 8) && byte_sum((void *)a, 20) == 0)
-            rsdp = a;
+    u64 rsdp = acpi_find_rsdp();
     check(rsdp != 0, "RSDP in 0xE0000-0xFFFFF", 0, 1);
     if (!rsdp) return 0;
-    u64 fadt = find_table(rd32(rsdp + 16), "FACP");
-    check(fadt != 0, "RSDT lists a FADT with a valid checksum", 0, 1);
-    if (!fadt) return 0;
-    u64 facs = rd32(fadt + 36), dsdt = rd32(fadt + 40);
-    st->pm1a_evt = rd32(fadt + 56);
-    st->pm1a_cnt = rd32(fadt + 64);
-    check(facs && sig_is((void *)facs, "FACS", 4) && rd32(facs + 4) >= 64, "FACS signature and length", facs, 0);
-    check(dsdt && sig_is((void *)dsdt, "DSDT", 4) && byte_sum((void *)dsdt, rd32(dsdt + 4)) == 0,
-          "DSDT signature and checksum", dsdt, 0);
+    u64 fadt = acpi_find_table(acpi_u32(rsdp + 16), "FACP");
+    int fadt_ok = acpi_table_ok(fadt, "FACP");
+    check(fadt_ok, "RSDT lists a FADT with a valid checksum", 0, 1);
+    if (!fadt_ok) return 0;
+    u64 facs = acpi_u32(fadt + 36), dsdt = acpi_u32(fadt + 40);
+    st->pm1a_evt = acpi_u32(fadt + 56);
+    st->pm1a_cnt = acpi_u32(fadt + 64);
+    check(facs && acpi_sig_is((void *)facs, "FACS", 4) && acpi_u32(facs + 4) >= 64, "FACS signature and length",
+          facs, 0);
+    check(acpi_table_ok(dsdt, "DSDT"), "DSDT signature and checksum", dsdt, 0);
     check(st->pm1a_evt && st->pm1a_cnt, "FADT PM1a event and control blocks", st->pm1a_evt, st->pm1a_cnt);
     slp_typ = dsdt ? s3_slp_typ(dsdt) : ~0u;
     put_kv("slp_typ", slp_typ);
