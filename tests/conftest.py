@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from broiler.core.eventloop import EventLoop
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,3 +44,12 @@ def guest_image() -> Iterator[object]:
     from broiler.guests import packaged_guest
 
     yield packaged_guest
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    """A running event loop (core/eventloop.py), closed after the test."""
+    loop = EventLoop()
+    loop.start()
+    yield loop
+    loop.close()

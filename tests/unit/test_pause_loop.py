@@ -6,19 +6,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from broiler.core.eventloop import EventLoop
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    loop = EventLoop()
-    loop.start()
-    yield loop
-    loop.close()
 
 
 def _settle(loop: EventLoop) -> None:

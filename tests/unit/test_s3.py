@@ -4,7 +4,6 @@ and reset, the FACS waking vectors, the DSDT's \\_S3 package and the "suspended"
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -146,14 +145,6 @@ def test_the_dsdt_names_s3_with_slp_typ_1_and_the_facs_sits_where_resume_reads_i
     assert dsdt[at + 4] == 0x12 and dsdt[at + 7] == 0x01  # Package, PkgLength, NumElements, OneOp
     assert b"_S5_" in dsdt
     assert tables.addresses["FACS"] == FACS_ADDR
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    loop = EventLoop()
-    loop.start()
-    yield loop
-    loop.close()
 
 
 def test_a_suspended_vm_is_shown_as_such_and_only_the_wake_resumes_it(loop: EventLoop) -> None:
