@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from broiler.core.memory import MiB
 from broiler.guests import packaged_guest
@@ -30,7 +31,17 @@ def run_guest(name: str, *, timeout: float = 60, mem: int = 64 * MiB, **config: 
 
 
 def broiler_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return cli_in(dict(os.environ, PYTHONPATH=str(ROOT)), *args, timeout=timeout)
+
+
+def cli_env(runtime_dir: Path) -> dict[str, str]:
+    """The environment of a `broiler` child that runs this checkout with its control sockets in runtime_dir,
+    so `broiler list/stop/snapshot` see only the test's own VMs."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(runtime_dir))
+
+
+def cli_in(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`broiler ARGS` run to its end with env (see cli_env), its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "broiler", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
     )

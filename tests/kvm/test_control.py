@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 
 from broiler import exitcodes
 from tests.conftest import ROOT
-from tests.kvm.helpers import broiler_cli
+from tests.kvm.helpers import broiler_cli, cli_in
 
 pytestmark = pytest.mark.kvm
 
@@ -41,44 +40,33 @@ def _wait_listed(name: str, env: dict[str, str], timeout: float = 20) -> None:
     raise AssertionError(f"{name} never showed up in `broiler list`")
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broiler", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
-    )
-
-
 def test_list_stat_regs_stop_on_a_running_demo(env: dict[str, str], tmp_path: Path) -> None:
     stats_file = tmp_path / "stats.json"
     vm = _spawn("run", "--name", "ctl-test", "--async-delay", "3", "--stats-json", str(stats_file), env=env)
     try:
         _wait_listed("ctl-test", env)
-        second = _cli(env, "run", "--name", "ctl-test", "--timeout", "5")
+        second = cli_in(env, "run", "--name", "ctl-test", "--timeout", "5")
         assert second.returncode == exitcodes.USAGE and "already running" in second.stderr
-        stat = _cli(env, "stat", "ctl-test", "--once")
+        stat = cli_in(env, "stat", "ctl-test", "--once")
         assert stat.returncode == 0, stat.stderr
         assert "sync-pio" in stat.stdout and "p99" in stat.stdout
-        regs = _cli(env, "regs", "ctl-test")
+        regs = cli_in(env, "regs", "ctl-test")
         assert regs.returncode == 0, regs.stderr
         assert "rip=" in regs.stdout and "instruction:" in regs.stdout
-        stop = _cli(env, "stop", "ctl-test")
+        stop = cli_in(env, "stop", "ctl-test")
         assert stop.returncode == 0
         vm.wait(timeout=30)
     finally:
         vm.kill()
     assert vm.returncode == exitcodes.INTERRUPTED
-    assert "no running VMs" in _cli(env, "list").stdout  # its socket went with it
+    assert "no running VMs" in cli_in(env, "list").stdout  # its socket went with it
     data = json.loads(stats_file.read_text())
     sync = next(d for d in data["devices"] if d["device"] == "sync-pio")
     assert (sync["reads"], sync["writes"]) == (5, 2)  # exactly what the demo guest did
 
 
 def test_stat_of_unknown_and_stale_vms(env: dict[str, str], tmp_path: Path) -> None:
-    proc = _cli(env, "stat", "nope", "--once")
+    proc = cli_in(env, "stat", "nope", "--once")
     assert proc.returncode == exitcodes.USAGE and "no running VM named 'nope'" in proc.stderr
     stale = tmp_path / "broiler" / "ghost.sock"
     stale.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +75,7 @@ def test_stat_of_unknown_and_stale_vms(env: dict[str, str], tmp_path: Path) -> N
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(stale))
     s.close()  # the file stays, nobody listens: a stale socket
-    proc = _cli(env, "stat", "ghost", "--once")
+    proc = cli_in(env, "stat", "ghost", "--once")
     assert proc.returncode == exitcodes.USAGE and "gone" in proc.stderr
     assert not stale.exists()
 

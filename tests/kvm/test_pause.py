@@ -4,7 +4,6 @@ doorbell kicked just before the pause completes only after the resume, and `broi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from broiler.frontend.control import vcpu_snapshots
 from broiler.guests import packaged_guest
 from broiler.vmm.machine import Machine, MachineConfig
 from tests.conftest import ROOT
+from tests.kvm.helpers import cli_env, cli_in
 
 pytestmark = pytest.mark.kvm
 
@@ -130,14 +130,8 @@ def test_regs_answer_on_a_paused_vm(running: tuple[Machine, Counter, threading.T
     assert status == [exitcodes.INTERRUPTED]
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broiler", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
-    )
-
-
 def test_pause_resume_stop_on_the_control_socket(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
+    env = cli_env(tmp_path)
     guest = str(ROOT / "broiler" / "guests" / "pause_count.bin")
     vm = subprocess.Popen(
         [sys.executable, "-m", "broiler", "run", "--guest", guest, "--name", "pz", "--timeout", "120"],
@@ -149,22 +143,22 @@ def test_pause_resume_stop_on_the_control_socket(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 30
-        while "pz" not in _cli(env, "list").stdout:
+        while "pz" not in cli_in(env, "list").stdout:
             assert time.monotonic() < deadline and vm.poll() is None, "the VM never showed up in `broiler list`"
             time.sleep(0.2)
-        assert "running since" in _cli(env, "list").stdout
-        not_paused = _cli(env, "resume", "pz")
+        assert "running since" in cli_in(env, "list").stdout
+        not_paused = cli_in(env, "resume", "pz")
         assert not_paused.returncode == 0 and "pz is not paused (running since" in not_paused.stdout
-        paused = _cli(env, "pause", "pz")
+        paused = cli_in(env, "pause", "pz")
         assert paused.returncode == 0 and paused.stdout.strip() == "paused pz", paused.stderr
-        again = _cli(env, "pause", "pz")
+        again = cli_in(env, "pause", "pz")
         assert again.returncode == 0 and "pz is already paused since" in again.stdout
-        assert "paused since" in _cli(env, "list").stdout
-        assert "paused since" in _cli(env, "stat", "pz", "--once").stdout
-        resumed = _cli(env, "resume", "pz")
+        assert "paused since" in cli_in(env, "list").stdout
+        assert "paused since" in cli_in(env, "stat", "pz", "--once").stdout
+        resumed = cli_in(env, "resume", "pz")
         assert resumed.returncode == 0 and resumed.stdout.strip() == "resumed pz"
-        assert _cli(env, "pause", "pz").returncode == 0
-        assert _cli(env, "stop", "pz").returncode == 0
+        assert cli_in(env, "pause", "pz").returncode == 0
+        assert cli_in(env, "stop", "pz").returncode == 0
         vm.wait(timeout=30)
     finally:
         vm.kill()

@@ -4,7 +4,6 @@ installed, under QEMU's pc machine with SeaBIOS (the reference)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.kvm.helpers import broiler_cli
+from tests.kvm.helpers import broiler_cli, cli_env, cli_in
 
 pytestmark = pytest.mark.kvm
 
@@ -50,12 +49,6 @@ def test_mbs3_passes_under_qemu_pc() -> None:
     assert_mbs3_passed(proc)
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broiler", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
-    )
-
-
 def _until(what: str, ok: object, vm: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while not ok():  # type: ignore[operator]
@@ -64,17 +57,17 @@ def _until(what: str, ok: object, vm: subprocess.Popen[str]) -> None:
 
 
 def test_a_guest_that_armed_nothing_sleeps_until_broiler_wakeup(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
+    env = cli_env(tmp_path)
     run = [sys.executable, "-m", "broiler", "run", "-k", str(MBS3), "--append", "noalarm", "--name", "s3vm"]
     vm = subprocess.Popen([*run, "--timeout", "120"], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        _until("suspended in `broiler list`", lambda: "suspended since" in _cli(env, "list").stdout, vm)
-        assert "suspended since" in _cli(env, "stat", "s3vm", "--once").stdout
-        resumed = _cli(env, "resume", "s3vm")  # a suspended guest comes back only through its waking vector
+        _until("suspended in `broiler list`", lambda: "suspended since" in cli_in(env, "list").stdout, vm)
+        assert "suspended since" in cli_in(env, "stat", "s3vm", "--once").stdout
+        resumed = cli_in(env, "resume", "s3vm")  # a suspended guest comes back only through its waking vector
         assert resumed.returncode == 0 and "s3vm is not paused (suspended since" in resumed.stdout
         time.sleep(1.5)  # nothing armed: still asleep (an alarm, had one been set, would have fired by now)
-        assert "suspended since" in _cli(env, "list").stdout
-        woke = _cli(env, "wakeup", "s3vm")
+        assert "suspended since" in cli_in(env, "list").stdout
+        woke = cli_in(env, "wakeup", "s3vm")
         assert woke.returncode == 0 and woke.stdout.strip() == "woke s3vm", woke.stdout + woke.stderr
         out, _ = vm.communicate(timeout=60)
     finally:

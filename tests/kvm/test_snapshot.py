@@ -31,24 +31,13 @@ from broiler.vmm.snapshot.api import take_snapshot
 from broiler.vmm.snapshot.format import PREFIX_SIZE
 from broiler.vmm.virtio import DiskSpec
 from tests.conftest import ROOT
-from tests.kvm.helpers import passed
+from tests.kvm.helpers import cli_in, passed
 
 pytestmark = pytest.mark.kvm
 
 GUEST = str(ROOT / "broiler" / "guests" / "pause_count.bin")
 COUNTER = str(ROOT / "tests" / "kvm" / "snapshot_counter.py")
 WAIT = 60.0
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path))
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broiler", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
-    )
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -80,7 +69,7 @@ def _wait_counts(log: Path, cpus: int, at_least: int, vm: subprocess.Popen[str])
 
 
 def _snapshot_and_end(env: dict[str, str], name: str, path: Path, vm: subprocess.Popen[str]) -> None:
-    done = _cli(env, "snapshot", name, str(path), "--stop")
+    done = cli_in(env, "snapshot", name, str(path), "--stop")
     assert done.returncode == 0, done.stderr
     assert str(path) in done.stdout and "MiB on disk" in done.stdout
     vm.wait(timeout=60)
@@ -171,7 +160,7 @@ def snapshot_with_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _refused(env: dict[str, str], *args: str) -> str:
-    done = _cli(env, "run", *args)
+    done = cli_in(env, "run", *args)
     assert done.returncode == exitcodes.USAGE, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
