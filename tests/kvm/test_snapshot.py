@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,6 +179,28 @@ def _patched(path: Path, offset: int, data: bytes, tmp_path: Path, name: str) ->
     return out
 
 
+def _rewritten(
+    path: Path,
+    tmp_path: Path,
+    name: str,
+    change: Callable[[dict[str, Any]], object] = lambda state: None,
+    version: int = snapfmt.FORMAT_VERSION,
+) -> Path:
+    """A copy of ``path`` whose state (as JSON) went through ``change``, behind a prefix of ``version`` whose
+    lengths and checksums are right: only what the state or the version say can make a restore refuse it."""
+    with open(path, "rb") as f:
+        layout, state = snapfmt.read_state(f, str(path))
+    edited = json.loads(json.dumps(state, default=lambda b: {"$bytes": base64.b64encode(b).decode()}))
+    change(edited)
+    raw = json.dumps(edited).encode()
+    out = _patched(path, layout.state_offset, raw, tmp_path, name)
+    os.truncate(out, layout.state_offset + len(raw))
+    new_layout = snapfmt.Layout(layout.mem_offset, layout.mem_len, layout.state_offset, len(raw))
+    with open(out, "r+b") as f:
+        f.write(snapfmt.pack_prefix(new_layout, zlib.crc32(raw), version))
+    return out
+
+
 def test_bad_snapshots_and_options_are_one_line_and_exit_2(
     env: dict[str, str], tmp_path: Path, snapshot_with_disk: tuple[Path, Path]
 ) -> None:
@@ -212,12 +235,7 @@ def test_another_format_version_is_refused(
     env: dict[str, str], tmp_path: Path, snapshot_with_disk: tuple[Path, Path]
 ) -> None:
     path, _ = snapshot_with_disk
-    with open(path, "rb") as f:
-        layout, _ = snapfmt.read_state(f, str(path))
-        f.seek(layout.state_offset)
-        state_crc = zlib.crc32(f.read(layout.state_len))
-    prefix = snapfmt.pack_prefix(layout, state_crc, version=snapfmt.FORMAT_VERSION + 1)  # a valid header, v2
-    other = _patched(path, 0, prefix, tmp_path, "v2.snap")
+    other = _rewritten(path, tmp_path, "v2.snap", version=snapfmt.FORMAT_VERSION + 1)  # a valid header, v2
     assert "format version" in _refused(env, "--restore", str(other))
 
 
@@ -226,23 +244,12 @@ def test_a_crafted_state_with_a_valid_checksum_is_one_line(
 ) -> None:
     """Checksums catch damage, not intent: a state re-written with the right CRC but the wrong shapes."""
     path, _ = snapshot_with_disk
-    with open(path, "rb") as f:
-        layout, state = snapfmt.read_state(f, str(path))
     for name, change in (
         ("regs", lambda st: st["vcpus"][0].update(regs="not bytes")),
         ("config", lambda st: st["config"].pop("cpus")),
         ("memory", lambda st: st["memory"]["regions"][0].update(file_offset=-4096)),
     ):
-        crafted_state = json.loads(json.dumps(state, default=lambda b: {"$bytes": base64.b64encode(b).decode()}))
-        change(crafted_state)
-        raw = json.dumps(crafted_state).encode()
-        out = _patched(path, layout.state_offset, raw, tmp_path, f"crafted-{name}.snap")
-        os.truncate(out, layout.state_offset + len(raw))
-        prefix = snapfmt.pack_prefix(
-            snapfmt.Layout(layout.mem_offset, layout.mem_len, layout.state_offset, len(raw)), zlib.crc32(raw)
-        )
-        with open(out, "r+b") as f:
-            f.write(prefix)
+        out = _rewritten(path, tmp_path, f"crafted-{name}.snap", change)
         line = _refused(env, "--restore", str(out))
         assert "malformed" in line or "incomplete" in line or "inconsistent" in line, line
 
