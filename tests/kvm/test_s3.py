@@ -65,6 +65,9 @@ def test_a_guest_that_armed_nothing_sleeps_until_broiler_wakeup(tmp_path: Path) 
         assert "suspended since" in cli_in(env, "stat", "s3vm", "--once").stdout
         resumed = cli_in(env, "resume", "s3vm")  # a suspended guest comes back only through its waking vector
         assert resumed.returncode == 0 and "s3vm is not paused (suspended since" in resumed.stdout
+        refused = cli_in(env, "snapshot", "s3vm", str(tmp_path / "asleep.snap"))  # the wake is not in a state
+        assert refused.returncode == 2 and "suspended (S3): wake it first" in refused.stderr, refused.stderr
+        assert not (tmp_path / "asleep.snap").exists()
         time.sleep(1.5)  # nothing armed: still asleep (an alarm, had one been set, would have fired by now)
         assert "suspended since" in cli_in(env, "list").stdout
         woke = cli_in(env, "wakeup", "s3vm")

@@ -49,6 +49,10 @@ def take_snapshot(machine: Machine, path: str, *, stop: bool = False) -> Snapsho
 
 
 def _take(machine: Machine, path: str, stop: bool) -> SnapshotInfo:
+    if machine.pause_control.state.suspended:
+        # Its vCPUs are parked mid-sleep (vmm/sleep.py) and the wake-up is not part of the state: restored,
+        # the guest would run on after its sleep write as if it had never slept.
+        raise SnapshotError("the VM is suspended (S3): wake it first (broiler wakeup NAME), then snapshot it")
     started = time.monotonic()
     paused_here = machine.pause_control.pause()
     try:
