@@ -43,7 +43,8 @@ from ..core.vcpu import VcpuThread
 from ..devices.legacy.acpi_pm import AcpiPm
 from ..devices.legacy.cmos import Cmos
 from ..devices.legacy.hpet import Hpet
-from ..kvm import Vcpu, abi
+from ..kvm import Vcpu, Vm, abi
+from ..kvm.state import get_irqchip, get_pit2, set_irqchip, set_pit2
 from .config import MachineConfig
 
 POLL = 0.25  # seconds between looks at "is the VM ending?" while suspended
@@ -68,6 +69,9 @@ class SleepHost(Protocol):
     @property
     def devices(self) -> Sequence[Device]: ...
 
+    @property
+    def vm(self) -> Vm: ...
+
     def enter(self, vcpu: Vcpu, state: EntryState) -> None: ...
 
     def request_exit(self, status: int, reason: str) -> None: ...
@@ -82,6 +86,13 @@ class SleepControl:
         self._threads = machine.threads
         self.rtc, self.pm = machine.rtc, machine.acpi_pm
         self._lapics = [t.vcpu.get_lapic() for t in self._threads] if machine.config.irqchip else None
+        # The in-kernel PICs, IOAPIC and PIT as they were made: a wake resets them as a platform reset does
+        # (QEMU resets every device on an S3 wake; firmware and the OS program them again).
+        self._chips: list[bytes] = []
+        if machine.config.irqchip:
+            vm = machine.vm
+            chips = (abi.KVM_IRQCHIP_PIC_MASTER, abi.KVM_IRQCHIP_PIC_SLAVE, abi.KVM_IRQCHIP_IOAPIC)
+            self._chips = [get_irqchip(vm, chip) for chip in chips] + [get_pit2(vm)]
         # Devices a wake puts back as they were made, through their snapshot state (the HPET: halted, comparators
         # all ones, nothing armed). PM1 and the RTC have their own, partial, reset.
         self._fresh = [(d, d.save_state()) for d in machine.devices if isinstance(d, Hpet)]
@@ -154,6 +165,11 @@ class SleepControl:
             self.rtc.reset()
         for device, state in self._fresh:
             device.load_state(state)
+        if self._chips:
+            *chips, pit = self._chips
+            for chip in chips:
+                set_irqchip(self._machine.vm, chip)
+            set_pit2(self._machine.vm, pit)
 
     def _reset_vcpu(self, vcpu: Vcpu, entry: EntryState) -> None:
         """On the vCPU's own (parked) thread: the BSP to the waking vector, an AP to wait-for-SIPI."""

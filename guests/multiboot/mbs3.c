@@ -41,6 +41,9 @@
 #define REG_B_AIE       0x20
 #define ALARM_DONT_CARE 0xc0
 #define HPET_CONFIG     ((volatile u64 *)0xfed00010)  /* general configuration: bit 0 ENABLE_CNF */
+#define IOAPIC_SEL      ((volatile u32 *)0xfec00000)
+#define IOAPIC_WIN      ((volatile u32 *)0xfec00010)
+#define IOAPIC_PIN9_LO  0x22                           /* redirection entry 9, low half (pin 9 unused here) */
 #define PATTERN_WORDS   (256 * 1024 / 8)
 #define PHASE_ASLEEP    0x51ee9u
 #define PHASE_RAN_ON    0xdeadu
@@ -184,6 +187,8 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
     if (st->first_failure)
         return (u32)st->first_failure;
     *HPET_CONFIG |= 1;                                 /* running at the sleep: a wake's reset halts it */
+    *IOAPIC_SEL = IOAPIC_PIN9_LO;
+    *IOAPIC_WIN = 0x41;                                /* unmasked, vector 0x41: a wake's reset masks it */
     puts("mbs3: entering S3\n");
     st->phase = PHASE_ASLEEP;
     __asm__ volatile("outw %1, %2; movl %3, %0"
@@ -213,6 +218,9 @@ void ap_main(u32 index)
     u64 hpet = *HPET_CONFIG;
     put_kv("hpet_config", hpet);
     check(!(hpet & 1), "the HPET was reset by the wake (counter halted)", hpet, 0);
+    *IOAPIC_SEL = IOAPIC_PIN9_LO;
+    u32 pin9 = *IOAPIC_WIN;
+    check(pin9 == 0x10000, "the IOAPIC was reset by the wake (entry 9 masked, vector 0)", pin9, 0x10000);
     u64 slept = (rtc_seconds_of_day() + 86400 - st->slept_at) % 86400;
     put_kv("slept_seconds", slept);
     if (!st->no_alarm)
