@@ -52,6 +52,13 @@ class Observer:
         """A device read the clock (core/clock.py: ``source`` says which reading); returns what it gets."""
         return value
 
+    def sleep(self) -> None:
+        """A device asked the machine for an S3 sleep (while handling the access that asked)."""
+
+    def wake(self, by_rtc: bool) -> None:
+        """The machine woke from S3 (``by_rtc``: the RTC alarm, else a command): a cause, between ``begin`` and
+        ``end``; the device resets of the wake (vmm/wake_reset.py) follow on this thread."""
+
 
 class FanOut(Observer):
     """Several observers as one (``--trace`` with ``--record``), told in order."""
@@ -84,6 +91,14 @@ class FanOut(Observer):
         for observer in self.observers:
             value = observer.clock(source, value)
         return value
+
+    def sleep(self) -> None:
+        for observer in self.observers:
+            observer.sleep()
+
+    def wake(self, by_rtc: bool) -> None:
+        for observer in self.observers:
+            observer.wake(by_rtc)
 
 
 def attach_observer(host: Any, observer: Observer) -> Observer:

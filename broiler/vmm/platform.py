@@ -83,6 +83,7 @@ class PlatformHost(Protocol):
     device_faults: list[str]  # reports of users' devices that misbehaved (vmm/userdev.py)
     rtc: Cmos | None  # the CMOS RTC and the PM1 block, for S3 (vmm/sleep.py)
     acpi_pm: AcpiPm | None
+    observer: Observer | None  # --trace/--record (core/observe.py): told of an S3 request
 
     @property
     def irqs(self) -> PlatformInterrupts: ...
@@ -137,6 +138,13 @@ def _fixed_line(m: PlatformHost, config: MachineConfig, gsi: int) -> IrqLine | N
     return m.irqs.line(gsi) if config.irqchip else None
 
 
+def _suspend(m: PlatformHost) -> None:
+    """PM1a_CNT asked for S3: an effect of that write for an observer (replay checks a model still asks)."""
+    if m.observer is not None:
+        m.observer.sleep()
+    m.request_suspend()
+
+
 def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     """The fixed device set, in a fixed order (so port and slot numbers never depend on imports)."""
     register_legacy_ports(m.pio_bus, lambda: m.request_exit(exitcodes.OK, "reset via port 0x92"))
@@ -151,7 +159,7 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
     m.add_pio(I8042_COMMAND, 1, kbc.command_port(), owner=kbc, name="i8042 command")
     m.rtc = Cmos(config.mem_size, clock=m.clock.gmtime, phase_ns=m.clock.monotonic_ns)
     m.add_pio(CMOS_INDEX, CMOS_SIZE, m.rtc)
-    m.acpi_pm = AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off"), m.request_suspend)
+    m.acpi_pm = AcpiPm(lambda: m.request_exit(exitcodes.OK, "ACPI power-off"), lambda: _suspend(m))
     m.add_pio(PM1A_EVT, PM_BLOCK_SIZE, m.acpi_pm)
     m.add_pio(PM_TIMER_PORT, PM_TIMER_SIZE, PmTimer(m.clock.monotonic_ns))
     if config.hpet is not False:

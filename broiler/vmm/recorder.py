@@ -176,6 +176,12 @@ class Recorder(Observer):
         self._add((rec.CLOCK, source, 0, value, b""), False)
         return value
 
+    def sleep(self) -> None:
+        self._add((rec.S3_SLEEP, 0, 0, 0, b""), False)
+
+    def wake(self, by_rtc: bool) -> None:
+        self._add((rec.S3_WAKE, 0, 0, int(by_rtc), b""), True)
+
     def close(self) -> None:
         """Write what is left and the end marker; events after this are dropped (the VM is stopping)."""
         with self._lock:

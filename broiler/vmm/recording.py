@@ -26,8 +26,8 @@ import zstandard
 from ..errors import ConfigError
 
 MAGIC = b"BROILREC"
-FORMAT_VERSION = 2  # 2: clock reads (CLOCK events) and the cut marker
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: clock reads (CLOCK events) and the cut marker; 3: S3 sleep and wake events
+READABLE_VERSIONS = (1, 2, 3)
 _PREAMBLE = struct.Struct("<8sHI")
 _CHUNK = struct.Struct("<II")
 EVENT = struct.Struct("<BIQIQ")
@@ -47,7 +47,10 @@ TIMER_SET, DMA_READ, DMA_WRITE, IRQ_LEVEL, IRQ_PULSE, MSI = 10, 11, 12, 13, 14, 
 # what it read). Replay feeds it back rather than comparing it; a model that reads the clock a different
 # number of times diverges there.
 CLOCK = 16
-CAUSES = frozenset(range(PIO_READ, TIMER_FIRED + 1))
+# S3: a device asked for the sleep (an effect of the PM1a_CNT write); the machine woke (a cause, value 1 when
+# the RTC alarm woke it, 0 for `broiler wakeup`), followed by what the wake's device resets did.
+S3_SLEEP, S3_WAKE = 17, 18
+CAUSES = frozenset({*range(PIO_READ, TIMER_FIRED + 1), S3_WAKE})
 DMA_KINDS = frozenset({DMA_READ, DMA_WRITE})
 KIND_NAMES = {
     PIO_READ: "pio read",
@@ -66,6 +69,8 @@ KIND_NAMES = {
     IRQ_PULSE: "IRQ pulse",
     MSI: "MSI",
     CLOCK: "clock read",
+    S3_SLEEP: "S3 sleep requested",
+    S3_WAKE: "S3 wake",
 }
 
 
@@ -85,6 +90,10 @@ class Event(NamedTuple):
             return f"{name} #{self.value}"
         if self.kind in (IRQ_LEVEL, IRQ_PULSE):
             return f"{name} GSI {self.addr}" + (f" level {self.value}" if self.kind == IRQ_LEVEL else "")
+        if self.kind == S3_WAKE:
+            return f"S3 wake by {'the RTC alarm' if self.value else 'command'}"
+        if self.kind == S3_SLEEP:
+            return name
         if self.kind == CLOCK:
             return f"clock read ({'UTC seconds' if self.addr else 'ns'}) {self.value}"
         if self.kind == MSI:

@@ -21,6 +21,7 @@ from . import recording as rec
 from .config import MachineConfig
 from .platform import PlatformSketch
 from .userdev import parse_device_spec
+from .wake_reset import WakeReset
 
 _READS = {rec.PIO_READ: "pio", rec.MMIO_READ: "mmio"}
 _WRITES = {rec.PIO_WRITE: "pio", rec.MMIO_WRITE: "mmio"}
@@ -78,6 +79,9 @@ class _Effects(Observer):
         self.produced.append(rec.Event(rec.CLOCK, 0, source, 0, value))
         return value
 
+    def sleep(self) -> None:
+        self.produced.append(rec.Event(rec.S3_SLEEP, 0, 0, 0, 0))
+
     def timer(self, fn: Callable[[], None]) -> Callable[[], None]:
         self.scheduled.append(fn)
         self.produced.append(rec.Event(rec.TIMER_SET, 0, 0, 0, len(self.scheduled) - 1))
@@ -122,6 +126,8 @@ class Replayer:
         self.effects = _Effects()
         attach_observer(self.platform, self.effects)
         self.timers: dict[int, Callable[[], None]] = {}
+        # Made before any event, as the machine makes its own before the guest runs: the HPET's state at creation.
+        self.wake_reset = WakeReset(self.platform.acpi_pm, self.platform.rtc, self.platform.devices)
         self.result = ReplayResult()
         self.show = show
 
@@ -174,6 +180,8 @@ class Replayer:
             bus.replay(addr, size, value)
         elif kind in (rec.KICK_PIO, rec.KICK_MMIO):
             self._kick(number, cause)
+        elif kind == rec.S3_WAKE:
+            self.wake_reset.apply(by_rtc=bool(value))
         elif kind == rec.TIMER_FIRED:
             fn = self.timers.pop(value, None)
             if fn is None:

@@ -17,9 +17,12 @@ flag and jumps to the waking vector in real mode. broiler does the same without 
    the RTC's interrupt enables and flags reset (time and alarm kept). Then the event loop and the vCPUs
    run again.
 
-The HPET is put back as it was made (halted, nothing armed; a line it held high stays high). Not reset (a
-real platform reset would): the in-kernel PIC, IOAPIC and PIT (no KVM_SET_IRQCHIP in kvm/ yet) and the PCI
-devices. The guest finds them as it left them. Power-off (S5) and the reset paths are unchanged.
+The HPET is put back as it was made (halted, nothing armed; a line it held high stays high); the in-kernel
+PICs, IOAPIC and PIT go back to their state at creation (KVM_SET_IRQCHIP/PIT2). Not reset (a real platform
+reset would): the PCI devices. Power-off (S5) and the reset paths are unchanged.
+
+Under --record the PM1, RTC and HPET resets are one recorded cause, the wake, with its reason (vmm/wake_reset.py),
+so replay applies them at the same point; the sleep request is an effect of the PM1a_CNT write that asked.
 """
 
 from __future__ import annotations
@@ -38,14 +41,15 @@ from ..boot.entry import EntryState, real_mode_state
 from ..boot.wake import FACS_SIZE, resume_entry
 from ..core.bus import Device
 from ..core.memory import GuestMemory
+from ..core.observe import Observer
 from ..core.pause import PARK_TIMEOUT, VmPause
 from ..core.vcpu import VcpuThread
 from ..devices.legacy.acpi_pm import AcpiPm
 from ..devices.legacy.cmos import Cmos
-from ..devices.legacy.hpet import Hpet
 from ..kvm import Vcpu, Vm, abi
 from ..kvm.state import get_irqchip, get_pit2, set_irqchip, set_pit2
 from .config import MachineConfig
+from .wake_reset import WakeReset
 
 POLL = 0.25  # seconds between looks at "is the VM ending?" while suspended
 AP_RESET = real_mode_state(0xF000, 0xFFF0)  # an AP's state after INIT; the SIPI sets CS:IP
@@ -59,6 +63,7 @@ class SleepHost(Protocol):
     stopping: bool
     rtc: Cmos | None
     acpi_pm: AcpiPm | None
+    observer: Observer | None  # --record: the wake is a cause it writes down (vmm/wake_reset.py)
 
     @property
     def config(self) -> MachineConfig: ...
@@ -93,9 +98,8 @@ class SleepControl:
             vm = machine.vm
             chips = (abi.KVM_IRQCHIP_PIC_MASTER, abi.KVM_IRQCHIP_PIC_SLAVE, abi.KVM_IRQCHIP_IOAPIC)
             self._chips = [get_irqchip(vm, chip) for chip in chips] + [get_pit2(vm)]
-        # Devices a wake puts back as they were made, through their snapshot state (the HPET: halted, comparators
-        # all ones, nothing armed). PM1 and the RTC have their own, partial, reset.
-        self._fresh = [(d, d.save_state()) for d in machine.devices if isinstance(d, Hpet)]
+        # PM1, the RTC and the HPET: what a wake resets, shared with replay (a recorded cause there).
+        self.devices = WakeReset(machine.acpi_pm, machine.rtc, machine.devices)
         self._wakeup = threading.Event()
         self._sleeper: threading.Thread | None = None
         self.suspends = 0
@@ -158,13 +162,7 @@ class SleepControl:
         for t in self._threads:
             if not t.call_on_vcpu(partial(self._reset_vcpu, t.vcpu, entry), timeout=PARK_TIMEOUT):
                 raise TimeoutError(f"vCPU {t.vcpu.id} did not take its reset within {PARK_TIMEOUT:g} s")
-        if self.pm is not None:
-            self.pm.reset()
-            self.pm.woke(by_rtc=by_rtc)
-        if self.rtc is not None:
-            self.rtc.reset()
-        for device, state in self._fresh:
-            device.load_state(state)
+        self.devices.wake(by_rtc=by_rtc, observer=self._machine.observer)
         if self._chips:
             *chips, pit = self._chips
             for chip in chips:

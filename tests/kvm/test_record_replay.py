@@ -94,6 +94,7 @@ ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
     "insn_test.elf": ([], (1,), {rec.PIO_WRITE}),
     "mbhpet.elf": ([], (1,), {rec.CLOCK, rec.TIMER_FIRED, rec.IRQ_PULSE, rec.IRQ_LEVEL}),
     "mbplat.elf": (["-c", "2"], (1,), {rec.CLOCK}),
+    "mbs3.elf": ([], (1,), {rec.S3_SLEEP, rec.S3_WAKE, rec.CLOCK}),  # woken by its RTC alarm
     "mbtest.elf": (["--testdev", "-p", "expect_cpus=1 mods=1 expect_ram=128M irqs=24"], (1,), set()),
     "pause_count.bin": (["--timeout", "2"], (exitcodes.TIMEOUT,), {rec.PIO_WRITE, rec.KICK_PIO}),  # never ends
     "pci_test.bin": (["--async-delay", "0", "-m", "64M"], (1,), PCI_TEST_KINDS),
@@ -105,15 +106,12 @@ NOT_RECORDABLE = {  # virtio devices are refused by --record (docs/record-replay
     "virtio_blk_bench.elf": "virtio-blk",
     "virtio_blk_test.elf": "virtio-blk",
 }
-# Recorded fine, but replay diverges after the S3 wake: the wake's device resets (PM1, RTC, HPET: vmm/sleep.py)
-# happen outside any cause, and a recording does not carry them yet (docs/record-replay.md, Limits).
-NOT_ROUND_TRIPPED = {"mbs3.elf": "S3 wake"}
 SYSCALL_TEST = "syscall_test.bin"  # needs the syscall assist's spare tables: recorded through the API below
 
 
 def test_every_packaged_guest_is_round_tripped_or_said_not_to_be() -> None:
     packaged = {p.name for p in GUESTS.iterdir() if p.suffix in (".bin", ".elf")}
-    assert packaged == set(ROUND_TRIPS) | set(NOT_RECORDABLE) | set(NOT_ROUND_TRIPPED) | {SYSCALL_TEST}
+    assert packaged == set(ROUND_TRIPS) | set(NOT_RECORDABLE) | {SYSCALL_TEST}
 
 
 def _noting_kinds(events: Iterator[rec.Event], kinds: set[int]) -> Iterator[rec.Event]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from broiler.vmm import recording as rec
 from tests.conftest import ROOT
 from tests.kvm.helpers import broiler_cli, cli_env, cli_in
 
@@ -58,7 +59,9 @@ def _until(what: str, ok: object, vm: subprocess.Popen[str]) -> None:
 
 def test_a_guest_that_armed_nothing_sleeps_until_broiler_wakeup(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
+    recording = tmp_path / "s3.rec"  # the wake by command is a recorded cause: replay resets where it woke
     run = [sys.executable, "-m", "broiler", "run", "-k", str(MBS3), "--append", "noalarm", "--name", "s3vm"]
+    run += ["--record", str(recording)]
     vm = subprocess.Popen([*run, "--timeout", "120"], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         _until("suspended in `broiler list`", lambda: "suspended since" in cli_in(env, "list").stdout, vm)
@@ -78,3 +81,8 @@ def test_a_guest_that_armed_nothing_sleeps_until_broiler_wakeup(tmp_path: Path) 
         vm.wait()
     assert "mbs3: PASSED" in out and "ok 11 WAK_STS" in out, out
     assert vm.returncode == 1
+    replay = broiler_cli("replay", str(recording))
+    assert replay.returncode == 0 and replay.stdout.rstrip().endswith("no divergence"), replay.stdout + replay.stderr
+    with open(recording, "rb") as f:
+        rec.read_header(f, str(recording))
+        assert [e.value for e in rec.read_events(f, str(recording)) if e.kind == rec.S3_WAKE] == [0]  # not by RTC
