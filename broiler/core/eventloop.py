@@ -20,7 +20,8 @@ guest time after it, never in a burst at resume. A timer scheduled during the pa
 moment of the pause. Readers added with ``pausable=True`` (doorbell eventfds) are taken out of the
 selector: kicks accumulate in the eventfd's counter (a count, so nothing is lost and nothing grows) and
 are handled once on resume. Other readers (the console's stdin, so Ctrl-A x still quits) and queued
-``call_soon`` requests go on.
+``call_soon`` requests go on. A timer's ``remaining()`` is therefore running time: it stands still while
+the loop is held (what a snapshot saves as a device's work left, devices/doorbell_engine.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger("broiler.core.eventloop")
 
@@ -44,20 +45,34 @@ Schedule = Callable[[float, Callable[[], None]], object]
 """``schedule(delay_seconds, fn)``: call ``fn()`` once after the delay; returns an opaque handle."""
 
 
-class Timer:
-    __slots__ = ("when", "fn", "cancelled")
+@runtime_checkable
+class TimeLeft(Protocol):
+    """A ``Schedule`` handle that can say how long until it fires (``EventLoop.call_later``'s can)."""
 
-    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+    def remaining(self) -> float: ...
+
+
+class Timer:
+    __slots__ = ("when", "fn", "cancelled", "_loop")
+
+    def __init__(self, when: float, fn: Callable[[], None], loop: EventLoop) -> None:
         self.when = when
         self.fn = fn
         self.cancelled = False
+        self._loop = loop
 
     def cancel(self) -> None:
         self.cancelled = True
 
+    def remaining(self) -> float:
+        """Seconds of running time until it fires: frozen while the loop is held (the resume shifts ``when``
+        by the pause), so time the VM spent paused is not counted as passed."""
+        return max(0.0, self.when - self._loop.held_now())
+
 
 class EventLoop:
-    def __init__(self, name: str = "broiler-events") -> None:
+    def __init__(self, name: str = "broiler-events", clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # seconds, monotonic; a test hands in a fake one
         self._selector = selectors.DefaultSelector()
         self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._selector.register(self._wakeup, selectors.EVENT_READ, None)
@@ -69,7 +84,7 @@ class EventLoop:
         self.callback_errors = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
-        self._paused_at: float | None = None  # monotonic time of the pause; only touched on the loop thread
+        self._paused_at: float | None = None  # the clock at the pause; written only on the loop thread
         self._pausable: dict[int, Callable[[], None]] = {}  # fd -> callback of every pausable reader
         self.paused_seconds = 0.0  # total time held, over every pause
         self.observer: Any = None  # core/observe.Observer: sees deferred work scheduled and run
@@ -88,7 +103,7 @@ class EventLoop:
         if self.observer is not None:
             fn = self.observer.timer(fn)
         delay = max(delay, 0.0)
-        timer = Timer(time.monotonic() + delay, fn)
+        timer = Timer(self._clock() + delay, fn, self)
 
         def push() -> None:
             if self._paused_at is not None:  # scheduled during a pause: counts from the pause
@@ -155,6 +170,11 @@ class EventLoop:
     def paused(self) -> bool:
         return self._paused_at is not None
 
+    def held_now(self) -> float:
+        """The loop's clock, stopped at the moment of the pause while it is held: what timers count against."""
+        paused_at = self._paused_at  # one read: the loop thread may clear it meanwhile
+        return self._clock() if paused_at is None else paused_at
+
     def stop(self) -> None:
         self._stopping = True
         self._wake()
@@ -180,7 +200,7 @@ class EventLoop:
     def _pause(self) -> None:
         if self._paused_at is not None:
             return
-        self._paused_at = time.monotonic()
+        self._paused_at = self._clock()
         for fd in self._pausable:
             try:
                 self._selector.unregister(fd)
@@ -190,13 +210,14 @@ class EventLoop:
     def _resume(self) -> None:
         if self._paused_at is None:
             return
-        held = time.monotonic() - self._paused_at
-        self._paused_at = None
+        held = self._clock() - self._paused_at
         self.paused_seconds += held
-        # The same shift for every entry keeps the heap ordered: no re-heapify needed.
+        # The same shift for every entry keeps the heap ordered: no re-heapify needed. Shifted before the
+        # pause ends, so a timer's remaining() never counts the pause as passed.
         self._timers = [(when + held, seq, timer) for when, seq, timer in self._timers]
         for _, _, timer in self._timers:
             timer.when += held
+        self._paused_at = None
         for fd, callback in self._pausable.items():
             self._selector.register(fd, selectors.EVENT_READ, callback)  # a kick held meanwhile is seen at once
 
@@ -214,7 +235,7 @@ class EventLoop:
         while not self._stopping:
             timeout = None
             if self._timers and self._paused_at is None:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                timeout = max(0.0, self._timers[0][0] - self._clock())
             for key, _ in self._selector.select(timeout):
                 if key.data is None:
                     try:
@@ -225,7 +246,7 @@ class EventLoop:
                     self._call(key.data)
             while self._pending:
                 self._call(self._pending.popleft())
-            now = time.monotonic()
+            now = self._clock()
             while self._timers and self._timers[0][0] <= now and self._paused_at is None:
                 _, _, timer = heapq.heappop(self._timers)
                 if not timer.cancelled:

@@ -17,6 +17,10 @@ last ``LOG_SIZE`` runs plus counters. Host memory stays flat.
 A ``Run`` covers kicks ``first``..``last`` (numbered from 1 in arrival order, both paths together),
 so ``kicks_completed`` tells how many requests are done even though several shared one run.
 
+Snapshot: ``save_state`` holds the run in flight and its time left, asked of the completion's timer (an event
+loop's timer stands still while the VM is paused, so a pause before the save does not use the work up);
+``load_state`` schedules the completion again with that time.
+
 Thread-safety: ``kick`` may come from the event-loop thread and vCPU threads at once; the callbacks
 run without the engine's lock held, on whichever thread kicked (``on_start``) or the timer's thread
 (``on_complete``).
@@ -30,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..core.eventloop import Schedule
+from ..core.eventloop import Schedule, TimeLeft
 from ..core.state import check_keys, take_bool, take_int, take_list
 from ..errors import SnapshotError
 
@@ -68,7 +72,8 @@ class DoorbellEngine:
         self._current: Run | None = None
         self._result = 0  # what on_start returned for the current run
         self._pending = False
-        self._due = 0.0  # time.monotonic() at which the current run completes
+        self._timer: object = None  # the Schedule's handle of the current run's completion
+        self._due = 0.0  # time.monotonic() at which it completes: for a handle that cannot say (a test's)
         self.kicks = 0  # every kick, both paths
         self.busy_kicks = 0  # kicks that arrived while a run was in flight (coalesced)
         self.runs = 0  # runs started
@@ -104,8 +109,21 @@ class DoorbellEngine:
         result = self._on_start(run) if self._on_start is not None else 0
         with self._lock:
             self._result = result
-            self._due = time.monotonic() + self.delay
-        self._schedule(self.delay, self._finish)
+        self._arm(run, self.delay)
+
+    def _arm(self, run: Run, delay: float) -> None:
+        due = time.monotonic() + delay
+        timer = self._schedule(delay, self._finish)
+        with self._lock:
+            if self._current is run:  # not already finished (a zero delay) and followed by another run
+                self._timer, self._due = timer, due
+
+    def _time_left_locked(self) -> float:
+        """Of the run in flight, in seconds. The event loop's timers stop while the VM is paused, so what they
+        say is guest-running time; the host clock is only the fallback for handles that cannot say."""
+        timer = self._timer
+        left = timer.remaining() if isinstance(timer, TimeLeft) else self._due - time.monotonic()
+        return min(max(0.0, left), self.delay)
 
     # -- snapshot: the run in flight completes after a restore -----------------------------
     COUNTERS = ("kicks", "busy_kicks", "runs", "runs_completed", "kicks_completed")
@@ -116,8 +134,8 @@ class DoorbellEngine:
             state: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
             state["current"] = None if run is None else [run.number, run.first, run.last]
             state["result"], state["pending"] = self._result, self._pending
-            # Time left of the run in flight, in microseconds (a held event loop may have let it pass: 0).
-            state["remaining_us"] = 0 if run is None else max(0, int((self._due - time.monotonic()) * 1e6))
+            # Time left of the run in flight, in microseconds of running time (a pause does not use it up).
+            state["remaining_us"] = 0 if run is None else int(self._time_left_locked() * 1e6)
             return state
 
     def load_state(self, state: dict[str, Any], who: str) -> None:
@@ -139,9 +157,8 @@ class DoorbellEngine:
             for name, value in counters.items():
                 setattr(self, name, value)
             self._current, self._result, self._pending = run, result, pending and run is not None
-            self._due = time.monotonic() + remaining
         if run is not None:
-            self._schedule(remaining, self._finish)
+            self._arm(run, remaining)
 
     def _finish(self) -> None:
         with self._lock:

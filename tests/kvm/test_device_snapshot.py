@@ -88,3 +88,22 @@ def test_devices_come_back_in_a_second_machine_with_the_moved_bar_doorbell_live(
         os.eventfd_write(bell.fd, 1)  # what KVM does for a guest write at NEW_IO + 0x10
         wait_for("the moved doorbell's job", lambda: two.pio_bus.read(NEW_IO + 0x18, 4) == 1)
         assert msix.msix is not None and msix.msix.sent == 1  # its completion went out as the MSI-X message
+
+
+def test_a_pause_before_the_snapshot_does_not_use_up_a_pending_completions_time() -> None:
+    """The async work's time left is running time: the VM paused for 1.5 s before the save still has all of
+    its delay but what ran between the doorbell and the pause."""
+    delay = 3.0
+    with Machine(MachineConfig(mem_size=64 * MiB, serial_output=lambda b: None, async_delay=delay)) as machine:
+        machine.loop.start()
+        rang = time.monotonic()
+        machine.pio_bus.write(ASYNC_PIO.base, 2, 1)  # a trapped doorbell write: a completion due in 3 s
+        assert machine.pause_control.pause()
+        ran = time.monotonic() - rang  # at most this much running time passed before the pause
+        time.sleep(1.5)
+        left = save_devices(machine)["pio:0x60a0:async-pio"]["engine"]["remaining_us"] / 1e6
+        assert delay - ran - 1e-5 <= left <= delay, (left, ran)  # before: ~1.5 s less (the pause counted)
+        async_pio = machine.pio_bus.find(ASYNC_PIO.base)
+        assert async_pio is not None and async_pio.device.read(8, 4) == 2  # still busy
+        assert machine.pause_control.resume()
+        wait_for("the completion after the resume", lambda: async_pio.device.read(8, 4) == 1)

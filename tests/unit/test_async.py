@@ -104,15 +104,29 @@ def test_event_loop_timers_and_readers() -> None:
     loop.start()
     fired = threading.Event()
     order: list[int] = []
-    loop.call_later(0.02, lambda: (order.append(2), fired.set()))
+
+    def second() -> None:
+        order.append(2)
+        fired.set()
+
+    loop.call_later(0.02, second)
     loop.call_later(0.0, lambda: order.append(1))
     fd = os.eventfd(0, os.EFD_NONBLOCK)
     got = threading.Event()
-    loop.add_reader(fd, lambda: (os.eventfd_read(fd), got.set()))
+
+    def on_ready() -> None:
+        os.eventfd_read(fd)
+        got.set()
+
+    loop.add_reader(fd, on_ready)
     os.eventfd_write(fd, 1)
     assert fired.wait(2) and got.wait(2)
     assert order == [1, 2]
-    loop.call_soon(lambda: 1 / 0)  # a failing callback is counted, the loop lives on
+
+    def failing() -> None:
+        raise ZeroDivisionError
+
+    loop.call_soon(failing)  # a failing callback is counted, the loop lives on
     done = threading.Event()
     loop.call_soon(done.set)
     assert done.wait(2) and loop.callback_errors == 1
@@ -168,9 +182,12 @@ def test_doorbell_kicks_reach_the_callback_with_their_count() -> None:
     bells = Doorbells(None, loop)
     got: list[int] = []
     seen = threading.Event()
-    bell = bells.add(
-        pio=True, addr=0x6100, length=2, datamatch=None, callback=lambda n: (got.append(n), seen.set()), owner="a"
-    )
+
+    def kicked(kicks: int) -> None:
+        got.append(kicks)
+        seen.set()
+
+    bell = bells.add(pio=True, addr=0x6100, length=2, datamatch=None, callback=kicked, owner="a")
     time.sleep(0.05)
     for _ in range(3):
         os.eventfd_write(bell.fd, 1)  # what KVM does on each caught guest write
@@ -252,3 +269,23 @@ def test_doorbell_history_is_one_entry_per_doorbell_and_bounded() -> None:
     assert len(bells.history) <= HISTORY_LIMIT and bells.history_dropped > 0
     bells.close()
     loop.close()
+
+
+def test_a_pending_completions_time_left_is_running_time_not_counting_a_pause() -> None:
+    """Snapshot state (issue 18): the time a VM spent paused before the save is not work done."""
+    now = [500.0]
+    loop = EventLoop(clock=lambda: now[0])
+    loop.start()
+    try:
+        dev = AsyncDemo(ASYNC_PIO, FakeIrqLine(), loop.call_later, delay=10.0)
+        dev.ring()
+        loop.run_sync(lambda: None)  # the completion's timer is in the loop's heap
+        now[0] += 4
+        loop.pause()
+        now[0] += 60  # paused for a minute, then the snapshot is taken
+        assert dev.save_state()["engine"]["remaining_us"] == 6_000_000
+        loop.resume()
+        now[0] += 1
+        assert dev.save_state()["engine"]["remaining_us"] == 5_000_000 and dev.in_flight == 1
+    finally:
+        loop.close()

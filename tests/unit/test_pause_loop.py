@@ -102,3 +102,33 @@ def test_pause_twice_resume_twice_and_stop_while_paused(loop: EventLoop) -> None
     loop.pause()
     loop.stop()  # the wakeup eventfd is still watched: a paused loop ends
     assert not loop.thread.is_alive()
+
+
+class FakeClock:
+    """Seconds that move only when the test says so: nothing here depends on how fast the host runs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_timers_time_left_stands_still_while_the_loop_is_paused() -> None:
+    clock = FakeClock()
+    loop = EventLoop(clock=clock)
+    loop.start()
+    try:
+        timer = loop.call_later(10.0, lambda: None)
+        _settle(loop)
+        clock.now += 3
+        assert timer.remaining() == 7.0
+        loop.pause()
+        clock.now += 100  # a long pause: none of it is the timer's running time
+        assert timer.remaining() == 7.0
+        loop.resume()
+        assert timer.remaining() == 7.0 and loop.paused_seconds == 100
+        clock.now += 2
+        assert timer.remaining() == 5.0
+    finally:
+        loop.close()
