@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from .qemu import QEMU_BINARY, broiler_command, find_qemu, qemu_command, run_vmm
 
 BENCH_KERNEL = Path(__file__).resolve().parents[1] / "guests" / "virtio_blk_bench.elf"
 SCRATCH_SIZE = 256 << 20
@@ -71,31 +69,27 @@ def _cmdline(requests: int, ms: int) -> str:
 def run_broiler(requests: int, ms: int, timeout: float) -> VirtioRun:
     disk = _scratch(tempfile.gettempdir())
     try:
-        cmd = [sys.executable, "-m", "broiler", "run", "-k", str(BENCH_KERNEL), "-m", "128M",
-               "--disk", disk, "--virtio-transport", "modern", "-p", _cmdline(requests, ms),
-               "--timeout", f"{timeout:g}"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
-        return parse_bench_output("broiler", proc.stdout + proc.stderr, proc.returncode)
+        extra = ["--disk", disk, "--virtio-transport", "modern"]
+        cmd = broiler_command(BENCH_KERNEL, _cmdline(requests, ms), timeout, extra=extra)
+        result = run_vmm(cmd, timeout + 30)
+        return parse_bench_output("broiler", result.text, -1 if result.status is None else result.status)
     finally:
         os.unlink(disk)
 
 
 def run_qemu(requests: int, ms: int, timeout: float, cache: str) -> VirtioRun:
-    qemu = shutil.which("qemu-system-x86_64")
+    qemu = find_qemu()
     if qemu is None:
-        return VirtioRun(f"qemu cache={cache}", problem="qemu-system-x86_64 is not installed")
+        return VirtioRun(f"qemu cache={cache}", problem=f"{QEMU_BINARY} is not installed")
     disk = _scratch(tempfile.gettempdir())
     try:
-        cmd = [qemu, "-accel", "kvm", "-cpu", "qemu64", "-M", "pc", "-m", "128M", "-display", "none",
-               "-serial", "stdio", "-no-reboot", "-nic", "none", "-kernel", str(BENCH_KERNEL),
-               "-append", _cmdline(requests, ms), "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-               "-drive", f"file={disk},if=none,format=raw,id=d0,cache={cache}",
-               "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        drive = ["-drive", f"file={disk},if=none,format=raw,id=d0,cache={cache}"]
+        device = "virtio-blk-pci,drive=d0,disable-legacy=on"
+        cmd = qemu_command(qemu, BENCH_KERNEL, _cmdline(requests, ms), devices=[device], extra=drive)
+        result = run_vmm(cmd, timeout)
+        if result.status is None:
             return VirtioRun(f"qemu cache={cache}", problem=f"no end within {timeout:g} s")
-        return parse_bench_output(f"qemu cache={cache}", proc.stdout + proc.stderr, proc.returncode)
+        return parse_bench_output(f"qemu cache={cache}", result.text, result.status)
     finally:
         os.unlink(disk)
 
