@@ -31,7 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench",
         help="cost per guest operation of every IO path, beside a C floor",
         description="One table: per IO path, µs per guest operation for a C KVM_RUN "
-        "loop (the floor), a bare Python loop and broiler (compiled and pure-Python loop), with ratios; plus start-up "
+        "loop (the floor), a bare Python loop and broiler (compiled and pure-Python loop), with ratios; where "
+        "qemu-system-x86_64 is installed, a self-timed guest under broiler and QEMU side by side; plus start-up "
         "time and 1-vs-2-vCPU scaling. See docs/bench.md.",
     )
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
@@ -57,7 +58,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--virtio-requests", type=_positive_int, metavar="N", help="requests per test (default 5000)")
     p.add_argument("--virtio-ms", type=_positive_int, metavar="MS", help="time bound per test (default 10000)")
-    p.add_argument("--no-qemu", action="store_true", help="--virtio: run broiler only")
+    p.add_argument(
+        "--no-qemu",
+        action="store_true",
+        help="leave QEMU out: no self-timed columns (c′, e) in the IO table; --virtio runs broiler only",
+    )
     return p
 
 
@@ -79,6 +84,7 @@ def options(args: argparse.Namespace) -> Any:
         opts.paths = wanted
     opts.scaling = not args.no_scaling
     opts.startup = not args.no_startup
+    opts.qemu = not args.no_qemu
     opts.startup_mem = parse_size(args.startup_mem, what="--startup-mem")
     if args.verbose:
         opts.progress = lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)

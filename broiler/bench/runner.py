@@ -38,10 +38,11 @@ from .guest import (
     schedule,
 )
 from .hosts import ControlDevice
+from .qemu_io import SelfTimedColumns
 from .stats import per_op_us, summarize
 
 IMPLS = ("floor", "bare", "broiler", "broiler_py")
-SCHEMA = "broiler-bench/1"
+SCHEMA = "broiler-bench/2"
 MAX_RTT_SAMPLES = 5000
 
 
@@ -57,6 +58,7 @@ class BenchOptions:
     paths: list[str] = field(default_factory=lambda: [p.key for p in PATHS])
     scaling: bool = True
     startup: bool = True
+    qemu: bool = True  # columns (c′) and (e): the self-timed guest under broiler and QEMU (qemu_io.py)
     progress: Callable[[str], None] | None = None
 
     @classmethod
@@ -89,6 +91,7 @@ class Bench:
         self.python_missing = _why_no_python_column()
         if self.python_missing:
             self.notes.append(f"column (d): {self.python_missing}")
+        self.self_timed = SelfTimedColumns(opts.paths, opts.n1, opts.n2, with_qemu=opts.qemu)
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -131,6 +134,7 @@ class Bench:
                 for key, values in per_op_us(batches, times).items():
                     samples[impl].setdefault(key, []).extend(values)
                 rtts += [d / 1000 for d in deltas if d < 1_000_000]  # gaps across batches are not round trips
+            self.self_timed.run_round(self.say, f"round {rep + 1}/{self.opts.reps}")
         rows = []
         for p in paths:
             row: dict[str, object] = {"key": p.key, "label": p.label}
@@ -144,6 +148,7 @@ class Bench:
             row["c_over_a"] = _ratio(row["broiler"], row["floor"])
             row["c_over_b"] = _ratio(row["broiler"], row["bare"])
             row["d_over_a"] = _ratio(row["broiler_py"], row["floor"])
+            self.self_timed.fill_row(row)
             rows.append(row)
         return rows, rtts[:MAX_RTT_SAMPLES]
 
@@ -223,7 +228,8 @@ class Bench:
         doc["paths"], doc["doorbell_rtt_us"] = self.paths_section()
         doc["scaling"] = self.scaling_section() if self.opts.scaling else None
         doc["startup"] = self.startup_section() if self.opts.startup else None
-        doc["notes"] = self.notes
+        doc["qemu"] = self.self_timed.section()
+        doc["notes"] = self.notes + self.self_timed.all_notes()
         doc["seconds"] = round(time.monotonic() - started, 1)
         return doc
 

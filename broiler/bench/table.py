@@ -3,8 +3,10 @@
 The document (also what ``--json`` writes):
 
     schema, quick, n1, n2, reps, mem, host{...}, seconds, notes[str]
-    paths[]: key, label, floor|bare|broiler|broiler_py: {median_us, min_us, max_us, samples_us} or null,
-             missing{impl: why}, c_over_a, c_over_b, d_over_a
+    paths[]: key, label, floor|bare|broiler|broiler_py|broiler_st|qemu: {median_us, min_us, max_us, samples_us}
+             or null, missing{impl: why}, c_over_a, c_over_b, d_over_a, cst_over_e
+    qemu: {binary, version, kernel, commands{}, tsc_khz, tsc_source, guest_tsc_hz{}, problems{}} or null
+          (null: --no-qemu, and the table has no (c′)/(e) columns)
     scaling: {path, label, impls{impl: {"1": summary, "2": summary, speedup}}} or null
     startup: {mem, floor|broiler: {median_ms, min_ms, max_ms, phases_ms{}}} or null
     doorbell_rtt_us[]: broiler's kick-to-kick round trips (for the histogram)
@@ -24,6 +26,9 @@ IMPL_LABELS = {
 }
 SCALING_LABELS = {"floor": "C floor", "bare": "bare Python", "broiler": "broiler", "broiler_py": "broiler, Python"}
 RATIOS = (("c_over_a", "c/a"), ("c_over_b", "c/b"), ("d_over_a", "d/a"))
+# The self-timed guest (qemu_io.py): broiler and QEMU each run io_bench.elf, which times itself with rdtsc.
+QEMU_LABELS = {"broiler_st": "broiler self-timed (c′)", "qemu": "QEMU self-timed (e)"}
+QEMU_RATIO = ("cst_over_e", "c′/e")
 TARGET = 1.10
 SYNC_KEYS = ("pio_out", "pio_in", "mmio_write", "mmio_read")
 
@@ -44,24 +49,44 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
         + (" [quick]" if doc.get("quick") else "")
     ]
-    widths = (28, *(20,) * len(IMPL_LABELS), *(5,) * len(RATIOS))
-    header = ("path", *IMPL_LABELS.values(), *(label for _, label in RATIOS))
+    with_qemu = doc.get("qemu") is not None
+    impls = {**IMPL_LABELS, **(QEMU_LABELS if with_qemu else {})}
+    ratios = (*RATIOS, *((QEMU_RATIO,) if with_qemu else ()))
+    widths = (28, *(20,) * len(IMPL_LABELS), *(23,) * (len(impls) - len(IMPL_LABELS)), *(5,) * len(ratios))
+    header = ("path", *impls.values(), *(label for _, label in ratios))
     lines.append(_row(header, widths))
     lines.append("-" * (sum(widths) + len(widths) - 1))
     for row in doc["paths"]:
         missing = row.get("missing", {})
-        cells = [_cell(row.get(impl), missing.get(impl)) for impl in IMPL_LABELS]
-        lines.append(_row((row["label"], *cells, *(_ratio(row.get(key)) for key, _ in RATIOS)), widths))
+        cells = [_cell(row.get(impl), missing.get(impl)) for impl in impls]
+        lines.append(_row((row["label"], *cells, *(_ratio(row.get(key)) for key, _ in ratios)), widths))
     for key, label in (("c_over_a", "c/a"), ("d_over_a", "d/a")):
         sync = [r for r in doc["paths"] if r["key"] in SYNC_KEYS and r.get(key) is not None]
         if sync:
             verdict = ", ".join(f"{r['key']} {r[key]:.2f}{' ✓' if r[key] <= TARGET else ''}" for r in sync)
             lines.append(f"sync paths {label} (target ≤ {TARGET:.2f}): {verdict}")
+    lines += _qemu(doc)
     lines += _latency(doc.get("doorbell_rtt_us") or [])
     lines += _scaling(doc.get("scaling"))
     lines += _startup(doc.get("startup"))
     for note in doc.get("notes", []):
         lines.append(f"note: {note}")
+    return lines
+
+
+def _qemu(doc: dict[str, Any]) -> list[str]:
+    """How the self-timed columns were taken, and c′/e for the rows that have both."""
+    info = doc.get("qemu")
+    if not info or not info.get("binary"):
+        return []
+    rate = f"{info['tsc_khz']} kHz" if info.get("tsc_khz") else "rate"
+    lines = [
+        f"columns c′ and e: {info['kernel']} times itself (rdtsc, TSC {rate} from {info['tsc_source']}) "
+        f"under broiler and under {info.get('version') or info['binary']}"
+    ]
+    rows = [r for r in doc["paths"] if r.get(QEMU_RATIO[0]) is not None]
+    if rows:
+        lines.append("broiler / QEMU (c′/e): " + ", ".join(f"{r['key']} {r[QEMU_RATIO[0]]:.2f}" for r in rows))
     return lines
 
 
