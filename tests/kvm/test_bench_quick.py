@@ -25,7 +25,7 @@ def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert p.label in text
     assert "scaling of sync PIO out" in text and "start-up of a 4G VM" in text
     doc = json.loads(out.read_text())
-    assert doc["schema"] == "broiler-bench/1" and doc["quick"] is True
+    assert doc["schema"] == "broiler-bench/2" and doc["quick"] is True
     assert [row["key"] for row in doc["paths"]] == [p.key for p in guest.PATHS]
     for row in doc["paths"]:
         assert set(row) >= {"key", "label", "floor", "bare", "broiler", "c_over_a", "c_over_b", "missing"}

@@ -1,0 +1,84 @@
+"""The self-timed bench guest (broiler/guests/io_bench.elf) under broiler and under QEMU with a tiny N: every path
+prints its batches, the ioeventfd writes never reach pci-testdev, and the numbers are sane (never the timings
+themselves: a sync exit costs more than an iteration of the bare loop, and the guest's PIT-measured TSC rate is
+near the one KVM reports). Also `broiler bench` with and without its QEMU column."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from broiler.bench import qemu_io
+from broiler.bench.qemu import broiler_command, qemu_command, run_vmm
+from broiler.frontend import cli
+
+pytestmark = pytest.mark.kvm
+
+N1, N2, REPS = 30, 230, 3
+SYNC = ("pio_out", "pio_in", "mmio_write", "mmio_read")
+
+
+def tiny_cmdline() -> str:
+    return qemu_io.guest_cmdline(N1, N2, list(qemu_io.SELF_TIMED_PATHS)).replace("reps=1", f"reps={REPS}")
+
+
+def check_sane(run: qemu_io.SelfTimedRun) -> None:
+    assert run.problem is None, run.problem
+    assert sorted(run.ticks_per_op) == sorted(qemu_io.SELF_TIMED_PATHS)
+    for path, values in run.ticks_per_op.items():
+        assert len(values) == REPS and all(v > 0 for v in values), (path, values)
+    # The fastest repetition of each path: a preempted batch (shared host) can only make a path look slower.
+    loop = min(run.ticks_per_op["loop"])
+    for path in SYNC:
+        assert min(run.ticks_per_op[path]) > loop, (path, run.ticks_per_op)
+    khz = qemu_io.host_tsc_khz()
+    assert khz is not None and run.guest_tsc_hz is not None
+    assert abs(run.guest_tsc_hz / 1000 / khz - 1) < 0.25, (run.guest_tsc_hz, khz)
+
+
+def test_the_guest_times_every_path_under_broiler() -> None:
+    cmd = broiler_command(qemu_io.KERNEL, tiny_cmdline(), 60, extra=qemu_io.BROILER_ARGS)
+    result = run_vmm(cmd, 120)
+    check_sane(qemu_io.parse_output("broiler_st", result.text, result.status))
+    assert "device_count=0" in result.text
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+def test_the_same_guest_times_every_path_under_qemu() -> None:
+    qemu = shutil.which("qemu-system-x86_64")
+    assert qemu is not None
+    result = run_vmm(qemu_command(qemu, qemu_io.KERNEL, tiny_cmdline(), devices=qemu_io.QEMU_DEVICES), 120)
+    check_sane(qemu_io.parse_output("qemu", result.text, result.status))
+
+
+def bench_doc(tmp_path: Path, *extra: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--reps", "1", "--paths", "loop,pio_out,coalesced_mmio", "--no-scaling"]
+    assert cli.main([*args, "--no-startup", "--json", str(out), *extra]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "broiler-bench/2"
+    return doc
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+def test_bench_fills_the_qemu_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = bench_doc(tmp_path)
+    text = capsys.readouterr().out
+    assert "QEMU self-timed (e)" in text and "broiler / QEMU (c′/e): loop" in text
+    rows = {row["key"]: row for row in doc["paths"]}  # type: ignore[attr-defined]
+    for key in ("loop", "pio_out"):
+        assert rows[key]["qemu"]["median_us"] > 0 and rows[key]["broiler_st"]["median_us"] > 0
+        assert rows[key]["cst_over_e"] is not None
+    assert rows["coalesced_mmio"]["missing"]["qemu"] == qemu_io.NO_EQUIVALENT
+    section = doc["qemu"]
+    assert isinstance(section, dict) and section["problems"] == {"broiler_st": [], "qemu": []}
+
+
+def test_no_qemu_runs_without_the_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = bench_doc(tmp_path, "--no-qemu")
+    assert doc["qemu"] is None
+    assert "QEMU" not in capsys.readouterr().out
+    assert all(row["qemu"] is None for row in doc["paths"])  # type: ignore[attr-defined]
