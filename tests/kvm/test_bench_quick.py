@@ -45,6 +45,7 @@ def test_without_a_compiler_the_floor_is_skipped_with_one_note(monkeypatch: pyte
     monkeypatch.setattr(floor, "compiler", lambda: None)
     opts = BenchOptions.quick_defaults()
     opts.paths, opts.reps, opts.scaling, opts.startup = ["pio_out"], 1, False, False
+    opts.qemu = False  # the QEMU column has its own tests (test_bench_qemu_io.py)
     doc = run_bench(opts)
     assert any("no C compiler" in note for note in doc["notes"])
     row = doc["paths"][0]
