@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .table import IMPL_LABELS
+from .table import IMPL_LABELS, QEMU_LABELS
 
 
 class PlotUnavailable(Exception):
@@ -33,17 +33,18 @@ def plot(doc: dict[str, Any], path: str) -> None:
     rtts = doc.get("doorbell_rtt_us") or []
     fig, axes = plt.subplots(1, 2 if rtts else 1, figsize=(14 if rtts else 10, 5), squeeze=False)
     ax = axes[0][0]
-    width = 0.8 / len(IMPL_LABELS)
-    for i, impl in enumerate(IMPL_LABELS):
+    labels = {**IMPL_LABELS, **(QEMU_LABELS if doc.get("qemu") else {})}  # (c′), (e) unless --no-qemu
+    width = 0.8 / len(labels)
+    for i, impl in enumerate(labels):
         xs, ys, lo, hi = [], [], [], []
         for j, row in enumerate(rows):
             s = row.get(impl)
             if s:
-                xs.append(j + (i - (len(IMPL_LABELS) - 1) / 2) * width)
+                xs.append(j + (i - (len(labels) - 1) / 2) * width)
                 ys.append(s["median_us"])
                 lo.append(s["median_us"] - s["min_us"])
                 hi.append(s["max_us"] - s["median_us"])
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=IMPL_LABELS[impl])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=labels[impl])
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("µs per guest operation (median, min–max)")
     ax.set_title("broiler bench")
