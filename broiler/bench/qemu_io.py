@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import KvmError
 from ..kvm.ioctls import Kvm
 from ..kvm.state import get_tsc_khz
 from .qemu import (
@@ -41,6 +42,7 @@ SELF_TIMED_PATHS = ("loop", "pio_out", "pio_in", "mmio_write", "mmio_read", "ioe
 COLUMNS = ("broiler_st", "qemu")  # (c′) broiler running the self-timed guest, (e) QEMU running it
 RATIO_KEY = "cst_over_e"
 NO_QEMU = f"n/a (no {QEMU_BINARY})"
+NO_KERNEL = f"n/a (no {KERNEL.name})"
 NO_EQUIVALENT = "— (no equivalent)"
 BROILER_ARGS = ("--testdev", "--no-demo-devices")
 QEMU_DEVICES = ("pci-testdev",)
@@ -102,7 +104,7 @@ def host_tsc_khz() -> int | None:
                 vcpu.close()
         finally:
             vm.close()
-    except OSError:
+    except (KvmError, OSError):  # a KVM without KVM_GET_TSC_KHZ: the guest's own calibration serves
         return None
     finally:
         kvm.close()
@@ -117,12 +119,14 @@ class SelfTimedColumns:
         self.skipped = not with_qemu  # --no-qemu: no columns at all
         self.qemu = find_qemu() if with_qemu else None
         self.notes: list[str] = []
+        self.unavailable: str | None = None  # what the cells say when nothing could run
         if with_qemu and self.qemu is None:
+            self.unavailable = NO_QEMU
             self.notes.append(f"QEMU column: {QEMU_BINARY} is not installed; columns (c′) and (e) are not measured")
-        if with_qemu and not KERNEL.exists():
+        elif with_qemu and not KERNEL.exists():
+            self.unavailable = NO_KERNEL
             self.notes.append(f"QEMU column: {KERNEL} is missing (python guests/build.py)")
-            self.qemu = None
-        self.active = self.qemu is not None and bool(self.paths)
+        self.active = self.qemu is not None and self.unavailable is None and bool(self.paths)
         self.tsc_khz = host_tsc_khz() if self.active else None
         self.samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in COLUMNS}
         self.guest_tsc_hz: dict[str, list[int]] = {impl: [] for impl in COLUMNS}
@@ -177,9 +181,7 @@ class SelfTimedColumns:
     def _why_missing(self, key: str) -> str:
         if key not in SELF_TIMED_PATHS:
             return NO_EQUIVALENT
-        if self.qemu is None:
-            return NO_QEMU
-        return "n/a (see note)"
+        return self.unavailable or "n/a (see note)"
 
     def section(self) -> dict[str, object] | None:
         """The document's ``qemu`` entry: how the column was measured (None with --no-qemu)."""
@@ -189,7 +191,7 @@ class SelfTimedColumns:
             "binary": self.qemu,
             "version": qemu_version(self.qemu) if self.qemu else None,
             "kernel": KERNEL.name,
-            "commands": self.commands() if self.qemu else None,
+            "commands": self.commands() if self.active else None,
             "tsc_khz": self.tsc_khz,
             "tsc_source": "KVM_GET_TSC_KHZ" if self.tsc_khz else "the guest's PIT calibration",
             "guest_tsc_hz": self.guest_tsc_hz,

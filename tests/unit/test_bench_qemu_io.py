@@ -146,3 +146,12 @@ def test_both_vmms_get_the_same_kernel_and_command_line() -> None:
     assert "pci-testdev" in q and "isa-debug-exit,iobase=0xf4,iosize=4" in q and q[q.index("-accel") + 1] == "kvm"
     b = broiler_command(kernel, append, 30, extra=qemu_io.BROILER_ARGS)
     assert b[b.index("-k") + 1] == str(kernel) and b[b.index("-p") + 1] == append and "--testdev" in b
+
+
+def test_without_the_kernel_image_the_cells_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(qemu_io, "KERNEL", tmp_path / "io_bench.elf")
+    cols = columns_without_kvm(monkeypatch, qemu="/usr/bin/qemu-system-x86_64")
+    assert not cols.active and any("python guests/build.py" in note for note in cols.all_notes())
+    row: dict[str, object] = {"key": "pio_out", "missing": {}}
+    cols.fill_row(row)
+    assert row["missing"] == {"broiler_st": qemu_io.NO_KERNEL, "qemu": qemu_io.NO_KERNEL}
