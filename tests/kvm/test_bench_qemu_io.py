@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from broiler.frontend import cli
 
 pytestmark = pytest.mark.kvm
 
-N1, N2, REPS = 30, 230, 3
+# ΔN = 1000 sync exits is ~10 ms here: a scheduler slice stolen from one batch cannot flip its sign often.
+N1, N2, REPS = 50, 1050, 5
 SYNC = ("pio_out", "pio_in", "mmio_write", "mmio_read")
 
 
@@ -28,12 +30,13 @@ def tiny_cmdline() -> str:
 def check_sane(run: qemu_io.SelfTimedRun) -> None:
     assert run.problem is None, run.problem
     assert sorted(run.ticks_per_op) == sorted(qemu_io.SELF_TIMED_PATHS)
+    # Medians: on a shared host a vCPU preempted during the short batch of one repetition can make that
+    # repetition's ΔN small or even negative; the median of five shrugs off one or two such repetitions.
+    median = {path: statistics.median(values) for path, values in run.ticks_per_op.items()}
     for path, values in run.ticks_per_op.items():
-        assert len(values) == REPS and all(v > 0 for v in values), (path, values)
-    # The fastest repetition of each path: a preempted batch (shared host) can only make a path look slower.
-    loop = min(run.ticks_per_op["loop"])
+        assert len(values) == REPS and median[path] > 0, (path, values)
     for path in SYNC:
-        assert min(run.ticks_per_op[path]) > loop, (path, run.ticks_per_op)
+        assert median[path] > median["loop"], (path, run.ticks_per_op)
     khz = qemu_io.host_tsc_khz()
     assert khz is not None and run.guest_tsc_hz is not None
     assert abs(run.guest_tsc_hz / 1000 / khz - 1) < 0.25, (run.guest_tsc_hz, khz)
@@ -70,7 +73,8 @@ def test_bench_fills_the_qemu_column(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "QEMU self-timed (e)" in text and "broiler / QEMU (c′/e): loop" in text
     rows = {row["key"]: row for row in doc["paths"]}  # type: ignore[attr-defined]
     for key in ("loop", "pio_out"):
-        assert rows[key]["qemu"]["median_us"] > 0 and rows[key]["broiler_st"]["median_us"] > 0
+        # one quick repetition: a number in each cell (its sanity is the two tests above), never a timing
+        assert len(rows[key]["qemu"]["samples_us"]) == 1 and len(rows[key]["broiler_st"]["samples_us"]) == 1
         assert rows[key]["cst_over_e"] is not None
     assert rows["coalesced_mmio"]["missing"]["qemu"] == qemu_io.NO_EQUIVALENT
     section = doc["qemu"]
