@@ -5,7 +5,8 @@ Multiboot kernel guests/multiboot/io_bench.c (broiler/guests/io_bench.elf) times
 rdtsc (N1 and N2 iterations, warm-up first) and prints raw TSC ticks per batch. The same kernel runs
 
 - (c′) under broiler: a child ``broiler run -k io_bench.elf --testdev --no-demo-devices``;
-- (e)  under QEMU: ``-M pc -cpu qemu64 -device pci-testdev`` on KVM.
+- (e)  under QEMU: ``-M pc -cpu qemu64 -device pci-testdev`` on KVM, booted by qboot where it is installed
+  (well under a second instead of SeaBIOS's seconds; the kernel places pci-testdev's BARs itself then).
 
 Sync rows go to a port and a page that neither VMM decodes (a full exit to the VMM, which drops the
 write or answers all ones / zeros); the ioeventfd rows use pci-testdev's wildcard-eventfd tests, which
@@ -30,6 +31,7 @@ from .qemu import (
     QEMU_BINARY,
     VmmResult,
     broiler_command,
+    find_qboot,
     find_qemu,
     qemu_command,
     qemu_version,
@@ -128,6 +130,7 @@ class SelfTimedColumns:
             self.notes.append(f"QEMU column: {KERNEL} is missing (python guests/build.py)")
         self.active = self.qemu is not None and self.unavailable is None and bool(self.paths)
         self.tsc_khz = host_tsc_khz() if self.active else None
+        self.qboot = find_qboot(self.qemu) if self.active and self.qemu else None  # io_bench.elf places its BARs
         self.samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in COLUMNS}
         self.guest_tsc_hz: dict[str, list[int]] = {impl: [] for impl in COLUMNS}
         self.problems: dict[str, list[str]] = {impl: [] for impl in COLUMNS}
@@ -140,8 +143,11 @@ class SelfTimedColumns:
         append = guest_cmdline(self.n1, self.n2, self.paths)
         return {
             "broiler_st": broiler_command(KERNEL, append, self.timeout(), extra=BROILER_ARGS),
-            "qemu": qemu_command(self.qemu, KERNEL, append, devices=QEMU_DEVICES),
+            "qemu": qemu_command(self.qemu, KERNEL, append, devices=QEMU_DEVICES, extra=self.firmware_args()),
         }
+
+    def firmware_args(self) -> list[str]:
+        return ["-bios", str(self.qboot)] if self.qboot else []
 
     def run_round(self, say: Callable[[str], None], label: str) -> None:
         if not self.active:
@@ -191,6 +197,7 @@ class SelfTimedColumns:
             "binary": self.qemu,
             "version": qemu_version(self.qemu) if self.qemu else None,
             "kernel": KERNEL.name,
+            "firmware": "qboot" if self.qboot else "SeaBIOS (QEMU's default)",
             "commands": self.commands() if self.active else None,
             "tsc_khz": self.tsc_khz,
             "tsc_source": "KVM_GET_TSC_KHZ" if self.tsc_khz else "the guest's PIT calibration",

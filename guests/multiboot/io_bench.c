@@ -14,7 +14,8 @@
  * (KVM_GET_TSC_KHZ). tsc_hz, measured against PIT channel 2, is printed as a cross-check.
  *
  * Output (serial COM1; "iobench:" lines, key=value separated by single spaces):
- *   iobench: start tsc_hz=<hz> port=<port> mmio=<addr> bar0=<addr> bar1=<port>   (bars 0: no pci-testdev)
+ *   iobench: start tsc_hz=<hz> port=<port> mmio=<addr> bar0=<addr> bar1=<port> bars=firmware|guest|none
+ *       (bars=guest: the firmware left pci-testdev's BARs at 0, as qboot does, and this kernel placed them)
  *   iobench: <path> rep=<r> n=<n> ticks=<t>                                        one line per timed batch
  *   iobench: <path> skipped <why>                                                  a path that cannot run here
  *   iobench: <path> device_count=<c>      writes that reached pci-testdev instead of its eventfd (0 expected)
@@ -36,6 +37,10 @@
 #define TESTDEV_COUNT 12            /* u32 count of writes that reached the device */
 #define TESTDEV_OFFSET 4            /* u32 offset of the test's doorbell */
 #define WARMUP 50
+/* Where the kernel puts pci-testdev's BARs when no firmware did (QEMU with qboot leaves them at 0; SeaBIOS and
+ * broiler assign them): below the IOAPIC, and at the start of the range SeaBIOS gives IO BARs. */
+#define TESTDEV_BAR0_FALLBACK 0xfeb00000UL
+#define TESTDEV_BAR1_FALLBACK 0xc000
 
 enum { OP_NOP, OP_PIO_OUT, OP_PIO_IN, OP_MMIO_WRITE, OP_MMIO_READ, OP_PIO_OUTB, OP_MMIO_WRITEB };
 
@@ -57,6 +62,7 @@ static const struct path paths[] = {
 #define NPATHS (sizeof(paths) / sizeof(paths[0]))
 
 static u64 bar[2];                  /* pci-testdev: BAR0 memory address, BAR1 port; 0 when absent */
+static const char *bars_by = "none"; /* who assigned them: "firmware" or this kernel ("guest") */
 
 static u64 timed(int op, u64 n, u64 addr)
 {
@@ -108,6 +114,12 @@ static void find_testdev(void)
         u16 bdf = (u16)(slot << 3);
         if (pci_read16(bdf, PCI_VENDOR_ID) != PCI_TESTDEV_VENDOR || pci_read16(bdf, PCI_DEVICE_ID) != PCI_TESTDEV_DEVICE)
             continue;
+        bars_by = "firmware";
+        if (!pci_bar_addr(bdf, 0) || !pci_bar_addr(bdf, 1)) {
+            pci_bar_set(bdf, 0, TESTDEV_BAR0_FALLBACK); /* decode is still off: nothing moves under a driver */
+            pci_bar_set(bdf, 1, TESTDEV_BAR1_FALLBACK);
+            bars_by = "guest";
+        }
         pci_write16(bdf, PCI_COMMAND, pci_read16(bdf, PCI_COMMAND) | PCI_CMD_IO | PCI_CMD_MEM);
         bar[0] = pci_bar_addr(bdf, 0);
         bar[1] = pci_bar_addr(bdf, 1);
@@ -179,8 +191,8 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
     }
     tsc_calibrate();
     find_testdev();
-    printf("iobench: start tsc_hz=%lu port=%x mmio=%lx bar0=%lx bar1=%lx\n", tsc_hz, UNHANDLED_PORT,
-           UNHANDLED_MMIO, bar[0], bar[1]);
+    printf("iobench: start tsc_hz=%lu port=%x mmio=%lx bar0=%lx bar1=%lx bars=%s\n", tsc_hz, UNHANDLED_PORT,
+           UNHANDLED_MMIO, bar[0], bar[1], bars_by);
     int failed = 0;
     for (u32 i = 0; i < NPATHS; i++)
         if (wanted(list, paths[i].key))

@@ -62,6 +62,7 @@ def columns_without_kvm(
     monkeypatch.setattr(qemu_io, "find_qemu", lambda: qemu)
     monkeypatch.setattr(qemu_io, "host_tsc_khz", lambda: KHZ)
     monkeypatch.setattr(qemu_io, "qemu_version", lambda _binary: "QEMU emulator version 7.2.22")
+    monkeypatch.setattr(qemu_io, "find_qboot", lambda _binary: None)
     return qemu_io.SelfTimedColumns(["loop", "pio_out", "coalesced_mmio"], 100, 600, with_qemu=with_qemu)
 
 
@@ -155,3 +156,14 @@ def test_without_the_kernel_image_the_cells_say_so(monkeypatch: pytest.MonkeyPat
     row: dict[str, object] = {"key": "pio_out", "missing": {}}
     cols.fill_row(row)
     assert row["missing"] == {"broiler_st": qemu_io.NO_KERNEL, "qemu": qemu_io.NO_KERNEL}
+
+
+def test_qemu_boots_with_qboot_where_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    cols = columns_without_kvm(monkeypatch, qemu="/usr/bin/qemu-system-x86_64")
+    assert "-bios" not in cols.commands()["qemu"]
+    assert cols.section() is not None and cols.section()["firmware"] == "SeaBIOS (QEMU's default)"  # type: ignore[index]
+    monkeypatch.setattr(qemu_io, "find_qboot", lambda _binary: Path("/usr/share/qemu/qboot.rom"))
+    cols = qemu_io.SelfTimedColumns(["pio_out"], 100, 600, with_qemu=True)
+    qemu = cols.commands()["qemu"]
+    assert qemu[qemu.index("-bios") + 1] == "/usr/share/qemu/qboot.rom" and "-bios" not in cols.commands()["broiler_st"]
+    assert cols.section()["firmware"] == "qboot"  # type: ignore[index]
