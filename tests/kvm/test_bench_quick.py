@@ -47,8 +47,10 @@ def test_without_a_compiler_the_floor_is_skipped_with_one_note(monkeypatch: pyte
     opts.paths, opts.reps, opts.scaling, opts.startup = ["pio_out"], 1, False, False
     opts.qemu = False  # the QEMU column has its own tests (test_bench_qemu_io.py)
     doc = run_bench(opts)
-    assert any("no C compiler" in note for note in doc["notes"])
-    row = doc["paths"][0]
+    notes, paths = doc["notes"], doc["paths"]
+    assert isinstance(notes, list) and isinstance(paths, list)
+    assert any("no C compiler" in note for note in notes)
+    row = paths[0]
     assert row["floor"] is None and row["bare"] is not None and row["broiler"] is not None
     assert any("n/a (no C floor)" in line for line in render(doc))
 
