@@ -230,6 +230,10 @@ class GuestMemory:
         mm, off = self._locate(gpa, size)
         return memoryview(mm)[off : off + size]
 
+    def note(self, rw: str, gpa: int, size: int) -> None:
+        """A device moved bytes through a ``view`` (``rw`` "r": it is about to read them, "w": it wrote them).
+        Nothing to do here; ``core/observe.DeviceMemory`` reports them as DMA while observed (--record)."""
+
     def read_int(self, gpa: int, size: int) -> int:
         return int.from_bytes(self.read(gpa, size), "little")
 

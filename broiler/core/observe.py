@@ -27,6 +27,7 @@ LINE_LOWERED = "line lowered"
 LINE_PULSED = "line pulsed"
 LINE_IRQFD = "irqfd"
 MSI_DIRECT = "MSI"
+NOTE_PIECE = 1 << 20  # DMA through views is reported in pieces no larger than this (bounded events)
 
 
 class Observer:
@@ -43,6 +44,9 @@ class Observer:
 
     def dma(self, rw: str, gpa: int, data: bytes) -> None:
         """A device read (``rw`` "r") or wrote ("w") ``data`` at guest-physical ``gpa``."""
+
+    def dma_before_read(self, gpa: int, size: int) -> None:
+        """A device is about to read ``size`` bytes at ``gpa`` (replay puts the recorded bytes there)."""
 
     def timer(self, fn: Callable[[], None]) -> Callable[[], None]:
         """Deferred work was scheduled; returns what the event loop should run instead of ``fn``."""
@@ -81,6 +85,10 @@ class FanOut(Observer):
     def dma(self, rw: str, gpa: int, data: bytes) -> None:
         for observer in self.observers:
             observer.dma(rw, gpa, data)
+
+    def dma_before_read(self, gpa: int, size: int) -> None:
+        for observer in self.observers:
+            observer.dma_before_read(gpa, size)
 
     def timer(self, fn: Callable[[], None]) -> Callable[[], None]:
         for observer in self.observers:
@@ -207,8 +215,8 @@ class DeviceMemory(GuestMemory):
     """Guest RAM as devices see it (DMA): the machine's ``GuestMemory`` with an observer hook.
 
     The same mappings as the machine's memory (loaders and the vCPUs' emulator use that one, so they are
-    never mistaken for DMA). ``view`` hands out live memory: what a device does through a view is not
-    observed."""
+    never mistaken for DMA). ``view`` hands out live memory: what a device does through a view is observed
+    only where it says so with ``note`` (virtio-blk's data buffers)."""
 
     def __init__(self, memory: GuestMemory) -> None:  # not super().__init__: that would map new RAM
         self.memory = memory
@@ -220,9 +228,12 @@ class DeviceMemory(GuestMemory):
         return self.memory._locate(gpa, size)
 
     def read(self, gpa: int, size: int) -> bytes:
+        observer = self.observer
+        if observer is None:
+            return self.memory.read(gpa, size)
+        observer.dma_before_read(gpa, size)
         data = self.memory.read(gpa, size)
-        if self.observer is not None:
-            self.observer.dma("r", gpa, data)
+        observer.dma("r", gpa, data)
         return data
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
@@ -237,3 +248,15 @@ class DeviceMemory(GuestMemory):
 
     def view(self, gpa: int, size: int) -> memoryview:
         return self.memory.view(gpa, size)
+
+    def note(self, rw: str, gpa: int, size: int) -> None:
+        """A device moved bytes through a view: report them as DMA, in pieces of at most ``NOTE_PIECE``
+        (a read is noted before the device reads, so replay can put the recorded bytes back first)."""
+        observer = self.observer
+        if observer is None:
+            return
+        for start in range(gpa, gpa + size, NOTE_PIECE):
+            piece = min(NOTE_PIECE, gpa + size - start)
+            if rw == "r":
+                observer.dma_before_read(start, piece)
+            observer.dma(rw, start, self.memory.read(start, piece))

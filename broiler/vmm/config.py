@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..core.memory import FileBacking, MiB
 from ..devices.demo.async_demo import DEFAULT_DELAY
+from ..devices.virtio.block import DiskImage
 from ..devices.virtio.pci import TransportKind
 from .userdev import DeviceSpec
 from .virtio import DiskSpec
@@ -29,6 +30,7 @@ class MachineConfig:
     virtio_rng: bool = False  # --rng
     virtio_console: Callable[[bytes], None] | None = None  # where a virtio-console's output goes; None: no console
     virtio_transport: TransportKind = TransportKind.TRANSITIONAL
+    open_disk: Callable[[DiskSpec], DiskImage] | None = None  # how a --disk is opened (replay: from the recording)
     devices: list[DeviceSpec] = field(default_factory=list)  # users' devices (--device), placed last
     extra: dict[str, object] = field(default_factory=dict)
     # RAM from a snapshot file instead of anonymous memory (vmm/snapshot/api.py restore_machine)

@@ -191,7 +191,12 @@ def add_platform_devices(m: PlatformHost, config: MachineConfig) -> None:
         add_qemu_test_devices(m, pci, config)
     if config.disks or config.virtio_rng or config.virtio_console:
         add_virtio_devices(
-            m, config.disks, rng=config.virtio_rng, console=config.virtio_console, transport=config.virtio_transport
+            m,
+            config.disks,
+            rng=config.virtio_rng,
+            console=config.virtio_console,
+            transport=config.virtio_transport,
+            open_disk=config.open_disk,
         )
     for user_spec in config.devices:  # last: a user's device never moves a built-in one
         add_device_spec(m, user_spec)

@@ -26,8 +26,8 @@ import zstandard
 from ..errors import ConfigError
 
 MAGIC = b"BROILREC"
-FORMAT_VERSION = 3  # 2: clock reads (CLOCK events) and the cut marker; 3: S3 sleep and wake events
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2: clock reads (CLOCK events) and the cut marker; 3: S3 sleep and wake; 4: virtio
+READABLE_VERSIONS = (1, 2, 3, 4)
 _PREAMBLE = struct.Struct("<8sHI")
 _CHUNK = struct.Struct("<II")
 EVENT = struct.Struct("<BIQIQ")
@@ -50,7 +50,15 @@ CLOCK = 16
 # S3: a device asked for the sleep (an effect of the PM1a_CNT write); the machine woke (a cause, value 1 when
 # the RTC alarm woke it, 0 for `broiler wakeup`), followed by what the wake's device resets did.
 S3_SLEEP, S3_WAKE = 17, 18
-CAUSES = frozenset({*range(PIO_READ, TIMER_FIRED + 1), S3_WAKE})
+# virtio-blk (format 4). DISK: what the device did to its disk image, an effect that is also an input (address =
+# byte offset, size = length, value = ``disk_value``); a read's bytes are the DMA writes that follow it. Replay's
+# disk answers from these, so it needs no image. VIRTIO_WORK: a cause, the device's IO thread serving its queue
+# (value = the block device's index), like a timer firing.
+DISK, VIRTIO_WORK = 19, 20
+DISK_READ, DISK_WRITE, DISK_FLUSH, DISK_DISCARD, DISK_ZEROES = 0, 1, 2, 3, 4
+DISK_OPS = ("read", "write", "flush", "discard", "write-zeroes")
+DISK_FAILED = 0x80  # in a DISK value: the call failed, its result is the errno
+CAUSES = frozenset({*range(PIO_READ, TIMER_FIRED + 1), S3_WAKE, VIRTIO_WORK})
 DMA_KINDS = frozenset({DMA_READ, DMA_WRITE})
 KIND_NAMES = {
     PIO_READ: "pio read",
@@ -71,7 +79,20 @@ KIND_NAMES = {
     CLOCK: "clock read",
     S3_SLEEP: "S3 sleep requested",
     S3_WAKE: "S3 wake",
+    DISK: "disk",
+    VIRTIO_WORK: "virtio-blk IO thread",
 }
+
+
+def disk_value(op: int, disk: int, result: int, *, failed: bool = False) -> int:
+    """A DISK event's value: bits 0-6 the operation, 7 failed, 8-15 which disk, 16 and up the bytes moved
+    (or the errno when failed)."""
+    return op | (DISK_FAILED if failed else 0) | (disk & 0xFF) << 8 | result << 16
+
+
+def split_disk_value(value: int) -> tuple[int, int, int, bool]:
+    """(operation, disk, result, failed) of a DISK event's value."""
+    return value & 0x7F, value >> 8 & 0xFF, value >> 16, bool(value & DISK_FAILED)
 
 
 class Event(NamedTuple):
@@ -96,6 +117,13 @@ class Event(NamedTuple):
             return name
         if self.kind == CLOCK:
             return f"clock read ({'UTC seconds' if self.addr else 'ns'}) {self.value}"
+        if self.kind == DISK:
+            op, disk, result, failed = split_disk_value(self.value)
+            name = DISK_OPS[op] if op < len(DISK_OPS) else f"op {op}"
+            outcome = f"failed (errno {result})" if failed else f"-> {result}"
+            return f"disk{disk} {name} {self.size} bytes at offset {self.addr:#x} {outcome}"
+        if self.kind == VIRTIO_WORK:
+            return f"{name} of virtio-blk{self.value}"
         if self.kind == MSI:
             return f"MSI {self.addr:#x} data {self.value:#x}"
         return f"{name} {self.addr:#x}/{self.size} value {self.value:#x}"
@@ -135,14 +163,28 @@ class RecordingWriter:
         )
         self._buffer = bytearray()
         self._buffer_events = 0
+        self._cutting = False  # cut_now was called: the writer thread writes the cut marker next
         # Bounded: a slow disk slows the VM rather than queueing without end.
         self._chunks: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._write_chunks, name="broiler-record", daemon=True)
         self._thread.start()
 
+    @property
+    def chunk_bytes(self) -> int:
+        return self._chunk_bytes
+
+    def cut_now(self) -> None:
+        """End the recording here with the cut marker, as if the limit were reached (a cause's own data
+        would not fit under it); nothing appended after this is kept."""
+        if not self.cut and not self._cutting:
+            self._cutting = True
+            if self._buffer:
+                self._flush()
+            self._chunks.put((b"", -1))
+
     def append(self, data: bytes, events: int) -> None:
         """Whole events only (callers hold their own lock, so events from different threads never mix)."""
-        if self.cut:
+        if self.cut or self._cutting:
             return  # past the limit: nothing more is kept, not even in memory
         self._buffer += data
         self._buffer_events += events
@@ -164,7 +206,8 @@ class RecordingWriter:
                 continue
             packed = compressor.compress(raw)
             size = _CHUNK.size + len(packed)
-            if self.limit is not None and self.file_bytes + size + _CHUNK.size > self.limit:
+            over = self.limit is not None and self.file_bytes + size + _CHUNK.size > self.limit
+            if events < 0 or over:
                 self.cut = True
                 self.out.write(_CHUNK.pack(CUT_MARK, self.written_events))
                 self.file_bytes += _CHUNK.size
@@ -176,11 +219,11 @@ class RecordingWriter:
             self.written_events += events
 
     def close(self) -> None:
-        if self._buffer:
+        if self._buffer and not self._cutting:
             self._flush()
         self._chunks.put(None)
         self._thread.join()
-        if not self.cut:
+        if not self.cut:  # (cut_now's marker is written by the thread, which has ended)
             self.out.write(_CHUNK.pack(0, self.written_events))
             self.file_bytes += _CHUNK.size
         self.out.flush()

@@ -11,6 +11,7 @@ what the devices did is compared with the recorded effects. Timers never run by 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from ..errors import GuestMemoryError
 from . import recording as rec
 from .config import MachineConfig
 from .platform import PlatformSketch
+from .record_virtio import VirtioReplay, replay_virtio_config
 from .userdev import parse_device_spec
 from .wake_reset import WakeReset
 
@@ -51,7 +53,9 @@ class ReplayResult:
 class _Effects(Observer):
     """What the rebuilt devices do while a cause is driven: recorded like the Recorder files them."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: Any) -> None:
+        self.memory = memory  # the sketch's guest RAM, where recorded DMA reads are put back
+        self.read_feed: deque[rec.Event] = deque()  # the recorded DMA reads of the cause being driven, in order
         self.produced: list[rec.Event] = []
         self.scheduled: list[Callable[[], None]] = []
         self.clock_feed: list[int] = []  # the clock values recorded for the cause being driven, in order
@@ -68,6 +72,18 @@ class _Effects(Observer):
 
     def dma(self, rw: str, gpa: int, data: bytes) -> None:
         self.produced.append(rec.Event(rec.DMA_READ if rw == "r" else rec.DMA_WRITE, 0, gpa, len(data), 0, data))
+
+    def dma_before_read(self, gpa: int, size: int) -> None:
+        """Put back what this read found during the run (a ring index read twice in a cause may have changed)."""
+        feed = self.read_feed
+        if feed and feed[0].addr == gpa and feed[0].size == size:
+            try:
+                self.memory.write(gpa, feed.popleft().data)
+            except GuestMemoryError:
+                pass
+
+    def disk(self, offset: int, length: int, value: int) -> None:
+        self.produced.append(rec.Event(rec.DISK, 0, offset, length, value))
 
     def clock(self, source: int, value: int) -> int:
         if self.clock_feed:
@@ -102,6 +118,7 @@ def replay_config(header: dict[str, Any], devices: list[str] | None) -> MachineC
     )
     texts = list(saved.get("devices", [])) if devices is None else devices
     config.devices = [parse_device_spec(text) for text in texts]
+    replay_virtio_config(config, header.get("virtio"))  # disks answered from the recording, no image
     return config
 
 
@@ -123,8 +140,9 @@ def _groups(events: Iterable[rec.Event]) -> Iterator[tuple[int, rec.Event, list[
 class Replayer:
     def __init__(self, config: MachineConfig, *, show: int = 10) -> None:
         self.platform = PlatformSketch(config)
-        self.effects = _Effects()
+        self.effects = _Effects(self.platform.memory)
         attach_observer(self.platform, self.effects)
+        self.virtio = VirtioReplay(self.platform, self.effects)
         self.timers: dict[int, Callable[[], None]] = {}
         # Made before any event, as the machine makes its own before the guest runs: the HPET's state at creation.
         self.wake_reset = WakeReset(self.platform.acpi_pm, self.platform.rtc, self.platform.devices)
@@ -153,6 +171,9 @@ class Replayer:
         self.effects.produced.clear()
         self.effects.scheduled.clear()
         self.effects.clock_feed = [event.value for event in effects if event.kind == rec.CLOCK]
+        self.effects.read_feed = deque(event for event in effects if event.kind == rec.DMA_READ)
+        if self.virtio.workers:
+            self.virtio.feed.load(effects)
         if cause.kind:
             self.result.causes += 1
             try:
@@ -182,6 +203,9 @@ class Replayer:
             self._kick(number, cause)
         elif kind == rec.S3_WAKE:
             self.wake_reset.apply(by_rtc=bool(value))
+        elif kind == rec.VIRTIO_WORK:
+            if not self.virtio.work(value):
+                self._diverged(number, cause, "the IO thread's work", "no active virtio-blk queue there")
         elif kind == rec.TIMER_FIRED:
             fn = self.timers.pop(value, None)
             if fn is None:

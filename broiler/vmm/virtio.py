@@ -92,9 +92,11 @@ def add_virtio_devices(
     rng: bool = False,
     console: Callable[[bytes], None] | None = None,
     transport: TransportKind = TransportKind.TRANSITIONAL,
+    open_disk: Callable[[DiskSpec], DiskImage] | None = None,
 ) -> list[VirtioPci]:
     """Open every disk (all or none: a failure closes the ones already open), then add the functions.
-    ``console`` is where a virtio-console's output goes (None: no console)."""
+    ``console`` is where a virtio-console's output goes (None: no console); ``open_disk`` opens a disk
+    some other way than its file (replay: vmm/record_virtio.py)."""
     if len(disks) > MAX_DISKS:
         raise ConfigError(f"at most {MAX_DISKS} disks")
     if m.pci is None:
@@ -102,7 +104,7 @@ def add_virtio_devices(
     images: list[DiskImage] = []
     try:
         for spec in disks:
-            images.append(DiskImage(spec.path, read_only=spec.read_only))
+            images.append(DiskImage(spec.path, read_only=spec.read_only) if open_disk is None else open_disk(spec))
     except ConfigError:
         for image in images:
             image.close()

@@ -11,13 +11,17 @@ from broiler import exitcodes
 from broiler.core.memory import MiB
 from broiler.core.observe import LINE_RAISED, ObservedDevice, Observer, attach_observer
 from broiler.devices.demo import sync_demo
+from broiler.devices.virtio.block import DiskImage
+from broiler.devices.virtio.block.worker import IoWorker
 from broiler.frontend import replay as replay_cli
 from broiler.frontend.cli import main
 from broiler.vmm import recording as rec
 from broiler.vmm.config import MachineConfig
 from broiler.vmm.platform import PlatformSketch
+from broiler.vmm.record_virtio import virtio_blocks
 from broiler.vmm.recorder import Recorder, recording_header
 from broiler.vmm.replay import Replayer, replay_config
+from broiler.vmm.virtio import DiskSpec, virtio_functions
 
 SYNC_PIO = sync_demo.SYNC_PIO_BASE
 
@@ -142,11 +146,27 @@ def test_plot_without_matplotlib_is_one_clear_line(
     assert "--plot needs matplotlib" in capsys.readouterr().err
 
 
-def test_record_refuses_virtio_disks_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_record_refuses_virtio_rng_and_console_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for option in ("--rng", "--console=virtio"):
+        assert main(["run", option, "--record", str(tmp_path / "r.rec")]) == exitcodes.USAGE
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "--record does not cover virtio-rng and virtio-console" in err
+
+
+def test_without_record_a_virtio_disk_uses_plain_memory(tmp_path: Path) -> None:
+    """Zero cost off: only --record hands virtio its observed memory and wraps the disk and the IO thread."""
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(4096))
-    assert main(["run", "--disk", str(disk), "--record", str(tmp_path / "r.rec")]) == exitcodes.USAGE
-    assert "--record does not cover virtio devices" in capsys.readouterr().err
+    config = MachineConfig(mem_size=64 * MiB, serial_output=lambda data: None, disks=[DiskSpec(str(disk))])
+    sketch = PlatformSketch(config)
+    try:
+        (block,) = virtio_blocks(sketch)
+        assert type(block.disk) is DiskImage and block.worker_factory is IoWorker
+        assert all(fn.transport.memory is sketch.memory for fn in virtio_functions(sketch.pci))
+        attach_observer(sketch, Observer())  # --trace alone changes none of it either
+        assert all(fn.transport.memory is sketch.memory for fn in virtio_functions(sketch.pci))
+    finally:
+        sketch.close()
 
 
 def test_without_an_observer_no_proxy_sits_on_the_exit_path() -> None:

@@ -25,6 +25,10 @@ class Memory(Protocol):
 
     def contains(self, gpa: int, size: int) -> bool: ...
 
+    def note(self, rw: str, gpa: int, size: int) -> None:
+        """Bytes moved through a view ("r" before reading them, "w" after writing): DMA while recorded."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -83,3 +87,13 @@ class Chain:
 
     def writable_views(self, memory: Memory, start: int, length: int) -> list[memoryview]:
         return [memory.view(s.addr, s.length) for s in slice_segments(self.writable, start, length)]
+
+    def note_readable(self, memory: Memory, start: int, length: int) -> None:
+        """Before reading readable bytes through views: say which (recorded as DMA reads under --record)."""
+        for s in slice_segments(self.readable, start, length):
+            memory.note("r", s.addr, s.length)
+
+    def note_written(self, memory: Memory, start: int, length: int) -> None:
+        """After writing writable bytes through views: say which (recorded as DMA writes under --record)."""
+        for s in slice_segments(self.writable, start, length):
+            memory.note("w", s.addr, s.length)

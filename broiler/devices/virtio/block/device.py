@@ -22,7 +22,7 @@ from ..queue import Virtqueue, VirtqueueError
 from ..spec import DEVICE_BLOCK, bit
 from .disk import SECTOR, DiskImage
 from .request import ID_BYTES, S_OK, Limits, execute
-from .worker import IoWorker
+from .worker import IoWorker, Worker, WorkerFactory
 
 F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH, F_DISCARD, F_WRITE_ZEROES = 2, 5, 6, 9, 13, 14
 QUEUE_SIZE = 256
@@ -47,7 +47,10 @@ class VirtioBlock(VirtioDevice):
         self.limits = Limits(RANGE_SECTORS if ranges else 0, ranges, RANGE_SECTORS if ranges else 0, ranges)
         self._negotiated = self.limits
         self._lock = threading.Lock()
-        self._worker: IoWorker | None = None
+        self._worker: Worker | None = None
+        # How the IO thread is made at activation: record/replay (vmm/record_virtio.py) wraps its work as a
+        # recorded cause, or runs it only where the recording says it ran.
+        self.worker_factory: WorkerFactory = IoWorker
         self._queue: Virtqueue | None = None
         self._memory: Memory | None = None
         self._notifier: Notifier | None = None
@@ -83,7 +86,7 @@ class VirtioBlock(VirtioDevice):
             self._memory, self._notifier = memory, notifier
             self._queue = queues[0] if queues[0].active else None
             if self._queue is not None:
-                self._worker = IoWorker(f"{self.name}-io", self._drain)
+                self._worker = self.worker_factory(f"{self.name}-io", self._drain)
 
     # -- snapshot ---------------------------------------------------------------------------------
     state_fields = ()  # the queue is the transport's; requests are drained before a save, never half done
@@ -133,7 +136,7 @@ class VirtioBlock(VirtioDevice):
             if served < q.size:
                 return
 
-    def _serve_batch(self, q: Virtqueue, memory: Memory, worker: IoWorker) -> int:
+    def _serve_batch(self, q: Virtqueue, memory: Memory, worker: Worker) -> int:
         served = 0
         while served < q.size and not worker.stopping:
             chain = q.pop()

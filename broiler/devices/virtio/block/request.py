@@ -86,6 +86,7 @@ def _read(chain: Chain, memory: Memory, disk: DiskImage, sector: int, length: in
     if length % SECTOR or not disk.in_range(offset, length):
         return Result(S_IOERR)
     n = disk.readv(chain.writable_views(memory, 0, length), offset)
+    chain.note_written(memory, 0, n)
     return Result(S_OK if n == length else S_IOERR, n, bytes_read=n)
 
 
@@ -93,6 +94,7 @@ def _write(chain: Chain, memory: Memory, disk: DiskImage, sector: int, length: i
     offset = sector * SECTOR
     if disk.read_only or length % SECTOR or not disk.in_range(offset, length):
         return Result(S_IOERR)
+    chain.note_readable(memory, _HEADER.size, length)
     n = disk.writev(chain.readable_views(memory, _HEADER.size, length), offset)
     return Result(S_OK if n == length else S_IOERR, bytes_written=n)
 

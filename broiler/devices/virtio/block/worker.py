@@ -8,8 +8,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("broiler.virtio.block")
+
+
+class Worker(Protocol):
+    """What the block device needs of its IO thread (``IoWorker``; record/replay hands in others)."""
+
+    def kick(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> bool: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def wait_idle(self, timeout: float = 10.0) -> bool: ...
+
+
+WorkerFactory = Callable[[str, Callable[[], None]], Worker]  # (thread name, the work to run when kicked)
 
 
 class IoWorker:
