@@ -17,6 +17,7 @@ import json
 import queue
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
@@ -105,8 +106,10 @@ class Event(NamedTuple):
 
     def describe(self) -> str:
         name = KIND_NAMES.get(self.kind, f"kind {self.kind}")
-        if self.kind in DMA_KINDS:
-            return f"{name} {self.size} bytes at {self.addr:#x}"
+        if self.kind in DMA_KINDS:  # the bytes too: two DMAs to one place may differ only in them
+            shown = self.data[:8].hex() + ("..." if len(self.data) > 8 else "")
+            whole = f" crc32 {zlib.crc32(self.data):08x}" if len(self.data) > 8 else ""
+            return f"{name} {self.size} bytes at {self.addr:#x} ({shown}{whole})"
         if self.kind in (TIMER_SET, TIMER_FIRED):
             return f"{name} #{self.value}"
         if self.kind in (IRQ_LEVEL, IRQ_PULSE):

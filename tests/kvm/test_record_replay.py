@@ -11,14 +11,17 @@ import pytest
 from broiler import exitcodes
 from broiler.core.memory import MiB
 from broiler.devices.demo import sync_demo
+from broiler.devices.virtio.block import device as block_device
+from broiler.devices.virtio.block import request as block_request
 from broiler.guests import packaged_guest
 from broiler.vmm import recording as rec
 from broiler.vmm.config import MachineConfig
 from broiler.vmm.machine import Machine
 from broiler.vmm.recorder import Recorder, recording_header
-from broiler.vmm.replay import Replayer, replay_config
+from broiler.vmm.replay import Divergence, Replayer, replay_config
 from tests.conftest import ROOT
 from tests.kvm.helpers import broiler_cli
+from tests.kvm.virtio_blk_disk import BENCH_DISK_SECTORS, DISK_SECTORS, SERIAL, guest_cmdline
 
 pytestmark = pytest.mark.kvm
 
@@ -79,6 +82,7 @@ def test_a_changed_user_device_is_exactly_the_divergence(tmp_path: Path) -> None
 
 
 GUESTS = ROOT / "broiler" / "guests"
+VIRTIO = {rec.VIRTIO_WORK, rec.DISK, rec.DMA_READ, rec.DMA_WRITE, rec.MSI, rec.KICK_MMIO}
 PCI_TEST_KINDS = {rec.DMA_WRITE, rec.MSI, rec.IRQ_LEVEL, rec.KICK_MMIO, rec.TIMER_FIRED}  # every async path
 # Every packaged guest: how `broiler run` runs it, the exit statuses it may end with, event kinds it must show.
 ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
@@ -101,11 +105,16 @@ ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
     "sync_test.bin": ([], (1,), {rec.PIO_READ, rec.MMIO_READ}),
     # never ends; its ticks are in-kernel timers, so the recording sees the port writes their handlers make
     "snapshot_ticks.bin": (["--timeout", "2"], (exitcodes.TIMEOUT,), {rec.PIO_WRITE}),
+    # virtio-blk (a zeroed disk each, made by _virtio_disk): completions on the IO thread, reads as DMA writes
+    "virtio_blk_test.elf": (
+        ["--virtio-transport", "modern", "-p", guest_cmdline("modern", "msix", False)],
+        (1,),
+        VIRTIO,
+    ),
+    "virtio_blk_bench.elf": (["--virtio-transport", "modern", "-p", "requests=64 ms=20000"], (1,), VIRTIO),
 }
-NOT_RECORDABLE = {  # virtio devices are refused by --record (docs/record-replay.md, Limits)
-    "virtio_blk_bench.elf": "virtio-blk",
-    "virtio_blk_test.elf": "virtio-blk",
-}
+VIRTIO_DISK_BYTES = {"virtio_blk_test.elf": DISK_SECTORS * 512, "virtio_blk_bench.elf": BENCH_DISK_SECTORS * 512}
+NOT_RECORDABLE: dict[str, str] = {}  # virtio-rng and virtio-console are refused by --record; no guest uses them
 SYSCALL_TEST = "syscall_test.bin"  # needs the syscall assist's spare tables: recorded through the API below
 
 
@@ -132,6 +141,23 @@ def _replay_in_process(path: Path) -> tuple[int, set[int], float]:
     return result.divergences, kinds, elapsed
 
 
+def _replay_divergences(path: Path) -> list[Divergence]:
+    with open(path, "rb") as f:
+        header = rec.read_header(f, str(path))
+        result = Replayer(replay_config(header, None), show=100).run(rec.read_events(f, str(path)))
+    assert result.divergences == len(result.first)
+    return result.first
+
+
+def _virtio_disk(tmp_path: Path, guest: str) -> list[str]:
+    """A zeroed disk for a virtio guest (none for the others), as --disk arguments."""
+    if guest not in VIRTIO_DISK_BYTES:
+        return []
+    disk = tmp_path / f"{guest}.img"
+    disk.write_bytes(bytes(VIRTIO_DISK_BYTES[guest]))
+    return ["--disk", f"{disk},serial={SERIAL}"]
+
+
 @pytest.mark.parametrize("guest", sorted(ROUND_TRIPS))
 def test_a_packaged_guest_round_trips_with_no_divergence(tmp_path: Path, guest: str) -> None:
     args, statuses, kinds = ROUND_TRIPS[guest]
@@ -143,7 +169,7 @@ def test_a_packaged_guest_round_trips_with_no_divergence(tmp_path: Path, guest: 
             module = tmp_path / "mbtest.env"
             module.write_text("GREETING=hello\nANSWER=42\n")
             image += ["-i", str(module)]
-    _record(path, *image, *args, statuses=statuses)
+    _record(path, *image, *_virtio_disk(tmp_path, guest), *args, statuses=statuses)
     divergences, seen, _ = _replay_in_process(path)
     assert divergences == 0 and kinds <= seen, f"missing kinds {sorted(kinds - seen)}"
 
@@ -173,3 +199,50 @@ def test_a_run_past_its_record_limit_runs_on_and_its_recording_replays_as_cut(tm
     status, output = _replay(path)
     assert status == exitcodes.OK, output
     assert "cut by its --record-limit" in output and output.splitlines()[-1].endswith("no divergence")
+
+
+@pytest.fixture(scope="module")
+def virtio_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """virtio_blk_test.elf over the legacy interface with INTx: pio doorbells, the ISR and a level line."""
+    folder = tmp_path_factory.mktemp("virtio")
+    disk = folder / "disk.img"
+    disk.write_bytes(bytes(DISK_SECTORS * 512))
+    path = folder / "virtio.rec"
+    cmdline = guest_cmdline("legacy", "intx", False)
+    _record(path, "-k", str(GUESTS / "virtio_blk_test.elf"), "--disk", f"{disk},serial={SERIAL}", "-p", cmdline)
+    disk.unlink()  # replay needs no image
+    return path
+
+
+def test_a_virtio_blk_run_replays_without_its_disk(virtio_recording: Path) -> None:
+    divergences, kinds, _ = _replay_in_process(virtio_recording)
+    assert divergences == 0 and {rec.VIRTIO_WORK, rec.DISK, rec.IRQ_LEVEL, rec.KICK_PIO} <= kinds
+
+
+def test_a_changed_virtio_blk_config_value_is_exactly_the_divergence(
+    virtio_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(block_device, "SEG_MAX", block_device.SEG_MAX - 1)
+    (only,) = _replay_divergences(virtio_recording)  # the guest reads seg_max once, through the legacy BAR
+    assert only.cause.startswith("pio read ") and only.cause.endswith("/4 value 0xfe")
+    assert (only.recorded, only.now) == ("0xfe", "0xfd")
+
+
+def test_a_changed_virtio_blk_status_byte_is_exactly_the_divergence(
+    virtio_recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(block_request, "S_IOERR", 3)  # the guest sends requests that must fail with IOERR (1)
+    found = _replay_divergences(virtio_recording)
+    assert found
+    for divergence in found:  # each such request: its status byte, and nothing else
+        assert divergence.cause.startswith("virtio-blk IO thread of virtio-blk0")
+        assert divergence.recorded.startswith("DMA write 1 bytes at ") and divergence.recorded.endswith("(01)")
+        assert divergence.now == divergence.recorded.replace("(01)", "(03)")
+
+
+def test_a_virtio_recording_cut_short_is_one_line_and_status_2(virtio_recording: Path, tmp_path: Path) -> None:
+    data = virtio_recording.read_bytes()
+    cut = tmp_path / "cut.rec"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    status, output = _replay(cut)
+    assert status == exitcodes.USAGE and len(output.splitlines()) == 1 and "truncated or corrupt" in output
