@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from ..devices.virtio.block import DiskImage, VirtioBlock
 from ..devices.virtio.block.worker import IoWorker, Worker, WorkerFactory
 from ..devices.virtio.pci import TransportKind
+from ..devices.virtio.rng import VirtioRng
 from ..errors import ConfigError
 from . import recording as rec
 from .config import MachineConfig
@@ -32,6 +33,10 @@ from .virtio import DiskSpec, virtio_functions
 
 class DiskSink(Protocol):
     def disk(self, offset: int, length: int, value: int) -> None: ...
+
+
+class EntropySink(Protocol):
+    def entropy(self, data: bytes) -> None: ...
 
 
 class CauseRunner(Protocol):
@@ -59,7 +64,7 @@ def virtio_header(config: MachineConfig, host: Any) -> dict[str, Any]:
                 "default_serial": image.default_serial,
             }
         )
-    return {"transport": config.virtio_transport.value, "disks": disks}
+    return {"transport": config.virtio_transport.value, "disks": disks, "rng": config.virtio_rng}
 
 
 def replay_virtio_config(config: MachineConfig, saved: Any) -> None:
@@ -71,6 +76,7 @@ def replay_virtio_config(config: MachineConfig, saved: Any) -> None:
         infos = [dict(d) for d in saved["disks"]]
         config.disks = [DiskSpec(str(d["path"]), bool(d["read_only"]), d["serial"]) for d in infos]
         disks = [ReplayDisk(d) for d in infos]
+        config.virtio_rng = bool(saved.get("rng", False))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"the recording's header has a malformed virtio section ({exc!r})") from None
     opened = iter(disks)
@@ -225,21 +231,44 @@ class ReplayWorker:
         return True
 
 
+def virtio_rngs(host: Any) -> list[VirtioRng]:
+    return [fn.device for fn in virtio_functions(host.pci) if isinstance(fn.device, VirtioRng)]
+
+
+def recorded_source(source: Callable[[int], bytes], sink: EntropySink) -> Callable[[int], bytes]:
+    def recorded(count: int) -> bytes:
+        data = source(count)
+        sink.entropy(data)
+        return data
+
+    return recorded
+
+
 def record_virtio(host: Any, recorder: Any) -> None:
-    """Make ``host``'s virtio-blk devices recordable (before the guest runs: no queue is active yet)."""
+    """Make ``host``'s virtio-blk and virtio-rng devices recordable (before the guest runs: no queue is active)."""
     for fn in virtio_functions(host.pci):
         fn.transport.memory = host.dma_memory
     for index, block in enumerate(virtio_blocks(host)):
         block.disk = ObservedDisk(block.disk, index, recorder)
         block.worker_factory = recording_worker_factory(recorder, index)
+    for rng in virtio_rngs(host):
+        rng.source = recorded_source(rng.source, recorder)
+
+
+class ReplaySink(DiskSink, EntropySink, Protocol):
+    pass
 
 
 class VirtioReplay:
-    """Replay's side of the virtio-blk devices: their disks' feed and their IO work."""
+    """Replay's side of the virtio devices: the disks' feed, their IO work, and the rng's recorded bytes."""
 
-    def __init__(self, host: Any, sink: DiskSink) -> None:
+    def __init__(self, host: Any, sink: ReplaySink) -> None:
         self.feed = DiskFeed()
+        self.entropy: deque[bytes] = deque()  # the random bytes recorded for the cause being driven
         self.workers: dict[int, ReplayWorker] = {}
+        self._sink = sink
+        for rng in virtio_rngs(host):
+            rng.source = self._random
         for fn in virtio_functions(host.pci):
             fn.transport.memory = host.dma_memory
         for index, block in enumerate(virtio_blocks(host)):
@@ -254,6 +283,20 @@ class VirtioReplay:
             return worker
 
         return make
+
+    def load(self, effects: list[rec.Event]) -> None:
+        """The recorded inputs of the cause about to be driven."""
+        if self.workers:
+            self.feed.load(effects)
+        self.entropy = deque(event.data for event in effects if event.kind == rec.ENTROPY)
+
+    def _random(self, count: int) -> bytes:
+        """What the recording's rng got; a model asking for another count gets zeros (and diverges)."""
+        data = self.entropy.popleft() if self.entropy else b""
+        if len(data) != count:
+            data = bytes(count)
+        self._sink.entropy(data)
+        return data
 
     def work(self, index: int) -> bool:
         """Run device ``index``'s IO work; False if it has no live IO thread now."""

@@ -8,7 +8,7 @@ File::
     or cut: u32 0xFFFFFFFF | u32 event count      (--record-limit reached: the run went on, unrecorded)
 
 Event: ``<B I Q I Q`` = kind, microseconds since the previous event, address, size, value (25 bytes before
-compression); a DMA event is followed by its ``size`` bytes of data. See docs/record-replay.md.
+compression); a DMA or ENTROPY event is followed by its ``size`` bytes of data. See docs/record-replay.md.
 """
 
 from __future__ import annotations
@@ -59,8 +59,11 @@ DISK, VIRTIO_WORK = 19, 20
 DISK_READ, DISK_WRITE, DISK_FLUSH, DISK_DISCARD, DISK_ZEROES = 0, 1, 2, 3, 4
 DISK_OPS = ("read", "write", "flush", "discard", "write-zeroes")
 DISK_FAILED = 0x80  # in a DISK value: the call failed, its result is the errno
+# virtio-rng (format 4): the random bytes the device got from the host, an input (size = count, the bytes follow).
+ENTROPY = 21
 CAUSES = frozenset({*range(PIO_READ, TIMER_FIRED + 1), S3_WAKE, VIRTIO_WORK})
 DMA_KINDS = frozenset({DMA_READ, DMA_WRITE})
+DATA_KINDS = DMA_KINDS | {ENTROPY}  # events followed by ``size`` bytes of data
 KIND_NAMES = {
     PIO_READ: "pio read",
     PIO_WRITE: "pio write",
@@ -82,6 +85,7 @@ KIND_NAMES = {
     S3_WAKE: "S3 wake",
     DISK: "disk",
     VIRTIO_WORK: "virtio-blk IO thread",
+    ENTROPY: "random bytes",
 }
 
 
@@ -106,7 +110,7 @@ class Event(NamedTuple):
 
     def describe(self) -> str:
         name = KIND_NAMES.get(self.kind, f"kind {self.kind}")
-        if self.kind in DMA_KINDS:  # the bytes too: two DMAs to one place may differ only in them
+        if self.kind in DATA_KINDS:  # the bytes too: two DMAs to one place may differ only in them
             shown = self.data[:8].hex() + ("..." if len(self.data) > 8 else "")
             whole = f" crc32 {zlib.crc32(self.data):08x}" if len(self.data) > 8 else ""
             return f"{name} {self.size} bytes at {self.addr:#x} ({shown}{whole})"
@@ -306,10 +310,10 @@ def _unpack(raw: bytes, path: str, count: int) -> Iterator[Event]:
         kind, dt, addr, size, value = EVENT.unpack_from(raw, pos)
         pos += EVENT.size
         data = b""
-        if kind in DMA_KINDS:
+        if kind in DATA_KINDS:
             data = raw[pos : pos + size]
             if len(data) != size:
-                raise _truncated(path, f"event {count}'s DMA data is cut short")
+                raise _truncated(path, f"event {count}'s data is cut short")
             pos += size
         elif kind not in KIND_NAMES:
             raise _truncated(path, f"event {count} has unknown kind {kind}")

@@ -85,6 +85,9 @@ class _Effects(Observer):
     def disk(self, offset: int, length: int, value: int) -> None:
         self.produced.append(rec.Event(rec.DISK, 0, offset, length, value))
 
+    def entropy(self, data: bytes) -> None:
+        self.produced.append(rec.Event(rec.ENTROPY, 0, 0, len(data), 0, data))
+
     def clock(self, source: int, value: int) -> int:
         if self.clock_feed:
             value = self.clock_feed.pop(0)
@@ -172,8 +175,7 @@ class Replayer:
         self.effects.scheduled.clear()
         self.effects.clock_feed = [event.value for event in effects if event.kind == rec.CLOCK]
         self.effects.read_feed = deque(event for event in effects if event.kind == rec.DMA_READ)
-        if self.virtio.workers:
-            self.virtio.feed.load(effects)
+        self.virtio.load(effects)
         if cause.kind:
             self.result.causes += 1
             try:

@@ -1,0 +1,134 @@
+"""Record/replay of virtio devices without KVM: virtio-rng driven through a platform sketch's legacy registers,
+and replay's disk answering from a recording. (virtio-blk guests are recorded for real in tests/kvm.)"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from pathlib import Path
+
+import pytest
+
+from broiler.core.memory import MiB
+from broiler.devices.virtio import legacy
+from broiler.devices.virtio.pci import TransportKind
+from broiler.devices.virtio.queue import legacy_layout
+from broiler.devices.virtio.spec import DESC_F_WRITE, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK
+from broiler.vmm import recording as rec
+from broiler.vmm.config import MachineConfig
+from broiler.vmm.platform import PlatformSketch
+from broiler.vmm.record_virtio import DiskFeed, virtio_rngs
+from broiler.vmm.recorder import Recorder, recording_header
+from broiler.vmm.replay import Replayer, replay_config
+from broiler.vmm.virtio import virtio_functions
+
+IO_BASE = 0xC000
+RING_PFN = 0x10  # the legacy ring at 64 KiB
+BUFFER = 0x40000
+WANT = 24  # random bytes asked for
+
+
+def _config() -> MachineConfig:
+    return MachineConfig(
+        mem_size=64 * MiB,
+        demo_devices=False,
+        serial_output=lambda data: None,
+        virtio_rng=True,
+        virtio_transport=TransportKind.LEGACY,
+    )
+
+
+def _drive_rng(sketch: PlatformSketch) -> None:
+    """What a legacy guest driver does: place BAR0, set up queue 0 with one writable buffer, kick."""
+    assert sketch.pci is not None
+    (fn,) = virtio_functions(sketch.pci)
+    slot = next(s for s, f in sketch.pci.functions.items() if f is fn)
+    pio = sketch.pio_bus
+    for register, value in ((0x10, IO_BASE | 1), (0x04, 1)):  # BAR0 (IO), then IO decoding on
+        pio.write(0xCF8, 4, 0x8000_0000 | slot << 11 | register)
+        pio.write(0xCFC, 4, value)
+    desc, avail, _ = legacy_layout(RING_PFN, 256)
+    sketch.memory.write(desc, struct.pack("<QIHH", BUFFER, WANT, DESC_F_WRITE, 0))
+    sketch.memory.write(avail, struct.pack("<HHH", 0, 1, 0))  # flags, idx 1, ring[0] = head 0
+    pio.write(IO_BASE + legacy.STATUS, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER)
+    pio.write(IO_BASE + legacy.GUEST_FEATURES, 4, 0)
+    pio.write(IO_BASE + legacy.QUEUE_SELECT, 2, 0)
+    pio.write(IO_BASE + legacy.QUEUE_PFN, 4, RING_PFN)
+    pio.write(IO_BASE + legacy.STATUS, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK)
+    pio.write(IO_BASE + legacy.QUEUE_NOTIFY, 2, 0)
+    pio.read(IO_BASE + legacy.ISR, 1)
+
+
+def _record_rng(path: Path) -> bytes:
+    """Record the sketch's rng serving one request; returns the bytes the 'guest' got."""
+    config = _config()
+    sketch = PlatformSketch(config)
+    with open(path, "wb") as out:
+        recorder = Recorder(out, recording_header(config, [], sketch, "rng"))
+        recorder.attach(sketch)
+        _drive_rng(sketch)
+        recorder.close()
+    got = sketch.memory.read(BUFFER, WANT)
+    sketch.close()
+    return got
+
+
+def _replay(path: Path) -> tuple[Replayer, list[rec.Event]]:
+    with open(path, "rb") as f:
+        header = rec.read_header(f, str(path))
+        events = list(rec.read_events(f, str(path)))
+    replayer = Replayer(replay_config(header, None), show=10)
+    replayer.run(events)
+    return replayer, events
+
+
+def test_virtio_rng_bytes_are_recorded_as_an_input_and_replayed(tmp_path: Path) -> None:
+    path = tmp_path / "rng.rec"
+    got = _record_rng(path)
+    replayer, events = _replay(path)
+    assert replayer.result.divergences == 0, [d.describe() for d in replayer.result.first]
+    (entropy,) = [e for e in events if e.kind == rec.ENTROPY]
+    assert entropy.data == got and len(got) == WANT and any(got)
+    assert any(e.kind == rec.DMA_WRITE and e.addr == BUFFER and e.data == got for e in events)
+    assert replayer.platform.memory.read(BUFFER, WANT) == got  # replay's rng gave the guest the recorded bytes
+
+
+def test_a_changed_virtio_rng_is_the_divergence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "rng.rec"
+    _record_rng(path)
+    monkeypatch.setattr("broiler.devices.virtio.rng.MAX_BYTES_PER_REQUEST", WANT - 8)  # a model that gives fewer
+    replayer, _ = _replay(path)
+    (only,) = replayer.result.first
+    assert only.recorded.startswith(f"random bytes {WANT} bytes") and only.now.startswith(f"random bytes {WANT - 8}")
+
+
+def test_replay_hands_the_rng_only_recorded_bytes() -> None:
+    sketch = PlatformSketch(_config())
+    try:
+        (rng,) = virtio_rngs(sketch)
+        assert rng.source.__name__ == "urandom"  # without --record or replay: the host's bytes, unwrapped
+    finally:
+        sketch.close()
+
+
+def test_the_disk_feed_gives_a_read_its_dma_bytes_and_refuses_other_calls() -> None:
+    feed = DiskFeed()
+    read = rec.Event(rec.DISK, 0, 0x200, 8, rec.disk_value(rec.DISK_READ, 0, 8))
+    failed = rec.Event(rec.DISK, 0, 0, 0, rec.disk_value(rec.DISK_FLUSH, 0, errno.EIO, failed=True))
+    feed.load(
+        [
+            read,
+            rec.Event(rec.DMA_WRITE, 0, 0x1000, 3, 0, b"abc"),
+            rec.Event(rec.DMA_WRITE, 0, 0x2000, 5, 0, b"defgh"),
+            rec.Event(rec.DMA_WRITE, 0, 0x3000, 1, 0, b"\0"),  # the status byte: not the read's
+            failed,
+        ]
+    )
+    with pytest.raises(OSError):
+        feed.take(0, rec.DISK_READ, 0x400, 8)  # another offset than the recording's
+    assert feed.take(0, rec.DISK_READ, 0x200, 8) == (8, b"abcdefgh")
+    with pytest.raises(OSError) as raised:
+        feed.take(0, rec.DISK_FLUSH, 0, 0)
+    assert raised.value.errno == errno.EIO
+    with pytest.raises(OSError):
+        feed.take(0, rec.DISK_FLUSH, 0, 0)  # nothing more recorded
