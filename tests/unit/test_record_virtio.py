@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from broiler import exitcodes
 from broiler.core.memory import MiB
 from broiler.devices.virtio import legacy
 from broiler.devices.virtio.pci import TransportKind
 from broiler.devices.virtio.queue import legacy_layout
 from broiler.devices.virtio.spec import DESC_F_WRITE, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK
+from broiler.frontend.cli import main
 from broiler.vmm import recording as rec
 from broiler.vmm.config import MachineConfig
 from broiler.vmm.platform import PlatformSketch
@@ -132,3 +134,45 @@ def test_the_disk_feed_gives_a_read_its_dma_bytes_and_refuses_other_calls() -> N
     assert raised.value.errno == errno.EIO
     with pytest.raises(OSError):
         feed.take(0, rec.DISK_FLUSH, 0, 0)  # nothing more recorded
+
+
+def test_a_cause_with_more_data_than_the_limit_cuts_the_recording(tmp_path: Path) -> None:
+    """A hostile guest's huge disk request must not grow broiler's memory past --record-limit: cut there."""
+    config = MachineConfig(mem_size=64 * MiB, demo_devices=False, serial_output=lambda data: None)
+    sketch = PlatformSketch(config)
+    path = tmp_path / "big.rec"
+    with open(path, "wb") as out:
+        recorder = Recorder(out, recording_header(config, [], sketch, "big"), limit=16 << 10)
+        recorder.attach(sketch)
+        sketch.pio_bus.write(0x80, 1, 1)  # a cause before: kept
+        recorder.begin()
+        for n in range(8):
+            recorder.dma("w", 0x1000 * n, bytes(4096))
+        recorder.end()
+        sketch.pio_bus.write(0x80, 1, 2)  # after the cut: dropped
+        recorder.close()
+    sketch.close()
+    ending = rec.Ending()
+    with open(path, "rb") as f:
+        rec.read_header(f, str(path))
+        events = list(rec.read_events(f, str(path), ending))
+    assert ending.cut_by_limit and [(e.kind, e.value) for e in events] == [(rec.PIO_WRITE, 1)]
+
+
+@pytest.mark.parametrize(
+    "version, status", [(3, exitcodes.OK), (2, exitcodes.OK), (1, exitcodes.OK), (5, exitcodes.USAGE)]
+)
+def test_older_formats_are_read_and_a_newer_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int, status: int
+) -> None:
+    """Format 4 added virtio events and the header's virtio section; files of 1 to 3 have neither."""
+    path = tmp_path / "rng.rec"
+    _record_rng(path)
+    data = bytearray(path.read_bytes())
+    assert struct.unpack_from("<H", data, 8) == (rec.FORMAT_VERSION,) == (4,)
+    struct.pack_into("<H", data, 8, version)
+    path.write_bytes(bytes(data))
+    assert main(["replay", str(path)]) == status
+    out = capsys.readouterr()
+    if status == exitcodes.USAGE:
+        assert len(out.err.splitlines()) == 1 and f"format version {version}" in out.err
