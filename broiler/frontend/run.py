@@ -20,7 +20,7 @@ from ..inputs import check_input, check_output, read_head, read_input
 from ..vmm.config import MachineConfig
 from ..vmm.linux import DEFAULT_CMDLINE, default_profile, load_linux
 from ..vmm.machine import Machine
-from ..vmm.recorder import Recorder, check_recordable, recording_header
+from ..vmm.recorder import Recorder, recording_header
 from ..vmm.recording import MIN_CHUNK_RAW_BYTES as MIN_RECORD_LIMIT
 from ..vmm.userdev import parse_device_spec
 from .control import ControlServer, socket_path
@@ -86,7 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     console_log = open_console_log(args.virtio_console_log)
     device_config(config, args, console_log)
     if args.record is not None:
-        check_recordable(config)
         check_output(args.record, "--record")
         args.record_limit_bytes = parse_size(args.record_limit, what="--record-limit")
         if args.record_limit_bytes < MIN_RECORD_LIMIT:

@@ -1,48 +1,49 @@
-"""Record and replay of virtio-blk (docs/record-replay.md, "virtio").
+"""Record and replay of virtio devices (docs/record-replay.md, "virtio"), set up before the guest runs.
 
-Three things make a virtio-blk run recordable:
-
-- **Its guest memory is observed.** While recording, every virtio function's transport is handed the
+- **Their guest memory is observed.** While recording, every virtio function's transport is handed the
   machine's ``dma_memory`` instead of its plain RAM, so ring reads and writes are DMA events; the data
-  buffers, which the device reaches through live views, are reported by ``Chain.note_*`` around the disk call.
+  buffers virtio-blk reaches through live views are reported by ``Chain.note_*`` around the disk call.
   Without ``--record`` the transport keeps plain RAM: nothing is tested per access.
-- **Its disk is an input.** ``ObservedDisk`` reports each call on the image as a DISK event (operation, offset,
-  length, bytes moved); a read's data are the DMA writes that follow it. Replay's ``ReplayDisk`` answers from
-  those events, so replay needs no image, and a changed model that reads or writes elsewhere diverges there.
-- **Its IO thread's work is a cause.** Completions happen on the device's own thread, outside any guest
-  access; while recording, each wake of that thread runs as a VIRTIO_WORK cause (``Recorder.background_cause``),
-  and replay runs the device's work exactly there (``ReplayWorker`` never runs by itself).
+- **virtio-blk** (vmm/record_block.py): each disk call is a DISK event (a read's data are the DMA writes after
+  it; replay's disk answers from them, no image), each wake of its IO thread a VIRTIO_WORK cause.
+- **virtio-rng**: the host's random bytes are an ENTROPY input, handed back in replay.
+- **virtio-console**: input arriving (CONSOLE_INPUT) and the output pump making room (CONSOLE_DRAINED) are
+  causes of their own; the room the pump had when the device asked is an input (CONSOLE_ROOM).
 """
 
 from __future__ import annotations
 
-import errno
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..devices.virtio.block import DiskImage, VirtioBlock
-from ..devices.virtio.block.worker import IoWorker, Worker, WorkerFactory
+from ..devices.virtio.block import VirtioBlock
+from ..devices.virtio.block.worker import Worker, WorkerFactory
+from ..devices.virtio.console import INPUT, ROOM, VirtioConsole
+from ..devices.virtio.output_pump import OutputPump
 from ..devices.virtio.pci import TransportKind
 from ..devices.virtio.rng import VirtioRng
 from ..errors import ConfigError
 from . import recording as rec
 from .config import MachineConfig
+from .record_block import (
+    CauseRunner,
+    DiskFeed,
+    DiskSink,
+    ObservedDisk,
+    ReplayDisk,
+    ReplayWorker,
+    recording_worker_factory,
+)
 from .virtio import DiskSpec, virtio_functions
-
-
-class DiskSink(Protocol):
-    def disk(self, offset: int, length: int, value: int) -> None: ...
 
 
 class EntropySink(Protocol):
     def entropy(self, data: bytes) -> None: ...
 
 
-class CauseRunner(Protocol):
-    def background_cause(
-        self, kind: int, value: int, work: Callable[[], None], give_up: Callable[[], bool]
-    ) -> None: ...
+class RoomSink(Protocol):
+    def console_room(self, room: int) -> int: ...
 
 
 def virtio_blocks(host: Any) -> list[VirtioBlock]:
@@ -64,7 +65,12 @@ def virtio_header(config: MachineConfig, host: Any) -> dict[str, Any]:
                 "default_serial": image.default_serial,
             }
         )
-    return {"transport": config.virtio_transport.value, "disks": disks, "rng": config.virtio_rng}
+    return {
+        "transport": config.virtio_transport.value,
+        "disks": disks,
+        "rng": config.virtio_rng,
+        "console": config.virtio_console is not None,
+    }
 
 
 def replay_virtio_config(config: MachineConfig, saved: Any) -> None:
@@ -77,158 +83,15 @@ def replay_virtio_config(config: MachineConfig, saved: Any) -> None:
         config.disks = [DiskSpec(str(d["path"]), bool(d["read_only"]), d["serial"]) for d in infos]
         disks = [ReplayDisk(d) for d in infos]
         config.virtio_rng = bool(saved.get("rng", False))
+        config.virtio_console = _no_output if saved.get("console", False) else None
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"the recording's header has a malformed virtio section ({exc!r})") from None
     opened = iter(disks)
     config.open_disk = lambda spec: next(opened)
 
 
-# -- recording and replay: the disk -----------------------------------------------------------------
-class ObservedDisk(DiskImage):
-    """A disk image that reports each call to ``sink`` (the Recorder, or replay's effects) as a DISK event."""
-
-    def __init__(self, inner: DiskImage, index: int, sink: DiskSink) -> None:  # not super(): nothing to open
-        self.inner, self.index, self.sink = inner, index, sink
-        self.path, self.read_only, self.fd = inner.path, inner.read_only, inner.fd
-        self.size, self.default_serial, self.can_punch = inner.size, inner.default_serial, inner.can_punch
-
-    def _call(self, op: int, offset: int, length: int, call: Callable[[], int | None]) -> int:
-        try:
-            result = call() or 0  # flush, discard and write_zeroes move no bytes: 0
-        except OSError as err:
-            self.sink.disk(offset, length, rec.disk_value(op, self.index, err.errno or errno.EIO, failed=True))
-            raise
-        self.sink.disk(offset, length, rec.disk_value(op, self.index, result))
-        return result
-
-    def readv(self, views: Sequence[memoryview], offset: int) -> int:
-        return self._call(rec.DISK_READ, offset, sum(map(len, views)), lambda: self.inner.readv(views, offset))
-
-    def writev(self, views: Sequence[memoryview], offset: int) -> int:
-        return self._call(rec.DISK_WRITE, offset, sum(map(len, views)), lambda: self.inner.writev(views, offset))
-
-    def flush(self) -> None:
-        self._call(rec.DISK_FLUSH, 0, 0, lambda: self.inner.flush())
-
-    def discard(self, offset: int, length: int) -> None:
-        self._call(rec.DISK_DISCARD, offset, length, lambda: self.inner.discard(offset, length))
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self._call(rec.DISK_ZEROES, offset, length, lambda: self.inner.write_zeroes(offset, length))
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class DiskFeed:
-    """The DISK events of the cause being replayed, in order, each with the bytes a read brought in."""
-
-    def __init__(self) -> None:
-        self.entries: deque[tuple[rec.Event, bytes]] = deque()
-
-    def load(self, effects: Iterable[rec.Event]) -> None:
-        self.entries.clear()
-        pending: list[Any] | None = None  # [event, data parts, bytes still to come] of a read
-        for event in effects:
-            if pending is not None and event.kind == rec.DMA_WRITE and pending[2] > 0:
-                pending[1].append(event.data)
-                pending[2] -= len(event.data)
-                continue
-            if pending is not None:
-                self.entries.append((pending[0], b"".join(pending[1])))
-                pending = None
-            if event.kind == rec.DISK:
-                op, _, result, failed = rec.split_disk_value(event.value)
-                pending = [event, [], result if op == rec.DISK_READ and not failed else 0]
-        if pending is not None:
-            self.entries.append((pending[0], b"".join(pending[1])))
-
-    def take(self, disk: int, op: int, offset: int, length: int) -> tuple[int, bytes]:
-        """(bytes moved, data) of the next recorded call if it is this one; else an IO error (the device's
-        DISK event then differs from the recording's, which replay reports)."""
-        if self.entries:
-            event, data = self.entries[0]
-            rec_op, rec_disk, result, failed = rec.split_disk_value(event.value)
-            if (rec_disk, rec_op, event.addr, event.size) == (disk, op, offset, length):
-                self.entries.popleft()
-                if failed:
-                    raise OSError(result, "failed in the recording")
-                return result, data
-        raise OSError(errno.EIO, "not what the recording did")
-
-
-class ReplayDisk(DiskImage):
-    """A disk with no image: the same size and features as the recorded one; calls answer from a DiskFeed."""
-
-    def __init__(self, info: dict[str, Any]) -> None:  # not super(): nothing to open
-        self.path, self.read_only, self.fd = str(info["path"]), bool(info["read_only"]), -1
-        self.size, self.can_punch = int(info["size"]), bool(info["can_punch"])
-        self.default_serial = str(info["default_serial"])
-        self.index = 0
-        self.feed = DiskFeed()
-
-    def readv(self, views: Sequence[memoryview], offset: int) -> int:
-        result, data = self.feed.take(self.index, rec.DISK_READ, offset, sum(map(len, views)))
-        pos = 0
-        for view in views:
-            n = max(0, min(len(view), len(data) - pos))
-            view[:n] = data[pos : pos + n]
-            pos += n
-        return result
-
-    def writev(self, views: Sequence[memoryview], offset: int) -> int:
-        return self.feed.take(self.index, rec.DISK_WRITE, offset, sum(map(len, views)))[0]
-
-    def flush(self) -> None:
-        self.feed.take(self.index, rec.DISK_FLUSH, 0, 0)
-
-    def discard(self, offset: int, length: int) -> None:
-        self.feed.take(self.index, rec.DISK_DISCARD, offset, length)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self.feed.take(self.index, rec.DISK_ZEROES, offset, length)
-
-    def close(self) -> None:
-        return None
-
-
-# -- recording and replay: the IO thread ------------------------------------------------------------
-def recording_worker_factory(recorder: CauseRunner, index: int) -> WorkerFactory:
-    """IO threads whose every wake is a VIRTIO_WORK cause of block device ``index``."""
-
-    def make(name: str, work: Callable[[], None]) -> Worker:
-        workers: list[Worker] = []  # filled before the first kick can wake the thread
-
-        def recorded() -> None:
-            recorder.background_cause(rec.VIRTIO_WORK, index, work, lambda: workers[0].stopping)
-
-        worker = IoWorker(name, recorded)
-        workers.append(worker)
-        return worker
-
-    return make
-
-
-class ReplayWorker:
-    """An IO 'thread' that never runs by itself: replay calls ``work`` where the recording's VIRTIO_WORK is."""
-
-    def __init__(self, work: Callable[[], None]) -> None:
-        self.work = work
-        self._stopping = False
-
-    def kick(self) -> None:
-        return None
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        self._stopping = True
-        return True
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        return True
+def _no_output(data: bytes) -> None:
+    return None
 
 
 def virtio_rngs(host: Any) -> list[VirtioRng]:
@@ -244,8 +107,51 @@ def recorded_source(source: Callable[[int], bytes], sink: EntropySink) -> Callab
     return recorded
 
 
+def virtio_consoles(host: Any) -> list[VirtioConsole]:
+    return [fn.device for fn in virtio_functions(host.pci) if isinstance(fn.device, VirtioConsole)]
+
+
+class RecordingPump(OutputPump):
+    """A console's output pump whose ``room()`` answers are recorded (replay's ``ReplayPump`` gives them back)."""
+
+    def __init__(self, pump: OutputPump, sink: RoomSink) -> None:
+        super().__init__(pump.sink, pump.limit, pump.on_room, pump.name)
+        self.recorded = sink
+
+    def room(self) -> int:
+        return self.recorded.console_room(super().room())
+
+
+class ReplayPump(OutputPump):
+    """A pump with no thread and no sink: ``room()`` is what the recording says, output goes nowhere (the
+    bytes the device took are compared as its DMA reads)."""
+
+    def __init__(self, pump: OutputPump, sink: RoomSink) -> None:
+        super().__init__(pump.sink, pump.limit, pump.on_room, pump.name)
+        self.rooms: deque[int] = deque()
+        self.recorded = sink
+
+    def room(self) -> int:
+        return self.recorded.console_room(self.rooms.popleft() if self.rooms else 0)
+
+    def put(self, data: bytes) -> None:
+        self.delivered += len(data)
+
+
+def _recorded_host_events(recorder: CauseRunner) -> Callable[[str, bytes, Callable[[], None]], None]:
+    def as_cause(event: str, data: bytes, work: Callable[[], None]) -> None:
+        kind = rec.CONSOLE_INPUT if event == INPUT else rec.CONSOLE_DRAINED
+        recorder.background_cause(kind, 0, work, _never, data)
+
+    return as_cause
+
+
+def _never() -> bool:
+    return False
+
+
 def record_virtio(host: Any, recorder: Any) -> None:
-    """Make ``host``'s virtio-blk and virtio-rng devices recordable (before the guest runs: no queue is active)."""
+    """Make ``host``'s virtio devices recordable (before the guest runs: no queue is active, no output yet)."""
     for fn in virtio_functions(host.pci):
         fn.transport.memory = host.dma_memory
     for index, block in enumerate(virtio_blocks(host)):
@@ -253,9 +159,12 @@ def record_virtio(host: Any, recorder: Any) -> None:
         block.worker_factory = recording_worker_factory(recorder, index)
     for rng in virtio_rngs(host):
         rng.source = recorded_source(rng.source, recorder)
+    for console in virtio_consoles(host):
+        console.pump = RecordingPump(console.pump, recorder)
+        console.host_event = _recorded_host_events(recorder)
 
 
-class ReplaySink(DiskSink, EntropySink, Protocol):
+class ReplaySink(DiskSink, EntropySink, RoomSink, Protocol):
     pass
 
 
@@ -269,6 +178,12 @@ class VirtioReplay:
         self._sink = sink
         for rng in virtio_rngs(host):
             rng.source = self._random
+        self.consoles = virtio_consoles(host)
+        self.pumps = []
+        for console in self.consoles:
+            console.pump.close()  # never started: no output was put
+            console.pump = pump = ReplayPump(console.pump, sink)
+            self.pumps.append(pump)
         for fn in virtio_functions(host.pci):
             fn.transport.memory = host.dma_memory
         for index, block in enumerate(virtio_blocks(host)):
@@ -289,6 +204,8 @@ class VirtioReplay:
         if self.workers:
             self.feed.load(effects)
         self.entropy = deque(event.data for event in effects if event.kind == rec.ENTROPY)
+        for pump in self.pumps:
+            pump.rooms = deque(event.value for event in effects if event.kind == rec.CONSOLE_ROOM)
 
     def _random(self, count: int) -> bytes:
         """What the recording's rng got; a model asking for another count gets zeros (and diverges)."""
@@ -297,6 +214,17 @@ class VirtioReplay:
             data = bytes(count)
         self._sink.entropy(data)
         return data
+
+    def console_event(self, kind: int, data: bytes) -> bool:
+        """Input arriving or the pump making room, where the recording says; False without a console."""
+        if not self.consoles:
+            return False
+        console = self.consoles[0]
+        if kind == rec.CONSOLE_INPUT:
+            console.feed(data)
+        else:
+            console.host_event(ROOM, b"", console.resume_transmit)
+        return True
 
     def work(self, index: int) -> bool:
         """Run device ``index``'s IO work; False if it has no live IO thread now."""

@@ -15,7 +15,6 @@ from typing import IO, Any
 
 from .. import __version__
 from ..core.observe import LINE_IRQFD, LINE_PULSED, Observer, attach_observer
-from ..errors import ConfigError
 from . import recording as rec
 from .config import MachineConfig
 from .record_virtio import record_virtio, virtio_header
@@ -32,17 +31,8 @@ _ACCESS_KINDS = {
 }
 
 
-def check_recordable(config: MachineConfig) -> None:
-    if config.virtio_console:
-        raise ConfigError(
-            "--record does not cover virtio-console yet (its input and its output's back-pressure are host "
-            "events a recording does not carry): leave out --console virtio and --virtio-console-log"
-        )
-
-
 def recording_header(config: MachineConfig, device_texts: list[str], host: Any, guest: str) -> dict[str, Any]:
     """What replay needs to rebuild the same devices: the machine config and the device list."""
-    check_recordable(config)
     devices = [[bus.name, r.base, r.size, r.name] for bus in (host.pio_bus, host.mmio_bus) for r in bus.regions()]
     return {
         "broiler": __version__,
@@ -112,10 +102,12 @@ class Recorder(Observer):
         slots.append(len(group))
         group.append(None)  # the cause's place: its event comes first, whenever it is known
 
-    def background_cause(self, kind: int, value: int, work: Callable[[], None], give_up: Callable[[], bool]) -> None:
+    def background_cause(
+        self, kind: int, value: int, work: Callable[[], None], give_up: Callable[[], bool], data: bytes = b""
+    ) -> None:
         """Run a device thread's ``work`` as a recorded cause of its own (virtio-blk's IO thread serving its
-        queue). It waits its turn like any cause, but gives up when ``give_up()`` says so: a vCPU resetting
-        the device holds its own cause while it waits for this thread to stop."""
+        queue, console input arriving). It waits its turn like any cause, but gives up when ``give_up()`` says
+        so: a vCPU resetting the device holds its own cause while it waits for this thread to stop."""
         while not self._serial.acquire(timeout=0.005):
             if give_up():
                 return
@@ -123,7 +115,7 @@ class Recorder(Observer):
         self._local.late = self._stopping()
         self._local.data_bytes = 0
         slots.append(len(group))
-        group.append((kind, 0, 0, value, b""))
+        group.append((kind, 0, len(data), value, data))
         try:
             work()
         finally:
@@ -195,6 +187,11 @@ class Recorder(Observer):
     def entropy(self, data: bytes) -> None:
         """Random bytes a virtio-rng device got from the host (an input, like a clock reading)."""
         self._add((rec.ENTROPY, 0, len(data), 0, data), False)
+
+    def console_room(self, room: int) -> int:
+        """The room a virtio-console's output pump had (an input: it decides how much output is taken)."""
+        self._add((rec.CONSOLE_ROOM, 0, 0, room, b""), False)
+        return room
 
     def disk(self, offset: int, length: int, value: int) -> None:
         """What a virtio-blk device did to its image (vmm/record_virtio.py's ObservedDisk)."""

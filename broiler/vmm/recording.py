@@ -61,9 +61,13 @@ DISK_OPS = ("read", "write", "flush", "discard", "write-zeroes")
 DISK_FAILED = 0x80  # in a DISK value: the call failed, its result is the errno
 # virtio-rng (format 4): the random bytes the device got from the host, an input (size = count, the bytes follow).
 ENTROPY = 21
-CAUSES = frozenset({*range(PIO_READ, TIMER_FIRED + 1), S3_WAKE, VIRTIO_WORK})
+# virtio-console (format 4): CONSOLE_INPUT, a cause, host input fed to the device (the bytes follow);
+# CONSOLE_DRAINED, a cause, its output pump made room (it takes more transmit buffers); CONSOLE_ROOM, an input,
+# the room the pump had when the device asked (value), which decides how much of a transmit buffer it takes.
+CONSOLE_INPUT, CONSOLE_DRAINED, CONSOLE_ROOM = 22, 23, 24
+CAUSES = frozenset({*range(PIO_READ, TIMER_FIRED + 1), S3_WAKE, VIRTIO_WORK, CONSOLE_INPUT, CONSOLE_DRAINED})
 DMA_KINDS = frozenset({DMA_READ, DMA_WRITE})
-DATA_KINDS = DMA_KINDS | {ENTROPY}  # events followed by ``size`` bytes of data
+DATA_KINDS = DMA_KINDS | {ENTROPY, CONSOLE_INPUT}  # events followed by ``size`` bytes of data
 KIND_NAMES = {
     PIO_READ: "pio read",
     PIO_WRITE: "pio write",
@@ -86,6 +90,9 @@ KIND_NAMES = {
     DISK: "disk",
     VIRTIO_WORK: "virtio-blk IO thread",
     ENTROPY: "random bytes",
+    CONSOLE_INPUT: "console input",
+    CONSOLE_DRAINED: "console output drained",
+    CONSOLE_ROOM: "console output room",
 }
 
 
@@ -129,6 +136,10 @@ class Event(NamedTuple):
             name = DISK_OPS[op] if op < len(DISK_OPS) else f"op {op}"
             outcome = f"failed (errno {result})" if failed else f"-> {result}"
             return f"disk{disk} {name} {self.size} bytes at offset {self.addr:#x} {outcome}"
+        if self.kind == CONSOLE_DRAINED:
+            return name
+        if self.kind == CONSOLE_ROOM:
+            return f"{name} {self.value}"
         if self.kind == VIRTIO_WORK:
             return f"{name} of virtio-blk{self.value}"
         if self.kind == MSI:

@@ -88,6 +88,10 @@ class _Effects(Observer):
     def entropy(self, data: bytes) -> None:
         self.produced.append(rec.Event(rec.ENTROPY, 0, 0, len(data), 0, data))
 
+    def console_room(self, room: int) -> int:
+        self.produced.append(rec.Event(rec.CONSOLE_ROOM, 0, 0, 0, room))
+        return room
+
     def clock(self, source: int, value: int) -> int:
         if self.clock_feed:
             value = self.clock_feed.pop(0)
@@ -205,6 +209,9 @@ class Replayer:
             self._kick(number, cause)
         elif kind == rec.S3_WAKE:
             self.wake_reset.apply(by_rtc=bool(value))
+        elif kind in (rec.CONSOLE_INPUT, rec.CONSOLE_DRAINED):
+            if not self.virtio.console_event(kind, cause.data):
+                self._diverged(number, cause, "a virtio-console", "none")
         elif kind == rec.VIRTIO_WORK:
             if not self.virtio.work(value):
                 self._diverged(number, cause, "the IO thread's work", "no active virtio-blk queue there")

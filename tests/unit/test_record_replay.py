@@ -146,13 +146,6 @@ def test_plot_without_matplotlib_is_one_clear_line(
     assert "--plot needs matplotlib" in capsys.readouterr().err
 
 
-def test_record_refuses_virtio_console_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for option in ("--console=virtio", f"--virtio-console-log={tmp_path / 'hvc0.log'}"):
-        assert main(["run", option, "--record", str(tmp_path / "r.rec")]) == exitcodes.USAGE
-        err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and "--record does not cover virtio-console" in err
-
-
 def test_without_record_a_virtio_disk_uses_plain_memory(tmp_path: Path) -> None:
     """Zero cost off: only --record hands virtio its observed memory and wraps the disk and the IO thread."""
     disk = tmp_path / "d.img"

@@ -19,7 +19,8 @@ from broiler.frontend.cli import main
 from broiler.vmm import recording as rec
 from broiler.vmm.config import MachineConfig
 from broiler.vmm.platform import PlatformSketch
-from broiler.vmm.record_virtio import DiskFeed, virtio_rngs
+from broiler.vmm.record_block import DiskFeed
+from broiler.vmm.record_virtio import virtio_consoles, virtio_rngs
 from broiler.vmm.recorder import Recorder, recording_header
 from broiler.vmm.replay import Replayer, replay_config
 from broiler.vmm.virtio import virtio_functions
@@ -30,18 +31,20 @@ BUFFER = 0x40000
 WANT = 24  # random bytes asked for
 
 
-def _config() -> MachineConfig:
+def _config(*, console: list[bytes] | None = None) -> MachineConfig:
+    """One legacy virtio function: an rng, or a console whose output goes to ``console``."""
     return MachineConfig(
         mem_size=64 * MiB,
         demo_devices=False,
         serial_output=lambda data: None,
-        virtio_rng=True,
+        virtio_rng=console is None,
+        virtio_console=None if console is None else console.append,
         virtio_transport=TransportKind.LEGACY,
     )
 
 
-def _drive_rng(sketch: PlatformSketch) -> None:
-    """What a legacy guest driver does: place BAR0, set up queue 0 with one writable buffer, kick."""
+def _start_legacy(sketch: PlatformSketch, queues: int) -> None:
+    """What a legacy guest driver does: place BAR0, set up ``queues`` rings (one page apart each), DRIVER_OK."""
     assert sketch.pci is not None
     (fn,) = virtio_functions(sketch.pci)
     slot = next(s for s, f in sketch.pci.functions.items() if f is fn)
@@ -49,16 +52,26 @@ def _drive_rng(sketch: PlatformSketch) -> None:
     for register, value in ((0x10, IO_BASE | 1), (0x04, 1)):  # BAR0 (IO), then IO decoding on
         pio.write(0xCF8, 4, 0x8000_0000 | slot << 11 | register)
         pio.write(0xCFC, 4, value)
-    desc, avail, _ = legacy_layout(RING_PFN, 256)
-    sketch.memory.write(desc, struct.pack("<QIHH", BUFFER, WANT, DESC_F_WRITE, 0))
-    sketch.memory.write(avail, struct.pack("<HHH", 0, 1, 0))  # flags, idx 1, ring[0] = head 0
     pio.write(IO_BASE + legacy.STATUS, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER)
     pio.write(IO_BASE + legacy.GUEST_FEATURES, 4, 0)
-    pio.write(IO_BASE + legacy.QUEUE_SELECT, 2, 0)
-    pio.write(IO_BASE + legacy.QUEUE_PFN, 4, RING_PFN)
+    for q in range(queues):
+        pio.write(IO_BASE + legacy.QUEUE_SELECT, 2, q)
+        pio.write(IO_BASE + legacy.QUEUE_PFN, 4, RING_PFN + 0x10 * q)
     pio.write(IO_BASE + legacy.STATUS, 1, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK)
-    pio.write(IO_BASE + legacy.QUEUE_NOTIFY, 2, 0)
-    pio.read(IO_BASE + legacy.ISR, 1)
+
+
+def _offer(sketch: PlatformSketch, q: int, flags: int, addr: int, length: int) -> None:
+    """Make one single-buffer chain available on queue ``q`` and kick it."""
+    desc, avail, _ = legacy_layout(RING_PFN + 0x10 * q, 256)
+    sketch.memory.write(desc, struct.pack("<QIHH", addr, length, flags, 0))
+    sketch.memory.write(avail, struct.pack("<HHH", 0, 1, 0))  # flags, idx 1, ring[0] = head 0
+    sketch.pio_bus.write(IO_BASE + legacy.QUEUE_NOTIFY, 2, q)
+    sketch.pio_bus.read(IO_BASE + legacy.ISR, 1)
+
+
+def _drive_rng(sketch: PlatformSketch) -> None:
+    _start_legacy(sketch, 1)
+    _offer(sketch, 0, DESC_F_WRITE, BUFFER, WANT)
 
 
 def _record_rng(path: Path) -> bytes:
@@ -134,6 +147,50 @@ def test_the_disk_feed_gives_a_read_its_dma_bytes_and_refuses_other_calls() -> N
     assert raised.value.errno == errno.EIO
     with pytest.raises(OSError):
         feed.take(0, rec.DISK_FLUSH, 0, 0)  # nothing more recorded
+
+
+def _record_console(path: Path) -> list[bytes]:
+    """The guest prints "hello" (transmitq), then gives a receive buffer; the host types "hi" afterwards."""
+    output: list[bytes] = []
+    config = _config(console=output)
+    sketch = PlatformSketch(config)
+    with open(path, "wb") as out:
+        recorder = Recorder(out, recording_header(config, [], sketch, "console"))
+        recorder.attach(sketch)
+        _start_legacy(sketch, 2)
+        sketch.memory.write(BUFFER + 0x100, b"hello")
+        _offer(sketch, 1, 0, BUFFER + 0x100, 5)
+        (console,) = virtio_consoles(sketch)
+        assert console.pump.flush(5.0)  # the pump's thread wrote it and let the device take more
+        _offer(sketch, 0, DESC_F_WRITE, BUFFER, 16)
+        console.feed(b"hi")  # from the terminal, outside any guest access
+        recorder.close()
+    sketch.close()
+    return output
+
+
+def test_virtio_console_input_and_output_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "console.rec"
+    assert b"".join(_record_console(path)) == b"hello"
+    replayer, events = _replay(path)
+    assert replayer.result.divergences == 0, [d.describe() for d in replayer.result.first]
+    kinds = {e.kind for e in events}
+    assert {rec.CONSOLE_INPUT, rec.CONSOLE_DRAINED, rec.CONSOLE_ROOM} <= kinds
+    assert [e.data for e in events if e.kind == rec.CONSOLE_INPUT] == [b"hi"]
+    assert replayer.platform.memory.read(BUFFER, 2) == b"hi"  # replay fed the recorded input at its point
+
+
+def test_a_changed_virtio_console_is_the_divergence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "console.rec"
+    _record_console(path)
+    monkeypatch.setattr("broiler.devices.virtio.console.INPUT_LIMIT", 1)  # a model that holds less input
+    replayer, _ = _replay(path)
+    (only,) = replayer.result.first
+    assert only.cause == "console input 2 bytes at 0x0 (6869)"
+    assert (only.recorded, only.now) == (
+        f"DMA write 2 bytes at {BUFFER:#x} (6869)",
+        f"DMA write 1 bytes at {BUFFER:#x} (68)",
+    )
 
 
 def test_a_cause_with_more_data_than_the_limit_cuts_the_recording(tmp_path: Path) -> None:

@@ -34,6 +34,11 @@ RECEIVEQ, TRANSMITQ = 0, 1
 OUTPUT_LIMIT = 64 * 1024  # guest output waiting for the sink, at most
 INPUT_LIMIT = 4096  # input waiting for a receive buffer, at most
 _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr (only with the matching features)
+INPUT, ROOM = "input", "room"  # the host events that reach the queues outside any guest access
+
+
+def run_now(event: str, data: bytes, work: Callable[[], None]) -> None:
+    work()
 
 
 class VirtioConsole(VirtioDevice):
@@ -53,6 +58,9 @@ class VirtioConsole(VirtioDevice):
         self._held: tuple[Chain, int] | None = None  # a transmit chain partly copied out, and how far
         self._input = bytearray()
         self.input_dropped = 0
+        # How a host event (INPUT arriving, the pump making ROOM) reaches the queues: now, or while recording
+        # as a cause of its own (vmm/record_virtio.py), so replay can run it at the same point.
+        self.host_event: Callable[[str, bytes, Callable[[], None]], None] = run_now
 
     # -- snapshot ---------------------------------------------------------------------------------
     def save_state(self) -> dict[str, Any]:
@@ -120,6 +128,9 @@ class VirtioConsole(VirtioDevice):
 
     def feed(self, data: bytes) -> None:
         """Input for the guest (any thread): delivered now if it has buffers, else held (bounded)."""
+        self.host_event(INPUT, data, lambda: self._take_input(data))
+
+    def _take_input(self, data: bytes) -> None:
         with self._lock:
             take = max(0, INPUT_LIMIT - len(self._input))
             self._input += data[:take]
@@ -128,6 +139,10 @@ class VirtioConsole(VirtioDevice):
 
     def _room_freed(self) -> None:
         """The pump's thread made room: take more of the guest's output."""
+        self.host_event(ROOM, b"", self.resume_transmit)
+
+    def resume_transmit(self) -> None:
+        """Take more of the guest's output (the pump has room again)."""
         self._run(TRANSMITQ)
 
     def _run(self, index: int) -> None:
