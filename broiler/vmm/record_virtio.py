@@ -76,7 +76,7 @@ def virtio_header(config: MachineConfig, host: Any) -> dict[str, Any]:
 def replay_virtio_config(config: MachineConfig, saved: Any) -> None:
     """Set ``config``'s disks from a header's "virtio" section; each is opened as a ``ReplayDisk``."""
     if saved is None:
-        return  # before format 3: no virtio devices
+        return  # before format 4: no virtio devices
     try:
         config.virtio_transport = TransportKind(saved["transport"])
         infos = [dict(d) for d in saved["disks"]]
