@@ -114,7 +114,7 @@ ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
     "virtio_blk_bench.elf": (["--virtio-transport", "modern", "-p", "requests=64 ms=20000"], (1,), VIRTIO),
 }
 VIRTIO_DISK_BYTES = {"virtio_blk_test.elf": DISK_SECTORS * 512, "virtio_blk_bench.elf": BENCH_DISK_SECTORS * 512}
-NOT_RECORDABLE: dict[str, str] = {}  # virtio-rng and virtio-console are refused by --record; no guest uses them
+NOT_RECORDABLE: dict[str, str] = {}  # guest -> why --record refuses it: none is refused since format 4
 SYSCALL_TEST = "syscall_test.bin"  # needs the syscall assist's spare tables: recorded through the API below
 
 
