@@ -96,6 +96,12 @@ ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
     "hammer.bin": ([], (1,), {rec.PIO_READ}),
     "highmem.bin": (["-m", "5G"], (1,), set()),
     "insn_test.elf": ([], (1,), {rec.PIO_WRITE}),
+    # its sync and ioeventfd paths on QEMU's test devices, with small counts
+    "io_bench.elf": (
+        ["--testdev", "--no-demo-devices", "-p", "n1=100 n2=300 reps=1"],
+        (1,),
+        {rec.PIO_READ, rec.MMIO_WRITE, rec.KICK_PIO},
+    ),
     "mbhpet.elf": ([], (1,), {rec.CLOCK, rec.TIMER_FIRED, rec.IRQ_PULSE, rec.IRQ_LEVEL}),
     "mbplat.elf": (["-c", "2"], (1,), {rec.CLOCK}),
     "mbs3.elf": ([], (1,), {rec.S3_SLEEP, rec.S3_WAKE, rec.CLOCK}),  # woken by its RTC alarm
