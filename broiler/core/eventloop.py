@@ -123,7 +123,13 @@ class EventLoop:
             if not (pausable and self._paused_at is not None):
                 self._selector.register(fd, selectors.EVENT_READ, callback)
 
-        self.call_soon(register)
+        if self._started:
+            self.call_soon(register)
+        else:
+            # Not running yet: applied now, like remove_reader's, so the two keep their order. Queued, it ran
+            # after a removal that had already closed the fd, and a new eventfd that reused the number got
+            # the old reader's callback (a BAR moved during a restore, before the loop starts).
+            register()
 
     def remove_reader(self, fd: int, then: Callable[[], None] | None = None) -> None:
         """Stop watching ``fd``; ``then`` runs on the loop thread afterwards (e.g. to close it)."""

@@ -132,3 +132,30 @@ def test_a_timers_time_left_stands_still_while_the_loop_is_paused() -> None:
         assert timer.remaining() == 5.0
     finally:
         loop.close()
+
+
+def test_readers_added_and_removed_before_the_start_keep_their_order() -> None:
+    """A doorbell moved before the loop runs (a BAR put back by a restore): the old eventfd is removed and
+    closed at once, the new one often gets the same fd number, and it must reach the new callback only."""
+    loop = EventLoop()
+    old = os.eventfd(0, os.EFD_NONBLOCK)
+    calls: list[str] = []
+    loop.add_reader(old, lambda: calls.append("old"), pausable=True)
+    loop.remove_reader(old, then=lambda: os.close(old))
+    new = os.eventfd(0, os.EFD_NONBLOCK)  # the lowest free number: usually old's
+    seen = threading.Event()
+
+    def on_new() -> None:
+        calls.append(f"new {os.eventfd_read(new)}")
+        seen.set()
+
+    loop.add_reader(new, on_new, pausable=True)
+    try:
+        loop.start()
+        os.eventfd_write(new, 1)
+        assert seen.wait(5)
+        _settle(loop)
+        assert calls == ["new 1"]
+    finally:
+        loop.close()
+        os.close(new)
