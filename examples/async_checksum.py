@@ -5,14 +5,18 @@ sum into guest RAM right after the buffer, and raises its interrupt line.
 Ports (base + offset, 4-byte registers): DOORBELL +0 (2-byte write; an ioeventfd, so it does not exit),
 IRQ +4 (RO, the line's GSI), STATUS +8 (bit 0 DONE, bit 1 ERROR; write the bits to acknowledge, which
 lowers the line), COMPLETIONS +0xC, ADDR +0x10, LEN +0x14, SUM +0x18 (RO).
+
+Snapshots (docs/api.md): the registers and the engine, whose load_state schedules a run in flight again.
 """
 
 import threading
+from typing import Any
 
 from broiler.api import DeviceContext, DoorbellEngine, GuestMemoryError, IrqLine, Run, all_ones
 
 DOORBELL, IRQ, STATUS, COMPLETIONS, ADDR, LEN, SUM = 0x0, 0x4, 0x8, 0xC, 0x10, 0x14, 0x18
 DONE, ERROR = 1, 2
+SAVED = (STATUS, COMPLETIONS, ADDR, LEN, SUM)
 MAX_LEN = 1 << 20  # a hostile LEN must not make the device read without bound
 
 
@@ -69,3 +73,22 @@ class AsyncChecksum:
         elif offset in (ADDR, LEN) and size == 4:
             with self.lock:
                 self.regs[offset] = value
+
+    def save_state(self) -> dict[str, Any]:
+        assert self.engine is not None
+        with self.lock:
+            return {"regs": [self.regs[r] for r in SAVED], "engine": self.engine.save_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        regs = state["regs"]  # from a file: check it
+        if not isinstance(regs, list) or len(regs) != len(SAVED) or not all(_u32(v) for v in regs):
+            raise ValueError(f"regs must be {len(SAVED)} 32-bit values")
+        assert self.engine is not None and self.line is not None
+        with self.lock:
+            self.regs = dict(zip(SAVED, regs, strict=True))
+        self.engine.load_state(state["engine"], "async-checksum")  # a run in flight is scheduled again
+        self.line.set_level(bool(self.regs[STATUS]))  # a completion not yet acknowledged keeps its line up
+
+
+def _u32(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF

@@ -151,6 +151,15 @@ class Doorbells:
         finally:
             observer.end()
 
+    def deliver_held(self) -> None:
+        """Hand every kick waiting in an eventfd to its callback now (on the loop thread, with the VM paused):
+        a guest write caught just before a pause is part of the device state a snapshot saves, not a count
+        left in a kernel object that the snapshot does not hold."""
+        with self._lock:
+            bells = list(self.active)
+        for bell in bells:
+            self._ready(bell)
+
     def remove(self, bell: object) -> None:
         """Stop catching writes for a doorbell ``add`` returned (anything else is ignored)."""
         if not isinstance(bell, Doorbell):

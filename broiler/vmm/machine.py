@@ -45,7 +45,7 @@ from ..pci import PciHost
 from .config import MachineConfig
 from .platform import add_platform_devices, firmware_declared_ports
 from .sleep import SleepControl
-from .userdev import add_device
+from .userdev import DeviceContext, add_device
 
 REQUIRED_CAPS = [
     (abi.KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
@@ -83,6 +83,7 @@ class Machine:
         self.tracer: object | None = None  # set by broiler.frontend.trace.Tracer.attach
         self.guest_name = "(nothing loaded)"
         self.device_faults: list[str] = []  # reports of users' devices that misbehaved (vmm/userdev.py)
+        self.user_contexts: list[DeviceContext] = []  # users' devices' contexts: their pending work (userdev.py)
 
         # VMX needs these two private regions in the 32-bit space; other backends ignore them.
         if self.kvm.check_extension(abi.KVM_CAP_SET_TSS_ADDR) > 0:

@@ -48,7 +48,7 @@ from ..devices.testdev.pc_testdev import IRQ_LINES, PcTestdev
 from ..devices.testdev.pci_testdev import PciTestDev
 from ..pci import PciFunction, PciHost
 from .config import MachineConfig
-from .userdev import add_device_spec
+from .userdev import DeviceContext, add_device_spec
 from .virtio import add_virtio_devices
 
 
@@ -81,6 +81,7 @@ class PlatformHost(Protocol):
     pci: PciHost | None
     on_stop: list[Callable[[], None]]
     device_faults: list[str]  # reports of users' devices that misbehaved (vmm/userdev.py)
+    user_contexts: list[DeviceContext]  # users' devices' contexts (vmm/userdev.py)
     rtc: Cmos | None  # the CMOS RTC and the PM1 block, for S3 (vmm/sleep.py)
     acpi_pm: AcpiPm | None
     observer: Observer | None  # --trace/--record (core/observe.py): told of an S3 request
@@ -274,6 +275,7 @@ class PlatformSketch:
         self.observer: Observer | None = None
         self.pci: PciHost | None = None
         self.device_faults: list[str] = []
+        self.user_contexts: list[DeviceContext] = []
         self.rtc: Cmos | None = None
         self.acpi_pm: AcpiPm | None = None
         self.on_stop: list[Callable[[], None]] = []  # closes what add_platform_devices opened (disks)

@@ -16,25 +16,27 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import exitcodes
-from ..core.bus import MmioBus, PioBus, Region
-from ..core.eventloop import EventLoop
+from ..core.bus import Device, MmioBus, PioBus, Region
+from ..core.eventloop import EventLoop, Timer
 from ..core.guard import GuardedDevice, guard_callback
 from ..core.ioeventfd import Doorbells
 from ..core.irq import IrqLine, MsiMessage
 from ..core.memory import GuestMemory
 from ..core.observe import DeviceMemory
-from ..errors import ConfigError
+from ..errors import ConfigError, SnapshotError
 from ..pci import PciFunction, PciHost
 
 MAX_FAULT_REPORTS = 16  # later faults (other vCPUs, while stopping) are counted, not kept
 DEFAULT_PIO_SIZE = 1
 DEFAULT_MMIO_SIZE = 0x1000
+PRUNE_PENDING_AT = 256  # a device's pending-work set is swept of cancelled entries past this size
 
 
 class _Interrupts(Protocol):
@@ -54,6 +56,7 @@ class DeviceHost(Protocol):
     memory: GuestMemory
     dma_memory: DeviceMemory  # the same RAM, as devices see it (core/observe.DeviceMemory: DMA is observable)
     device_faults: list[str]
+    user_contexts: list[DeviceContext]  # one per user device with attach(ctx): its pending work, for snapshots
 
     @property
     def irqs(self) -> Any: ...
@@ -164,19 +167,41 @@ class DeviceContext:
     address outside RAM raises ``GuestMemoryError``). ``base`` is where the device sits (None on PCI).
     """
 
-    def __init__(self, host: DeviceHost, name: str, pio: bool, base: int | None) -> None:
+    def __init__(self, host: DeviceHost, device: object, name: str, pio: bool, base: int | None) -> None:
         self._host = host
+        self.device = device
         self.name = name
         self.pio = pio
         self.base = base
         self.memory = host.dma_memory
+        self._lock = threading.Lock()
+        self._pending: set[_Work] = set()  # ctx.schedule calls not run yet (a snapshot asks)
 
     def _on_fault(self, report: str) -> None:
         report_fault(self._host, report)
 
-    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` on the event-loop thread after ``delay`` seconds (the device's "work")."""
-        self._host.loop.call_later(delay, guard_callback(fn, self.name, "a timer callback", self._on_fault))
+    def schedule(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Call ``fn()`` on the event-loop thread after ``delay`` seconds (the device's "work"). The handle has
+        ``cancel()`` and ``remaining()``: running time left, which stands still while the VM is paused."""
+        guarded = guard_callback(fn, self.name, "a timer callback", self._on_fault)
+        work = _Work()
+
+        def run() -> None:
+            with self._lock:
+                self._pending.discard(work)
+            guarded()
+
+        with self._lock:
+            self._pending.add(work)
+            if len(self._pending) > PRUNE_PENDING_AT:  # cancelled work never runs to take itself out
+                self._pending = {w for w in self._pending if not w.cancelled}
+        work.timer = self._host.loop.call_later(delay, run)
+        return work.timer
+
+    def pending_work(self) -> list[float]:
+        """Seconds of running time left of each ``schedule`` call that has not run and was not cancelled."""
+        with self._lock:
+            return sorted(w.timer.remaining() if w.timer else 0.0 for w in self._pending if not w.cancelled)
 
     def irq_line(self, kind: str = "isa") -> IrqLine:
         """A fresh interrupt line: ``"isa"`` (PIC and IOAPIC) or ``"ioapic"`` (GSI 16 and up, level)."""
@@ -202,6 +227,44 @@ class DeviceContext:
             callback=guard_callback(callback, self.name, f"a doorbell at +{offset:#x}", self._on_fault),
             owner=self.name,
         )
+
+
+class _Work:
+    """One ``ctx.schedule`` call that has not run yet; ``timer`` once the event loop has given one."""
+
+    __slots__ = ("timer",)
+
+    def __init__(self) -> None:
+        self.timer: Timer | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.timer is not None and self.timer.cancelled
+
+
+def carries_its_own_work(device: object) -> bool:
+    """The device's class has a ``load_state`` of its own (for a PCI function, ``load_state`` or
+    ``load_function_state``): only code the device's author wrote can schedule its work again."""
+    if isinstance(device, PciFunction):
+        fn = type(device)
+        return (
+            fn.load_state is not PciFunction.load_state or fn.load_function_state is not PciFunction.load_function_state
+        )
+    own = getattr(type(device), "load_state", None)
+    return callable(own) and own is not Device.load_state and callable(getattr(device, "save_state", None))
+
+
+def check_user_work_saved(host: DeviceHost) -> None:
+    """Before a snapshot: refuse, naming the device, if one has ``ctx.schedule`` work pending that nothing
+    would schedule again after a restore (docs/api.md "Snapshots" says why broiler does not save callbacks)."""
+    for ctx in host.user_contexts:
+        left = ctx.pending_work()
+        if left and not carries_its_own_work(ctx.device):
+            raise SnapshotError(
+                f"device {ctx.name!r} has work scheduled with ctx.schedule (due in {left[0]:.3f} s) that a "
+                "snapshot cannot carry: it has no load_state of its own to schedule it again; "
+                "snapshot again once the work is done (docs/api.md)"
+            )
 
 
 def report_fault(host: DeviceHost, report: str) -> None:
@@ -255,8 +318,10 @@ def _attach(host: DeviceHost, device: Any, label: str, pio: bool, base: int | No
     attach = getattr(device, "attach", None)
     if attach is None:
         return
+    ctx = DeviceContext(host, device, label, pio, base)
+    host.user_contexts.append(ctx)
     try:
-        attach(DeviceContext(host, label, pio, base))
+        attach(ctx)
     except ConfigError as exc:
         raise ConfigError(f"device {label!r}: {exc}") from None
     except Exception as exc:

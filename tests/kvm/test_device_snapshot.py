@@ -3,7 +3,8 @@ virtio-rng has its devices poked into a non-trivial state (a moved BAR, MSI-X on
 flight), saved, put through the file's JSON, and restored into a second Machine built from the same
 configuration. The devices read back the same there, the moved BAR's doorbell is a live ioeventfd at its
 new address, and the completion that was pending finishes after the restore. Devices are driven directly,
-no guest runs."""
+no guest runs: this checks every device's state round-trips and the MSI-X side, which the guest test across
+processes (test_snapshot_guest.py: a pending completion, a moved memory BAR with INTx) does not."""
 
 from __future__ import annotations
 

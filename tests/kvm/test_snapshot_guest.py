@@ -3,7 +3,12 @@ rings the async-pio doorbell with a long ``--async-delay`` and says it is waitin
 (``broiler snapshot NAME FILE --stop``) and restores it in a new process (``broiler run --restore FILE``): the
 completion that was pending arrives there, and the moved BAR's doorbell -- an ioeventfd at the new address --
 starts a job whose INTx comes back, while the old address reaches nothing. The guest checks each step itself
-and ends at once on a failed check."""
+and ends at once on a failed check.
+
+Users' devices (tests/kvm/snapshot_work.py on the pause_count guest): a snapshot while a device without a
+``load_state`` of its own has ``ctx.schedule`` work pending is refused in one line naming it, and the VM runs
+on; a device that saves its work's time left and schedules it again in ``load_state`` finishes it after a
+restore in a new process."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,3 +135,83 @@ def test_a_moved_bar_stays_moved_and_its_doorbell_works_after_a_restore(restored
     bells = {(b["owner"], b["addr"]): b["kicks"] for b in restored["stats"]["doorbells"]}
     assert bells[("async-mmio-pci", NEW_BAR + 0x10)] == 1  # the guest's write went through the ioeventfd
     assert bells.get(("async-mmio-pci", OLD_BAR + 0x10), 0) == 0
+
+
+WORK = str(ROOT / "tests" / "kvm" / "snapshot_work.py")
+COUNTING = str(ROOT / "broiler" / "guests" / "pause_count.bin")
+NAME = "worker"
+
+
+def _start_counting(env: dict[str, str], device: str, name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broiler",
+            "run",
+            "--timeout",
+            "60",
+            "--guest",
+            COUNTING,
+            "--device",
+            device,
+            "--name",
+            name,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _wait_log(log: Path, line: str, vm: subprocess.Popen[str], seconds: float = 30) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while line not in (seen := log.read_text().splitlines() if log.exists() else []):
+        assert vm.poll() is None, f"the VM ended early: {vm.stderr.read() if vm.stderr else ''}"
+        assert time.monotonic() < deadline, f"no {line!r} in {log} within {seconds:g} s"
+        time.sleep(0.05)
+    return seen
+
+
+def test_a_snapshot_is_refused_while_a_stateless_user_device_has_work_scheduled(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    log, snap = tmp_path / "work.log", tmp_path / "work.snap"
+    vm = _start_counting(env, f"{WORK}:SlowWork,pio=0x7000,log={log}", NAME)
+    try:
+        _wait_log(log, "scheduled", vm)
+        refused = cli_in(env, "snapshot", NAME, str(snap), "--stop")
+        assert refused.returncode == 2, (refused.returncode, refused.stderr)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "device 'SlowWork' has work scheduled with ctx.schedule" in lines[0], lines
+        assert not snap.exists() and vm.poll() is None  # no file, and the VM runs on (even with --stop)
+        assert cli_in(env, "stop", NAME).returncode == 0
+        assert vm.wait(timeout=60) == 130
+    finally:
+        vm.kill()
+        vm.wait(timeout=30)
+
+
+def test_a_user_device_that_carries_its_work_finishes_it_after_a_restore(env: dict[str, str], tmp_path: Path) -> None:
+    log, snap = tmp_path / "work.log", tmp_path / "carried.snap"
+    vm = _start_counting(env, f"{WORK}:CarriedWork,pio=0x7000,log={log},delay=3", NAME)
+    try:
+        _wait_log(log, "scheduled", vm)
+        done = cli_in(env, "snapshot", NAME, str(snap), "--stop")
+        assert done.returncode == 0, done.stderr
+        assert vm.wait(timeout=60) == 0
+        assert log.read_text().splitlines() == ["scheduled"]  # still pending when saved
+        vm = subprocess.Popen(
+            [sys.executable, "-m", "broiler", "run", "--restore", str(snap), "--timeout", "60"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        assert _wait_log(log, "done", vm) == ["scheduled", "done"]  # finished in the new process, once
+    finally:
+        vm.kill()
+        vm.wait(timeout=30)

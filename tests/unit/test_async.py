@@ -289,3 +289,29 @@ def test_a_pending_completions_time_left_is_running_time_not_counting_a_pause() 
         assert dev.save_state()["engine"]["remaining_us"] == 5_000_000 and dev.in_flight == 1
     finally:
         loop.close()
+
+
+def test_kicks_held_by_a_pause_are_delivered_on_request() -> None:
+    """What a snapshot does with the VM paused: a kick KVM caught just before the pause waits in the eventfd
+    (the paused loop does not watch it); deliver_held hands it to the device so the saved state has it."""
+    import os
+
+    loop = EventLoop()
+    loop.start()
+    bells = Doorbells(None, loop)
+    got: list[int] = []
+    bell = bells.add(pio=True, addr=0x6100, length=2, datamatch=None, callback=got.append, owner="a")
+    try:
+        loop.pause()
+        for _ in range(2):
+            os.eventfd_write(bell.fd, 1)
+        loop.run_sync(lambda: None)
+        assert got == []  # held
+        loop.run_sync(bells.deliver_held)
+        assert got == [2] and bell.kicks == 2
+        loop.resume()
+        loop.run_sync(lambda: None)
+        assert got == [2]  # nothing delivered twice
+    finally:
+        bells.close()
+        loop.close()

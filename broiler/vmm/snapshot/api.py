@@ -21,6 +21,7 @@ from ...core.memory import FileBacking, MemoryMap
 from ...errors import KvmError, SnapshotError
 from ...kvm.state import msr_index_list
 from ..machine import Machine
+from ..userdev import check_user_work_saved
 from . import cpu
 from .devices import restore_devices, save_devices
 from .format import PREFIX_SIZE, Layout, read_state, write_atomically
@@ -58,6 +59,8 @@ def _take(machine: Machine, path: str, stop: bool) -> SnapshotInfo:
     try:
         if machine.threads:
             machine.threads[0].drain_coalesced()  # the ring's writes belong to the devices' state
+        machine.loop.run_sync(machine.doorbells.deliver_held)  # so do kicks caught just before the pause
+        check_user_work_saved(machine)  # paused: no user timer fires while we look (a kick above may add one)
         mem_len = 0
         regions: list[dict[str, Any]] = []
 
