@@ -30,7 +30,7 @@ from tests.kvm.helpers import cli_env, cli_in, passed
 pytestmark = pytest.mark.kvm
 
 GUEST = str(ROOT / "broiler" / "guests" / "snapshot_async.bin")
-DELAY = "2"  # seconds of async "work": the snapshot (a new `broiler snapshot` process) comes well within it
+DELAY = "3"  # seconds of async "work": the snapshot (a new `broiler snapshot` process) comes well within it
 NEW_BAR, OLD_BAR = 0xC300_0000, 0xC200_0200  # where the guest moves async-mmio-pci's BAR0, and where it was
 WAITING = "waiting for async-pio"
 PIO_DONE = "async-pio: completed, COMPLETIONS 1"
