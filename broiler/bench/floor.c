@@ -24,6 +24,12 @@
  *     doorbell PORT             an ioeventfd whose reader thread sets vCPU 0's flag (ping-pong)
  *     batch OP ADDR N           one batch, in order, for every vCPU
  *
+ * The same file also builds as a shared library (-shared -fPIC -DFLOOR_LIBRARY; broiler/bench/steps.py):
+ * floor_run(config, out, out_len, hooks) runs this very loop inside the calling (Python) process, with
+ * optional hooks around each vCPU thread and each KVM_RUN, so the bench can add one ingredient of a
+ * Python VMM at a time (the GIL released and re-taken per exit, ...) without a second copy of the loop.
+ * In that mode the loop's file descriptors and mappings are released when it returns.
+ *
  * Output: one line of JSON on stdout,
  *     {"startup_ns": {...}, "batches_ns": [[cpu0, cpu1, ...], ...], "exits": N}
  * where batches_ns[i][k] is the time from the release of batch i (all vCPUs leave a barrier
@@ -56,6 +62,17 @@
 
 struct batch { uint32_t op; uint64_t addr, n; };
 
+/* What the library mode may run around the loop (each may be NULL): enter/leave once per vCPU thread
+ * (e.g. PyGILState_Ensure/Release), before_run/after_run around every KVM_RUN (e.g.
+ * PyEval_SaveThread/RestoreThread: exactly what Py_BEGIN/END_ALLOW_THREADS do in broiler's loop). */
+struct floor_hooks {
+    intptr_t (*enter)(void);
+    void (*leave)(intptr_t);
+    intptr_t (*before_run)(void);
+    void (*after_run)(intptr_t);
+};
+static const struct floor_hooks no_hooks;
+
 static struct {
     int mem_fd, cpus, coalesced_page;
     uint64_t mem, ctrl, params, stride;
@@ -64,6 +81,7 @@ static struct {
     int nbatch, nzone;
     struct batch batch[MAX_BATCHES];
     struct { int kind; uint64_t addr, size; } zone[16]; /* kind: 0 ioeventfd mmio, 1 pio, 2 coalesced */
+    int zone_fd[16];
     uint8_t *ram;
     int vm, vcpu_fd[MAX_CPUS];
     struct kvm_run *run[MAX_CPUS];
@@ -72,6 +90,7 @@ static struct {
     uint64_t times[MAX_BATCHES][MAX_CPUS];
     uint64_t exits[MAX_CPUS];
     uint64_t first_exit;
+    const struct floor_hooks *hooks;
 } g;
 
 static uint64_t now_ns(void)
@@ -114,11 +133,11 @@ static void *doorbell_thread(void *arg)
     return NULL;
 }
 
-static void read_config(void)
+static void read_config(FILE *in)
 {
     char line[256], word[32], kind[8];
     unsigned long long a, b, c;
-    while (fgets(line, sizeof line, stdin)) {
+    while (fgets(line, sizeof line, in)) {
         if (sscanf(line, "%31s", word) != 1)
             continue;
         if (!strcmp(word, "mem_fd"))
@@ -212,10 +231,18 @@ static void *vcpu_thread(void *arg)
         g.coalesced_page > 0 ? (void *)((uint8_t *)run + g.coalesced_page * 4096) : NULL;
     const uint32_t ring_max = (4096 - sizeof *ring) / sizeof(struct kvm_coalesced_mmio);
     volatile uint64_t sink = 0;
+    const struct floor_hooks *h = g.hooks;
+    intptr_t entered = h->enter ? h->enter() : 0;
     for (;;) {
-        if (ioctl(fd, KVM_RUN, 0) < 0) {
-            if (errno == EINTR || errno == EAGAIN)
+        intptr_t saved = h->before_run ? h->before_run() : 0;
+        int rc = ioctl(fd, KVM_RUN, 0);
+        int err = errno;
+        if (h->after_run)
+            h->after_run(saved);
+        if (rc < 0) {
+            if (err == EINTR || err == EAGAIN)
                 continue;
+            errno = err;
             die("KVM_RUN");
         }
         g.exits[k]++;
@@ -227,8 +254,11 @@ static void *vcpu_thread(void *arg)
         switch (run->exit_reason) {
         case KVM_EXIT_IO:
             if (run->io.port == g.ctrl) {
-                if (!control(k, &idx))
+                if (!control(k, &idx)) {
+                    if (h->leave)
+                        h->leave(entered);
                     return NULL;
+                }
             } else if (run->io.direction == KVM_EXIT_IO_IN) {
                 memset((uint8_t *)run + run->io.data_offset, 0, (size_t)run->io.size * run->io.count);
             }
@@ -244,13 +274,21 @@ static void *vcpu_thread(void *arg)
     }
 }
 
-int main(void)
+static int floor_main(FILE *in, FILE *out, const struct floor_hooks *hooks)
 {
-    read_config();
+    memset(&g, 0, sizeof g);
+    g.hooks = hooks;
+    read_config(in);
     if (g.cpus < 1 || g.cpus > MAX_CPUS || !g.mem) {
         fprintf(stderr, "floor: need mem and 1..%d cpus\n", MAX_CPUS);
         return 2;
     }
+#ifdef FLOOR_LIBRARY
+    if (g.doorbell) { /* its reader thread never ends: fine for a process, a leak in a library */
+        fprintf(stderr, "floor: the library mode runs no doorbell\n");
+        return 2;
+    }
+#endif
     uint64_t t0 = now_ns(); /* start-up: from opening /dev/kvm to the guest's first exit */
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0)
@@ -290,6 +328,7 @@ int main(void)
             if (efd < 0)
                 die("eventfd");
             ioeventfd(efd, g.zone[i].addr, (uint32_t)g.zone[i].size, g.zone[i].kind);
+            g.zone_fd[i] = efd;
         }
     }
     if (g.doorbell) {
@@ -324,17 +363,49 @@ int main(void)
         exits += g.exits[k];
     }
 
-    printf("{\"startup_ns\": {\"vm\": %llu, \"memory\": %llu, \"vcpus\": %llu, \"first_exit\": %llu, "
+    fprintf(out, "{\"startup_ns\": {\"vm\": %llu, \"memory\": %llu, \"vcpus\": %llu, \"first_exit\": %llu, "
            "\"total\": %llu}, \"exits\": %llu, \"batches_ns\": [",
            (unsigned long long)(t_vm - t0), (unsigned long long)(t_mem - t_vm),
            (unsigned long long)(t_vcpu - t_mem), (unsigned long long)(g.first_exit - t_vcpu),
            (unsigned long long)(g.first_exit - t0), (unsigned long long)exits);
     for (int i = 0; i < g.nbatch; i++) {
-        printf("%s[", i ? ", " : "");
+        fprintf(out, "%s[", i ? ", " : "");
         for (int k = 0; k < g.cpus; k++)
-            printf("%s%llu", k ? ", " : "", (unsigned long long)g.times[i][k]);
-        printf("]");
+            fprintf(out, "%s%llu", k ? ", " : "", (unsigned long long)g.times[i][k]);
+        fprintf(out, "]");
     }
-    printf("]}\n");
+    fprintf(out, "]}\n");
+    /* A process would just exit; the library mode must give back what it took. */
+    pthread_barrier_destroy(&g.barrier);
+    for (int k = 0; k < g.cpus; k++) {
+        munmap(g.run[k], (size_t)run_size);
+        close(g.vcpu_fd[k]);
+    }
+    for (int i = 0; i < g.nzone; i++)
+        if (g.zone_fd[i] > 0)
+            close(g.zone_fd[i]);
+    munmap(g.ram, g.mem);
+    close(g.vm);
+    close(kvm);
     return 0;
 }
+
+#ifdef FLOOR_LIBRARY
+/* config: the directives above; out: the JSON line (NUL-terminated if it fits). 0 on success. */
+int floor_run(const char *config, char *out, size_t out_len, const struct floor_hooks *hooks)
+{
+    FILE *in = fmemopen((void *)config, strlen(config), "r");
+    FILE *o = fmemopen(out, out_len, "w");
+    if (!in || !o)
+        die("fmemopen");
+    int rc = floor_main(in, o, hooks ? hooks : &no_hooks);
+    fclose(in);
+    fclose(o);
+    return rc;
+}
+#else
+int main(void)
+{
+    return floor_main(stdin, stdout, &no_hooks);
+}
+#endif

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..core.memory import GiB, MiB
 from ..guests import packaged_guest
 from ..vmm.machine import Machine, MachineConfig
-from . import floor, hosts
+from . import floor, hosts, steps
 from .driver import BatchDriver
 from .guest import (
     COALESCED,
@@ -34,6 +34,7 @@ from .guest import (
     PATHS,
     PINGPONG,
     SCALING_PATH,
+    SYNC,
     Batch,
     schedule,
 )
@@ -57,6 +58,7 @@ class BenchOptions:
     startup_reps: int = 3
     paths: list[str] = field(default_factory=lambda: [p.key for p in PATHS])
     scaling: bool = True
+    steps: bool = True
     startup: bool = True
     qemu: bool = True  # columns (c′) and (e): the self-timed guest under broiler and QEMU (qemu_io.py)
     progress: Callable[[str], None] | None = None
@@ -92,6 +94,12 @@ class Bench:
         if self.python_missing:
             self.notes.append(f"column (d): {self.python_missing}")
         self.self_timed = SelfTimedColumns(opts.paths, opts.n1, opts.n2, with_qemu=opts.qemu)
+        self.inproc: steps.InProcessFloor | None = None
+        if opts.steps and self.floor_exe is not None:
+            try:
+                self.inproc = steps.InProcessFloor(workdir)
+            except (floor.FloorUnavailable, OSError) as exc:
+                self.notes.append(f"steps: not measured: {exc}")
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -99,6 +107,10 @@ class Bench:
 
     def run_host(self, impl: str, paths: list, cpus: int, reps: int) -> tuple[list[Batch], list[list[int]], list[int]]:
         batches = schedule(paths, self.opts.n1, self.opts.n2, reps)
+        if impl in steps.STEPS:
+            assert self.inproc is not None
+            out = self.inproc.run(impl, self.image, self.opts.mem_size, batches)
+            return batches, out["batches_ns"], []  # type: ignore[return-value]
         if impl == "floor":
             assert self.floor_exe is not None
             out = floor.run_floor(
@@ -112,21 +124,24 @@ class Bench:
         stamps = result.doorbell_stamps_ns
         return batches, result.times_ns, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
-    def impls_for(self, paths: list) -> dict[str, list]:
-        """Which paths each host runs this time."""
+    def impls_for(self, paths: list, *, with_steps: bool = False) -> dict[str, list]:
+        """Which paths each host runs this time (the steps: the sync paths only, after the floor)."""
         out: dict[str, list] = {}
         for impl in IMPLS:
             if (impl == "floor" and self.floor_exe is None) or (impl == "broiler_py" and self.python_missing):
                 continue
             out[impl] = list(paths)
+            sync = [p for p in paths if p.kind == SYNC]
+            if impl == "floor" and with_steps and self.inproc is not None and sync:
+                out.update((step, sync) for step in steps.STEPS)
         return out
 
     # -- the three sections -----------------------------------------------------------------------
     def paths_section(self) -> tuple[list[dict[str, object]], list[float]]:
         paths = [p for p in PATHS if p.key in self.opts.paths]
-        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in IMPLS}
+        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in (*IMPLS, *steps.STEPS)}
         rtts: list[float] = []
-        plan = self.impls_for(paths)
+        plan = self.impls_for(paths, with_steps=True)
         for rep in range(self.opts.reps):
             for impl, impl_paths in plan.items():
                 self.say(f"round {rep + 1}/{self.opts.reps}: {impl} ({len(impl_paths)} paths)")
@@ -145,6 +160,8 @@ class Bench:
                 if s is None:
                     missing[impl] = self._why_missing(impl)
             row["missing"] = missing
+            if p.kind == SYNC and self.inproc is not None:
+                row["steps"] = {step: _summary_json(samples[step].get(p.key, [])) for step in steps.STEPS}
             row["c_over_a"] = _ratio(row["broiler"], row["floor"])
             row["c_over_b"] = _ratio(row["broiler"], row["bare"])
             row["d_over_a"] = _ratio(row["broiler_py"], row["floor"])
@@ -241,6 +258,11 @@ def _why_no_python_column() -> str | None:
     if not hosts.compiled_loop_built():
         return "not measured: broiler's compiled loop is not built here, so column (c) is the pure-Python loop"
     return None
+
+
+def _summary_json(samples: list[float]) -> dict[str, object] | None:
+    s = summarize(samples)
+    return s.as_json() if s else None
 
 
 def _ratio(c: object, a: object) -> float | None:

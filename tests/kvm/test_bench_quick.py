@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from broiler.bench import floor, guest, hosts
+from broiler.bench import floor, guest, hosts, steps
 from broiler.bench.runner import BenchOptions, run_bench
-from broiler.bench.table import render
+from broiler.bench.table import SYNC_KEYS, render
 from broiler.frontend import cli
 
 pytestmark = pytest.mark.kvm
@@ -24,6 +24,7 @@ def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     for p in guest.PATHS:
         assert p.label in text
     assert "scaling of sync PIO out" in text and "start-up of a 4G VM" in text
+    assert floor.compiler() is None or "steps from the C floor to broiler" in text
     doc = json.loads(out.read_text())
     assert doc["schema"] == "broiler-bench/2" and doc["quick"] is True
     assert [row["key"] for row in doc["paths"]] == [p.key for p in guest.PATHS]
@@ -37,6 +38,11 @@ def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
             assert (row["d_over_a"] is not None) == (row["floor"] is not None)
         if floor.compiler() is not None:
             assert row["floor"] is not None and row["c_over_a"] is not None
+            if row["key"] in SYNC_KEYS:  # the in-process floor ran every step of this path
+                assert set(row["steps"]) == set(steps.STEPS)
+                assert all(len(s["samples_us"]) == doc["reps"] and s["median_us"] > 0 for s in row["steps"].values())
+            else:
+                assert "steps" not in row
     assert set(doc["scaling"]["impls"]["broiler"]) == {"1", "2", "speedup"}
     assert set(doc["startup"]["broiler"]["phases_ms"]) == {"machine", "load", "first_exit"}
 
