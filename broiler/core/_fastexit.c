@@ -33,6 +33,34 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdatomic.h>
+#include <time.h>
+
+/* How many vCPU threads are in their Python work between two KVM_RUNs (holding or about to hold
+ * the GIL). A thread back from KVM_RUN while another is busy spins briefly before taking the GIL: the
+ * other releases it within about a microsecond, whereas waiting on the GIL's condition variable costs
+ * a futex sleep and wake-up, which under contention made two vCPUs slower than one (docs/bench.md). */
+static atomic_int python_busy;
+#define SPIN_LIMIT_NS 20000
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void wait_for_python_work(void)
+{
+    if (atomic_load_explicit(&python_busy, memory_order_relaxed) == 0)
+        return;
+    uint64_t give_up = now_ns() + SPIN_LIMIT_NS;
+    for (unsigned i = 1; atomic_load_explicit(&python_busy, memory_order_relaxed) > 0; i++) {
+        __builtin_ia32_pause();
+        if ((i & 63) == 0 && now_ns() > give_up)
+            return;
+    }
+}
 
 static PyObject *str_read, *str_write, *str_replay, *str_cache, *str_resolve, *one;
 
@@ -156,6 +184,33 @@ static int bus_access(PyObject *bus, uint64_t addr, unsigned size, int is_write,
     return 0;
 }
 
+/* One exit, with the GIL held: Py_None to go on, NULL on an exception, else the reason for Python. */
+static PyObject *handle_exit(struct kvm_run *r, volatile struct kvm_coalesced_mmio_ring *ring, PyObject *zones,
+                             PyObject *pio_bus, PyObject *mmio_bus, PyObject *counts, PyObject *drain_ring)
+{
+    unsigned reason = r->exit_reason;
+    if (ring && PyList_GET_SIZE(zones) && ring->first != ring->last) { /* older writes go first */
+        PyObject *ret = PyObject_CallNoArgs(drain_ring);
+        if (!ret)
+            return NULL;
+        Py_DECREF(ret);
+    }
+    if (reason == KVM_EXIT_IO && r->io.count == 1 && (r->io.size == 1 || r->io.size == 2 || r->io.size == 4)) {
+        if (bus_access(pio_bus, r->io.port, r->io.size, r->io.direction == KVM_EXIT_IO_OUT,
+                       (char *)r + r->io.data_offset) < 0)
+            return NULL;
+    } else if (reason == KVM_EXIT_MMIO &&
+               (r->mmio.len == 1 || r->mmio.len == 2 || r->mmio.len == 4 || r->mmio.len == 8)) {
+        if (bus_access(mmio_bus, r->mmio.phys_addr, r->mmio.len, r->mmio.is_write, r->mmio.data) < 0)
+            return NULL;
+    } else {
+        return PyLong_FromLong(reason);
+    }
+    if (bump(counts, reason) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *run(PyObject *self, PyObject *args)
 {
     int fd;
@@ -167,32 +222,20 @@ static PyObject *run(PyObject *self, PyObject *args)
     struct kvm_run *r = (struct kvm_run *)(uintptr_t)run_addr;
     volatile struct kvm_coalesced_mmio_ring *ring = (void *)(uintptr_t)ring_addr;
     for (;;) {
-        int rc;
+        int rc, err;
         Py_BEGIN_ALLOW_THREADS
         rc = ioctl(fd, KVM_RUN, 0);
+        err = errno;
+        wait_for_python_work();
         Py_END_ALLOW_THREADS
         if (rc < 0)
-            return PyLong_FromLong(-errno);
-        unsigned reason = r->exit_reason;
-        if (ring && PyList_GET_SIZE(zones) && ring->first != ring->last) { /* older writes go first */
-            PyObject *ret = PyObject_CallNoArgs(drain_ring);
-            if (!ret)
-                return NULL;
-            Py_DECREF(ret);
-        }
-        if (reason == KVM_EXIT_IO && r->io.count == 1 && (r->io.size == 1 || r->io.size == 2 || r->io.size == 4)) {
-            if (bus_access(pio_bus, r->io.port, r->io.size, r->io.direction == KVM_EXIT_IO_OUT,
-                       (char *)r + r->io.data_offset) < 0)
-                return NULL;
-        } else if (reason == KVM_EXIT_MMIO &&
-                   (r->mmio.len == 1 || r->mmio.len == 2 || r->mmio.len == 4 || r->mmio.len == 8)) {
-            if (bus_access(mmio_bus, r->mmio.phys_addr, r->mmio.len, r->mmio.is_write, r->mmio.data) < 0)
-                return NULL;
-        } else {
-            return PyLong_FromLong(reason);
-        }
-        if (bump(counts, reason) < 0)
-            return NULL;
+            return PyLong_FromLong(-err);
+        atomic_fetch_add_explicit(&python_busy, 1, memory_order_relaxed);
+        PyObject *out = handle_exit(r, ring, zones, pio_bus, mmio_bus, counts, drain_ring);
+        atomic_fetch_sub_explicit(&python_busy, 1, memory_order_relaxed);
+        if (out != Py_None)
+            return out;
+        Py_DECREF(out);
     }
 }
 
