@@ -19,7 +19,8 @@
  *     cpus N
  *     ctrl PORT                 the guest's batch-control port
  *     params ADDR STRIDE        vCPU k's parameter block is at ADDR + k*STRIDE (see guests/bench_io.c)
- *     ioeventfd pio|mmio ADDR LEN   an ioeventfd nobody reads (the kernel completes the write)
+ *     ioeventfd pio|mmio ADDR LEN [reader]   an ioeventfd nobody reads (the kernel completes the write);
+ *                               with "reader", a thread reads every kick, as a VMM's handler would
  *     coalesced ADDR SIZE       a coalesced MMIO zone, drained on every exit
  *     doorbell PORT             an ioeventfd whose reader thread sets vCPU 0's flag (ping-pong)
  *     batch OP ADDR N           one batch, in order, for every vCPU
@@ -80,7 +81,9 @@ static struct {
     uint64_t doorbell;
     int nbatch, nzone;
     struct batch batch[MAX_BATCHES];
-    struct { int kind; uint64_t addr, size; } zone[16]; /* kind: 0 ioeventfd mmio, 1 pio, 2 coalesced */
+    struct { int kind, reader; uint64_t addr, size; } zone[16]; /* kind: 0 ioeventfd mmio, 1 pio, 2 coalesced */
+    pthread_t reader[16];
+    volatile int stop_readers;
     int zone_fd[16];
     uint8_t *ram;
     int vm, vcpu_fd[MAX_CPUS];
@@ -119,6 +122,17 @@ static void ioeventfd(int efd, uint64_t addr, uint32_t len, int pio)
     struct kvm_ioeventfd io = {.addr = addr, .len = len, .fd = efd,
                                .flags = pio ? KVM_IOEVENTFD_FLAG_PIO : 0};
     xioctl(g.vm, KVM_IOEVENTFD, (unsigned long)&io, "KVM_IOEVENTFD");
+}
+
+/* Reads every kick of one ioeventfd and does nothing with it: the cost a consumer adds to the vCPU. */
+static void *reader_thread(void *arg)
+{
+    int efd = (int)(intptr_t)arg;
+    uint64_t kicks;
+    while (!g.stop_readers)
+        if (read(efd, &kicks, sizeof kicks) < 0 && errno != EINTR)
+            break;
+    return NULL;
 }
 
 static void *doorbell_thread(void *arg)
@@ -160,6 +174,7 @@ static void read_config(FILE *in)
         } else if (g.nzone < 16 && !strcmp(word, "ioeventfd") &&
                    sscanf(line, "%*s %7s %lli %lli", kind, &a, &b) == 3) {
             g.zone[g.nzone].kind = !strcmp(kind, "pio");
+            g.zone[g.nzone].reader = strstr(line, " reader") != NULL;
             g.zone[g.nzone].addr = a;
             g.zone[g.nzone++].size = b;
         } else if (g.nzone < 16 && !strcmp(word, "coalesced") && sscanf(line, "%*s %lli %lli", &a, &b) == 2) {
@@ -329,6 +344,8 @@ static int floor_main(FILE *in, FILE *out, const struct floor_hooks *hooks)
                 die("eventfd");
             ioeventfd(efd, g.zone[i].addr, (uint32_t)g.zone[i].size, g.zone[i].kind);
             g.zone_fd[i] = efd;
+            if (g.zone[i].reader && pthread_create(&g.reader[i], NULL, reader_thread, (void *)(intptr_t)efd))
+                die("pthread_create");
         }
     }
     if (g.doorbell) {
@@ -381,9 +398,16 @@ static int floor_main(FILE *in, FILE *out, const struct floor_hooks *hooks)
         munmap(g.run[k], (size_t)run_size);
         close(g.vcpu_fd[k]);
     }
-    for (int i = 0; i < g.nzone; i++)
+    g.stop_readers = 1;
+    for (int i = 0; i < g.nzone; i++) {
+        if (g.zone[i].reader) {
+            uint64_t one = 1;
+            if (write(g.zone_fd[i], &one, sizeof one) == sizeof one)
+                pthread_join(g.reader[i], NULL);
+        }
         if (g.zone_fd[i] > 0)
             close(g.zone_fd[i]);
+    }
     munmap(g.ram, g.mem);
     close(g.vm);
     close(kvm);

@@ -43,6 +43,7 @@ from .qemu_io import SelfTimedColumns
 from .stats import per_op_us, summarize
 
 IMPLS = ("floor", "bare", "broiler", "broiler_py")
+READER = "floor_reader"  # the C floor with a thread reading every ioeventfd kick (ioeventfd rows only)
 SCHEMA = "broiler-bench/2"
 MAX_RTT_SAMPLES = 5000
 
@@ -68,10 +69,11 @@ class BenchOptions:
         return cls(quick=True, n1=100, n2=600, reps=3, startup_reps=1)
 
 
-def _floor_zones(kinds: set[str]) -> list[str]:
+def _floor_zones(kinds: set[str], *, reader: bool = False) -> list[str]:
     zones = []
     if IOEVENTFD in kinds:
-        zones += [f"ioeventfd pio {IOEVENTFD_PORT:#x} 4", f"ioeventfd mmio {IOEVENTFD_MMIO:#x} 4"]
+        tail = " reader" if reader else ""
+        zones += [f"ioeventfd pio {IOEVENTFD_PORT:#x} 4{tail}", f"ioeventfd mmio {IOEVENTFD_MMIO:#x} 4{tail}"]
     if COALESCED in kinds:
         zones.append(f"coalesced {COALESCED_MMIO:#x} {COALESCED_SIZE:#x}")
     if PINGPONG in kinds:
@@ -111,11 +113,10 @@ class Bench:
             assert self.inproc is not None
             out = self.inproc.run(impl, self.image, self.opts.mem_size, batches)
             return batches, out["batches_ns"], []  # type: ignore[return-value]
-        if impl == "floor":
+        if impl in ("floor", READER):
             assert self.floor_exe is not None
-            out = floor.run_floor(
-                self.floor_exe, self.image, self.opts.mem_size, cpus, batches, _floor_zones({p.kind for p in paths})
-            )
+            zones = _floor_zones({p.kind for p in paths}, reader=impl == READER)
+            out = floor.run_floor(self.floor_exe, self.image, self.opts.mem_size, cpus, batches, zones)
             return batches, out["batches_ns"], []  # type: ignore[return-value]
         if impl == "bare":
             result = hosts.run_bare(batches, paths, cpus, self.opts.mem_size)
@@ -131,15 +132,20 @@ class Bench:
             if (impl == "floor" and self.floor_exe is None) or (impl == "broiler_py" and self.python_missing):
                 continue
             out[impl] = list(paths)
+            if impl != "floor" or not with_steps:
+                continue
             sync = [p for p in paths if p.kind == SYNC]
-            if impl == "floor" and with_steps and self.inproc is not None and sync:
+            if self.inproc is not None and sync:
                 out.update((step, sync) for step in steps.STEPS)
+            kicked = [p for p in paths if p.kind == IOEVENTFD]
+            if kicked:
+                out[READER] = kicked
         return out
 
     # -- the three sections -----------------------------------------------------------------------
     def paths_section(self) -> tuple[list[dict[str, object]], list[float]]:
         paths = [p for p in PATHS if p.key in self.opts.paths]
-        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in (*IMPLS, *steps.STEPS)}
+        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in (*IMPLS, *steps.STEPS, READER)}
         rtts: list[float] = []
         plan = self.impls_for(paths, with_steps=True)
         for rep in range(self.opts.reps):
@@ -162,6 +168,9 @@ class Bench:
             row["missing"] = missing
             if p.kind == SYNC and self.inproc is not None:
                 row["steps"] = {step: _summary_json(samples[step].get(p.key, [])) for step in steps.STEPS}
+            if p.kind == IOEVENTFD and samples[READER].get(p.key):
+                row[READER] = _summary_json(samples[READER][p.key])
+                row["c_over_reader"] = _ratio(row["broiler"], row[READER])
             row["c_over_a"] = _ratio(row["broiler"], row["floor"])
             row["c_over_b"] = _ratio(row["broiler"], row["bare"])
             row["d_over_a"] = _ratio(row["broiler_py"], row["floor"])

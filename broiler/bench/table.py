@@ -65,6 +65,14 @@ def render(doc: dict[str, Any]) -> list[str]:
         if sync:
             verdict = ", ".join(f"{r['key']} {r[key]:.2f}{' ✓' if r[key] <= TARGET else ''}" for r in sync)
             lines.append(f"sync paths {label} (target ≤ {TARGET:.2f}): {verdict}")
+    kicked = [r for r in doc["paths"] if r.get("floor_reader") and r.get("c_over_reader") is not None]
+    if kicked:
+        verdict = ", ".join(
+            f"{r['key']} {r['floor_reader']['median_us']:.2f} → c/a' {r['c_over_reader']:.2f}"
+            f"{' ✓' if r['c_over_reader'] <= TARGET else ''}"
+            for r in kicked
+        )
+        lines.append(f"ioeventfd rows against a C floor whose thread reads every kick (a'): {verdict}")
     lines += _qemu(doc)
     lines += _steps(doc["paths"])
     lines += _latency(doc.get("doorbell_rtt_us") or [])

@@ -43,6 +43,8 @@ def test_quick_bench_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
                 assert all(len(s["samples_us"]) == doc["reps"] and s["median_us"] > 0 for s in row["steps"].values())
             else:
                 assert "steps" not in row
+            if row["key"].startswith("ioeventfd_"):  # the floor with a reader thread ran these too
+                assert len(row["floor_reader"]["samples_us"]) == doc["reps"] and row["c_over_reader"] is not None
     assert set(doc["scaling"]["impls"]["broiler"]) == {"1", "2", "speedup"}
     assert set(doc["startup"]["broiler"]["phases_ms"]) == {"machine", "load", "first_exit"}
 

@@ -152,3 +152,13 @@ def test_the_steps_table_gives_each_step_and_its_difference_to_the_one_before() 
     assert [line.rsplit(None, 2)[-2:] for line in body[1:3]] == [["8.10", "(+0.10)"], ["8.30", "(+0.20)"]]
     assert body[0].endswith("8.00") and body[5].endswith("8.40 (+0.05)") and body[6].endswith("8.80 (+0.40)")
     assert not any(line.startswith("steps from") for line in table.render(fake_doc()))  # no steps measured
+
+
+def test_ioeventfd_rows_are_also_put_against_a_floor_that_reads_every_kick() -> None:
+    doc = fake_doc()
+    rows = doc["paths"]
+    assert isinstance(rows, list)
+    kicked = next(r for r in rows if r["key"] == "ioeventfd_pio")
+    kicked["floor_reader"], kicked["c_over_reader"] = _summary(8.5), 1.04
+    line = next(x for x in table.render(doc) if x.startswith("ioeventfd rows against"))
+    assert line.endswith("(a'): ioeventfd_pio 8.50 → c/a' 1.04 ✓")
