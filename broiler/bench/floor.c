@@ -24,6 +24,7 @@
  *     coalesced ADDR SIZE       a coalesced MMIO zone, drained on every exit
  *     doorbell PORT             an ioeventfd whose reader thread sets vCPU 0's flag (ping-pong)
  *     batch OP ADDR N           one batch, in order, for every vCPU
+ *     clock cpu                 batch times are each vCPU thread's CPU time, not wall time
  *
  * The same file also builds as a shared library (-shared -fPIC -DFLOOR_LIBRARY; broiler/bench/steps.py):
  * floor_run(config, out, out_len, hooks) runs this very loop inside the calling (Python) process, with
@@ -80,6 +81,7 @@ static struct {
     uint64_t cr0, cr3, cr4, efer, gdt_base, gdt_limit, rip, rsp, rsp_step;
     uint64_t doorbell;
     int nbatch, nzone;
+    clockid_t batch_clock;
     struct batch batch[MAX_BATCHES];
     struct { int kind, reader; uint64_t addr, size; } zone[16]; /* kind: 0 ioeventfd mmio, 1 pio, 2 coalesced */
     pthread_t reader[16];
@@ -95,6 +97,13 @@ static struct {
     uint64_t first_exit;
     const struct floor_hooks *hooks;
 } g;
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 static uint64_t now_ns(void)
 {
@@ -181,6 +190,8 @@ static void read_config(FILE *in)
             g.zone[g.nzone].kind = 2;
             g.zone[g.nzone].addr = a;
             g.zone[g.nzone++].size = b;
+        } else if (!strcmp(word, "clock") && strstr(line, " cpu")) {
+            g.batch_clock = CLOCK_THREAD_CPUTIME_ID;
         } else if (!strcmp(word, "doorbell") && sscanf(line, "%*s %lli", &a) == 1) {
             g.doorbell = a;
         } else if (!strcmp(word, "batch") && sscanf(line, "%*s %lli %lli %lli", &a, &b, &c) == 3) {
@@ -221,11 +232,11 @@ static void set_long_mode(int fd, int k)
 /* A batch boundary: record the finished batch, line up with the other vCPUs, hand out the next. */
 static int control(int k, int *idx)
 {
-    uint64_t t = now_ns();
+    uint64_t t = clock_ns(g.batch_clock);
     if (*idx > 0)
         g.times[*idx - 1][k] = t - g.t_start[k];
     else if (k == 0)
-        g.first_exit = t;
+        g.first_exit = now_ns();
     pthread_barrier_wait(&g.barrier);
     if (*idx >= g.nbatch)
         return 0;
@@ -234,7 +245,7 @@ static int control(int k, int *idx)
     *(volatile uint64_t *)(p + P_ADDR) = g.batch[*idx].addr;
     *(volatile uint32_t *)(p + P_OP) = g.batch[*idx].op;
     (*idx)++;
-    g.t_start[k] = now_ns();
+    g.t_start[k] = clock_ns(g.batch_clock);
     return 1;
 }
 
@@ -292,6 +303,7 @@ static void *vcpu_thread(void *arg)
 static int floor_main(FILE *in, FILE *out, const struct floor_hooks *hooks)
 {
     memset(&g, 0, sizeof g);
+    g.batch_clock = CLOCK_MONOTONIC;
     g.hooks = hooks;
     read_config(in);
     if (g.cpus < 1 || g.cpus > MAX_CPUS || !g.mem) {

@@ -60,6 +60,7 @@ class BenchOptions:
     paths: list[str] = field(default_factory=lambda: [p.key for p in PATHS])
     scaling: bool = True
     steps: bool = True
+    clock: str = "wall"  # or "cpu": each vCPU thread's CPU time (driver.CLOCKS)
     startup: bool = True
     qemu: bool = True  # columns (c′) and (e): the self-timed guest under broiler and QEMU (qemu_io.py)
     progress: Callable[[str], None] | None = None
@@ -111,19 +112,24 @@ class Bench:
         batches = schedule(paths, self.opts.n1, self.opts.n2, reps)
         if impl in steps.STEPS:
             assert self.inproc is not None
-            out = self.inproc.run(impl, self.image, self.opts.mem_size, batches)
+            out = self.inproc.run(impl, self.image, self.opts.mem_size, batches, self._clock_directive())
             return batches, out["batches_ns"], []  # type: ignore[return-value]
         if impl in ("floor", READER):
             assert self.floor_exe is not None
-            zones = _floor_zones({p.kind for p in paths}, reader=impl == READER)
+            zones = _floor_zones({p.kind for p in paths}, reader=impl == READER) + self._clock_directive()
             out = floor.run_floor(self.floor_exe, self.image, self.opts.mem_size, cpus, batches, zones)
             return batches, out["batches_ns"], []  # type: ignore[return-value]
         if impl == "bare":
-            result = hosts.run_bare(batches, paths, cpus, self.opts.mem_size)
+            result = hosts.run_bare(batches, paths, cpus, self.opts.mem_size, self.opts.clock)
         else:
-            result = hosts.run_broiler(batches, paths, cpus, self.opts.mem_size, pure_python=impl == "broiler_py")
+            result = hosts.run_broiler(
+                batches, paths, cpus, self.opts.mem_size, pure_python=impl == "broiler_py", clock=self.opts.clock
+            )
         stamps = result.doorbell_stamps_ns
         return batches, result.times_ns, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+    def _clock_directive(self) -> list[str]:
+        return [f"clock {self.opts.clock}"] if self.opts.clock != "wall" else []
 
     def impls_for(self, paths: list, *, with_steps: bool = False) -> dict[str, list]:
         """Which paths each host runs this time (the steps: the sync paths only, after the floor)."""
@@ -247,6 +253,7 @@ class Bench:
             "n1": self.opts.n1,
             "n2": self.opts.n2,
             "reps": self.opts.reps,
+            "clock": self.opts.clock,
             "mem": self.opts.mem_size,
             "host": host_info(),
         }

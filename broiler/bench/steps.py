@@ -75,9 +75,10 @@ class InProcessFloor:
         self.lib.floor_run.restype = ctypes.c_int
         self.out = ctypes.create_string_buffer(OUTPUT_BYTES)
 
-    def run(self, step: str, image: bytes, mem_size: int, batches: list[Batch]) -> dict[str, object]:
+    def run(self, step: str, image: bytes, mem_size: int, batches: list[Batch], extra: list[str]) -> dict[str, object]:
+        """``extra``: more configuration lines (the clock)."""
         hooks = hooks_for(step)
-        with floor.prepared_guest(image, mem_size, 1, batches, []) as (_fd, text), _environment(step):
+        with floor.prepared_guest(image, mem_size, 1, batches, extra) as (_fd, text), _environment(step):
             status = self.lib.floor_run(text.encode(), self.out, OUTPUT_BYTES, ctypes.byref(hooks))
         if status != 0:
             raise RuntimeError(f"the in-process C floor failed (status {status}, step {step})")

@@ -48,6 +48,7 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"broiler bench: µs per guest operation, median of {doc['reps']} repetitions "
         f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
         + (" [quick]" if doc.get("quick") else "")
+        + (" [clock: vCPU thread CPU time]" if doc.get("clock") == "cpu" else "")
     ]
     with_qemu = doc.get("qemu") is not None
     impls = {**IMPL_LABELS, **(QEMU_LABELS if with_qemu else {})}
