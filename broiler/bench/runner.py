@@ -97,6 +97,8 @@ class Bench:
         if self.python_missing:
             self.notes.append(f"column (d): {self.python_missing}")
         self.self_timed = SelfTimedColumns(opts.paths, opts.n1, opts.n2, with_qemu=opts.qemu)
+        if opts.clock == "cpu" and opts.qemu:
+            self.notes.append("--clock cpu: columns c′ and e time themselves in the guest (TSC: wall time)")
         self.inproc: steps.InProcessFloor | None = None
         if opts.steps and self.floor_exe is not None:
             try:
