@@ -43,6 +43,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n2", type=_positive_int, metavar="N", help="iterations of the long batch (> n1)")
     p.add_argument("--paths", metavar="KEYS", help="comma-separated subset of: " + ",".join(x.key for x in PATHS))
     p.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-vCPU run")
+    p.add_argument("--no-steps", action="store_true", help="skip the steps from the C floor to broiler")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what a batch's time is: wall time (default) or the vCPU thread's CPU time, which time spent "
+        "waiting for a core does not inflate (sync rows on a busy machine; not for scaling or round trips)",
+    )
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timing")
     p.add_argument(
         "--snapshot",
@@ -83,6 +91,8 @@ def options(args: argparse.Namespace) -> Any:
             raise ConfigError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(p.key for p in PATHS)}")
         opts.paths = wanted
     opts.scaling = not args.no_scaling
+    opts.steps = not args.no_steps
+    opts.clock = args.clock
     opts.startup = not args.no_startup
     opts.qemu = not args.no_qemu
     opts.startup_mem = parse_size(args.startup_mem, what="--startup-mem")

@@ -19,10 +19,18 @@
  *     cpus N
  *     ctrl PORT                 the guest's batch-control port
  *     params ADDR STRIDE        vCPU k's parameter block is at ADDR + k*STRIDE (see guests/bench_io.c)
- *     ioeventfd pio|mmio ADDR LEN   an ioeventfd nobody reads (the kernel completes the write)
+ *     ioeventfd pio|mmio ADDR LEN [reader]   an ioeventfd nobody reads (the kernel completes the write);
+ *                               with "reader", a thread reads every kick, as a VMM's handler would
  *     coalesced ADDR SIZE       a coalesced MMIO zone, drained on every exit
  *     doorbell PORT             an ioeventfd whose reader thread sets vCPU 0's flag (ping-pong)
  *     batch OP ADDR N           one batch, in order, for every vCPU
+ *     clock cpu                 batch times are each vCPU thread's CPU time, not wall time
+ *
+ * The same file also builds as a shared library (-shared -fPIC -DFLOOR_LIBRARY; broiler/bench/steps.py):
+ * floor_run(config, out, out_len, hooks) runs this very loop inside the calling (Python) process, with
+ * optional hooks around each vCPU thread and each KVM_RUN, so the bench can add one ingredient of a
+ * Python VMM at a time (the GIL released and re-taken per exit, ...) without a second copy of the loop.
+ * In that mode the loop's file descriptors and mappings are released when it returns.
  *
  * Output: one line of JSON on stdout,
  *     {"startup_ns": {...}, "batches_ns": [[cpu0, cpu1, ...], ...], "exits": N}
@@ -56,14 +64,29 @@
 
 struct batch { uint32_t op; uint64_t addr, n; };
 
+/* What the library mode may run around the loop (each may be NULL): enter/leave once per vCPU thread
+ * (e.g. PyGILState_Ensure/Release), before_run/after_run around every KVM_RUN (e.g.
+ * PyEval_SaveThread/RestoreThread: exactly what Py_BEGIN/END_ALLOW_THREADS do in broiler's loop). */
+struct floor_hooks {
+    intptr_t (*enter)(void);
+    void (*leave)(intptr_t);
+    intptr_t (*before_run)(void);
+    void (*after_run)(intptr_t);
+};
+static const struct floor_hooks no_hooks;
+
 static struct {
     int mem_fd, cpus, coalesced_page;
     uint64_t mem, ctrl, params, stride;
     uint64_t cr0, cr3, cr4, efer, gdt_base, gdt_limit, rip, rsp, rsp_step;
     uint64_t doorbell;
     int nbatch, nzone;
+    clockid_t batch_clock;
     struct batch batch[MAX_BATCHES];
-    struct { int kind; uint64_t addr, size; } zone[16]; /* kind: 0 ioeventfd mmio, 1 pio, 2 coalesced */
+    struct { int kind, reader; uint64_t addr, size; } zone[16]; /* kind: 0 ioeventfd mmio, 1 pio, 2 coalesced */
+    pthread_t reader[16];
+    volatile int stop_readers;
+    int zone_fd[16];
     uint8_t *ram;
     int vm, vcpu_fd[MAX_CPUS];
     struct kvm_run *run[MAX_CPUS];
@@ -72,7 +95,15 @@ static struct {
     uint64_t times[MAX_BATCHES][MAX_CPUS];
     uint64_t exits[MAX_CPUS];
     uint64_t first_exit;
+    const struct floor_hooks *hooks;
 } g;
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 static uint64_t now_ns(void)
 {
@@ -102,6 +133,17 @@ static void ioeventfd(int efd, uint64_t addr, uint32_t len, int pio)
     xioctl(g.vm, KVM_IOEVENTFD, (unsigned long)&io, "KVM_IOEVENTFD");
 }
 
+/* Reads every kick of one ioeventfd and does nothing with it: the cost a consumer adds to the vCPU. */
+static void *reader_thread(void *arg)
+{
+    int efd = (int)(intptr_t)arg;
+    uint64_t kicks;
+    while (!g.stop_readers)
+        if (read(efd, &kicks, sizeof kicks) < 0 && errno != EINTR)
+            break;
+    return NULL;
+}
+
 static void *doorbell_thread(void *arg)
 {
     int efd = (int)(intptr_t)arg;
@@ -114,11 +156,11 @@ static void *doorbell_thread(void *arg)
     return NULL;
 }
 
-static void read_config(void)
+static void read_config(FILE *in)
 {
     char line[256], word[32], kind[8];
     unsigned long long a, b, c;
-    while (fgets(line, sizeof line, stdin)) {
+    while (fgets(line, sizeof line, in)) {
         if (sscanf(line, "%31s", word) != 1)
             continue;
         if (!strcmp(word, "mem_fd"))
@@ -141,12 +183,15 @@ static void read_config(void)
         } else if (g.nzone < 16 && !strcmp(word, "ioeventfd") &&
                    sscanf(line, "%*s %7s %lli %lli", kind, &a, &b) == 3) {
             g.zone[g.nzone].kind = !strcmp(kind, "pio");
+            g.zone[g.nzone].reader = strstr(line, " reader") != NULL;
             g.zone[g.nzone].addr = a;
             g.zone[g.nzone++].size = b;
         } else if (g.nzone < 16 && !strcmp(word, "coalesced") && sscanf(line, "%*s %lli %lli", &a, &b) == 2) {
             g.zone[g.nzone].kind = 2;
             g.zone[g.nzone].addr = a;
             g.zone[g.nzone++].size = b;
+        } else if (!strcmp(word, "clock") && strstr(line, " cpu")) {
+            g.batch_clock = CLOCK_THREAD_CPUTIME_ID;
         } else if (!strcmp(word, "doorbell") && sscanf(line, "%*s %lli", &a) == 1) {
             g.doorbell = a;
         } else if (!strcmp(word, "batch") && sscanf(line, "%*s %lli %lli %lli", &a, &b, &c) == 3) {
@@ -187,11 +232,11 @@ static void set_long_mode(int fd, int k)
 /* A batch boundary: record the finished batch, line up with the other vCPUs, hand out the next. */
 static int control(int k, int *idx)
 {
-    uint64_t t = now_ns();
+    uint64_t t = clock_ns(g.batch_clock);
     if (*idx > 0)
         g.times[*idx - 1][k] = t - g.t_start[k];
     else if (k == 0)
-        g.first_exit = t;
+        g.first_exit = now_ns();
     pthread_barrier_wait(&g.barrier);
     if (*idx >= g.nbatch)
         return 0;
@@ -200,7 +245,7 @@ static int control(int k, int *idx)
     *(volatile uint64_t *)(p + P_ADDR) = g.batch[*idx].addr;
     *(volatile uint32_t *)(p + P_OP) = g.batch[*idx].op;
     (*idx)++;
-    g.t_start[k] = now_ns();
+    g.t_start[k] = clock_ns(g.batch_clock);
     return 1;
 }
 
@@ -212,10 +257,18 @@ static void *vcpu_thread(void *arg)
         g.coalesced_page > 0 ? (void *)((uint8_t *)run + g.coalesced_page * 4096) : NULL;
     const uint32_t ring_max = (4096 - sizeof *ring) / sizeof(struct kvm_coalesced_mmio);
     volatile uint64_t sink = 0;
+    const struct floor_hooks *h = g.hooks;
+    intptr_t entered = h->enter ? h->enter() : 0;
     for (;;) {
-        if (ioctl(fd, KVM_RUN, 0) < 0) {
-            if (errno == EINTR || errno == EAGAIN)
+        intptr_t saved = h->before_run ? h->before_run() : 0;
+        int rc = ioctl(fd, KVM_RUN, 0);
+        int err = errno;
+        if (h->after_run)
+            h->after_run(saved);
+        if (rc < 0) {
+            if (err == EINTR || err == EAGAIN)
                 continue;
+            errno = err;
             die("KVM_RUN");
         }
         g.exits[k]++;
@@ -227,8 +280,11 @@ static void *vcpu_thread(void *arg)
         switch (run->exit_reason) {
         case KVM_EXIT_IO:
             if (run->io.port == g.ctrl) {
-                if (!control(k, &idx))
+                if (!control(k, &idx)) {
+                    if (h->leave)
+                        h->leave(entered);
                     return NULL;
+                }
             } else if (run->io.direction == KVM_EXIT_IO_IN) {
                 memset((uint8_t *)run + run->io.data_offset, 0, (size_t)run->io.size * run->io.count);
             }
@@ -244,13 +300,22 @@ static void *vcpu_thread(void *arg)
     }
 }
 
-int main(void)
+static int floor_main(FILE *in, FILE *out, const struct floor_hooks *hooks)
 {
-    read_config();
+    memset(&g, 0, sizeof g);
+    g.batch_clock = CLOCK_MONOTONIC;
+    g.hooks = hooks;
+    read_config(in);
     if (g.cpus < 1 || g.cpus > MAX_CPUS || !g.mem) {
         fprintf(stderr, "floor: need mem and 1..%d cpus\n", MAX_CPUS);
         return 2;
     }
+#ifdef FLOOR_LIBRARY
+    if (g.doorbell) { /* its reader thread never ends: fine for a process, a leak in a library */
+        fprintf(stderr, "floor: the library mode runs no doorbell\n");
+        return 2;
+    }
+#endif
     uint64_t t0 = now_ns(); /* start-up: from opening /dev/kvm to the guest's first exit */
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0)
@@ -290,6 +355,9 @@ int main(void)
             if (efd < 0)
                 die("eventfd");
             ioeventfd(efd, g.zone[i].addr, (uint32_t)g.zone[i].size, g.zone[i].kind);
+            g.zone_fd[i] = efd;
+            if (g.zone[i].reader && pthread_create(&g.reader[i], NULL, reader_thread, (void *)(intptr_t)efd))
+                die("pthread_create");
         }
     }
     if (g.doorbell) {
@@ -324,17 +392,56 @@ int main(void)
         exits += g.exits[k];
     }
 
-    printf("{\"startup_ns\": {\"vm\": %llu, \"memory\": %llu, \"vcpus\": %llu, \"first_exit\": %llu, "
+    fprintf(out, "{\"startup_ns\": {\"vm\": %llu, \"memory\": %llu, \"vcpus\": %llu, \"first_exit\": %llu, "
            "\"total\": %llu}, \"exits\": %llu, \"batches_ns\": [",
            (unsigned long long)(t_vm - t0), (unsigned long long)(t_mem - t_vm),
            (unsigned long long)(t_vcpu - t_mem), (unsigned long long)(g.first_exit - t_vcpu),
            (unsigned long long)(g.first_exit - t0), (unsigned long long)exits);
     for (int i = 0; i < g.nbatch; i++) {
-        printf("%s[", i ? ", " : "");
+        fprintf(out, "%s[", i ? ", " : "");
         for (int k = 0; k < g.cpus; k++)
-            printf("%s%llu", k ? ", " : "", (unsigned long long)g.times[i][k]);
-        printf("]");
+            fprintf(out, "%s%llu", k ? ", " : "", (unsigned long long)g.times[i][k]);
+        fprintf(out, "]");
     }
-    printf("]}\n");
+    fprintf(out, "]}\n");
+    /* A process would just exit; the library mode must give back what it took. */
+    pthread_barrier_destroy(&g.barrier);
+    for (int k = 0; k < g.cpus; k++) {
+        munmap(g.run[k], (size_t)run_size);
+        close(g.vcpu_fd[k]);
+    }
+    g.stop_readers = 1;
+    for (int i = 0; i < g.nzone; i++) {
+        if (g.zone[i].reader) {
+            uint64_t one = 1;
+            if (write(g.zone_fd[i], &one, sizeof one) == sizeof one)
+                pthread_join(g.reader[i], NULL);
+        }
+        if (g.zone_fd[i] > 0)
+            close(g.zone_fd[i]);
+    }
+    munmap(g.ram, g.mem);
+    close(g.vm);
+    close(kvm);
     return 0;
 }
+
+#ifdef FLOOR_LIBRARY
+/* config: the directives above; out: the JSON line (NUL-terminated if it fits). 0 on success. */
+int floor_run(const char *config, char *out, size_t out_len, const struct floor_hooks *hooks)
+{
+    FILE *in = fmemopen((void *)config, strlen(config), "r");
+    FILE *o = fmemopen(out, out_len, "w");
+    if (!in || !o)
+        die("fmemopen");
+    int rc = floor_main(in, o, hooks ? hooks : &no_hooks);
+    fclose(in);
+    fclose(o);
+    return rc;
+}
+#else
+int main(void)
+{
+    return floor_main(stdin, stdout, &no_hooks);
+}
+#endif

@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..boot.entry import EntryState
@@ -60,12 +62,23 @@ def build(workdir: Path) -> Path:
         raise FloorUnavailable("no C compiler (cc) on this machine: the C floor column is skipped")
     if not SOURCE.is_file():
         raise FloorUnavailable(f"the C floor source {SOURCE} is missing (run from a broiler checkout)")
-    exe = workdir / "floor"
-    proc = subprocess.run([cc, "-O2", "-pthread", "-o", str(exe), str(SOURCE)], capture_output=True, text=True)
+    return _compile(cc, workdir / "floor", [])
+
+
+def build_library(workdir: Path) -> Path:
+    """The same source as a shared library (floor_run(), see floor.c), for the bench's steps."""
+    cc = compiler()
+    if cc is None or not SOURCE.is_file():
+        raise FloorUnavailable("no C compiler (cc) or no floor.c: the steps are skipped")
+    return _compile(cc, workdir / "floor.so", ["-shared", "-fPIC", "-DFLOOR_LIBRARY"])
+
+
+def _compile(cc: str, out: Path, flags: list[str]) -> Path:
+    proc = subprocess.run([cc, "-O2", "-pthread", *flags, "-o", str(out), str(SOURCE)], capture_output=True, text=True)
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
         raise FloorUnavailable(f"building the C floor failed: {first}")
-    return exe
+    return out
 
 
 def config_text(
@@ -101,19 +114,25 @@ def config_text(
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def prepared_guest(
+    image: bytes, mem_size: int, cpus: int, batches: list[Batch], zones: list[str]
+) -> Iterator[tuple[int, str]]:
+    """(memfd with guest RAM written by broiler's flat64 loader, the floor's configuration text)."""
+    memory = MemfdGuestMemory(MemoryMap(mem_size))
+    try:
+        state = load_flat64(memory, image)
+        yield memory.fd, config_text(memory.fd, mem_size, state, cpus, batches, zones)
+    finally:
+        memory.close()
+
+
 def run_floor(
     exe: Path, image: bytes, mem_size: int, cpus: int, batches: list[Batch], zones: list[str], timeout: float = 600
 ) -> dict[str, object]:
     """Run one floor process; returns its JSON (startup_ns, batches_ns, exits)."""
-    memory = MemfdGuestMemory(MemoryMap(mem_size))
-    try:
-        state = load_flat64(memory, image)
-        text = config_text(memory.fd, mem_size, state, cpus, batches, zones)
-        proc = subprocess.run(
-            [str(exe)], input=text, capture_output=True, text=True, timeout=timeout, pass_fds=(memory.fd,)
-        )
-    finally:
-        memory.close()
+    with prepared_guest(image, mem_size, cpus, batches, zones) as (fd, text):
+        proc = subprocess.run([str(exe)], input=text, capture_output=True, text=True, timeout=timeout, pass_fds=(fd,))
     if proc.returncode != 0:
         raise RuntimeError(f"the C floor failed (status {proc.returncode}): {proc.stderr.strip()[:300]}")
     return json.loads(proc.stdout)

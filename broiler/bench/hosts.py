@@ -107,14 +107,14 @@ class HostResult:
 
 # -- (c) and (d): broiler itself -------------------------------------------------------------------
 def run_broiler(
-    batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, *, pure_python: bool = False
+    batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, *, pure_python: bool = False, clock: str = "wall"
 ) -> HostResult:
     m = new_machine(cpus, mem_size)
     try:
         if pure_python:
             for thread in m.threads:
                 thread.compiled = False
-        driver = BatchDriver(m.memory.view, batches, cpus)
+        driver = BatchDriver(m.memory.view, batches, cpus, clock)
         m.add_pio(CTRL_PORT, 4, ControlDevice(driver))
         kinds = {p.kind for p in paths}
         stamps: list[int] = []
@@ -201,13 +201,13 @@ def bare_loop(ctx: LoopContext) -> None:
             raise RuntimeError(f"bare loop: unexpected exit reason {reason} on vCPU {cpu}")
 
 
-def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int) -> HostResult:
+def run_bare(batches: list[Batch], paths: list[Path], cpus: int, mem_size: int, clock: str = "wall") -> HostResult:
     m = new_machine(cpus, mem_size)
     efds: list[int] = []
     contexts: list[LoopContext] = []
     stop_doorbell = threading.Event()
     try:
-        driver = BatchDriver(m.memory.view, batches, cpus)
+        driver = BatchDriver(m.memory.view, batches, cpus, clock)
         m.add_pio(CTRL_PORT, 4, ControlDevice(driver))  # only loops that dispatch through the bus use it
         kinds = {p.kind for p in paths}
         doorbell_thread = _bare_doorbells(m, kinds, efds, stop_doorbell)

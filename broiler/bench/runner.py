@@ -19,7 +19,7 @@ from pathlib import Path
 from ..core.memory import GiB, MiB
 from ..guests import packaged_guest
 from ..vmm.machine import Machine, MachineConfig
-from . import floor, hosts
+from . import floor, hosts, steps
 from .driver import BatchDriver
 from .guest import (
     COALESCED,
@@ -34,6 +34,7 @@ from .guest import (
     PATHS,
     PINGPONG,
     SCALING_PATH,
+    SYNC,
     Batch,
     schedule,
 )
@@ -42,6 +43,7 @@ from .qemu_io import SelfTimedColumns
 from .stats import per_op_us, summarize
 
 IMPLS = ("floor", "bare", "broiler", "broiler_py")
+READER = "floor_reader"  # the C floor with a thread reading every ioeventfd kick (ioeventfd rows only)
 SCHEMA = "broiler-bench/2"
 MAX_RTT_SAMPLES = 5000
 
@@ -57,6 +59,8 @@ class BenchOptions:
     startup_reps: int = 3
     paths: list[str] = field(default_factory=lambda: [p.key for p in PATHS])
     scaling: bool = True
+    steps: bool = True
+    clock: str = "wall"  # or "cpu": each vCPU thread's CPU time (driver.CLOCKS)
     startup: bool = True
     qemu: bool = True  # columns (c′) and (e): the self-timed guest under broiler and QEMU (qemu_io.py)
     progress: Callable[[str], None] | None = None
@@ -66,10 +70,11 @@ class BenchOptions:
         return cls(quick=True, n1=100, n2=600, reps=3, startup_reps=1)
 
 
-def _floor_zones(kinds: set[str]) -> list[str]:
+def _floor_zones(kinds: set[str], *, reader: bool = False) -> list[str]:
     zones = []
     if IOEVENTFD in kinds:
-        zones += [f"ioeventfd pio {IOEVENTFD_PORT:#x} 4", f"ioeventfd mmio {IOEVENTFD_MMIO:#x} 4"]
+        tail = " reader" if reader else ""
+        zones += [f"ioeventfd pio {IOEVENTFD_PORT:#x} 4{tail}", f"ioeventfd mmio {IOEVENTFD_MMIO:#x} 4{tail}"]
     if COALESCED in kinds:
         zones.append(f"coalesced {COALESCED_MMIO:#x} {COALESCED_SIZE:#x}")
     if PINGPONG in kinds:
@@ -92,6 +97,14 @@ class Bench:
         if self.python_missing:
             self.notes.append(f"column (d): {self.python_missing}")
         self.self_timed = SelfTimedColumns(opts.paths, opts.n1, opts.n2, with_qemu=opts.qemu)
+        if opts.clock == "cpu" and opts.qemu:
+            self.notes.append("--clock cpu: columns c′ and e time themselves in the guest (TSC: wall time)")
+        self.inproc: steps.InProcessFloor | None = None
+        if opts.steps and self.floor_exe is not None:
+            try:
+                self.inproc = steps.InProcessFloor(workdir)
+            except (floor.FloorUnavailable, OSError) as exc:
+                self.notes.append(f"steps: not measured: {exc}")
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -99,34 +112,50 @@ class Bench:
 
     def run_host(self, impl: str, paths: list, cpus: int, reps: int) -> tuple[list[Batch], list[list[int]], list[int]]:
         batches = schedule(paths, self.opts.n1, self.opts.n2, reps)
-        if impl == "floor":
+        if impl in steps.STEPS:
+            assert self.inproc is not None
+            out = self.inproc.run(impl, self.image, self.opts.mem_size, batches, self._clock_directive())
+            return batches, out["batches_ns"], []  # type: ignore[return-value]
+        if impl in ("floor", READER):
             assert self.floor_exe is not None
-            out = floor.run_floor(
-                self.floor_exe, self.image, self.opts.mem_size, cpus, batches, _floor_zones({p.kind for p in paths})
-            )
+            zones = _floor_zones({p.kind for p in paths}, reader=impl == READER) + self._clock_directive()
+            out = floor.run_floor(self.floor_exe, self.image, self.opts.mem_size, cpus, batches, zones)
             return batches, out["batches_ns"], []  # type: ignore[return-value]
         if impl == "bare":
-            result = hosts.run_bare(batches, paths, cpus, self.opts.mem_size)
+            result = hosts.run_bare(batches, paths, cpus, self.opts.mem_size, self.opts.clock)
         else:
-            result = hosts.run_broiler(batches, paths, cpus, self.opts.mem_size, pure_python=impl == "broiler_py")
+            result = hosts.run_broiler(
+                batches, paths, cpus, self.opts.mem_size, pure_python=impl == "broiler_py", clock=self.opts.clock
+            )
         stamps = result.doorbell_stamps_ns
         return batches, result.times_ns, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
-    def impls_for(self, paths: list) -> dict[str, list]:
-        """Which paths each host runs this time."""
+    def _clock_directive(self) -> list[str]:
+        return [f"clock {self.opts.clock}"] if self.opts.clock != "wall" else []
+
+    def impls_for(self, paths: list, *, with_steps: bool = False) -> dict[str, list]:
+        """Which paths each host runs this time (the steps: the sync paths only, after the floor)."""
         out: dict[str, list] = {}
         for impl in IMPLS:
             if (impl == "floor" and self.floor_exe is None) or (impl == "broiler_py" and self.python_missing):
                 continue
             out[impl] = list(paths)
+            if impl != "floor" or not with_steps:
+                continue
+            sync = [p for p in paths if p.kind == SYNC]
+            if self.inproc is not None and sync:
+                out.update((step, sync) for step in steps.STEPS)
+            kicked = [p for p in paths if p.kind == IOEVENTFD]
+            if kicked:
+                out[READER] = kicked
         return out
 
     # -- the three sections -----------------------------------------------------------------------
     def paths_section(self) -> tuple[list[dict[str, object]], list[float]]:
         paths = [p for p in PATHS if p.key in self.opts.paths]
-        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in IMPLS}
+        samples: dict[str, dict[str, list[float]]] = {impl: {} for impl in (*IMPLS, *steps.STEPS, READER)}
         rtts: list[float] = []
-        plan = self.impls_for(paths)
+        plan = self.impls_for(paths, with_steps=True)
         for rep in range(self.opts.reps):
             for impl, impl_paths in plan.items():
                 self.say(f"round {rep + 1}/{self.opts.reps}: {impl} ({len(impl_paths)} paths)")
@@ -145,6 +174,11 @@ class Bench:
                 if s is None:
                     missing[impl] = self._why_missing(impl)
             row["missing"] = missing
+            if p.kind == SYNC and self.inproc is not None:
+                row["steps"] = {step: _summary_json(samples[step].get(p.key, [])) for step in steps.STEPS}
+            if p.kind == IOEVENTFD and samples[READER].get(p.key):
+                row[READER] = _summary_json(samples[READER][p.key])
+                row["c_over_reader"] = _ratio(row["broiler"], row[READER])
             row["c_over_a"] = _ratio(row["broiler"], row["floor"])
             row["c_over_b"] = _ratio(row["broiler"], row["bare"])
             row["d_over_a"] = _ratio(row["broiler_py"], row["floor"])
@@ -221,6 +255,7 @@ class Bench:
             "n1": self.opts.n1,
             "n2": self.opts.n2,
             "reps": self.opts.reps,
+            "clock": self.opts.clock,
             "mem": self.opts.mem_size,
             "host": host_info(),
         }
@@ -241,6 +276,11 @@ def _why_no_python_column() -> str | None:
     if not hosts.compiled_loop_built():
         return "not measured: broiler's compiled loop is not built here, so column (c) is the pure-Python loop"
     return None
+
+
+def _summary_json(samples: list[float]) -> dict[str, object] | None:
+    s = summarize(samples)
+    return s.as_json() if s else None
 
 
 def _ratio(c: object, a: object) -> float | None:

@@ -48,6 +48,7 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"broiler bench: µs per guest operation, median of {doc['reps']} repetitions "
         f"(± half the min–max range), ΔN = {doc['n2'] - doc['n1']} ({doc['n2']} − {doc['n1']})"
         + (" [quick]" if doc.get("quick") else "")
+        + (" [clock: vCPU thread CPU time]" if doc.get("clock") == "cpu" else "")
     ]
     with_qemu = doc.get("qemu") is not None
     impls = {**IMPL_LABELS, **(QEMU_LABELS if with_qemu else {})}
@@ -65,7 +66,16 @@ def render(doc: dict[str, Any]) -> list[str]:
         if sync:
             verdict = ", ".join(f"{r['key']} {r[key]:.2f}{' ✓' if r[key] <= TARGET else ''}" for r in sync)
             lines.append(f"sync paths {label} (target ≤ {TARGET:.2f}): {verdict}")
+    kicked = [r for r in doc["paths"] if r.get("floor_reader") and r.get("c_over_reader") is not None]
+    if kicked:
+        verdict = ", ".join(
+            f"{r['key']} {r['floor_reader']['median_us']:.2f} → c/a' {r['c_over_reader']:.2f}"
+            f"{' ✓' if r['c_over_reader'] <= TARGET else ''}"
+            for r in kicked
+        )
+        lines.append(f"ioeventfd rows against a C floor whose thread reads every kick (a'): {verdict}")
     lines += _qemu(doc)
+    lines += _steps(doc["paths"])
     lines += _latency(doc.get("doorbell_rtt_us") or [])
     lines += _scaling(doc.get("scaling"))
     lines += _startup(doc.get("startup"))
@@ -87,6 +97,46 @@ def _qemu(doc: dict[str, Any]) -> list[str]:
     rows = [r for r in doc["paths"] if r.get(QEMU_RATIO[0]) is not None]
     if rows:
         lines.append("broiler / QEMU (c′/e): " + ", ".join(f"{r['key']} {r[QEMU_RATIO[0]]:.2f}" for r in rows))
+    return lines
+
+
+STEP_ROWS = (
+    ("floor", "(a) C floor, its own process"),
+    ("inproc", "the same loop inside this Python process"),
+    ("gil", "+ GIL released/re-taken per KVM_RUN"),
+    ("kick", "+ broiler's kick signal handler"),
+    ("events", "+ broiler's event-loop thread alive"),
+    ("bare", "(b) bare Python loop (fcntl.ioctl)"),
+    ("broiler", "(c) broiler, compiled loop"),
+    ("broiler_py", "(d) broiler, pure-Python loop"),
+)
+
+
+def _steps(rows: list[dict[str, Any]]) -> list[str]:
+    """From the floor to broiler, one ingredient at a time (bench/steps.py): µs per exit and the
+    difference to the line above, per sync path."""
+    measured = [r for r in rows if r.get("steps")]
+    if not measured:
+        return []
+    widths = (42, *(14,) * len(measured))
+    lines = [
+        "",
+        "steps from the C floor to broiler: µs per exit (Δ to the line above); every step runs floor.c's loop",
+        _row(("step", *(r["key"] for r in measured)), widths),
+    ]
+    previous: list[float | None] = [None] * len(measured)
+    for key, label in STEP_ROWS:
+        cells = []
+        for i, r in enumerate(measured):
+            s = r["steps"].get(key) if key in r["steps"] else r.get(key)
+            if s is None:
+                cells.append("—")
+                continue
+            now = s["median_us"]
+            delta = "" if previous[i] is None else f" ({now - previous[i]:+.2f})"  # type: ignore[operator]
+            cells.append(f"{now:.2f}{delta}")
+            previous[i] = now
+        lines.append(_row((label, *cells), widths))
     return lines
 
 

@@ -1,6 +1,7 @@
 /* broiler's optional compiled exit loop (see broiler/core/vcpu.py, "The compiled fast path").
  *
- * run(fd, run_addr, ring_addr, zones, pio_bus, mmio_bus, counts) -> int
+ * run(fd, run_addr, ring_addr, zones, pio_bus, mmio_bus, counts, drain) -> int
+ * drain(ring_addr, pio_bus, mmio_bus) -> int
  *
  * Loops KVM_RUN with the GIL released and handles, in C, the decode of the two exits that dominate
  * IO-heavy guests: a single (count == 1) port access of 1, 2 or 4 bytes and an MMIO access of 1, 2,
@@ -11,7 +12,13 @@
  * calls run() again:
  *   >= 0  the exit reason of an exit the Python loop must handle (the kvm_run page still holds it);
  *   < 0   -errno of a failed KVM_RUN (EINTR: a kick; the Python loop looks at why).
- * A coalesced ring with entries (``zones`` non-empty and first != last) also returns, as reason.
+ * A coalesced ring with entries (``zones`` non-empty and first != last) is emptied first by calling
+ * ``drain()`` (VcpuThread.drain_coalesced: it takes the ring's lock and calls drain() below), then the
+ * exit is handled as usual.
+ *
+ * drain() replays the ring oldest first as ``target.replay(addr, size, value)`` on the entry's bus,
+ * the call CoalescedRing.drain makes in Python; the caller holds the ring's lock. It returns the
+ * number of entries replayed. An entry is consumed only once its replay returned, as in Python.
  * ``counts`` (a list of ints indexed by exit reason) is updated for the exits handled here.
  *
  * The fields are read through linux/kvm.h's struct kvm_run; the Python loop reads the same fields at
@@ -26,8 +33,36 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdatomic.h>
+#include <time.h>
 
-static PyObject *str_read, *str_write, *str_cache, *str_resolve, *one;
+/* How many vCPU threads are in their Python work between two KVM_RUNs (holding or about to hold
+ * the GIL). A thread back from KVM_RUN while another is busy spins briefly before taking the GIL: the
+ * other releases it within about a microsecond, whereas waiting on the GIL's condition variable costs
+ * a futex sleep and wake-up, which under contention made two vCPUs slower than one (docs/bench.md). */
+static atomic_int python_busy;
+#define SPIN_LIMIT_NS 20000
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void wait_for_python_work(void)
+{
+    if (atomic_load_explicit(&python_busy, memory_order_relaxed) == 0)
+        return;
+    uint64_t give_up = now_ns() + SPIN_LIMIT_NS;
+    for (unsigned i = 1; atomic_load_explicit(&python_busy, memory_order_relaxed) > 0; i++) {
+        __builtin_ia32_pause();
+        if ((i & 63) == 0 && now_ns() > give_up)
+            return;
+    }
+}
+
+static PyObject *str_read, *str_write, *str_replay, *str_cache, *str_resolve, *one;
 
 static PyObject *lookup(PyObject *bus, PyObject *addr)
 {
@@ -54,6 +89,56 @@ static int bump(PyObject *counts, unsigned reason)
     PyList_SET_ITEM(counts, reason, new);
     Py_DECREF(old);
     return 0;
+}
+
+/* target.replay(addr, size, value) for one coalesced entry. 0 or -1. */
+static int bus_replay(PyObject *bus, uint64_t addr, uint32_t size, uint64_t v)
+{
+    PyObject *a = PyLong_FromUnsignedLongLong(addr);
+    if (!a)
+        return -1;
+    PyObject *target = lookup(bus, a);
+    PyObject *s = PyLong_FromUnsignedLong(size);
+    PyObject *value = PyLong_FromUnsignedLongLong(v);
+    PyObject *ret = NULL;
+    if (target && s && value) {
+        PyObject *args[4] = {target, a, s, value};
+        ret = PyObject_VectorcallMethod(str_replay, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(target);
+    Py_DECREF(a);
+    Py_XDECREF(s);
+    Py_XDECREF(value);
+    if (!ret)
+        return -1;
+    Py_DECREF(ret);
+    return 0;
+}
+
+static PyObject *drain(PyObject *self, PyObject *args)
+{
+    unsigned long long ring_addr;
+    PyObject *pio_bus, *mmio_bus;
+    if (!PyArg_ParseTuple(args, "KOO", &ring_addr, &pio_bus, &mmio_bus))
+        return NULL;
+    volatile struct kvm_coalesced_mmio_ring *ring = (void *)(uintptr_t)ring_addr;
+    const uint32_t max = (4096 - sizeof *ring) / sizeof(struct kvm_coalesced_mmio); /* KVM_COALESCED_MMIO_MAX */
+    long n = 0;
+    uint32_t first = ring->first % max;
+    if (ring->last >= max) /* KVM never writes that; without the check the loop would never end */
+        return PyLong_FromLong(0);
+    while (first != ring->last) {
+        volatile struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[first];
+        uint32_t len = e->len;
+        uint64_t v = 0;
+        memcpy(&v, (const void *)e->data, len < 8 ? len : 8);
+        if (bus_replay(e->pio ? pio_bus : mmio_bus, e->phys_addr, len, v) < 0)
+            return NULL;
+        first = (first + 1) % max;
+        ring->first = first;
+        n++;
+    }
+    return PyLong_FromLong(n);
 }
 
 /* One access on a bus: data points at the value (little-endian, ``size`` bytes). 0 or -1. */
@@ -99,39 +184,58 @@ static int bus_access(PyObject *bus, uint64_t addr, unsigned size, int is_write,
     return 0;
 }
 
+/* One exit, with the GIL held: Py_None to go on, NULL on an exception, else the reason for Python. */
+static PyObject *handle_exit(struct kvm_run *r, volatile struct kvm_coalesced_mmio_ring *ring, PyObject *zones,
+                             PyObject *pio_bus, PyObject *mmio_bus, PyObject *counts, PyObject *drain_ring)
+{
+    unsigned reason = r->exit_reason;
+    if (ring && PyList_GET_SIZE(zones) && ring->first != ring->last) { /* older writes go first */
+        PyObject *ret = PyObject_CallNoArgs(drain_ring);
+        if (!ret)
+            return NULL;
+        Py_DECREF(ret);
+    }
+    if (reason == KVM_EXIT_IO && r->io.count == 1 && (r->io.size == 1 || r->io.size == 2 || r->io.size == 4)) {
+        if (bus_access(pio_bus, r->io.port, r->io.size, r->io.direction == KVM_EXIT_IO_OUT,
+                       (char *)r + r->io.data_offset) < 0)
+            return NULL;
+    } else if (reason == KVM_EXIT_MMIO &&
+               (r->mmio.len == 1 || r->mmio.len == 2 || r->mmio.len == 4 || r->mmio.len == 8)) {
+        if (bus_access(mmio_bus, r->mmio.phys_addr, r->mmio.len, r->mmio.is_write, r->mmio.data) < 0)
+            return NULL;
+    } else {
+        return PyLong_FromLong(reason);
+    }
+    if (bump(counts, reason) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *run(PyObject *self, PyObject *args)
 {
     int fd;
     unsigned long long run_addr, ring_addr;
-    PyObject *zones, *pio_bus, *mmio_bus, *counts;
-    if (!PyArg_ParseTuple(args, "iKKO!OOO!", &fd, &run_addr, &ring_addr, &PyList_Type, &zones, &pio_bus, &mmio_bus,
-                          &PyList_Type, &counts))
+    PyObject *zones, *pio_bus, *mmio_bus, *counts, *drain_ring;
+    if (!PyArg_ParseTuple(args, "iKKO!OOO!O", &fd, &run_addr, &ring_addr, &PyList_Type, &zones, &pio_bus, &mmio_bus,
+                          &PyList_Type, &counts, &drain_ring))
         return NULL;
     struct kvm_run *r = (struct kvm_run *)(uintptr_t)run_addr;
     volatile struct kvm_coalesced_mmio_ring *ring = (void *)(uintptr_t)ring_addr;
     for (;;) {
-        int rc;
+        int rc, err;
         Py_BEGIN_ALLOW_THREADS
         rc = ioctl(fd, KVM_RUN, 0);
+        err = errno;
+        wait_for_python_work();
         Py_END_ALLOW_THREADS
         if (rc < 0)
-            return PyLong_FromLong(-errno);
-        unsigned reason = r->exit_reason;
-        if (ring && PyList_GET_SIZE(zones) && ring->first != ring->last)
-            return PyLong_FromLong(reason); /* let Python drain the ring first */
-        if (reason == KVM_EXIT_IO && r->io.count == 1 && (r->io.size == 1 || r->io.size == 2 || r->io.size == 4)) {
-            if (bus_access(pio_bus, r->io.port, r->io.size, r->io.direction == KVM_EXIT_IO_OUT,
-                       (char *)r + r->io.data_offset) < 0)
-                return NULL;
-        } else if (reason == KVM_EXIT_MMIO &&
-                   (r->mmio.len == 1 || r->mmio.len == 2 || r->mmio.len == 4 || r->mmio.len == 8)) {
-            if (bus_access(mmio_bus, r->mmio.phys_addr, r->mmio.len, r->mmio.is_write, r->mmio.data) < 0)
-                return NULL;
-        } else {
-            return PyLong_FromLong(reason);
-        }
-        if (bump(counts, reason) < 0)
-            return NULL;
+            return PyLong_FromLong(-err);
+        atomic_fetch_add_explicit(&python_busy, 1, memory_order_relaxed);
+        PyObject *out = handle_exit(r, ring, zones, pio_bus, mmio_bus, counts, drain_ring);
+        atomic_fetch_sub_explicit(&python_busy, 1, memory_order_relaxed);
+        if (out != Py_None)
+            return out;
+        Py_DECREF(out);
     }
 }
 
@@ -152,6 +256,7 @@ static PyObject *run_offsets(PyObject *self, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"run", run, METH_VARARGS, "Run KVM_RUN, handling plain PIO and MMIO exits in C (see the file's comment)."},
+    {"drain", drain, METH_VARARGS, "Replay the coalesced ring onto the buses (see the file's comment)."},
     {"run_offsets", run_offsets, METH_NOARGS, "The struct kvm_run offsets this build reads, by abi.RUN_* name."},
     {NULL, NULL, 0, NULL}};
 
@@ -162,10 +267,11 @@ PyMODINIT_FUNC PyInit__fastexit(void)
 {
     str_read = PyUnicode_InternFromString("read");
     str_write = PyUnicode_InternFromString("write");
+    str_replay = PyUnicode_InternFromString("replay");
     str_cache = PyUnicode_InternFromString("cache");
     str_resolve = PyUnicode_InternFromString("resolve");
     one = PyLong_FromLong(1);
-    if (!str_read || !str_write || !str_cache || !str_resolve || !one)
+    if (!str_read || !str_write || !str_replay || !str_cache || !str_resolve || !one)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -7,9 +7,12 @@ KVM keeps one ring per VM and maps it into every vCPU's kvm_run mapping (page
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ..kvm import abi
 from .bus import MmioBus, PioBus
+
+CompiledDrain = Callable[[int, PioBus, MmioBus], int]  # core/_fastexit.c's drain(ring_addr, pio_bus, mmio_bus)
 
 # struct kvm_coalesced_mmio_ring {u32 first, last; struct kvm_coalesced_mmio entries[];}
 # struct kvm_coalesced_mmio {u64 phys_addr; u32 len; u32 pio; u8 data[8];}  (linux/kvm.h)
@@ -48,3 +51,9 @@ class CoalescedRing:
                 ring32[_RING_FIRST] = first
                 n += 1
         return n
+
+    def drain_compiled(self, ring_addr: int, compiled_drain: CompiledDrain) -> int:
+        """The same replay done in C by the compiled loop's ``drain`` (the ring page's address), under the
+        same lock: the calls reach the same ``replay`` methods, only the ring decoding is not Python."""
+        with self.lock:
+            return compiled_drain(ring_addr, self.pio_bus, self.mmio_bus)

@@ -152,6 +152,7 @@ class VcpuThread:
         ring_off = vcpu.coalesced_page * PAGE_SIZE
         self._ring = page[ring_off : ring_off + PAGE_SIZE] if vcpu.coalesced_page > 0 else None
         self._ring32 = self._ring.cast("I") if self._ring is not None else None
+        self._ring_addr = buffer_address(vcpu.run_page) + ring_off if self._ring is not None else 0
         self.stopped = threading.Event()
         self._calls: list[Callable[[], None]] = []  # run on this thread at the next kick
         self._pause_requested = False
@@ -266,11 +267,12 @@ class VcpuThread:
         args = (
             self.vcpu.fd,
             run_addr,
-            run_addr + self.vcpu.coalesced_page * PAGE_SIZE if self._ring32 else 0,
+            self._ring_addr,
             zones,
             self.pio_bus,
             self.mmio_bus,
             self.exit_counts,
+            self.drain_coalesced,
         )
         ring32 = self._ring32
         while not control.stopping:
@@ -393,4 +395,6 @@ class VcpuThread:
         """Replay the coalesced ring, oldest first, as writes on the owning bus."""
         if self._ring is None or self._ring32 is None:
             return 0
+        if self.compiled:
+            return self.coalesced.drain_compiled(self._ring_addr, _fastexit.drain)  # type: ignore[union-attr]
         return self.coalesced.drain(self._ring, self._ring32)

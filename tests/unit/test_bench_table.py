@@ -137,3 +137,28 @@ def test_paths_have_distinct_keys_and_the_guest_protocol_constants_fit() -> None
     assert len({p.key for p in guest.PATHS}) == len(guest.PATHS)
     # the parameter blocks sit between the stack top and the EBDA, clear of the flat64 loader
     assert guest.BENCH_PARAMS >= 0x80000 and guest.BENCH_PARAMS + 8 * guest.PARAMS_STRIDE <= 0x9FC00
+
+
+def test_the_steps_table_gives_each_step_and_its_difference_to_the_one_before() -> None:
+    doc = fake_doc()
+    rows = doc["paths"]
+    assert isinstance(rows, list)
+    sync = next(r for r in rows if r["key"] == "pio_out")
+    sync["steps"] = {"inproc": _summary(8.1), "gil": _summary(8.3), "kick": _summary(8.3), "events": _summary(8.35)}
+    lines = table.render(doc)
+    start = next(i for i, line in enumerate(lines) if line.startswith("steps from the C floor"))
+    body = lines[start + 2 : start + 2 + len(table.STEP_ROWS)]
+    assert lines[start + 1].split() == ["step", "pio_out"]
+    assert [line.rsplit(None, 2)[-2:] for line in body[1:3]] == [["8.10", "(+0.10)"], ["8.30", "(+0.20)"]]
+    assert body[0].endswith("8.00") and body[5].endswith("8.40 (+0.05)") and body[6].endswith("8.80 (+0.40)")
+    assert not any(line.startswith("steps from") for line in table.render(fake_doc()))  # no steps measured
+
+
+def test_ioeventfd_rows_are_also_put_against_a_floor_that_reads_every_kick() -> None:
+    doc = fake_doc()
+    rows = doc["paths"]
+    assert isinstance(rows, list)
+    kicked = next(r for r in rows if r["key"] == "ioeventfd_pio")
+    kicked["floor_reader"], kicked["c_over_reader"] = _summary(8.5), 1.04
+    line = next(x for x in table.render(doc) if x.startswith("ioeventfd rows against"))
+    assert line.endswith("(a'): ioeventfd_pio 8.50 → c/a' 1.04 ✓")

@@ -258,17 +258,41 @@ def test_system_events_and_hlt(rig: Rig) -> None:
     assert rig.control.requests == [(exitcodes.OK, "guest reset")]  # HLT stops this vCPU only
 
 
-def test_the_coalesced_ring_replays_onto_the_buses(rig: Rig) -> None:
+LOOPS = [False] + ([True] if vcpu_module._fastexit is not None else [])
+
+
+@pytest.mark.parametrize("compiled", LOOPS, ids=lambda c: "compiled" if c else "python")
+def test_the_coalesced_ring_replays_onto_the_buses(rig: Rig, compiled: bool) -> None:
+    rig.thread.compiled = compiled
     ring = RING_PAGE * 4096
-    entries = [(MMIO + 4, 4, 0, 0xDEADBEEF), (PORT + 1, 1, 1, 0x5A)]
-    for i, (phys, length, pio, value) in enumerate(entries):
-        struct.pack_into("<QII8s", rig.page, ring + 8 + 24 * i, phys, length, pio, value.to_bytes(8, "little"))
-    struct.pack_into("<II", rig.page, ring, 0, len(entries))
-    assert rig.thread.drain_coalesced() == 2
-    assert rig.mmio_dev.log == [("w", 4, 4, 0xDEADBEEF)]
+    last_slot = abi.KVM_COALESCED_MMIO_MAX - 1  # the ring wraps after this one
+    entries = [(last_slot, MMIO + 4, 4, 0, 0xDEADBEEF), (0, PORT + 1, 1, 1, 0x5A), (1, MMIO + 8, 8, 0, 1 << 63)]
+    for slot, phys, length, pio, value in entries:
+        struct.pack_into("<QII8s", rig.page, ring + 8 + 24 * slot, phys, length, pio, value.to_bytes(8, "little"))
+    struct.pack_into("<II", rig.page, ring, last_slot, 2)
+    assert rig.thread.drain_coalesced() == 3
+    assert rig.mmio_dev.log == [("w", 4, 4, 0xDEADBEEF), ("w", 8, 8, 1 << 63)]
     assert rig.pio_dev.log == [("w", 1, 1, 0x5A)]
     assert struct.unpack_from("<II", rig.page, ring) == (2, 2)
     assert rig.thread.drain_coalesced() == 0
+
+
+@pytest.mark.parametrize("compiled", LOOPS, ids=lambda c: "compiled" if c else "python")
+def test_an_entry_whose_replay_raised_stays_in_the_ring(rig: Rig, compiled: bool) -> None:
+    rig.thread.compiled = compiled
+    ring = RING_PAGE * 4096
+
+    def refuse(offset: int, size: int, value: int) -> None:
+        raise RuntimeError("device refused")
+
+    rig.mmio_dev.coalesced_write = refuse  # type: ignore[method-assign]
+    struct.pack_into("<QII8s", rig.page, ring + 8, PORT, 2, 1, (7).to_bytes(8, "little"))
+    struct.pack_into("<QII8s", rig.page, ring + 32, MMIO, 4, 0, (9).to_bytes(8, "little"))
+    struct.pack_into("<II", rig.page, ring, 0, 2)
+    with pytest.raises(RuntimeError, match="device refused"):
+        rig.thread.drain_coalesced()
+    assert rig.pio_dev.log == [("w", 0, 2, 7)]
+    assert struct.unpack_from("<II", rig.page, ring) == (1, 2)  # the refused entry is still there
 
 
 @pytest.mark.skipif(vcpu_module._fastexit is None, reason="the compiled exit loop is not built here")
