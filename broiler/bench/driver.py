@@ -20,11 +20,20 @@ CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}  # cpu: the 
 
 class BatchDriver:
     def __init__(
-        self, view: Callable[[int, int], memoryview], batches: list[Batch], cpus: int, clock: str = "wall"
+        self,
+        view: Callable[[int, int], memoryview],
+        batches: list[Batch],
+        cpus: int,
+        clock: str = "wall",
+        probe: Callable[[], tuple[int, ...]] | None = None,
     ) -> None:
         """``view(gpa, size)`` gives a writable view of guest RAM (GuestMemory.view); ``clock`` what a batch's
         time is: "wall" or "cpu" (the CPU time of the vCPU thread, which waiting for a core does not count)."""
         self._now = CLOCKS[clock]
+        # probe(): cumulative counters (the compiled loop's own-time histogram); per batch, their growth
+        self._probe = probe
+        self._probe_start: tuple[int, ...] = ()
+        self.probed: list[list[int]] = [[] for _ in batches]
         self.batches = batches
         self.cpus = cpus
         # u64 words of each block: [0] op (+pad), [1] n, [2] addr, [3] flag
@@ -42,6 +51,8 @@ class BatchDriver:
         i = self.index[cpu]
         if i:
             self.times[i - 1][cpu] = t - self.start[cpu]
+            if self._probe is not None:
+                self.probed[i - 1] = [b - a for a, b in zip(self._probe_start, self._probe(), strict=True)]
         elif cpu == 0:
             self.first_exit_ns = t
         self.barrier.wait()
@@ -55,6 +66,8 @@ class BatchDriver:
         block[2] = b.addr
         block[0] = b.op
         self.index[cpu] = i + 1
+        if self._probe is not None:
+            self._probe_start = self._probe()
         self.start[cpu] = self._now()
         return True
 

@@ -15,8 +15,10 @@ import importlib.util
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core import vcpu as vcpu_module
 from ..core.bus import Device
 from ..guests import packaged_guest
 from ..kvm import Vcpu, abi
@@ -78,6 +80,15 @@ class ControlDevice(Device):
         self.driver.control(value)  # after the last batch the guest ends itself through port 0xF4
 
 
+OWN_BUCKET_NS = 25  # core/_fastexit.c's histogram of broiler's own time per exit
+
+
+def own_time_probe() -> Callable[[], tuple[int, ...]] | None:
+    """The compiled loop's sampled own-time counter (core/_fastexit.c own_time), where it is built."""
+    module = vcpu_module._fastexit
+    return module.own_time if module is not None else None  # type: ignore[no-any-return]
+
+
 def compiled_loop_built() -> bool:
     """Whether broiler's compiled exit loop exists here (then columns (c) and (d) differ)."""
     return importlib.util.find_spec("broiler.core._fastexit") is not None
@@ -103,6 +114,7 @@ class HostResult:
     first_exit_ns: int = 0
     doorbell_stamps_ns: list[int] = field(default_factory=list)
     exit_status: int | None = None
+    own_per_batch: list[list[int]] = field(default_factory=list)  # the compiled loop's own-time histogram, per batch
 
 
 # -- (c) and (d): broiler itself -------------------------------------------------------------------
@@ -114,7 +126,8 @@ def run_broiler(
         if pure_python:
             for thread in m.threads:
                 thread.compiled = False
-        driver = BatchDriver(m.memory.view, batches, cpus, clock)
+        probe = own_time_probe() if cpus == 1 and not pure_python else None  # the counter is process-wide
+        driver = BatchDriver(m.memory.view, batches, cpus, clock, probe)
         m.add_pio(CTRL_PORT, 4, ControlDevice(driver))
         kinds = {p.kind for p in paths}
         stamps: list[int] = []
@@ -137,7 +150,7 @@ def run_broiler(
             raise RuntimeError(f"broiler's run ended before the schedule did: {m.exit_reason} (status {status})")
         flag.release()
         driver.release()
-        return HostResult(driver.times, driver.first_exit_ns, stamps, status)
+        return HostResult(driver.times, driver.first_exit_ns, stamps, status, driver.probed if probe else [])
     finally:
         m.close()
 

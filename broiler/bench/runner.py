@@ -99,6 +99,7 @@ class Bench:
         self.self_timed = SelfTimedColumns(opts.paths, opts.n1, opts.n2, with_qemu=opts.qemu)
         if opts.clock == "cpu" and opts.qemu:
             self.notes.append("--clock cpu: columns c′ and e time themselves in the guest (TSC: wall time)")
+        self.own: dict[str, list[int]] = {}  # path -> histogram of broiler's own time per exit (compiled loop)
         self.inproc: steps.InProcessFloor | None = None
         if opts.steps and self.floor_exe is not None:
             try:
@@ -127,6 +128,10 @@ class Bench:
             result = hosts.run_broiler(
                 batches, paths, cpus, self.opts.mem_size, pure_python=impl == "broiler_py", clock=self.opts.clock
             )
+            for b, hist in zip(batches, result.own_per_batch, strict=False):
+                if b.tag in ("n1", "n2") and hist:
+                    total = self.own.setdefault(b.path, [0] * len(hist))
+                    self.own[b.path] = [x + y for x, y in zip(total, hist, strict=True)]
         stamps = result.doorbell_stamps_ns
         return batches, result.times_ns, [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
@@ -174,6 +179,9 @@ class Bench:
                 if s is None:
                     missing[impl] = self._why_missing(impl)
             row["missing"] = missing
+            own = _histogram_summary(self.own.get(p.key, []), hosts.OWN_BUCKET_NS)
+            if own is not None:
+                row["broiler_own_us"] = own
             if p.kind == SYNC and self.inproc is not None:
                 row["steps"] = {step: _summary_json(samples[step].get(p.key, [])) for step in steps.STEPS}
             if p.kind == IOEVENTFD and samples[READER].get(p.key):
@@ -276,6 +284,22 @@ def _why_no_python_column() -> str | None:
     if not hosts.compiled_loop_built():
         return "not measured: broiler's compiled loop is not built here, so column (c) is the pure-Python loop"
     return None
+
+
+def _histogram_summary(hist: list[int], bucket_ns: int) -> dict[str, float] | None:
+    """Median and 90th percentile (µs, bucket middles) of a histogram; the last bucket is "longer"."""
+    total = sum(hist)
+    if not total:
+        return None
+    out: dict[str, float] = {"samples": total}
+    for name, fraction in (("median_us", 0.5), ("p90_us", 0.9)):
+        seen, target = 0, fraction * total
+        for i, n in enumerate(hist):
+            seen += n
+            if seen >= target:
+                out[name] = round((i + 0.5) * bucket_ns / 1000, 4)
+                break
+    return out
 
 
 def _summary_json(samples: list[float]) -> dict[str, object] | None:
