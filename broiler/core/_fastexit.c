@@ -73,15 +73,12 @@ static void wait_for_python_work(void)
     }
 }
 
-static PyObject *str_read, *str_write, *str_replay, *str_cache, *str_resolve, *one;
+static PyObject *str_read, *str_write, *str_replay, *str_cache, *str_resolve;
 
-static PyObject *lookup(PyObject *bus, PyObject *addr)
+/* The target of ``addr`` on ``bus`` through ``cache`` (the bus's cache dict), else bus.resolve(addr). */
+static PyObject *lookup(PyObject *bus, PyObject *cache, PyObject *addr)
 {
-    PyObject *cache = PyObject_GetAttr(bus, str_cache); /* new ref */
-    if (!cache)
-        return NULL;
     PyObject *target = PyDict_GetItemWithError(cache, addr); /* borrowed */
-    Py_DECREF(cache);
     if (target)
         return Py_NewRef(target);
     if (PyErr_Occurred())
@@ -89,12 +86,14 @@ static PyObject *lookup(PyObject *bus, PyObject *addr)
     return PyObject_CallMethodOneArg(bus, str_resolve, addr);
 }
 
-static int bump(PyObject *counts, unsigned reason)
+static int add_count(PyObject *counts, unsigned reason, unsigned long n)
 {
-    if (reason >= (unsigned)PyList_GET_SIZE(counts))
+    if (!n || reason >= (unsigned)PyList_GET_SIZE(counts))
         return 0;
     PyObject *old = PyList_GET_ITEM(counts, reason);
-    PyObject *new = PyNumber_Add(old, one);
+    PyObject *add = PyLong_FromUnsignedLong(n);
+    PyObject *new = add ? PyNumber_Add(old, add) : NULL;
+    Py_XDECREF(add);
     if (!new)
         return -1;
     PyList_SET_ITEM(counts, reason, new);
@@ -108,7 +107,9 @@ static int bus_replay(PyObject *bus, uint64_t addr, uint32_t size, uint64_t v)
     PyObject *a = PyLong_FromUnsignedLongLong(addr);
     if (!a)
         return -1;
-    PyObject *target = lookup(bus, a);
+    PyObject *cache = PyObject_GetAttr(bus, str_cache);
+    PyObject *target = cache ? lookup(bus, cache, a) : NULL;
+    Py_XDECREF(cache);
     PyObject *s = PyLong_FromUnsignedLong(size);
     PyObject *value = PyLong_FromUnsignedLongLong(v);
     PyObject *ret = NULL;
@@ -152,13 +153,50 @@ static PyObject *drain(PyObject *self, PyObject *args)
     return PyLong_FromLong(n);
 }
 
-/* One access on a bus: data points at the value (little-endian, ``size`` bytes). 0 or -1. */
-static int bus_access(PyObject *bus, uint64_t addr, unsigned size, int is_write, void *data)
+/* A bus as one run() call uses it: its cache dict (taken once: core/bus.py never replaces it, only
+ * clears it) and the int object of the last address seen, which a guest driving one register gets again
+ * instead of a new int per exit (ints are immutable, so sharing one is safe). */
+struct bus_ref {
+    PyObject *bus, *cache; /* cache: a new reference, dropped by release_bus() */
+    uint64_t addr;
+    PyObject *addr_obj;
+};
+
+static void release_bus(struct bus_ref *b)
 {
-    PyObject *a = PyLong_FromUnsignedLongLong(addr);
+    Py_CLEAR(b->cache);
+    Py_CLEAR(b->addr_obj);
+}
+
+static PyObject *addr_object(struct bus_ref *b, uint64_t addr)
+{
+    if (b->addr_obj && b->addr == addr)
+        return Py_NewRef(b->addr_obj);
+    PyObject *obj = PyLong_FromUnsignedLongLong(addr);
+    if (!obj)
+        return NULL;
+    Py_XSETREF(b->addr_obj, Py_NewRef(obj));
+    b->addr = addr;
+    return obj;
+}
+
+/* What one run() call works with. Exits handled here are counted in ``pending`` and added to the Python
+ * list ``counts`` every COUNT_FLUSH exits and whenever run() returns (one int addition per batch
+ * instead of one per exit; a reader of the live counts sees them at most COUNT_FLUSH exits late). */
+#define COUNT_FLUSH 1024
+struct loop {
+    PyObject *zones, *counts, *drain_ring;
+    struct bus_ref pio, mmio;
+    unsigned long pending[2], pending_total; /* [0]: KVM_EXIT_IO, [1]: KVM_EXIT_MMIO */
+};
+
+/* One access on a bus: data points at the value (little-endian, ``size`` bytes). 0 or -1. */
+static int bus_access(struct bus_ref *b, uint64_t addr, unsigned size, int is_write, void *data)
+{
+    PyObject *a = addr_object(b, addr);
     if (!a)
         return -1;
-    PyObject *target = lookup(bus, a);
+    PyObject *target = lookup(b->bus, b->cache, a);
     if (!target) {
         Py_DECREF(a);
         return -1;
@@ -195,29 +233,36 @@ static int bus_access(PyObject *bus, uint64_t addr, unsigned size, int is_write,
     return 0;
 }
 
+static int flush_counts(struct loop *l)
+{
+    int rc = add_count(l->counts, KVM_EXIT_IO, l->pending[0]) | add_count(l->counts, KVM_EXIT_MMIO, l->pending[1]);
+    l->pending[0] = l->pending[1] = l->pending_total = 0;
+    return rc;
+}
+
 /* One exit, with the GIL held: Py_None to go on, NULL on an exception, else the reason for Python. */
-static PyObject *handle_exit(struct kvm_run *r, volatile struct kvm_coalesced_mmio_ring *ring, PyObject *zones,
-                             PyObject *pio_bus, PyObject *mmio_bus, PyObject *counts, PyObject *drain_ring)
+static PyObject *handle_exit(struct kvm_run *r, volatile struct kvm_coalesced_mmio_ring *ring, struct loop *l)
 {
     unsigned reason = r->exit_reason;
-    if (ring && PyList_GET_SIZE(zones) && ring->first != ring->last) { /* older writes go first */
-        PyObject *ret = PyObject_CallNoArgs(drain_ring);
+    if (ring && PyList_GET_SIZE(l->zones) && ring->first != ring->last) { /* older writes go first */
+        PyObject *ret = PyObject_CallNoArgs(l->drain_ring);
         if (!ret)
             return NULL;
         Py_DECREF(ret);
     }
     if (reason == KVM_EXIT_IO && r->io.count == 1 && (r->io.size == 1 || r->io.size == 2 || r->io.size == 4)) {
-        if (bus_access(pio_bus, r->io.port, r->io.size, r->io.direction == KVM_EXIT_IO_OUT,
+        if (bus_access(&l->pio, r->io.port, r->io.size, r->io.direction == KVM_EXIT_IO_OUT,
                        (char *)r + r->io.data_offset) < 0)
             return NULL;
     } else if (reason == KVM_EXIT_MMIO &&
                (r->mmio.len == 1 || r->mmio.len == 2 || r->mmio.len == 4 || r->mmio.len == 8)) {
-        if (bus_access(mmio_bus, r->mmio.phys_addr, r->mmio.len, r->mmio.is_write, r->mmio.data) < 0)
+        if (bus_access(&l->mmio, r->mmio.phys_addr, r->mmio.len, r->mmio.is_write, r->mmio.data) < 0)
             return NULL;
     } else {
         return PyLong_FromLong(reason);
     }
-    if (bump(counts, reason) < 0)
+    l->pending[reason == KVM_EXIT_MMIO]++;
+    if (++l->pending_total == COUNT_FLUSH && flush_counts(l) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -226,10 +271,19 @@ static PyObject *run(PyObject *self, PyObject *args)
 {
     int fd;
     unsigned long long run_addr, ring_addr;
-    PyObject *zones, *pio_bus, *mmio_bus, *counts, *drain_ring;
-    if (!PyArg_ParseTuple(args, "iKKO!OOO!O", &fd, &run_addr, &ring_addr, &PyList_Type, &zones, &pio_bus, &mmio_bus,
-                          &PyList_Type, &counts, &drain_ring))
+    struct loop l = {0};
+    if (!PyArg_ParseTuple(args, "iKKO!OOO!O", &fd, &run_addr, &ring_addr, &PyList_Type, &l.zones, &l.pio.bus,
+                          &l.mmio.bus, &PyList_Type, &l.counts, &l.drain_ring))
         return NULL;
+    l.pio.cache = PyObject_GetAttr(l.pio.bus, str_cache);
+    l.mmio.cache = PyObject_GetAttr(l.mmio.bus, str_cache);
+    if (!l.pio.cache || !l.mmio.cache || !PyDict_Check(l.pio.cache) || !PyDict_Check(l.mmio.cache)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a bus's cache must be a dict");
+        release_bus(&l.pio);
+        release_bus(&l.mmio);
+        return NULL;
+    }
     struct kvm_run *r = (struct kvm_run *)(uintptr_t)run_addr;
     volatile struct kvm_coalesced_mmio_ring *ring = (void *)(uintptr_t)ring_addr;
     unsigned tick = 0;
@@ -251,13 +305,28 @@ static PyObject *run(PyObject *self, PyObject *args)
         }
         wait_for_python_work();
         Py_END_ALLOW_THREADS
-        if (rc < 0)
-            return PyLong_FromLong(-err);
-        atomic_fetch_add_explicit(&python_busy, 1, memory_order_relaxed);
-        PyObject *out = handle_exit(r, ring, zones, pio_bus, mmio_bus, counts, drain_ring);
-        atomic_fetch_sub_explicit(&python_busy, 1, memory_order_relaxed);
-        if (out != Py_None)
+        PyObject *out;
+        if (rc < 0) {
+            out = PyLong_FromLong(-err);
+        } else {
+            atomic_fetch_add_explicit(&python_busy, 1, memory_order_relaxed);
+            out = handle_exit(r, ring, &l);
+            atomic_fetch_sub_explicit(&python_busy, 1, memory_order_relaxed);
+        }
+        if (out != Py_None) {
+            if (!out) { /* keep the device's exception; the counts are added beside it */
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                if (flush_counts(&l) < 0)
+                    PyErr_Clear();
+                PyErr_Restore(type, value, tb);
+            } else if (flush_counts(&l) < 0) {
+                Py_CLEAR(out);
+            }
+            release_bus(&l.pio);
+            release_bus(&l.mmio);
             return out;
+        }
         Py_DECREF(out);
     }
 }
@@ -308,8 +377,7 @@ PyMODINIT_FUNC PyInit__fastexit(void)
     str_replay = PyUnicode_InternFromString("replay");
     str_cache = PyUnicode_InternFromString("cache");
     str_resolve = PyUnicode_InternFromString("resolve");
-    one = PyLong_FromLong(1);
-    if (!str_read || !str_write || !str_replay || !str_cache || !str_resolve || !one)
+    if (!str_read || !str_write || !str_replay || !str_cache || !str_resolve)
         return NULL;
     return PyModule_Create(&module);
 }

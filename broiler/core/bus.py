@@ -15,7 +15,7 @@ Rules decided here, once, for every device:
   reprogrammed) as one step: the same checks as ``register``, and on refusal the region stays put.
 
 Lookup is a dict hit on the exact address for addresses seen before, else a bisect over the sorted
-region starts (O(log n)); the cache is dropped whenever the map changes.
+region starts (O(log n)); the cache is cleared (never replaced) whenever the map changes.
 """
 
 from __future__ import annotations
@@ -225,8 +225,9 @@ class Bus:
         self._starts: list[int] = []
         self._regions: list[Region] = []
         self._unmapped: _Unmapped | Any = _Unmapped(self)
-        # addr -> Region or the unmapped sentinel; read lock-free by vCPU threads.
+        # addr -> Region or the unmapped sentinel, read lock-free by vCPU threads; the compiled loop holds it
         self.cache: dict[int, Region | _Unmapped] = {}
+        self._generation = 0  # bumped by every map change; see resolve
         # Per (address, is_write) counts for the first ADDRESS_LIMIT addresses seen, plus totals: a guest
         # sweeping unmapped space must not grow broiler's memory (issue 13).
         self.unmapped: Counter[tuple[int, bool]] = Counter()
@@ -255,7 +256,7 @@ class Bus:
             i = bisect.bisect_right(self._starts, base)
             self._starts.insert(i, base)
             self._regions.insert(i, region)
-            self.cache = {}
+            self.forget()
         self._changed()
         return region
 
@@ -303,7 +304,7 @@ class Bus:
             j = bisect.bisect_right(self._starts, new_base)
             self._starts.insert(j, new_base)
             self._regions.insert(j, moved)
-            self.cache = {}
+            self.forget()
         self._changed()
         return moved
 
@@ -312,7 +313,7 @@ class Bus:
             i = self._regions.index(region)
             del self._starts[i]
             del self._regions[i]
-            self.cache = {}
+            self.forget()
         self._changed()
 
     def unregister_owner(self, owner: Hashable) -> int:
@@ -321,6 +322,11 @@ class Bus:
         for r in mine:
             self.unregister(r)
         return len(mine)
+
+    def forget(self) -> None:
+        """Drop every cached lookup (the map changed), in place: loops hold the dict itself."""
+        self._generation += 1
+        self.cache.clear()
 
     def _changed(self) -> None:
         for listener in self.listeners:
@@ -340,11 +346,13 @@ class Bus:
 
     def resolve(self, addr: int) -> Region | _Unmapped:
         """What an access at ``addr`` reaches (cached); the vCPU loop's lookup."""
+        generation = self._generation
         target: Region | _Unmapped = self.find(addr) or self._unmapped
         cache = self.cache
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
-        cache[addr] = target
+        if generation == self._generation:  # the map changed meanwhile (another thread): don't cache a stale answer
+            cache[addr] = target
         return target
 
     def read(self, addr: int, size: int) -> int:
@@ -362,26 +370,17 @@ class Bus:
         if not _count_at(self.unmapped, (addr, is_write)):
             return
         if self.unmapped[(addr, is_write)] == 1:
-            log.info(
-                "%s: unmapped %s of %d bytes at %#x (%s)",
-                self.name,
-                "write" if is_write else "read",
-                size,
-                addr,
-                "dropped" if is_write else "reads all ones",
-            )
+            what, fate = ("write", "dropped") if is_write else ("read", "reads all ones")
+            log.info("%s: unmapped %s of %d bytes at %#x (%s)", self.name, what, size, addr, fate)
 
     def straddle(self, addr: int, size: int, is_write: bool) -> int:
         self.straddled_total += 1
         if not _count_at(self.straddled, (addr, is_write)):
             return all_ones(size)
         if self.straddled[(addr, is_write)] == 1:
+            what = "write" if is_write else "read"
             log.info(
-                "%s: %d-byte %s at %#x crosses the end of its region: treated as unmapped",
-                self.name,
-                size,
-                "write" if is_write else "read",
-                addr,
+                "%s: %d-byte %s at %#x crosses the end of its region: treated as unmapped", self.name, size, what, addr
             )
         return all_ones(size)
 

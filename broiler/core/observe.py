@@ -207,7 +207,7 @@ def observe_bus(bus: Bus, observer: Observer, kind: str) -> None:
     if isinstance(unmapped, _ObservedUnmapped):  # observed already: the new observer replaces the old
         unmapped = unmapped.inner
     bus._unmapped = _ObservedUnmapped(bus, unmapped, observer, kind)
-    bus.cache = {}
+    bus.forget()
     bus.wrap_device = lambda device, base, name: ObservedDevice(device, observer, kind, base, name)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from broiler.core.bus import Bus, Device, MmioBus, PioBus, all_ones
+from broiler.core.bus import Bus, Device, MmioBus, PioBus, Region, all_ones
 from broiler.errors import ConfigError, OverlapError
 
 
@@ -168,3 +168,32 @@ def test_a_traced_region_that_moves_is_traced_at_its_new_address() -> None:
     bus.read(0xC210_0004, 4)
     assert json.loads(out.getvalue().splitlines()[-1])["addr"] == 0xC210_0004
     assert (moved.inner or moved.device) is dev
+
+
+def test_the_cache_dict_is_cleared_in_place_never_replaced() -> None:
+    """The compiled exit loop takes ``bus.cache`` once per run() call: a map change must clear that very dict."""
+    bus = PioBus()
+    cache = bus.cache
+    region = bus.register(0x100, 4, Device())
+    bus.resolve(0x100)
+    assert cache == {0x100: region}
+    moved = bus.move(region, 0x200)
+    assert bus.cache is cache and cache == {}
+    bus.resolve(0x200)
+    bus.unregister(moved)
+    assert bus.cache is cache and cache == {}
+
+
+def test_a_lookup_racing_a_map_change_is_not_cached() -> None:
+    bus = PioBus()
+    region = bus.register(0x100, 4, Device())
+    real_find = bus.find
+
+    def find_then_move(addr: int) -> Region | None:  # another thread moves the region mid-lookup
+        found = real_find(addr)
+        bus.move(region, 0x300)
+        return found
+
+    bus.find = find_then_move  # type: ignore[method-assign]
+    assert bus.resolve(0x100) is region  # the answer of its moment...
+    assert 0x100 not in bus.cache  # ...but not remembered: the next access looks again
