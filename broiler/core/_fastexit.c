@@ -20,7 +20,7 @@
  * drain() replays the ring oldest first as ``target.replay(addr, size, value)`` on the entry's bus,
  * the call CoalescedRing.drain makes in Python; the caller holds the ring's lock. It returns the
  * number of entries replayed. An entry is consumed only once its replay returned, as in Python.
- * ``counts`` (a list of ints indexed by exit reason) is updated for the exits handled here.
+ * ``counts`` (a list of ints indexed by exit reason) gets the exits handled here, in batches (see struct loop).
  *
  * The fields are read through linux/kvm.h's struct kvm_run; the Python loop reads the same fields at
  * broiler/kvm/abi.py's RUN_* offsets. run_offsets() returns this build's offsets so a unit test can
