@@ -12,12 +12,12 @@
  *   writes the next batch into the block and resumes the guest; so the host sees batch i's end and
  *   batch i+1's start in the same exit, and (t(N2) - t(N1)) / (N2 - N1) is the cost of one operation.
  *
- * The loops are inline asm so every host sees exactly `op; dec; jnz` (CPL0 code is emulated at
- * ~1 us an instruction on the KVM-PVM hosts, so nothing else may sit in the loop).
+ * The loops are lib/io_loops.h's, shared with multiboot/io_bench.c (the self-timed guest QEMU runs too).
  * BENCH_PARAMS = 0x90000 is free RAM in the flat64 contract: above the stack top (0x80000, the stack
  * grows down) and below the EBDA (0x9FC00), never touched by the loader.
  */
 #include "broiler.h"
+#include "io_loops.h"
 
 #define BENCH_PARAMS 0x90000UL
 #define BENCH_CTRL_PORT 0x6078
@@ -42,31 +42,18 @@ struct params {
 
 static void run(u32 op, u64 n, u64 addr, volatile u32 *flag)
 {
-    u32 v = 0;
-    switch (op) {
-    case OP_NOP:
-        __asm__ volatile("1: dec %0; jnz 1b" : "+c"(n) :: "cc");
-        break;
-    case OP_PIO_OUT:
-        __asm__ volatile("1: outl %%eax, %%dx; dec %0; jnz 1b" : "+c"(n) : "a"(v), "d"((u16)addr) : "cc");
-        break;
-    case OP_PIO_IN:
-        __asm__ volatile("1: inl %%dx, %%eax; dec %0; jnz 1b" : "+c"(n), "+a"(v) : "d"((u16)addr) : "cc");
-        break;
-    case OP_MMIO_WRITE:
-        __asm__ volatile("1: movl %%eax, (%2); dec %0; jnz 1b" : "+c"(n) : "a"(v), "r"(addr) : "cc", "memory");
-        break;
-    case OP_MMIO_READ:
-        __asm__ volatile("1: movl (%2), %%eax; dec %0; jnz 1b" : "+c"(n), "+a"(v) : "r"(addr) : "cc", "memory");
-        break;
-    case OP_PINGPONG:
-        /* One doorbell outstanding at a time: kick, wait for the handler, clear, again. */
-        __asm__ volatile("1: outl %%eax, %%dx\n"
-                         "2: movl (%2), %%esi; testl %%esi, %%esi; jz 2b\n"
-                         "   movl $0, (%2); dec %0; jnz 1b"
-                         : "+c"(n) : "a"(v), "r"(flag), "d"((u16)addr) : "cc", "memory", "rsi");
-        break;
+    if (op >= OP_NOP && op <= OP_MMIO_READ) {
+        io_loop((enum io_loop)(op - OP_NOP), n, addr); /* OP_NOP..OP_MMIO_READ are io_loop's first five */
+        return;
     }
+    if (op != OP_PINGPONG)
+        return;
+    /* One doorbell outstanding at a time: kick, wait for the handler, clear, again. */
+    u32 v = 0;
+    __asm__ volatile("1: outl %%eax, %%dx\n"
+                     "2: movl (%2), %%esi; testl %%esi, %%esi; jz 2b\n"
+                     "   movl $0, (%2); dec %0; jnz 1b"
+                     : "+c"(n) : "a"(v), "r"(flag), "d"((u16)addr) : "cc", "memory", "rsi");
 }
 
 int main(u64 cpu)

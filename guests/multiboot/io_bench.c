@@ -27,6 +27,7 @@
  * build-with: lib/lib.c lib/pci.c multiboot/lib/mb.c
  */
 #include "mb.h"
+#include "io_loops.h"
 
 #define UNHANDLED_PORT 0x5000       /* free in broiler's PC map and in QEMU's pc (its IO BARs start at 0xc000) */
 #define UNHANDLED_MMIO 0xe0000000UL /* PCI hole; broiler's BAR window ends at 0xd0000000 and SeaBIOS puts
@@ -42,7 +43,16 @@
 #define TESTDEV_BAR0_FALLBACK 0xfeb00000UL
 #define TESTDEV_BAR1_FALLBACK 0xc000
 
-enum { OP_NOP, OP_PIO_OUT, OP_PIO_IN, OP_MMIO_WRITE, OP_MMIO_READ, OP_PIO_OUTB, OP_MMIO_WRITEB };
+/* The loops are lib/io_loops.h's, shared with bench_io.c (the host-timed bench guest). */
+enum {
+    OP_NOP = IO_LOOP_NOP,
+    OP_PIO_OUT = IO_LOOP_OUTL,
+    OP_PIO_IN = IO_LOOP_INL,
+    OP_MMIO_WRITE = IO_LOOP_MOVL_TO,
+    OP_MMIO_READ = IO_LOOP_MOVL_FROM,
+    OP_PIO_OUTB = IO_LOOP_OUTB,
+    OP_MMIO_WRITEB = IO_LOOP_MOVB_TO,
+};
 
 struct path {
     const char *key;
@@ -66,31 +76,8 @@ static const char *bars_by = "none"; /* who assigned them: "firmware" or this ke
 
 static u64 timed(int op, u64 n, u64 addr)
 {
-    u32 v = 0;
     u64 start = rdtsc();
-    switch (op) {
-    case OP_NOP:
-        __asm__ volatile("1: dec %0; jnz 1b" : "+c"(n) :: "cc");
-        break;
-    case OP_PIO_OUT:
-        __asm__ volatile("1: outl %%eax, %%dx; dec %0; jnz 1b" : "+c"(n) : "a"(v), "d"((u16)addr) : "cc");
-        break;
-    case OP_PIO_IN:
-        __asm__ volatile("1: inl %%dx, %%eax; dec %0; jnz 1b" : "+c"(n), "+a"(v) : "d"((u16)addr) : "cc");
-        break;
-    case OP_MMIO_WRITE:
-        __asm__ volatile("1: movl %%eax, (%2); dec %0; jnz 1b" : "+c"(n) : "a"(v), "r"(addr) : "cc", "memory");
-        break;
-    case OP_MMIO_READ:
-        __asm__ volatile("1: movl (%2), %%eax; dec %0; jnz 1b" : "+c"(n), "+a"(v) : "r"(addr) : "cc", "memory");
-        break;
-    case OP_PIO_OUTB:
-        __asm__ volatile("1: outb %%al, %%dx; dec %0; jnz 1b" : "+c"(n) : "a"(v), "d"((u16)addr) : "cc");
-        break;
-    case OP_MMIO_WRITEB:
-        __asm__ volatile("1: movb %%al, (%2); dec %0; jnz 1b" : "+c"(n) : "a"(v), "r"(addr) : "cc", "memory");
-        break;
-    }
+    io_loop((enum io_loop)op, n, addr);
     return rdtsc() - start;
 }
 
@@ -137,26 +124,6 @@ static u64 target(const struct path *p)
     return bar[io] + td_read32(io, TESTDEV_OFFSET);
 }
 
-static int wanted(const char *list, const char *key)
-{
-    if (!list)
-        return 1;
-    for (const char *p = list; *p && *p != ' ';) {
-        const char *k = key;
-        while (*k && *p == *k) {
-            p++;
-            k++;
-        }
-        if (!*k && (*p == ',' || *p == ' ' || !*p))
-            return 1;
-        while (*p && *p != ',' && *p != ' ')
-            p++;
-        if (*p == ',')
-            p++;
-    }
-    return 0;
-}
-
 static int run_path(const struct path *p, u64 n1, u64 n2, u64 reps)
 {
     if (p->testdev_bar >= 0 && !bar[p->testdev_bar]) {
@@ -195,7 +162,7 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
            UNHANDLED_MMIO, bar[0], bar[1], bars_by);
     int failed = 0;
     for (u32 i = 0; i < NPATHS; i++)
-        if (wanted(list, paths[i].key))
+        if (mb_list_has(list, paths[i].key))
             failed |= run_path(&paths[i], n1, n2, reps);
     puts("iobench: done\n");
     return (u32)failed;

@@ -152,26 +152,6 @@ static void spurious(struct irq_frame *f)
     (void)f;
 }
 
-static int wanted(const char *key)
-{
-    const char *list = mb_arg("tests");
-    if (!list)
-        return 1;
-    u32 n = (u32)strlen(key);
-    for (const char *p = list; *p && *p != ' ';) {
-        u32 i = 0;
-        while (i < n && p[i] == key[i])
-            i++;
-        if (i == n && (p[i] == ',' || p[i] == ' ' || !p[i]))
-            return 1;
-        while (*p && *p != ',' && *p != ' ')
-            p++;
-        if (*p == ',')
-            p++;
-    }
-    return 0;
-}
-
 u32 mb_main(u32 magic, const struct mb_info *mbi)
 {
     static const char *const irqs[] = {"poll", "intx", "msix"};
@@ -224,7 +204,7 @@ u32 mb_main(u32 magic, const struct mb_info *mbi)
         {"seqread", "seqread", VIRTIO_BLK_T_IN, SEQ_BS, seq_qd, 0},
     };
     for (u32 i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
-        if (wanted(tests[i].key))
+        if (mb_list_has(mb_arg("tests"), tests[i].key))
             run(&tests[i], requests, ms);
     mb_tick_stop();
     virtio_reset(&dev);

@@ -54,6 +54,26 @@ int mb_arg_is(const char *name, const char *value)
     return !*value && (*v == 0 || *v == ' ');
 }
 
+int mb_list_has(const char *list, const char *key)
+{
+    if (!list)
+        return 1;
+    for (const char *p = list; *p && *p != ' ';) {
+        const char *k = key;
+        while (*k && *p == *k) {
+            p++;
+            k++;
+        }
+        if (!*k && (*p == ',' || *p == ' ' || !*p))
+            return 1;
+        while (*p && *p != ',' && *p != ' ')
+            p++;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 u64 mb_arg_num(const char *name, u64 dflt)
 {
     const char *s = mb_arg(name);

@@ -20,6 +20,9 @@ void mb_args(const struct mb_info *mbi);
 const char *mb_cmdline(void);
 const char *mb_arg(const char *name);           /* the text after "name=" (or after "name"), 0 if absent */
 int mb_arg_is(const char *name, const char *value); /* name=value present */
+/* key is one of the comma-separated words of list (read up to its first space); a NULL list (the argument
+ * absent) holds every key. */
+int mb_list_has(const char *list, const char *key);
 u64 mb_arg_num(const char *name, u64 dflt);     /* decimal, K/M/G suffixes */
 
 /* Time. tsc_hz is measured against PIT channel 2 by tsc_calibrate (median of three 50 ms windows). */
