@@ -59,7 +59,9 @@ __asm__(
     "    je 3f\n"
     "    cmp $39, %rax\n"                /* SYS_GETPID leaves FS alone */
     "    je 4f\n"
-    "    mov %rdi, %rax\n"                /* SYS_SET_FS and SYS_SET_FS_IRET: FS base = RDI */
+    "    xor %eax, %eax\n"                /* SYS_SET_FS and SYS_SET_FS_IRET: as arch_prctl(ARCH_SET_FS), */
+    "    mov %eax, %fs\n"                 /* a null selector (base 0 on Intel), then FS base = RDI */
+    "    mov %rdi, %rax\n"
     "    mov %rdi, %rdx\n shr $32, %rdx\n"
     "    mov $0xc0000100, %ecx\n"
     "    wrmsr\n"
