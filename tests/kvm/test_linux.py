@@ -228,12 +228,13 @@ def test_debian_user_space_sees_the_seed_memory_map(tmp_path: Path) -> None:
         assert emulated.get("syscall", 0) == 0, emulated
 
 
-# -c 2 reaches user space (docs/linux.md §8) but not reliably yet: one boot in two crashed as busybox
-# started on vCPU 1 (a user program's FS base read as 0). A 2-vCPU boot also takes 25-30 min here. Until the
-# crash is understood these tests run only when asked for, so CI stays a statement about what works.
+# -c 2 reaches user space (docs/linux.md §8) but not reliably: restored from a snapshot taken just before
+# the shell's exec, a freshly exec'd busybox crashed in 9 of 28 starts, its TLS copied from a page other than
+# the one its page tables map (the FS base itself is right). A 2-vCPU boot also takes 25-30 min here. Until
+# that is fixed these tests run only when asked for, so CI stays a statement about what works.
 LINUX_SMP = pytest.mark.skipif(
     os.environ.get("BROILER_LINUX_SMP") != "1",
-    reason="Linux with 2 vCPUs: opt-in (BROILER_LINUX_SMP=1) until the vCPU-1 user-space crash is fixed (linux.md)",
+    reason="Linux with 2 vCPUs: opt-in (BROILER_LINUX_SMP=1) until the crash after exec is fixed (linux.md §8)",
 )
 
 

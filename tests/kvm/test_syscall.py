@@ -111,3 +111,40 @@ def test_broiler_host_prints_the_decision() -> None:
     assert data["syscall_assist_auto"] == probe.needs_syscall_assist
     text = broiler_cli("host", timeout=60).stdout
     assert f"--syscall-assist auto: {'on' if probe.needs_syscall_assist else 'off'}" in text
+
+
+def test_fs_and_gs_bases_survive_the_assist_on_two_vcpus() -> None:
+    """guests/fsbase_smp.c: on each of two vCPUs a user program switches its FS base through a system call
+    (the kernel half writes MSR_FS_BASE between `swapgs`s, then `sysretq` or `iretq`) 1000 times, reading
+    %fs:0 after it and after a call that leaves FS alone. The assist reads and writes back the vCPU's
+    segments at every one of those calls (KVM_GET/SET_SREGS): no FS base may go stale or cross to the other
+    vCPU, no kernel entry may see the other vCPU's GS (issue 18, docs/linux.md §8)."""
+    out: list[bytes] = []
+    with Machine(MachineConfig(mem_size=64 * MiB, cpus=2, serial_output=out.append)) as machine:
+        machine.load_flat64(packaged_guest("fsbase_smp"))
+        machine.enable_syscall_assist(SPARE_TABLES)  # guests/fsbase_smp.c uses the same three pages
+        status = machine.run(timeout=60)
+        assist = machine.syscall_assist
+    output = b"".join(out).decode(errors="replace")
+    assert passed(status), output
+    for cpu in (0, 1):
+        assert f"fsbase_smp: cpu {cpu}: 2001 syscalls, 0 wrong FS" in output, output
+    assert assist is not None and assist.syscalls == 2 * 2001
+    assert sorted(assist.lstar) == [0, 1]  # each vCPU's LSTAR write was trapped and kept
+
+
+def test_a_reused_page_table_page_on_two_vcpus_is_not_stale() -> None:
+    """guests/pt_reuse_smp.c, a model of the -c 2 Linux crash (docs/linux.md §8): the two vCPUs take turns
+    building a fresh address space over one page-table page the other vCPU's previous space used (and still
+    has loaded, as an idle CPU keeps an exited mm), filling its entries on user-mode page faults, and reading
+    through them in user mode. 200 rounds of 8 reads: each must see the page the entry names, not a page an
+    earlier round's entry named (a stale shadow translation)."""
+    out: list[bytes] = []
+    with Machine(MachineConfig(mem_size=64 * MiB, cpus=2, serial_output=out.append)) as machine:
+        machine.load_flat64(packaged_guest("pt_reuse_smp"))
+        machine.enable_syscall_assist(SPARE_TABLES)  # the rounds leave user mode through `syscall`
+        status = machine.run(timeout=60)
+    output = b"".join(out).decode(errors="replace")
+    assert passed(status), output
+    assert "pt_reuse_smp: 1600 faults" in output  # every read faulted its entry in: demand paging ran
+    assert "pt_reuse_smp: 200 rounds, 0 stale reads" in output, output
