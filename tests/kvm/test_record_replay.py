@@ -122,12 +122,14 @@ ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
 }
 VIRTIO_DISK_BYTES = {"virtio_blk_test.elf": DISK_SECTORS * 512, "virtio_blk_bench.elf": BENCH_DISK_SECTORS * 512}
 NOT_RECORDABLE: dict[str, str] = {}  # guest -> why --record refuses it: none is refused since format 4
-SYSCALL_TEST = "syscall_test.bin"  # needs the syscall assist's spare tables: recorded through the API below
+# Guests that need the syscall assist's spare tables (0x90000-0x92fff in each): recorded through the API below,
+# with the number of vCPUs they run on.
+ASSISTED = {"syscall_test.bin": 1, "fsbase_smp.bin": 2, "pt_reuse_smp.bin": 2}
 
 
 def test_every_packaged_guest_is_round_tripped_or_said_not_to_be() -> None:
     packaged = {p.name for p in GUESTS.iterdir() if p.suffix in (".bin", ".elf")}
-    assert packaged == set(ROUND_TRIPS) | set(NOT_RECORDABLE) | {SYSCALL_TEST}
+    assert packaged == set(ROUND_TRIPS) | set(NOT_RECORDABLE) | set(ASSISTED)
 
 
 def _noting_kinds(events: Iterator[rec.Event], kinds: set[int]) -> Iterator[rec.Event]:
@@ -181,14 +183,15 @@ def test_a_packaged_guest_round_trips_with_no_divergence(tmp_path: Path, guest: 
     assert divergences == 0 and kinds <= seen, f"missing kinds {sorted(kinds - seen)}"
 
 
-def test_the_syscall_guest_round_trips_with_no_divergence(tmp_path: Path) -> None:
-    path = tmp_path / "syscall.rec"
-    config = MachineConfig(mem_size=64 * MiB, serial_output=lambda data: None)
+@pytest.mark.parametrize("guest", sorted(ASSISTED))
+def test_the_syscall_assisted_guests_round_trip_with_no_divergence(tmp_path: Path, guest: str) -> None:
+    path = tmp_path / f"{guest}.rec"
+    config = MachineConfig(mem_size=64 * MiB, cpus=ASSISTED[guest], serial_output=lambda data: None)
     with open(path, "wb") as out, Machine(config) as machine:
-        recorder = Recorder(out, recording_header(config, [], machine, SYSCALL_TEST))
+        recorder = Recorder(out, recording_header(config, [], machine, guest))
         recorder.attach(machine)
-        machine.load_flat64(packaged_guest("syscall_test"))
-        machine.enable_syscall_assist((0x90000, 0x91000, 0x92000))  # guests/syscall_test.c: SPARE_TABLES
+        machine.load_flat64(packaged_guest(guest.removesuffix(".bin")))
+        machine.enable_syscall_assist((0x90000, 0x91000, 0x92000))  # the guests' SPARE_TABLES
         status = machine.run(timeout=60)
         recorder.close()
     assert status == 1
