@@ -101,15 +101,13 @@ static int add_count(PyObject *counts, unsigned reason, unsigned long n)
     return 0;
 }
 
-/* target.replay(addr, size, value) for one coalesced entry. 0 or -1. */
-static int bus_replay(PyObject *bus, uint64_t addr, uint32_t size, uint64_t v)
+/* target.replay(addr, size, value) for one coalesced entry; ``cache`` is the bus's cache dict. 0 or -1. */
+static int bus_replay(PyObject *bus, PyObject *cache, uint64_t addr, uint32_t size, uint64_t v)
 {
     PyObject *a = PyLong_FromUnsignedLongLong(addr);
     if (!a)
         return -1;
-    PyObject *cache = PyObject_GetAttr(bus, str_cache);
-    PyObject *target = cache ? lookup(bus, cache, a) : NULL;
-    Py_XDECREF(cache);
+    PyObject *target = lookup(bus, cache, a);
     PyObject *s = PyLong_FromUnsignedLong(size);
     PyObject *value = PyLong_FromUnsignedLongLong(v);
     PyObject *ret = NULL;
@@ -139,18 +137,36 @@ static PyObject *drain(PyObject *self, PyObject *args)
     uint32_t first = ring->first % max;
     if (ring->last >= max) /* KVM never writes that; without the check the loop would never end */
         return PyLong_FromLong(0);
+    if (first == ring->last)
+        return PyLong_FromLong(0);
+    /* The cache dicts are taken once per drain: a bus clears its dict in place and never replaces it
+     * (core/bus.py), so a replay that moves a BAR still leaves these references current. */
+    PyObject *pio_cache = PyObject_GetAttr(pio_bus, str_cache);
+    PyObject *mmio_cache = pio_cache ? PyObject_GetAttr(mmio_bus, str_cache) : NULL;
+    PyObject *result = NULL;
+    if (!mmio_cache)
+        goto out;
+    if (!PyDict_Check(pio_cache) || !PyDict_Check(mmio_cache)) {
+        PyErr_SetString(PyExc_TypeError, "a bus's cache must be a dict");
+        goto out;
+    }
     while (first != ring->last) {
         volatile struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[first];
         uint32_t len = e->len;
         uint64_t v = 0;
         memcpy(&v, (const void *)e->data, len < 8 ? len : 8);
-        if (bus_replay(e->pio ? pio_bus : mmio_bus, e->phys_addr, len, v) < 0)
-            return NULL;
+        int pio = e->pio != 0;
+        if (bus_replay(pio ? pio_bus : mmio_bus, pio ? pio_cache : mmio_cache, e->phys_addr, len, v) < 0)
+            goto out;
         first = (first + 1) % max;
         ring->first = first;
         n++;
     }
-    return PyLong_FromLong(n);
+    result = PyLong_FromLong(n);
+out:
+    Py_XDECREF(pio_cache);
+    Py_XDECREF(mmio_cache);
+    return result;
 }
 
 /* A bus as one run() call uses it: its cache dict (taken once: core/bus.py never replaces it, only
