@@ -133,7 +133,13 @@ def test_signals_stop_the_vm_cleanly(tmp_path, signame: str) -> None:  # noqa: A
         text=True,
         env=env,
     )
-    time.sleep(1.5)
+    # Signal the running VM, not the start-up (a loaded host can take seconds to import): the control
+    # socket appears just before the run begins.
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "broiler").glob("*.sock")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    time.sleep(0.2)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == exitcodes.INTERRUPTED, err
