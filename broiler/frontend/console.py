@@ -13,14 +13,26 @@ from __future__ import annotations
 
 import atexit
 import os
+import select
 import sys
 import termios
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from ..core.eventloop import EventLoop
 
 CTRL_A = 0x01
+
+
+def _pollable(fd: int) -> bool:
+    """Whether epoll can watch ``fd`` (it refuses regular files and /dev/null with EPERM)."""
+    with select.epoll() as probe:
+        try:
+            probe.register(fd, select.EPOLLIN)
+        except PermissionError:
+            return False
+    return True
 
 
 class TerminalConsole:
@@ -34,6 +46,7 @@ class TerminalConsole:
         self._saved: list[Any] | None = None
         self._escape = False
         self._reading = False
+        self._watched = False
 
     def start(self) -> None:
         if os.isatty(self.fd):
@@ -45,7 +58,23 @@ class TerminalConsole:
             termios.tcsetattr(self.fd, termios.TCSAFLUSH, raw)
             atexit.register(self.restore)
         self._reading = True
-        self.loop.add_reader(self.fd, self._on_input)
+        self._watched = _pollable(self.fd)
+        if self._watched:
+            self.loop.add_reader(self.fd, self._on_input)
+        else:  # a regular file or /dev/null: epoll refuses it, and all of it can be read now
+            threading.Thread(target=self._read_file, name="broiler-stdin", daemon=True).start()
+
+    def _read_file(self) -> None:
+        """stdin that epoll cannot watch, read on its own thread; each chunk reaches the device from the loop
+        thread, as a terminal's input does."""
+        while self._reading:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            self.loop.call_soon(lambda chunk=data: self.feed(self.filter(chunk)))
 
     def _on_input(self) -> None:
         try:
@@ -80,7 +109,8 @@ class TerminalConsole:
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self.loop.remove_reader(self.fd)
+            if self._watched:
+                self.loop.remove_reader(self.fd)
 
     def restore(self) -> None:
         self._stop_reading()

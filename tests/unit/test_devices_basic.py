@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from broiler.core.bus import PioBus
 from broiler.devices.demo.sync_demo import SyncRegisters
 from broiler.devices.legacy.debug_exit import DebugExit
@@ -105,3 +107,37 @@ def test_console_escape_handling() -> None:
     assert console.filter(b"a\x01\x01b") == b"a\x01b"  # Ctrl-A Ctrl-A: a literal Ctrl-A
     assert console.filter(b"\x01") == b"" and console.filter(b"zq") == b"q"  # escape spans reads
     assert console.filter(b"ok\x01xignored") == b"ok" and quits == [1]
+
+
+def test_console_reads_stdin_that_epoll_cannot_watch(tmp_path) -> None:  # noqa: ANN001
+    """A regular file (or /dev/null) as stdin: epoll refuses it (EPERM), so it is read on a thread and each
+    chunk still reaches the device from the loop thread; /dev/null is simply EOF."""
+    import os
+    import threading
+    import time
+
+    from broiler.core.eventloop import EventLoop
+    from broiler.frontend.console import TerminalConsole
+
+    got: list[tuple[bytes, str]] = []
+    loop = EventLoop()
+    loop.start()
+    try:
+        typed = tmp_path / "typed.txt"
+        typed.write_bytes(b"echo hi\n" * 1000)
+        for path, want in ((typed, typed.read_bytes()), (Path(os.devnull), b"")):
+            got.clear()
+            with open(path, "rb") as f:
+                console = TerminalConsole(
+                    lambda b: got.append((b, threading.current_thread().name)), loop, lambda: None, stdin_fd=f.fileno()
+                )
+                console.start()
+                deadline = time.monotonic() + 10
+                while sum(len(b) for b, _ in got) < len(want) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                console.restore()
+            assert b"".join(b for b, _ in got) == want
+            assert {name for _, name in got} <= {"broiler-events"}
+    finally:
+        loop.stop()
+        loop.close()
