@@ -12,6 +12,7 @@ literal Ctrl-A. The terminal is restored on every way out: a normal end, an exce
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import select
 import sys
@@ -74,7 +75,10 @@ class TerminalConsole:
                 data = b""
             if not data:
                 return
-            self.loop.call_soon(lambda chunk=data: self.feed(self.filter(chunk)))
+            self.loop.call_soon(functools.partial(self._deliver, data))
+
+    def _deliver(self, data: bytes) -> None:
+        self.feed(self.filter(data))
 
     def _on_input(self) -> None:
         try:
