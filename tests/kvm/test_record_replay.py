@@ -119,6 +119,7 @@ ROUND_TRIPS: dict[str, tuple[list[str], tuple[int, ...], set[int]]] = {
     ),
     "virtio_blk_bench.elf": (["--virtio-transport", "modern", "-p", "requests=64 ms=20000"], (1,), VIRTIO),
     "snapshot_async.bin": (["--async-delay", "0.05"], (1,), {rec.KICK_PIO, rec.KICK_MMIO, rec.IRQ_LEVEL}),
+    "torn_smp.bin": (["-c", "2"], (1,), set()),
 }
 VIRTIO_DISK_BYTES = {"virtio_blk_test.elf": DISK_SECTORS * 512, "virtio_blk_bench.elf": BENCH_DISK_SECTORS * 512}
 NOT_RECORDABLE: dict[str, str] = {}  # guest -> why --record refuses it: none is refused since format 4

@@ -16,7 +16,7 @@ from broiler.guests import packaged_guest
 from broiler.kvm.hostprobe import HostBehaviour, host_behaviour
 from broiler.vmm.linux import decide_syscall_assist
 from broiler.vmm.machine import Machine, MachineConfig
-from tests.kvm.helpers import broiler_cli, passed
+from tests.kvm.helpers import broiler_cli, passed, run_guest
 
 pytestmark = pytest.mark.kvm
 
@@ -148,3 +148,13 @@ def test_a_reused_page_table_page_on_two_vcpus_is_not_stale() -> None:
     assert passed(status), output
     assert "pt_reuse_smp: 1600 faults" in output  # every read faulted its entry in: demand paging ran
     assert "pt_reuse_smp: 200 rounds, 0 stale reads" in output, output
+
+
+def test_eight_byte_stores_reach_the_other_vcpu_whole() -> None:
+    """guests/torn_smp.c: one vCPU stores aligned 8-byte words whose bytes are all equal, the other loads them
+    while it does; no load may see a mix of two stores (Linux writes PTEs and pointers that way; on KVM-PVM both
+    vCPUs run in KVM's instruction emulator at CPL0; docs/linux.md §8)."""
+    run = run_guest("torn_smp", cpus=2)
+    assert passed(run.status), run.output
+    line = next(x for x in run.output.splitlines() if x.startswith("torn_smp:"))
+    assert " 0 torn " in line, line
