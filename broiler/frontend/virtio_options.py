@@ -75,7 +75,7 @@ def start_console(args: argparse.Namespace, kind: str | None, machine: Machine, 
     target = virtio_console(machine.pci) if mode == "virtio" else machine.serial if mode == "serial" else None
     if target is None:
         return
-    console = TerminalConsole(target.feed, machine.loop, lambda: machine.request_exit(exitcodes.USER_QUIT, "Ctrl-A x"))
+    console = TerminalConsole(target, machine.loop, lambda: machine.request_exit(exitcodes.USER_QUIT, "Ctrl-A x"))
     console.start()
     stack.callback(console.restore)
 

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 from broiler.core.bus import PioBus
 from broiler.devices.demo.sync_demo import SyncRegisters
 from broiler.devices.legacy.debug_exit import DebugExit
 from broiler.devices.legacy.ports import SystemControlPortA
-from broiler.devices.legacy.serial import Serial8250
+from broiler.devices.legacy.serial import FCR_CLEAR_RX, RX_FIFO_LIMIT, RX_ROOM_MARK, Serial8250
 from tests.unit.fakes import FakeIrqLine
 
 
@@ -88,6 +86,29 @@ def test_serial_loopback_feeds_receiver() -> None:
     assert out == [] and uart.read(0, 1) == 0x41
 
 
+def test_serial_feed_takes_what_fits_and_reports_room_at_half() -> None:
+    uart = Serial8250(lambda b: None)
+    rooms: list[int] = []
+    uart.on_room = lambda: rooms.append(1)
+    assert uart.feed(b"a" * (RX_FIFO_LIMIT - 1)) == RX_FIFO_LIMIT - 1
+    assert uart.feed(b"bc") == 1  # the feeder keeps "c"
+    for _ in range(RX_FIFO_LIMIT - RX_ROOM_MARK - 1):
+        assert uart.read(0, 1) == ord("a")
+    assert rooms == []  # one more than half still waits
+    assert uart.read(0, 1) == ord("a") and rooms == [1]
+    while uart.read(5, 1) & 0x01:
+        last = uart.read(0, 1)
+    assert last == ord("b") and rooms == [1]  # once per refusal
+    assert uart.feed(b"d" * (RX_FIFO_LIMIT + 1)) == RX_FIFO_LIMIT
+    uart.write(2, 1, FCR_CLEAR_RX)  # the guest emptied the FIFO: room too
+    assert rooms == [1, 1]
+    uart.write(4, 1, 0x10)  # loopback into a FIFO... now empty, then full: no feeder was refused
+    for _ in range(RX_FIFO_LIMIT + 1):
+        uart.write(0, 1, 0x41)
+    uart.write(2, 1, FCR_CLEAR_RX)
+    assert rooms == [1, 1]
+
+
 def test_port92() -> None:
     resets: list[int] = []
     dev = SystemControlPortA(lambda: resets.append(1))
@@ -95,49 +116,3 @@ def test_port92() -> None:
     dev.write(0, 1, 0x02)
     dev.write(0, 1, 0x03)
     assert resets == [1]
-
-
-def test_console_escape_handling() -> None:
-    from broiler.core.eventloop import EventLoop
-    from broiler.frontend.console import TerminalConsole
-
-    quits: list[int] = []
-    console = TerminalConsole(Serial8250(lambda b: None).feed, EventLoop(), lambda: quits.append(1), stdin_fd=0)
-    assert console.filter(b"ls\r") == b"ls\r"
-    assert console.filter(b"a\x01\x01b") == b"a\x01b"  # Ctrl-A Ctrl-A: a literal Ctrl-A
-    assert console.filter(b"\x01") == b"" and console.filter(b"zq") == b"q"  # escape spans reads
-    assert console.filter(b"ok\x01xignored") == b"ok" and quits == [1]
-
-
-def test_console_reads_stdin_that_epoll_cannot_watch(tmp_path) -> None:  # noqa: ANN001
-    """A regular file (or /dev/null) as stdin: epoll refuses it (EPERM), so it is read on a thread and each
-    chunk still reaches the device from the loop thread; /dev/null is simply EOF."""
-    import os
-    import threading
-    import time
-
-    from broiler.core.eventloop import EventLoop
-    from broiler.frontend.console import TerminalConsole
-
-    got: list[tuple[bytes, str]] = []
-    loop = EventLoop()
-    loop.start()
-    try:
-        typed = tmp_path / "typed.txt"
-        typed.write_bytes(b"echo hi\n" * 1000)
-        for path, want in ((typed, typed.read_bytes()), (Path(os.devnull), b"")):
-            got.clear()
-            with open(path, "rb") as f:
-                console = TerminalConsole(
-                    lambda b: got.append((b, threading.current_thread().name)), loop, lambda: None, stdin_fd=f.fileno()
-                )
-                console.start()
-                deadline = time.monotonic() + 10
-                while sum(len(b) for b, _ in got) < len(want) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                console.restore()
-            assert b"".join(b for b, _ in got) == want
-            assert {name for _, name in got} <= {"broiler-events"}
-    finally:
-        loop.stop()
-        loop.close()

@@ -4,6 +4,12 @@ Output bytes go to an injected ``output(bytes)`` callable; input arrives through
 from whatever owns the terminal; the interrupt line is an injected ``IrqLine`` (level-triggered; None = not wired).
 Transmission is instantaneous, so LSR always shows THRE|TEMT (test kernels poll for it).
 
+Input from the host is never dropped: ``feed`` takes what fits in the receive FIFO (``RX_FIFO_LIMIT``)
+and returns how many bytes that was. A feeder told "not all" keeps the rest and waits for ``on_room``,
+which the device calls once the guest has read the FIFO down to ``RX_ROOM_MARK`` (on the vCPU thread that
+read RBR, after the device's lock is dropped): back-pressure, as QEMU's character devices do, rather than
+an overrun.
+
 Registers (offset from the base, DLAB = LCR bit 7)::
 
     0 RBR (read) / THR (write) / DLL (DLAB)      4 MCR
@@ -35,6 +41,7 @@ MCR_LOOP = 0x10
 MSR_IDLE = 0xB0  # DCD | DSR | CTS
 FCR_ENABLE, FCR_CLEAR_RX = 0x01, 0x02
 RX_FIFO_LIMIT = 4096
+RX_ROOM_MARK = RX_FIFO_LIMIT // 2  # a refused feeder hears back at half: a wakeup moves a real amount
 
 
 class Serial8250(Device):
@@ -55,6 +62,9 @@ class Serial8250(Device):
         self.thr_empty_pending = False  # THRI interrupt latched until IIR is read or THR written
         self._irq_level = 0
         self.tx_bytes = 0
+        # Who to tell that the FIFO has room again after a feed was refused; called without the lock held.
+        self.on_room: Callable[[], None] | None = None
+        self._refused = False  # host state, not the guest's: not in a snapshot
         # feed() runs on the console's thread, register accesses on vCPU threads.
         self._lock = threading.RLock()
 
@@ -73,20 +83,43 @@ class Serial8250(Device):
             self._update_irq()
 
     # -- input side (host → guest) ------------------------------------------------------
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Queue what fits for the guest; returns how many of the first bytes were taken. When that is not
+        all of them, ``on_room`` is called once the FIFO has drained to ``RX_ROOM_MARK``."""
         with self._lock:
-            room = RX_FIFO_LIMIT - len(self.rx)
-            self.rx.extend(data[: max(room, 0)])
-            self._update_irq()
+            taken = self._receive(data)
+            if taken < len(data):
+                self._refused = True
+            return taken
+
+    def _receive(self, data: bytes) -> int:
+        room = max(RX_FIFO_LIMIT - len(self.rx), 0)
+        self.rx.extend(data[:room])
+        self._update_irq()
+        return min(room, len(data))
+
+    def _room_again(self) -> Callable[[], None] | None:
+        """Under the lock: the callback to run (after it) if a refused feeder should hear of room now."""
+        if self._refused and len(self.rx) <= RX_ROOM_MARK:
+            self._refused = False
+            return self.on_room
+        return None
 
     # -- registers ------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         with self._lock:
-            return self._read(offset, size)
+            value = self._read(offset, size)
+            wake = self._room_again() if self._refused else None
+        if wake is not None:
+            wake()
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         with self._lock:
             self._write(offset, size, value)
+            wake = self._room_again() if self._refused else None  # FCR can clear the FIFO
+        if wake is not None:
+            wake()
 
     def _read(self, offset: int, size: int) -> int:
         if size != 1:
@@ -127,7 +160,7 @@ class Serial8250(Device):
             if dlab:
                 self.dll = value
             elif self.mcr & MCR_LOOP:
-                self.feed(bytes([value]))
+                self._receive(bytes([value]))  # a full FIFO loses it, as the chip's overrun does
             else:
                 self.tx_bytes += 1
                 self._output(bytes([value]))

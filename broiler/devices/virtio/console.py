@@ -8,8 +8,10 @@ its bytes are in the pump. When the sink makes room, the pump's thread resumes t
 the back-pressure a virtqueue exists for: a guest writing faster than stdout drains waits on its ring.
 
 Input (``feed``, from whatever owns the terminal) goes into the receiveq's buffers. Bytes that arrive
-while the guest has given no buffer are held, up to ``INPUT_LIMIT``; beyond that they are dropped and
-counted (``input_dropped``), as the 8250's receive FIFO does.
+while the guest has given no buffer are held, up to ``INPUT_LIMIT``. Input is never dropped: ``feed``
+returns how many bytes it took, and a feeder told "not all" keeps the rest until ``on_room``, which the
+device calls (from the thread that gave held input to the guest, with no lock held) once the held input
+is down to half: the same back-pressure as the UART's (devices/legacy/serial.py).
 
 Locks: ``_lock`` guards the queues and the held state; the notifier is called after it is dropped,
 because the transport holds its own lock while it resets this device.
@@ -57,7 +59,9 @@ class VirtioConsole(VirtioDevice):
         self._notifier: Notifier | None = None
         self._held: tuple[Chain, int] | None = None  # a transmit chain partly copied out, and how far
         self._input = bytearray()
-        self.input_dropped = 0
+        # Who to tell that held input went down to half after a feed was refused (host state: not saved).
+        self.on_room: Callable[[], None] | None = None
+        self._refused = False
         # How a host event (INPUT arriving, the pump making ROOM) reaches the queues: now, or while recording
         # as a cause of its own (vmm/record_virtio.py), so replay can run it at the same point.
         self.host_event: Callable[[str, bytes, Callable[[], None]], None] = run_now
@@ -96,7 +100,6 @@ class VirtioConsole(VirtioDevice):
 
     def extra_stats(self) -> dict[str, int]:
         return {
-            "input_dropped": self.input_dropped,
             "output_dropped": self.pump.dropped,
             "output_delivered": self.pump.delivered,
         }
@@ -126,16 +129,28 @@ class VirtioConsole(VirtioDevice):
         if queue_index in (RECEIVEQ, TRANSMITQ):
             self._run(queue_index)
 
-    def feed(self, data: bytes) -> None:
-        """Input for the guest (any thread): delivered now if it has buffers, else held (bounded)."""
-        self.host_event(INPUT, data, lambda: self._take_input(data))
+    def feed(self, data: bytes) -> int:
+        """Input for the guest (any thread): delivered now if it has buffers, else held up to INPUT_LIMIT.
+        Returns how many of the first bytes were taken; when not all, ``on_room`` follows later."""
+        taken = 0
 
-    def _take_input(self, data: bytes) -> None:
+        def take() -> None:
+            nonlocal taken
+            taken = self._take_input(data)
+
+        # Room is measured inside the event, so a recording's "console input" holds what was offered and
+        # replay, offering the same to the same state, takes the same part.
+        self.host_event(INPUT, data, take)
+        return taken
+
+    def _take_input(self, data: bytes) -> int:
         with self._lock:
-            take = max(0, INPUT_LIMIT - len(self._input))
+            take = min(max(0, INPUT_LIMIT - len(self._input)), len(data))
             self._input += data[:take]
-            self.input_dropped += len(data) - len(data[:take])
+            if take < len(data):
+                self._refused = True
         self._run(RECEIVEQ)
+        return take
 
     def _room_freed(self) -> None:
         """The pump's thread made room: take more of the guest's output."""
@@ -148,6 +163,7 @@ class VirtioConsole(VirtioDevice):
     def _run(self, index: int) -> None:
         broken: str | None = None
         interrupt = False
+        wake: Callable[[], None] | None = None
         with self._lock:
             q, memory, notifier = self._queues[index], self._memory, self._notifier
             if q is None or memory is None or notifier is None:
@@ -159,6 +175,10 @@ class VirtioConsole(VirtioDevice):
                 self.stats.errors += 1
                 self._queues[index] = None
                 broken = str(err)
+            if self._refused and len(self._input) <= INPUT_LIMIT // 2:
+                self._refused, wake = False, self.on_room
+        if wake is not None:
+            wake()
         if broken is not None:
             notifier.needs_reset(broken)
         elif interrupt:
